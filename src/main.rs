@@ -1,3 +1,88 @@
-fn main() {
-    println!("Hello, world!");
+//! subsegment-tcp-speeds: parses the command line and runs the source, a relay or the echoing
+//! end. Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 interrupted.
+
+mod buffer;
+mod cli;
+mod clock;
+mod hop;
+mod net;
+mod report;
+mod source;
+mod stats;
+mod wire;
+
+use std::process::ExitCode;
+
+use cli::{Command, Mode, Options};
+use source::Ending;
+
+fn main() -> ExitCode {
+    let options = match cli::parse_args(std::env::args_os().skip(1)) {
+        Ok(Command::Run(options)) => options,
+        Ok(Command::Help) => {
+            print!("{}", cli::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("subsegment-tcp-speeds {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("subsegment-tcp-speeds: {error}\n{}\ntry --help", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match options.mode {
+        Mode::Source => run_source(options),
+        Mode::Relay | Mode::Echo => run_hop(options),
+    }
+}
+
+fn run_source(options: Options) -> ExitCode {
+    let name = options.name.clone();
+    let config = source::SourceConfig {
+        name: options.name,
+        forward_to: options.forward_to.expect("the source has --forward-to"),
+        block_size: options.block_size,
+        timeout: options.timeout,
+        window: options.window,
+        probe: options.probe,
+    };
+    let run = match source::run(config) {
+        Ok(run) => run,
+        Err(error) => {
+            eprintln!("{name}: error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprint!("{}", report::render(&run));
+    match &run.ending {
+        Ending::Complete => ExitCode::SUCCESS,
+        Ending::Interrupted => {
+            eprintln!("{name}: interrupted; the report covers what came back so far");
+            ExitCode::from(130)
+        }
+        Ending::Failed(message) => {
+            eprintln!("{name}: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_hop(options: Options) -> ExitCode {
+    let name = options.name.clone();
+    let config = hop::HopConfig {
+        name: options.name,
+        listen: options.listen.expect("a hop has --listen"),
+        forward_to: options.forward_to,
+        remove_perf_headers: options.remove_perf_headers,
+        timeout: options.timeout,
+    };
+    match hop::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

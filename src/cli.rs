@@ -1,0 +1,338 @@
+//! The command line: options in, a validated [`Options`] (or help, or version) out.
+//! Parsing only; `main` decides what to run.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::net;
+use crate::source::Probe;
+use crate::wire::MAX_PAYLOAD;
+
+pub const USAGE: &str =
+    "usage: subsegment-tcp-speeds [-t SECS] [-l ADDR] [-f ADDR] [-s BYTES] [-r] [-n NAME]";
+
+pub const HELP: &str = "\
+subsegment-tcp-speeds: find which subsegment of a TCP chain (a link, or a relay host) adds the
+most delay. Every hop stamps every frame both ways; the source reports per subsegment.
+
+usage: subsegment-tcp-speeds [options]
+
+  no --listen              source: stdin -> chain, answers -> stdout, report -> stderr
+  --listen + --forward-to  relay
+  --listen alone           echoing end
+
+options:
+  -t, --timeout SECS            connect timeout, and the longest a connection may make no
+                                progress while work is outstanding (default 10; fractions ok)
+  -l, --listen ADDR             host:port, *:port, :port, [v6]:port to accept the chain on
+  -f, --forward-to ADDR         host:port or [v6]:port of the next hop (required at the source)
+  -s, -b, --stdin-block-size, --block BYTES
+                                source: read stdin in blocks of at most BYTES, one frame each
+                                (default 512, at most 1048576)
+  -r, --remove-perf-headers     relay: forward plain payload to an ordinary TCP server and
+                                frame its answers; echo: answer plain payload
+  -n, --name NAME               this hop's name in reports (default: the host name)
+
+source only:
+  -w, --window FRAMES           at most FRAMES frames in flight (default: as many as the buffers
+                                hold); --window 1 measures unloaded latency, like a ping-pong
+  -c, --count N                 probe mode: send N generated frames instead of stdin; answers
+                                are checked and counted but not written to stdout
+      --size BYTES              probe payload size (default: the block size)
+  -i, --interval DURATION       probe spacing, e.g. 1ms, 250us (default 0: back to back)
+  -h, --help                    this text
+  -V, --version                 the version
+
+example chain (Z echoes, C and B relay, A is the source):
+  Z:  subsegment-tcp-speeds --listen '*:9000'
+  C:  subsegment-tcp-speeds --listen '*:9000' --forward-to Z:9000
+  B:  subsegment-tcp-speeds --listen '*:9000' --forward-to C:9000
+  A:  producer | subsegment-tcp-speeds --forward-to B:9000 > answered.bin
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Source,
+    Relay,
+    Echo,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    pub timeout: Duration,
+    pub listen: Option<SocketAddr>,
+    /// The next hop as resolved, and as the user wrote it (for messages).
+    pub forward_to: Option<(SocketAddr, String)>,
+    pub block_size: usize,
+    pub remove_perf_headers: bool,
+    pub name: String,
+    pub window: Option<u64>,
+    pub probe: Option<Probe>,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Run(Options),
+    Help,
+    Version,
+}
+
+pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
+
+    let mut timeout = Duration::from_secs(10);
+    let mut listen = None;
+    let mut forward_to = None;
+    let mut block_size = 512;
+    let mut remove_perf_headers = false;
+    let mut name = None;
+    let mut window = None;
+    let mut count = None;
+    let mut size = None;
+    let mut interval = Duration::ZERO;
+
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('t') | Long("timeout") => {
+                let seconds: f64 = parser.value()?.parse()?;
+                if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+                    return Err("--timeout must be between 0 and 86400 seconds".into());
+                }
+                timeout = Duration::from_secs_f64(seconds);
+            }
+            Short('l') | Long("listen") => {
+                let text = parser.value()?.string()?;
+                listen = Some(net::parse_listen(&text).map_err(|e| format!("--listen: {e}"))?);
+            }
+            Short('f') | Long("forward-to") => {
+                let text = parser.value()?.string()?;
+                let addr = net::resolve(&text).map_err(|e| format!("--forward-to: {e}"))?;
+                forward_to = Some((addr, text));
+            }
+            Short('s') | Short('b') | Long("stdin-block-size") | Long("block") => {
+                block_size = parser.value()?.parse()?;
+                if block_size == 0 || block_size > MAX_PAYLOAD {
+                    return Err(format!(
+                        "--stdin-block-size must be between 1 and {MAX_PAYLOAD} bytes"
+                    )
+                    .into());
+                }
+            }
+            Short('r') | Long("remove-perf-headers") => remove_perf_headers = true,
+            Short('n') | Long("name") => name = Some(parser.value()?.string()?),
+            Short('w') | Long("window") => {
+                let frames: u64 = parser.value()?.parse()?;
+                if frames == 0 {
+                    return Err("--window must be at least 1 frame".into());
+                }
+                window = Some(frames);
+            }
+            Short('c') | Long("count") => count = Some(parser.value()?.parse::<u64>()?),
+            Long("size") => size = Some(parser.value()?.parse::<usize>()?),
+            Short('i') | Long("interval") => {
+                interval = parse_duration(&parser.value()?.string()?)
+                    .map_err(|error| format!("--interval: {error}"))?;
+            }
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+
+    let mode = match (&listen, &forward_to) {
+        (None, None) => return Err("the source needs --forward-to (or give --listen)".into()),
+        (None, Some(_)) => Mode::Source,
+        (Some(_), Some(_)) => Mode::Relay,
+        (Some(_), None) => Mode::Echo,
+    };
+    if mode == Mode::Source && remove_perf_headers {
+        return Err("--remove-perf-headers is for relays and the echoing end".into());
+    }
+    let probe = match (count, size) {
+        (None, None) => None,
+        (Some(0), _) => return Err("--count must be at least 1".into()),
+        (Some(count), size) => {
+            let size = size.unwrap_or(block_size);
+            if size > MAX_PAYLOAD {
+                return Err(format!("--size must be at most {MAX_PAYLOAD} bytes").into());
+            }
+            Some(Probe {
+                count,
+                size,
+                interval,
+            })
+        }
+        (None, Some(_)) => return Err("--size needs --count (probe mode)".into()),
+    };
+    if mode != Mode::Source && (probe.is_some() || window.is_some()) {
+        return Err("--window, --count, --size and --interval are for the source".into());
+    }
+    Ok(Command::Run(Options {
+        mode,
+        timeout,
+        listen,
+        forward_to,
+        block_size,
+        remove_perf_headers,
+        name: name.unwrap_or_else(net::host_name),
+        window,
+        probe,
+    }))
+}
+
+/// A duration with a unit (`250us`, `1.5ms`, `2s`, `100ns`); a bare number is seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "ns" => value / 1e9,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{text}' (use ns, us, ms or s)"
+            ));
+        }
+    };
+    if !(seconds.is_finite() && (0.0..=86_400.0).contains(&seconds)) {
+        return Err(format!("'{text}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        let args = std::iter::once("prog")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        match parse_args(args.skip(1)) {
+            Ok(Command::Run(options)) => Ok(options),
+            Ok(other) => Err(format!("{other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    #[test]
+    fn test_modes_follow_the_options() {
+        assert_eq!(parse(&["-f", "127.0.0.1:9"]).unwrap().mode, Mode::Source);
+        assert_eq!(
+            parse(&["-l", ":9", "-f", "127.0.0.1:9"]).unwrap().mode,
+            Mode::Relay
+        );
+        assert_eq!(parse(&["--listen", "*:9"]).unwrap().mode, Mode::Echo);
+        assert!(parse(&[]).unwrap_err().contains("--forward-to"));
+    }
+
+    #[test]
+    fn test_defaults_and_aliases() {
+        let options = parse(&["-f", "127.0.0.1:9"]).unwrap();
+        assert_eq!(options.block_size, 512);
+        assert_eq!(options.timeout, Duration::from_secs(10));
+        assert_eq!(
+            parse(&["-f", "127.0.0.1:9", "-b", "64"])
+                .unwrap()
+                .block_size,
+            64
+        );
+        assert_eq!(
+            parse(&["-f", "127.0.0.1:9", "--block=65"])
+                .unwrap()
+                .block_size,
+            65
+        );
+        assert_eq!(
+            parse(&["-f", "127.0.0.1:9", "-s", "66"])
+                .unwrap()
+                .block_size,
+            66
+        );
+        let timeout = parse(&["-f", "127.0.0.1:9", "-t", "0.25"]).unwrap().timeout;
+        assert_eq!(timeout, Duration::from_millis(250));
+        assert!(
+            parse(&["-l", ":9", "-r", "-n", "zed"])
+                .unwrap()
+                .remove_perf_headers
+        );
+    }
+
+    #[test]
+    fn test_bad_values_are_rejected_with_the_limit() {
+        assert!(
+            parse(&["-f", "127.0.0.1:9", "-s", "0"])
+                .unwrap_err()
+                .contains("1048576")
+        );
+        assert!(
+            parse(&["-f", "127.0.0.1:9", "-s", "2000000"])
+                .unwrap_err()
+                .contains("1048576")
+        );
+        assert!(parse(&["-f", "127.0.0.1:9", "-t", "-1"]).is_err());
+        assert!(
+            parse(&["-f", "nonsense"])
+                .unwrap_err()
+                .contains("--forward-to")
+        );
+        assert!(
+            parse(&["--frobnicate"])
+                .unwrap_err()
+                .contains("--frobnicate")
+        );
+        assert!(parse(&["-f", "127.0.0.1:9", "-r"]).is_err());
+        assert!(parse(&["-f", "127.0.0.1:9", "-w", "0"]).is_err());
+        assert!(parse(&["-l", ":9", "--count", "5"]).is_err());
+        assert!(parse(&["-f", "127.0.0.1:9", "--size", "5"]).is_err());
+        assert!(
+            parse(&["-f", "127.0.0.1:9", "-c", "1", "-i", "3h"])
+                .unwrap_err()
+                .contains("unit")
+        );
+    }
+
+    #[test]
+    fn test_probe_mode() {
+        let options = parse(&[
+            "-f",
+            "127.0.0.1:9",
+            "-c",
+            "100",
+            "--size",
+            "64",
+            "-i",
+            "250us",
+            "-w",
+            "1",
+        ]);
+        let options = options.unwrap();
+        assert_eq!(options.window, Some(1));
+        let interval = Duration::from_micros(250);
+        assert_eq!(
+            options.probe,
+            Some(Probe {
+                count: 100,
+                size: 64,
+                interval
+            })
+        );
+        let options = parse(&["-f", "127.0.0.1:9", "-c", "3", "-s", "99"]).unwrap();
+        assert_eq!(
+            options.probe.unwrap().size,
+            99,
+            "the block size is the default probe size"
+        );
+        assert_eq!(parse_duration("1.5ms"), Ok(Duration::from_micros(1500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+    }
+}

@@ -1,0 +1,1104 @@
+//! The relay and the echoing end: one single-threaded mio poll loop that accepts the chain's
+//! connections, opens one downstream connection for each, and moves frames both ways, adding
+//! this hop's stamp record to every data frame.
+//!
+//! The loop owns sockets, buffers and readiness; what a frame *is* belongs to [`crate::wire`].
+//! Following sozu, each socket is registered once (edge-triggered, read and write) and its
+//! readiness is tracked in software: a flag is set by an event and cleared only by
+//! `WouldBlock`. Backpressure is nothing more than not reading: a frame that does not fit the
+//! output buffer stays in the input buffer, and the socket it came from is not read until it
+//! has moved on, so the kernel's window closes towards the sender.
+//!
+//! A read stamp is the clock read right after the poll returned with this socket's readiness;
+//! a write stamp is taken when the frame is copied to the output buffer, just before the write.
+//! Because a socket is not read while a whole frame waits in its input, every frame's read
+//! stamp is the wake-up in which its last byte was read.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::buffer::Buffer;
+use crate::clock;
+use crate::net::{self, Io};
+use crate::wire::{
+    self, Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, MAX_HEADERS_LEN,
+    MAX_HOPS, PathEntry, RECORD_LEN, Role, Stamp, WireError,
+};
+
+/// The sequence number a stripping relay gives to bytes a plain server sends unasked.
+pub const UNSOLICITED: u64 = u64::MAX;
+
+const LISTENER: Token = Token(0);
+/// Reads are capped so that a connection carrying small frames touches little of its buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// Room for the largest frame plus the record this hop adds.
+const BUFFER_LEN: usize = MAX_FRAME_LEN + RECORD_LEN;
+/// A stripping relay keeps the headers of frames whose answer has not come back yet.
+const PENDING_HEADERS_LEN: usize = 256 * 1024;
+/// Rounds of read/process/write for one connection per wake-up before the others get a turn.
+const ROUNDS_PER_TURN: usize = 16;
+/// How often connections are checked for the no-progress timeout.
+const SWEEP_INTERVAL_NS: u64 = 100_000_000;
+
+pub struct HopConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub forward_to: Option<(SocketAddr, String)>,
+    pub remove_perf_headers: bool,
+    pub timeout: Duration,
+}
+
+/// Runs the hop until the process is killed; returns only on a set-up error.
+pub fn run(config: HopConfig) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    let mut listener = net::listen(config.listen).map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!("listen on {}: {error}", config.listen),
+        )
+    })?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let role = match (&config.forward_to, config.remove_perf_headers) {
+        (Some(_), false) => Role::Relay,
+        (Some(_), true) => Role::StrippingRelay,
+        (None, _) => Role::Echo,
+    };
+    let bound = listener.local_addr()?;
+    let target = config
+        .forward_to
+        .as_ref()
+        .map_or(String::new(), |(addr, text)| {
+            format!(", forwarding to {text} ({addr})")
+        });
+    eprintln!(
+        "{}: listening on {bound} ({}{target})",
+        config.name,
+        role.describe()
+    );
+    if bound.ip().is_unspecified() {
+        eprintln!(
+            "{}: warning: listening on every interface; the protocol has no authentication, \
+             bind to a private address to restrict it",
+            config.name
+        );
+    }
+
+    let mut hop = Hop {
+        config,
+        role,
+        listener,
+        connections: Vec::new(),
+        free_slots: Vec::new(),
+        busy: Vec::new(),
+        last_sweep_ns: clock::now_ns(),
+    };
+    let mut events = Events::with_capacity(1024);
+    loop {
+        let timeout = if !hop.busy.is_empty() {
+            Some(Duration::ZERO)
+        } else if hop.connections.iter().any(Option::is_some) {
+            Some(Duration::from_nanos(SWEEP_INTERVAL_NS))
+        } else {
+            None
+        };
+        if let Err(error) = poll.poll(&mut events, timeout) {
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        let now_ns = clock::now_ns();
+        let mut touched = std::mem::take(&mut hop.busy);
+        for event in events.iter() {
+            if event.token() == LISTENER {
+                hop.accept_all(poll.registry(), &mut touched);
+                continue;
+            }
+            let (slot, side) = slot_of(event.token());
+            // Events for a closed slot are stale (documented mio behaviour): ignore them.
+            let Some(Some(connection)) = hop.connections.get_mut(slot) else {
+                continue;
+            };
+            let peer = match side {
+                Side::Upstream => Some(&mut connection.upstream),
+                Side::Downstream => connection.downstream.as_mut(),
+            };
+            if let Some(peer) = peer {
+                peer.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                peer.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+            }
+            touched.push(slot);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for slot in touched {
+            hop.pump(poll.registry(), slot, now_ns);
+        }
+        if now_ns.saturating_sub(hop.last_sweep_ns) >= SWEEP_INTERVAL_NS {
+            hop.last_sweep_ns = now_ns;
+            hop.sweep(poll.registry(), now_ns);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Upstream = 0,
+    Downstream = 1,
+}
+
+fn token_of(slot: usize, side: Side) -> Token {
+    Token(1 + slot * 2 + side as usize)
+}
+
+fn slot_of(token: Token) -> (usize, Side) {
+    let index = token.0 - 1;
+    (
+        index / 2,
+        if index.is_multiple_of(2) {
+            Side::Upstream
+        } else {
+            Side::Downstream
+        },
+    )
+}
+
+struct Hop {
+    config: HopConfig,
+    role: Role,
+    listener: TcpListener,
+    connections: Vec<Option<Connection>>,
+    free_slots: Vec<usize>,
+    /// Connections that used up their turn with work left: served again without sleeping.
+    busy: Vec<usize>,
+    last_sweep_ns: u64,
+}
+
+/// One socket of a connection, with its software readiness.
+struct Peer {
+    stream: TcpStream,
+    addr: SocketAddr,
+    readable: bool,
+    writable: bool,
+    read_closed: bool,
+    write_shut: bool,
+}
+
+impl Peer {
+    fn new(stream: TcpStream, addr: SocketAddr) -> Peer {
+        Peer {
+            stream,
+            addr,
+            readable: false,
+            writable: false,
+            read_closed: false,
+            write_shut: false,
+        }
+    }
+
+    /// Reads into `into` until the socket would block or the buffer is full.
+    fn fill(&mut self, into: &mut Buffer) -> io::Result<bool> {
+        let mut progress = false;
+        while self.readable && !self.read_closed {
+            let want = into.room().min(READ_CHUNK);
+            if want == 0 {
+                break;
+            }
+            let tail = into.tail(want).expect("room checked");
+            match net::classify(|| self.stream.read(&mut tail[..want])) {
+                Io::Done(count) => {
+                    into.commit(count);
+                    progress = true;
+                }
+                Io::Closed => self.read_closed = true,
+                Io::WouldBlock => self.readable = false,
+                Io::Failed(error) => return Err(error),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Writes from `from` until it is empty or the socket would block.
+    fn flush(&mut self, from: &mut Buffer) -> io::Result<bool> {
+        let mut progress = false;
+        while self.writable && !from.is_empty() {
+            match net::classify(|| self.stream.write(from.data())) {
+                Io::Done(count) => {
+                    from.consume(count);
+                    progress = true;
+                }
+                Io::WouldBlock => self.writable = false,
+                Io::Closed => return Err(io::ErrorKind::WriteZero.into()),
+                Io::Failed(error) => return Err(error),
+            }
+        }
+        Ok(progress)
+    }
+
+    fn shut_write(&mut self) {
+        if !self.write_shut {
+            self.write_shut = true;
+            // The peer may already be gone; the read side reports that.
+            let _ = self.stream.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+/// One direction through the hop: bytes read from one socket, frames written to another.
+struct Pipe {
+    input: Buffer,
+    output: Buffer,
+    /// Stamp of the wake-up in which the input last received bytes.
+    read_ns: u64,
+    /// A whole frame is waiting in `input` for room in the output: do not read more.
+    stalled: bool,
+}
+
+impl Pipe {
+    fn new(input_len: usize, output_len: usize) -> Pipe {
+        Pipe {
+            input: Buffer::with_capacity(input_len),
+            output: Buffer::with_capacity(output_len),
+            read_ns: 0,
+            stalled: false,
+        }
+    }
+}
+
+/// What an echoing end with `--remove-perf-headers` found its peer speaking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speech {
+    Undecided,
+    Frames,
+    Plain,
+}
+
+/// A stripping relay's memory of the frames sent to the plain server and not yet answered:
+/// their headers and records (this hop's down record included) and payload lengths.
+struct PendingAnswers {
+    headers: Buffer,
+    frames: VecDeque<(usize, usize)>,
+}
+
+struct Connection {
+    upstream: Peer,
+    /// The next hop; `None` at the echoing end, and once it has failed.
+    downstream: Option<Peer>,
+    connecting: bool,
+    down: Pipe,
+    up: Pipe,
+    /// This hop's index in the chain, learnt from the path announcement.
+    hop: Option<u8>,
+    speech: Speech,
+    pending: PendingAnswers,
+    /// Why the next hop is unusable; reported upstream in a FAULT frame.
+    failure: Option<String>,
+    fault_queued: bool,
+    /// A hop further down reported a fault: its end of stream is expected, not a new fault.
+    fault_passed: bool,
+    frames_down: u64,
+    frames_up: u64,
+    bytes_down: u64,
+    bytes_up: u64,
+    opened_ns: u64,
+    last_progress_ns: u64,
+}
+
+/// Why a connection is closed: `None` for a clean end.
+type CloseReason = Option<String>;
+
+impl Hop {
+    fn accept_all(&mut self, registry: &mio::Registry, touched: &mut Vec<usize>) {
+        loop {
+            let (stream, addr) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    eprintln!("{}: cannot accept a connection: {error}", self.config.name);
+                    return;
+                }
+            };
+            if let Err(error) = self.open(registry, stream, addr, touched) {
+                eprintln!(
+                    "{}: {addr}: cannot set up the connection: {error}",
+                    self.config.name
+                );
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        registry: &mio::Registry,
+        stream: TcpStream,
+        addr: SocketAddr,
+        touched: &mut Vec<usize>,
+    ) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.connections.push(None);
+            self.connections.len() - 1
+        });
+        let mut upstream = Peer::new(stream, addr);
+        registry.register(
+            &mut upstream.stream,
+            token_of(slot, Side::Upstream),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let now_ns = clock::now_ns();
+        let echo = self.role == Role::Echo;
+        let mut connection = Connection {
+            upstream,
+            downstream: None,
+            connecting: false,
+            // The echoing end answers into `up.output`; it has no downstream buffers.
+            down: Pipe::new(BUFFER_LEN, if echo { 0 } else { BUFFER_LEN }),
+            up: Pipe::new(if echo { 0 } else { BUFFER_LEN }, BUFFER_LEN),
+            hop: None,
+            speech: Speech::Undecided,
+            pending: PendingAnswers {
+                headers: Buffer::with_capacity(if self.role == Role::StrippingRelay {
+                    PENDING_HEADERS_LEN
+                } else {
+                    0
+                }),
+                frames: VecDeque::new(),
+            },
+            failure: None,
+            fault_queued: false,
+            fault_passed: false,
+            frames_down: 0,
+            frames_up: 0,
+            bytes_down: 0,
+            bytes_up: 0,
+            opened_ns: now_ns,
+            last_progress_ns: now_ns,
+        };
+        if let Some((target, text)) = &self.config.forward_to {
+            match net::connect(*target) {
+                Ok(stream) => {
+                    let mut downstream = Peer::new(stream, *target);
+                    registry.register(
+                        &mut downstream.stream,
+                        token_of(slot, Side::Downstream),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                    connection.downstream = Some(downstream);
+                    connection.connecting = true;
+                }
+                Err(error) => {
+                    connection.failure =
+                        Some(format!("cannot reach next hop {text} ({target}): {error}"));
+                }
+            }
+        }
+        self.connections[slot] = Some(connection);
+        touched.push(slot);
+        Ok(())
+    }
+
+    fn pump(&mut self, registry: &mio::Registry, slot: usize, now_ns: u64) {
+        let Some(Some(connection)) = self.connections.get_mut(slot) else {
+            return;
+        };
+        let context = Context {
+            config: &self.config,
+            role: self.role,
+        };
+        let mut rounds = 0;
+        let outcome = loop {
+            match connection.round(&context, registry, now_ns) {
+                Ok(Round::Progress) if rounds + 1 == ROUNDS_PER_TURN => {
+                    self.busy.push(slot);
+                    return;
+                }
+                Ok(Round::Progress) => rounds += 1,
+                Ok(Round::Idle) => return,
+                Ok(Round::Finished) => break None,
+                Err(reason) => break Some(reason),
+            }
+        };
+        self.close(registry, slot, outcome);
+    }
+
+    fn sweep(&mut self, registry: &mio::Registry, now_ns: u64) {
+        let timeout_ns = self.config.timeout.as_nanos() as u64;
+        for slot in 0..self.connections.len() {
+            let Some(connection) = self.connections[slot].as_mut() else {
+                continue;
+            };
+            if !connection.outstanding()
+                || now_ns.saturating_sub(connection.last_progress_ns) < timeout_ns
+            {
+                continue;
+            }
+            let seconds = self.config.timeout.as_secs_f64();
+            if connection.downstream.is_some()
+                && connection.failure.is_none()
+                && connection.waits_for_downstream()
+            {
+                let what = if connection.connecting {
+                    format!("timed out after {seconds} s connecting")
+                } else {
+                    format!(
+                        "no answer for {seconds} s with {} frames outstanding",
+                        connection.frames_down.saturating_sub(connection.frames_up)
+                    )
+                };
+                connection.fail_downstream(registry, &self.config, what);
+                connection.last_progress_ns = now_ns;
+                self.pump(registry, slot, now_ns);
+            } else {
+                let reason = format!("no progress for {seconds} s{}", connection.stall_detail());
+                self.close(registry, slot, Some(reason));
+            }
+        }
+    }
+
+    fn close(&mut self, registry: &mio::Registry, slot: usize, reason: CloseReason) {
+        let Some(mut connection) = self.connections[slot].take() else {
+            return;
+        };
+        let _ = registry.deregister(&mut connection.upstream.stream);
+        if let Some(downstream) = connection.downstream.as_mut() {
+            let _ = registry.deregister(&mut downstream.stream);
+        }
+        self.free_slots.push(slot);
+        self.busy.retain(|&busy| busy != slot);
+        let seconds = (clock::now_ns() - connection.opened_ns) as f64 / 1e9;
+        let ending = match reason {
+            None => String::new(),
+            Some(reason) => format!("; closed: {reason}"),
+        };
+        eprintln!(
+            "{}: connection from {} ended after {seconds:.3} s: {} frames / {} B down, {} frames / {} B up{ending}",
+            self.config.name,
+            connection.upstream.addr,
+            connection.frames_down,
+            connection.bytes_down,
+            connection.frames_up,
+            connection.bytes_up,
+        );
+    }
+}
+
+struct Context<'a> {
+    config: &'a HopConfig,
+    role: Role,
+}
+
+enum Round {
+    Progress,
+    Idle,
+    Finished,
+}
+
+impl Connection {
+    /// One round of connect, read, process and write in both directions.
+    fn round(
+        &mut self,
+        context: &Context,
+        registry: &mio::Registry,
+        now_ns: u64,
+    ) -> Result<Round, String> {
+        let mut progress = false;
+        if self.connecting {
+            progress |= self.finish_connect(registry, context.config);
+        }
+
+        // Down: upstream socket -> down.input -> frames -> down.output (or up.output).
+        if !self.down.stalled {
+            let got = self
+                .upstream
+                .fill(&mut self.down.input)
+                .map_err(|error| format!("read: {error}"))?;
+            if got {
+                self.down.read_ns = now_ns;
+                progress = true;
+            }
+        }
+        progress |= self.process_down(context)?;
+        if let (Some(downstream), false) = (self.downstream.as_mut(), self.connecting) {
+            match downstream.flush(&mut self.down.output) {
+                Ok(wrote) => progress |= wrote,
+                Err(error) => {
+                    let what = format!(
+                        "lost the connection after {} frames: {error}",
+                        self.frames_down
+                    );
+                    self.fail_downstream(registry, context.config, what);
+                    progress = true;
+                }
+            }
+        }
+
+        // Up: downstream socket -> up.input -> frames -> up.output -> upstream socket.
+        if let (Some(downstream), false, false) =
+            (self.downstream.as_mut(), self.connecting, self.up.stalled)
+        {
+            match downstream.fill(&mut self.up.input) {
+                Ok(got) => {
+                    if got {
+                        self.up.read_ns = now_ns;
+                        progress = true;
+                    }
+                }
+                Err(error) => {
+                    let what = format!(
+                        "lost the connection after {} frames: {error}",
+                        self.frames_down
+                    );
+                    self.fail_downstream(registry, context.config, what);
+                    progress = true;
+                }
+            }
+        }
+        progress |= self.process_up(context)?;
+        progress |= self.queue_fault();
+        progress |= self
+            .upstream
+            .flush(&mut self.up.output)
+            .map_err(|error| format!("write: {error}"))?;
+
+        if progress {
+            self.last_progress_ns = now_ns;
+        }
+        self.pass_on_end_of_stream(context, registry)?;
+        if self.upstream.write_shut && self.upstream.read_closed && self.up.output.is_empty() {
+            return Ok(Round::Finished);
+        }
+        Ok(if progress {
+            Round::Progress
+        } else {
+            Round::Idle
+        })
+    }
+
+    fn finish_connect(&mut self, registry: &mio::Registry, config: &HopConfig) -> bool {
+        let Some(downstream) = self.downstream.as_mut() else {
+            return false;
+        };
+        if !downstream.writable {
+            return false;
+        }
+        match net::connect_result(&downstream.stream) {
+            Ok(true) => {
+                self.connecting = false;
+                true
+            }
+            Ok(false) => {
+                downstream.writable = false;
+                false
+            }
+            Err(error) => {
+                self.fail_downstream(registry, config, format!("cannot connect: {error}"));
+                true
+            }
+        }
+    }
+
+    /// The next hop is gone: drop it and tell the hops upstream, in-band.
+    fn fail_downstream(&mut self, registry: &mio::Registry, config: &HopConfig, what: String) {
+        if let Some(mut downstream) = self.downstream.take() {
+            let _ = registry.deregister(&mut downstream.stream);
+        }
+        self.connecting = false;
+        let (target, text) = config
+            .forward_to
+            .as_ref()
+            .expect("only relays have a next hop");
+        let message = format!(
+            "{} (hop {}): next hop {text} ({target}): {what}",
+            config.name,
+            self.hop_text()
+        );
+        eprintln!(
+            "{}: connection from {}: {message}",
+            config.name, self.upstream.addr
+        );
+        self.failure = Some(message);
+        self.down.output.consume(self.down.output.len());
+        self.pending.frames.clear();
+        self.pending.headers.consume(self.pending.headers.len());
+    }
+
+    fn hop_text(&self) -> String {
+        self.hop
+            .map_or_else(|| "?".to_string(), |hop| hop.to_string())
+    }
+
+    /// Queues the FAULT frame once the path is known (so the source can name the hop).
+    fn queue_fault(&mut self) -> bool {
+        let (Some(message), Some(hop), false) = (&self.failure, self.hop, self.fault_queued) else {
+            return false;
+        };
+        let frame = wire::fault_frame(&Fault {
+            hop,
+            message: message.clone(),
+        });
+        self.fault_queued = self.up.output.push(&frame);
+        self.fault_queued
+    }
+
+    fn process_down(&mut self, context: &Context) -> Result<bool, String> {
+        if context.role == Role::Echo && context.config.remove_perf_headers {
+            self.decide_speech();
+            if self.speech == Speech::Plain {
+                return Ok(self.echo_plain());
+            }
+            if self.speech == Speech::Undecided {
+                return Ok(false);
+            }
+        }
+        let mut progress = false;
+        let mut write_ns = None;
+        self.down.stalled = false;
+        loop {
+            let data = self.down.input.data();
+            if data.is_empty() {
+                break;
+            }
+            let len = match wire::frame_len(data) {
+                Ok(Some(len)) if len <= data.len() => len,
+                Ok(_) => break,
+                Err(error) => return Err(self.bad_upstream(error)),
+            };
+            let frame =
+                Frame::new_checked(&data[..len]).map_err(|error| self.bad_upstream(error))?;
+            let moved = match frame.kind() {
+                Kind::Path => {
+                    let entries = PathEntry::parse_all(frame.payload())
+                        .map_err(|error| self.bad_upstream(error))?;
+                    if entries.len() >= MAX_HOPS {
+                        return Err(format!("{}", WireError::TooManyHops));
+                    }
+                    self.hop = Some(entries.len() as u8);
+                    let announcement = self.extend_path(context, frame.payload());
+                    answer_or_forward_path(
+                        context.role,
+                        self.failure.is_some(),
+                        &announcement,
+                        &mut self.down.output,
+                        &mut self.up.output,
+                    )
+                }
+                Kind::Data => {
+                    let hop = self
+                        .hop
+                        .ok_or_else(|| "data frame before the path announcement".to_string())?;
+                    if frame.record_count() != usize::from(hop) {
+                        return Err(format!(
+                            "data frame {} carries {} stamp records, expected {hop} (one per hop upstream)",
+                            frame.sequence(),
+                            frame.record_count()
+                        ));
+                    }
+                    if self.failure.is_some() {
+                        true // the next hop is gone: the source learns it from the FAULT frame
+                    } else {
+                        let write_ns = *write_ns.get_or_insert_with(clock::now_ns);
+                        let read_ns = self.down.read_ns;
+                        match (context.role, context.config.remove_perf_headers) {
+                            (Role::Echo, false) => {
+                                let stamp = Stamp {
+                                    hop,
+                                    direction: Direction::Turn,
+                                    read_ns,
+                                    write_ns,
+                                };
+                                restamp_into(&mut self.up.output, &frame, stamp)
+                            }
+                            (Role::Echo, true) => self.up.output.push(frame.payload()),
+                            (Role::StrippingRelay, _) => {
+                                let stamp = Stamp {
+                                    hop,
+                                    direction: Direction::Down,
+                                    read_ns,
+                                    write_ns,
+                                };
+                                strip_into(&mut self.down.output, &mut self.pending, &frame, stamp)
+                            }
+                            _ => {
+                                let stamp = Stamp {
+                                    hop,
+                                    direction: Direction::Down,
+                                    read_ns,
+                                    write_ns,
+                                };
+                                restamp_into(&mut self.down.output, &frame, stamp)
+                            }
+                        }
+                    }
+                }
+                Kind::Fault => return Err("FAULT frame travelling downstream".to_string()),
+            };
+            if !moved {
+                self.down.stalled = true;
+                break;
+            }
+            if frame.kind() == Kind::Data {
+                self.frames_down += 1;
+                self.bytes_down += frame.payload_len() as u64;
+                if context.role == Role::Echo {
+                    self.frames_up += 1;
+                    self.bytes_up += frame.payload_len() as u64;
+                }
+            }
+            self.down.input.consume(len);
+            progress = true;
+        }
+        Ok(progress)
+    }
+
+    fn bad_upstream(&self, error: WireError) -> String {
+        format!("bad input from upstream {}: {error}", self.upstream.addr)
+    }
+
+    /// This hop's path entry appended to the announcement (and, at a stripping relay, the plain
+    /// server's, or at a failed relay the unreachable next hop's).
+    fn extend_path(&self, context: &Context, announcement: &[u8]) -> Vec<u8> {
+        let mut extended = announcement.to_vec();
+        let local = self.upstream.stream.local_addr().ok();
+        PathEntry::new(
+            context.role,
+            &context.config.name,
+            local,
+            Some(self.upstream.addr),
+        )
+        .emit(&mut extended);
+        let next = context.config.forward_to.as_ref();
+        if let (Some((target, text)), true) = (
+            next,
+            context.role == Role::StrippingRelay || self.failure.is_some(),
+        ) {
+            let role = if self.failure.is_some() {
+                Role::Unreached
+            } else {
+                Role::PlainServer
+            };
+            let seen_from = self
+                .downstream
+                .as_ref()
+                .and_then(|peer| peer.stream.local_addr().ok());
+            PathEntry::new(role, text, Some(*target), seen_from).emit(&mut extended);
+        }
+        extended
+    }
+
+    fn decide_speech(&mut self) {
+        if self.speech != Speech::Undecided {
+            return;
+        }
+        let data = self.down.input.data();
+        let seen = data.len().min(wire::MAGIC.len());
+        if data[..seen] != wire::MAGIC[..seen] {
+            self.speech = Speech::Plain;
+        } else if seen == wire::MAGIC.len() {
+            self.speech = Speech::Frames;
+        } else if self.upstream.read_closed && !data.is_empty() {
+            self.speech = Speech::Plain;
+        }
+    }
+
+    /// An echoing end with `-r` whose peer speaks plain bytes: echo them verbatim.
+    fn echo_plain(&mut self) -> bool {
+        let count = self.down.input.len().min(self.up.output.room());
+        if count == 0 {
+            return false;
+        }
+        self.up.output.push(&self.down.input.data()[..count]);
+        self.down.input.consume(count);
+        self.bytes_down += count as u64;
+        self.bytes_up += count as u64;
+        true
+    }
+
+    fn process_up(&mut self, context: &Context) -> Result<bool, String> {
+        if self.downstream.is_none() && self.up.input.is_empty() {
+            return Ok(false);
+        }
+        if context.role == Role::StrippingRelay {
+            return Ok(self.frame_plain_answers());
+        }
+        let mut progress = false;
+        let mut write_ns = None;
+        self.up.stalled = false;
+        loop {
+            let data = self.up.input.data();
+            if data.is_empty() {
+                break;
+            }
+            let len = match wire::frame_len(data) {
+                Ok(Some(len)) if len <= data.len() => len,
+                Ok(_) => break,
+                Err(error) => return Err(self.bad_downstream(context.config, error)),
+            };
+            let frame = Frame::new_checked(&data[..len])
+                .map_err(|error| self.bad_downstream(context.config, error))?;
+            let moved = match frame.kind() {
+                Kind::Data => {
+                    let hop = self.hop.unwrap_or(0);
+                    let write_ns = *write_ns.get_or_insert_with(clock::now_ns);
+                    let stamp = Stamp {
+                        hop,
+                        direction: Direction::Up,
+                        read_ns: self.up.read_ns,
+                        write_ns,
+                    };
+                    restamp_into(&mut self.up.output, &frame, stamp)
+                }
+                Kind::Path => self.up.output.push(&data[..len]),
+                Kind::Fault => {
+                    self.fault_passed = true;
+                    let fault = Fault::parse(frame.payload());
+                    eprintln!(
+                        "{}: passing on a fault from hop {}: {}",
+                        context.config.name, fault.hop, fault.message
+                    );
+                    self.up.output.push(&data[..len])
+                }
+            };
+            if !moved {
+                self.up.stalled = true;
+                break;
+            }
+            if frame.kind() == Kind::Data {
+                self.frames_up += 1;
+                self.bytes_up += frame.payload_len() as u64;
+            }
+            self.up.input.consume(len);
+            progress = true;
+        }
+        Ok(progress)
+    }
+
+    fn bad_downstream(&self, config: &HopConfig, error: WireError) -> String {
+        let (target, text) = config
+            .forward_to
+            .as_ref()
+            .expect("only relays read downstream");
+        format!("bad input from next hop {text} ({target}): {error}")
+    }
+
+    /// At a stripping relay: match the plain server's answer bytes, in order, to the frames
+    /// sent to it, and frame them again so the hops upstream go on measuring.
+    fn frame_plain_answers(&mut self) -> bool {
+        let mut progress = false;
+        let mut write_ns = None;
+        let hop = self.hop.unwrap_or(0);
+        loop {
+            let available = self.up.input.len();
+            if available == 0 {
+                break;
+            }
+            let write_ns = *write_ns.get_or_insert_with(clock::now_ns);
+            let stamp = Stamp {
+                hop,
+                direction: Direction::Up,
+                read_ns: self.up.read_ns,
+                write_ns,
+            };
+            let moved = match self.pending.frames.front() {
+                Some(&(headers_len, payload_len)) => {
+                    if available < payload_len {
+                        break;
+                    }
+                    let stored = &self.pending.headers.data()[..headers_len];
+                    let stored_frame = Frame::new_unchecked(stored);
+                    let header = Header {
+                        record_count: stored_frame.record_count() + 1,
+                        payload_len,
+                        ..Header::of(&stored_frame)
+                    };
+                    let Some(tail) = self.up.output.tail(header.total_len()) else {
+                        break;
+                    };
+                    let written = wire::emit_frame(
+                        tail,
+                        &header,
+                        &stored[HEADER_LEN..],
+                        &[stamp],
+                        &self.up.input.data()[..payload_len],
+                    );
+                    self.up.output.commit(written);
+                    self.pending.headers.consume(headers_len);
+                    self.pending.frames.pop_front();
+                    self.frames_up += 1;
+                    payload_len
+                }
+                None => {
+                    let count = available.min(wire::MAX_PAYLOAD);
+                    let header = Header {
+                        kind: Kind::Data,
+                        record_count: 0,
+                        sequence: UNSOLICITED,
+                        payload_len: count,
+                    };
+                    let Some(tail) = self.up.output.tail(header.total_len()) else {
+                        break;
+                    };
+                    let written =
+                        wire::emit_frame(tail, &header, &[], &[], &self.up.input.data()[..count]);
+                    self.up.output.commit(written);
+                    count
+                }
+            };
+            self.bytes_up += moved as u64;
+            self.up.input.consume(moved);
+            progress = true;
+        }
+        progress
+    }
+
+    /// Half-close, end to end: each side's EOF is passed on once everything before it has been.
+    fn pass_on_end_of_stream(
+        &mut self,
+        context: &Context,
+        registry: &mio::Registry,
+    ) -> Result<(), String> {
+        if self.upstream.read_closed && !self.down.input.is_empty() && !self.down.stalled {
+            let speech_plain = self.speech == Speech::Plain;
+            if !speech_plain {
+                return Err(format!(
+                    "upstream {} closed in the middle of a frame ({} bytes unread)",
+                    self.upstream.addr,
+                    self.down.input.len()
+                ));
+            }
+        }
+        let down_drained =
+            self.upstream.read_closed && self.down.input.is_empty() && self.down.output.is_empty();
+        match self.downstream.as_mut() {
+            Some(downstream) if !self.connecting => {
+                if down_drained {
+                    downstream.shut_write();
+                }
+                if downstream.read_closed && self.up.input.is_empty() && self.up.output.is_empty() {
+                    if !downstream.write_shut && self.failure.is_none() && !self.fault_passed {
+                        let what = format!(
+                            "closed the connection early, with {} frames unanswered",
+                            self.frames_down.saturating_sub(self.frames_up)
+                        );
+                        self.fail_downstream(registry, context.config, what);
+                        return Ok(());
+                    }
+                    if !self.up.input.is_empty() {
+                        return Err("next hop closed in the middle of a frame".to_string());
+                    }
+                    self.upstream.shut_write();
+                }
+            }
+            Some(_) => {}
+            None => {
+                // The echoing end, or a relay whose next hop failed: once the answers (and any
+                // FAULT frame) are out, the stream ends.
+                let fault_done =
+                    self.failure.is_none() || self.fault_queued || self.upstream.read_closed;
+                if (down_drained || self.failure.is_some())
+                    && fault_done
+                    && self.up.output.is_empty()
+                {
+                    self.upstream.shut_write();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the connection holds work that should make progress within the timeout.
+    fn outstanding(&self) -> bool {
+        !self.down.input.is_empty()
+            || !self.down.output.is_empty()
+            || !self.up.input.is_empty()
+            || !self.up.output.is_empty()
+            || self.connecting
+            || self.frames_down > self.frames_up && self.downstream.is_some()
+            || self.failure.is_some()
+            || self.upstream.write_shut
+    }
+
+    fn waits_for_downstream(&self) -> bool {
+        self.connecting || self.frames_down > self.frames_up || !self.down.output.is_empty()
+    }
+
+    fn stall_detail(&self) -> String {
+        if !self.down.input.is_empty() {
+            format!(
+                " ({} bytes of an incomplete frame from {})",
+                self.down.input.len(),
+                self.upstream.addr
+            )
+        } else if !self.up.output.is_empty() {
+            format!(
+                " ({} bytes waiting for {} to read)",
+                self.up.output.len(),
+                self.upstream.addr
+            )
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// Where a path announcement goes: on down to the next hop, or back up when the chain's stamps
+/// end here (echoing end, stripping relay) or the next hop is unreachable.
+fn answer_or_forward_path(
+    role: Role,
+    failed: bool,
+    announcement: &[u8],
+    down: &mut Buffer,
+    up: &mut Buffer,
+) -> bool {
+    let frame = wire::control_frame(Kind::Path, announcement);
+    if role == Role::Relay && !failed {
+        down.push(&frame)
+    } else {
+        up.push(&frame)
+    }
+}
+
+fn restamp_into<T: AsRef<[u8]>>(output: &mut Buffer, frame: &Frame<T>, stamp: Stamp) -> bool {
+    let Some(tail) = output.tail(frame.total_len() + RECORD_LEN) else {
+        return false;
+    };
+    let written = wire::emit_restamped(tail, frame, stamp);
+    output.commit(written);
+    true
+}
+
+/// Sends only the payload on, and keeps the frame's headers (with this hop's record) until the
+/// plain server's answer comes back.
+fn strip_into<T: AsRef<[u8]>>(
+    output: &mut Buffer,
+    pending: &mut PendingAnswers,
+    frame: &Frame<T>,
+    stamp: Stamp,
+) -> bool {
+    let headers_len = frame.headers_len() + RECORD_LEN;
+    debug_assert!(
+        headers_len <= MAX_HEADERS_LEN + RECORD_LEN,
+        "checked by Frame::new_checked"
+    );
+    if output.room() < frame.payload_len() || pending.headers.room() < headers_len {
+        return false;
+    }
+    // Stored without the payload: the plain server's answer will take its place.
+    let header = Header {
+        record_count: frame.record_count() + 1,
+        payload_len: 0,
+        ..Header::of(frame)
+    };
+    let tail = pending.headers.tail(headers_len).expect("room checked");
+    let written = wire::emit_frame(tail, &header, &frame.headers()[HEADER_LEN..], &[stamp], &[]);
+    pending.headers.commit(written);
+    pending.frames.push_back((written, frame.payload_len()));
+    output.push(frame.payload());
+    true
+}

@@ -1,0 +1,187 @@
+//! Sockets and file descriptors: address parsing, listening and connecting with the options a
+//! low-latency hop needs, and the classification of I/O results that the loops act on.
+//! Nothing here knows about frames.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::RawFd;
+
+use mio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Parses a `--listen` address: `host:port`, `*:port`, `:port`, `[v6]:port`, `0.0.0.0:port`.
+/// `*` and an empty host mean every IPv4 interface.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = text.strip_prefix("*:").or_else(|| text.strip_prefix(':')) {
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("bad port in '{text}'"))?;
+        return Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)));
+    }
+    resolve(text)
+}
+
+/// Resolves `host:port` or `[v6]:port`; host names go through the system resolver, and the
+/// first address it gives is used.
+pub fn resolve(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    if !text.contains(':') {
+        return Err(format!("'{text}' has no port (expected host:port)"));
+    }
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|error| format!("cannot resolve '{text}': {error}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("'{text}' resolves to no address"))
+}
+
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Starts a non-blocking connect; the caller waits for writability, then calls
+/// [`connect_result`].
+pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Whether a non-blocking connect has finished: `Ok(true)` connected, `Ok(false)` still in
+/// progress, `Err` failed (following the steps in mio's `TcpStream::connect` docs).
+pub fn connect_result(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(error) = stream.take_error()? {
+        return Err(error);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// What a read or write did, in the terms the event loops act on.
+#[derive(Debug)]
+pub enum Io {
+    Done(usize),
+    WouldBlock,
+    Closed,
+    Failed(io::Error),
+}
+
+/// Classifies the result of one read or write, retrying on EINTR inside `op`.
+pub fn classify(mut op: impl FnMut() -> io::Result<usize>) -> Io {
+    loop {
+        return match op() {
+            Ok(0) => Io::Closed,
+            Ok(count) => Io::Done(count),
+            Err(error) => match error.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => Io::WouldBlock,
+                _ => Io::Failed(error),
+            },
+        };
+    }
+}
+
+/// A plain read(2) or write(2) on a raw descriptor (stdin, stdout).
+pub fn read_fd(fd: RawFd, into: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `into` is a valid writable slice of `into.len()` bytes.
+    let count = unsafe { libc::read(fd, into.as_mut_ptr().cast(), into.len()) };
+    if count < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(count as usize)
+    }
+}
+
+pub fn write_fd(fd: RawFd, from: &[u8]) -> io::Result<usize> {
+    // SAFETY: `from` is a valid readable slice of `from.len()` bytes.
+    let count = unsafe { libc::write(fd, from.as_ptr().cast(), from.len()) };
+    if count < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(count as usize)
+    }
+}
+
+/// Puts a descriptor in non-blocking mode until dropped, then restores its flags: stdin and
+/// stdout may be a terminal shared with the shell, which must get them back as they were.
+pub struct NonBlocking {
+    fd: RawFd,
+    saved_flags: libc::c_int,
+}
+
+impl NonBlocking {
+    pub fn set(fd: RawFd) -> io::Result<NonBlocking> {
+        // SAFETY: fcntl on a descriptor number has no memory effects; errors are returned.
+        let saved_flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if saved_flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, saved_flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(NonBlocking { fd, saved_flags })
+    }
+}
+
+impl Drop for NonBlocking {
+    fn drop(&mut self) {
+        // SAFETY: restores the flags read in `set` on the same descriptor.
+        unsafe { libc::fcntl(self.fd, libc::F_SETFL, self.saved_flags) };
+    }
+}
+
+/// The host name, for a hop that was given no `--name`.
+pub fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is writable for its length; gethostname NUL-terminates on success.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return "unknown-host".to_string();
+    }
+    let end = buffer
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_listen_address_forms() {
+        assert_eq!(
+            parse_listen("*:9000").unwrap(),
+            "0.0.0.0:9000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen(":9000").unwrap(),
+            "0.0.0.0:9000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[::1]:9000").unwrap(),
+            "[::1]:9000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("127.0.0.1:1").unwrap(),
+            "127.0.0.1:1".parse().unwrap()
+        );
+        assert_eq!(parse_listen("localhost:80").unwrap().port(), 80);
+        assert!(parse_listen("*:http").is_err());
+        assert!(resolve("10.0.0.1").unwrap_err().contains("no port"));
+    }
+}

@@ -1,0 +1,455 @@
+//! Delay arithmetic and statistics, without sockets: turns the stamp records of each answered
+//! frame into one sample per subsegment, and keeps the histograms, jitter and sequence
+//! accounting that the report prints.
+//!
+//! A subsegment is either a link between two hops or a hop's residence (read to write, one
+//! direction). Only stamps of one host are ever subtracted from each other:
+//!
+//! ```text
+//! held(j)       = up_write(j) − down_read(j)            (turn write − turn read at the echo end)
+//! link(i, i+1)  = (up_read(i) − down_write(i)) − held(i+1)
+//! end-to-end    = up_read(0) − down_write(0)            (at the source)
+//! ```
+//!
+//! so the link round trip excludes whatever time the next hop spent holding the frame, and for
+//! every frame the subsegments add up to the end-to-end round trip exactly.
+
+use std::collections::VecDeque;
+
+use hdrhistogram::Histogram;
+
+use crate::wire::{Direction, Frame, MAX_HOPS, PathEntry, Role};
+
+/// The longest delay a histogram tells apart: one hour.
+const HISTOGRAM_MAX_NS: u64 = 3_600_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The round trip of the link between hop `i` and hop `i + 1`, their holding time excluded.
+    Link(usize),
+    /// Hop `i`'s time from reading a frame to writing it on, going down.
+    ResidenceDown(usize),
+    /// Hop `i`'s time from reading an answer to writing it on, going up.
+    ResidenceUp(usize),
+    /// The echoing end's time from reading a frame to writing it back.
+    Turn(usize),
+}
+
+/// One subsegment's samples.
+pub struct Series {
+    pub part: Part,
+    pub label: String,
+    pub histogram: Histogram<u64>,
+    pub sum_ns: i128,
+    /// Samples below zero (clock steps or a bug upstream); recorded as zero in the histogram.
+    pub negative: u64,
+    jitter_sum_ns: u128,
+    previous_ns: Option<i64>,
+}
+
+impl Series {
+    fn new(part: Part, label: String) -> Series {
+        Series {
+            part,
+            label,
+            histogram: Histogram::new_with_max(HISTOGRAM_MAX_NS, 3)
+                .expect("valid histogram bounds"),
+            sum_ns: 0,
+            negative: 0,
+            jitter_sum_ns: 0,
+            previous_ns: None,
+        }
+    }
+
+    fn add(&mut self, sample_ns: i64) {
+        self.histogram.saturating_record(sample_ns.max(0) as u64);
+        self.sum_ns += i128::from(sample_ns);
+        if sample_ns < 0 {
+            self.negative += 1;
+        }
+        if let Some(previous) = self.previous_ns {
+            self.jitter_sum_ns += u128::from(sample_ns.abs_diff(previous));
+        }
+        self.previous_ns = Some(sample_ns);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    /// The exact mean (from the sum, not the histogram's buckets), in nanoseconds.
+    pub fn mean_ns(&self) -> f64 {
+        if self.count() == 0 {
+            0.0
+        } else {
+            self.sum_ns as f64 / self.count() as f64
+        }
+    }
+
+    /// Mean absolute difference of consecutive samples (mtr's Javg; RFC 3550's D), in ns.
+    pub fn jitter_ns(&self) -> f64 {
+        let pairs = self.count().saturating_sub(1);
+        if pairs == 0 {
+            0.0
+        } else {
+            self.jitter_sum_ns as f64 / pairs as f64
+        }
+    }
+}
+
+/// The chain as discovered, and the per-subsegment series built from answered frames.
+pub struct Chain {
+    pub path: Vec<PathEntry>,
+    /// Index of the last hop that stamps (the echoing end or a stripping relay).
+    last_stamped: usize,
+    pub parts: Vec<Series>,
+    pub end_to_end: Series,
+    /// Answered frames whose records did not match the path.
+    pub malformed: u64,
+}
+
+/// One answered frame's stamps, by hop: `(read_ns, write_ns)`.
+#[derive(Default)]
+struct Stamps {
+    down: [Option<(u64, u64)>; MAX_HOPS],
+    up: [Option<(u64, u64)>; MAX_HOPS],
+    turn: [Option<(u64, u64)>; MAX_HOPS],
+}
+
+impl Chain {
+    /// `None` when the path has no hop that stamps frames on the way back.
+    pub fn new(path: Vec<PathEntry>) -> Option<Chain> {
+        let last_stamped = path
+            .iter()
+            .rposition(|entry| matches!(entry.role, Role::Echo | Role::StrippingRelay))?;
+        let labels = hop_labels(&path);
+        let mut parts = Vec::new();
+        for hop in 0..last_stamped {
+            parts.push(Part::Link(hop));
+            if hop + 1 < last_stamped {
+                parts.extend([Part::ResidenceDown(hop + 1), Part::ResidenceUp(hop + 1)]);
+            }
+        }
+        match path[last_stamped].role {
+            Role::Echo => parts.push(Part::Turn(last_stamped)),
+            _ => parts.extend([
+                Part::ResidenceDown(last_stamped),
+                Part::ResidenceUp(last_stamped),
+                Part::Link(last_stamped),
+            ]),
+        }
+        let label = |part: Part| match part {
+            Part::Link(hop) => {
+                let next = labels.get(hop + 1).map_or("?", String::as_str);
+                format!("{} ⇄ {next}", labels[hop])
+            }
+            Part::ResidenceDown(hop) => format!("{} ↓ (relay)", labels[hop]),
+            Part::ResidenceUp(hop) => format!("{} ↑ (relay)", labels[hop]),
+            Part::Turn(hop) => format!("{} (echo)", labels[hop]),
+        };
+        let parts = parts
+            .into_iter()
+            .map(|part| Series::new(part, label(part)))
+            .collect();
+        Some(Chain {
+            path,
+            last_stamped,
+            parts,
+            end_to_end: Series::new(Part::Link(0), "end-to-end".to_string()),
+            malformed: 0,
+        })
+    }
+
+    /// Adds one answered frame; `up_read_ns` is the source's own stamp of its arrival.
+    pub fn record<T: AsRef<[u8]>>(&mut self, frame: &Frame<T>, up_read_ns: u64) {
+        let mut stamps = Stamps::default();
+        for stamp in frame.records() {
+            let slot = match stamp.direction {
+                Direction::Down => &mut stamps.down,
+                Direction::Up => &mut stamps.up,
+                Direction::Turn => &mut stamps.turn,
+            };
+            slot[usize::from(stamp.hop)] = Some((stamp.read_ns, stamp.write_ns));
+        }
+        stamps.up[0] = Some((up_read_ns, 0));
+        let Some(samples) = self.samples(&stamps) else {
+            self.malformed += 1;
+            return;
+        };
+        let Some(end_to_end) = sub(
+            stamps.up[0].map(|(read, _)| read),
+            stamps.down[0].map(|(_, write)| write),
+        ) else {
+            self.malformed += 1;
+            return;
+        };
+        debug_assert_eq!(
+            samples.iter().sum::<i64>(),
+            end_to_end,
+            "subsegments must add up exactly"
+        );
+        for (series, sample) in self.parts.iter_mut().zip(samples) {
+            series.add(sample);
+        }
+        self.end_to_end.add(end_to_end);
+    }
+
+    fn samples(&self, stamps: &Stamps) -> Option<Vec<i64>> {
+        let last = self.last_stamped;
+        let held = |hop: usize| -> Option<i64> {
+            if hop == last && self.path[last].role == Role::Echo {
+                let (read, write) = stamps.turn[hop]?;
+                sub(Some(write), Some(read))
+            } else {
+                sub(
+                    stamps.up[hop].map(|(_, write)| write),
+                    stamps.down[hop].map(|(read, _)| read),
+                )
+            }
+        };
+        self.parts
+            .iter()
+            .map(|series| match series.part {
+                Part::Link(hop) => {
+                    let round_trip = sub(
+                        stamps.up[hop].map(|(read, _)| read),
+                        stamps.down[hop].map(|(_, write)| write),
+                    )?;
+                    // Past the last stamping hop is a plain server: nothing to subtract.
+                    let next_held = if hop == last { 0 } else { held(hop + 1)? };
+                    Some(round_trip - next_held)
+                }
+                Part::ResidenceDown(hop) => {
+                    let (read, write) = stamps.down[hop]?;
+                    sub(Some(write), Some(read))
+                }
+                Part::ResidenceUp(hop) => {
+                    let (read, write) = stamps.up[hop]?;
+                    sub(Some(write), Some(read))
+                }
+                Part::Turn(hop) => held(hop),
+            })
+            .collect()
+    }
+
+    /// The subsegment with the highest median: the verdict.
+    pub fn worst(&self) -> Option<&Series> {
+        self.parts
+            .iter()
+            .filter(|series| series.count() > 0)
+            .max_by_key(|series| series.histogram.value_at_quantile(0.5))
+    }
+}
+
+fn sub(later: Option<u64>, earlier: Option<u64>) -> Option<i64> {
+    Some(later? as i64 - earlier? as i64)
+}
+
+/// Hop names for labels; a name used by two hops gets its hop index, so labels stay distinct.
+fn hop_labels(path: &[PathEntry]) -> Vec<String> {
+    path.iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let shared = path.iter().filter(|other| other.name == entry.name).count() > 1;
+            if shared {
+                format!("{}#{index}", entry.name)
+            } else {
+                entry.name.clone()
+            }
+        })
+        .collect()
+}
+
+/// Which sequence numbers came back, with memory bounded by the frames in flight.
+#[derive(Default)]
+pub struct Sequencing {
+    pub sent: u64,
+    pub answered: u64,
+    pub out_of_order: u64,
+    pub duplicated: u64,
+    /// `answered_window[k]` says whether frame `window_base + k` has come back.
+    window_base: u64,
+    answered_window: VecDeque<bool>,
+    highest_seen: Option<u64>,
+}
+
+impl Sequencing {
+    pub fn sent_one(&mut self) -> u64 {
+        let sequence = self.sent;
+        self.sent += 1;
+        self.answered_window.push_back(false);
+        sequence
+    }
+
+    pub fn answered_one(&mut self, sequence: u64) {
+        let Some(index) = sequence.checked_sub(self.window_base) else {
+            self.duplicated += 1;
+            return;
+        };
+        match self.answered_window.get_mut(index as usize) {
+            Some(true) => self.duplicated += 1,
+            Some(seen) => {
+                *seen = true;
+                self.answered += 1;
+                if self.highest_seen.is_some_and(|highest| sequence < highest) {
+                    self.out_of_order += 1;
+                }
+                self.highest_seen = self.highest_seen.max(Some(sequence));
+                while self.answered_window.front() == Some(&true) {
+                    self.answered_window.pop_front();
+                    self.window_base += 1;
+                }
+            }
+            // A sequence number never sent: count it with the duplicates as not ours.
+            None => self.duplicated += 1,
+        }
+    }
+
+    pub fn missing(&self) -> u64 {
+        self.sent - self.answered
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.missing()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Header, Kind, Stamp, emit_frame};
+
+    fn entry(role: Role, name: &str) -> PathEntry {
+        PathEntry::new(role, name, None, None)
+    }
+
+    fn frame(stamps: &[Stamp]) -> Vec<u8> {
+        let header = Header {
+            kind: Kind::Data,
+            record_count: stamps.len(),
+            sequence: 0,
+            payload_len: 0,
+        };
+        let mut out = vec![0; header.total_len()];
+        emit_frame(&mut out, &header, &[], stamps, &[]);
+        out
+    }
+
+    fn stamp(hop: u8, direction: Direction, read_ns: u64, write_ns: u64) -> Stamp {
+        Stamp {
+            hop,
+            direction,
+            read_ns,
+            write_ns,
+        }
+    }
+
+    #[test]
+    fn test_delay_arithmetic_on_hand_built_stamps() {
+        // A (source) -> B (relay) -> Z (echo). Each host has its own unrelated clock origin.
+        let path = vec![
+            entry(Role::Source, "A"),
+            entry(Role::Relay, "B"),
+            entry(Role::Echo, "Z"),
+        ];
+        let mut chain = Chain::new(path).unwrap();
+        let labels: Vec<_> = chain
+            .parts
+            .iter()
+            .map(|series| series.label.as_str())
+            .collect();
+        assert_eq!(
+            labels,
+            ["A ⇄ B", "B ↓ (relay)", "B ↑ (relay)", "B ⇄ Z", "Z (echo)"]
+        );
+        let bytes = frame(&[
+            stamp(0, Direction::Down, 0, 1_000),         // A writes at 1 000
+            stamp(1, Direction::Down, 500_000, 500_300), // B holds 300 going down
+            stamp(2, Direction::Turn, 9_000_000, 9_000_050), // Z holds 50
+            stamp(1, Direction::Up, 540_300, 540_500),   // B: 40 000 on B⇄Z, holds 200 up
+        ]);
+        // A reads the answer at 1 000 + 10 000 (A⇄B) + B's whole holding time (40 500).
+        chain.record(
+            &Frame::new_checked(&bytes[..]).unwrap(),
+            1_000 + 10_000 + 40_500,
+        );
+        let means: Vec<f64> = chain.parts.iter().map(Series::mean_ns).collect();
+        assert_eq!(means, [10_000.0, 300.0, 200.0, 39_950.0, 50.0]);
+        assert_eq!(chain.end_to_end.mean_ns(), 50_500.0);
+        assert_eq!(means.iter().sum::<f64>(), chain.end_to_end.mean_ns());
+        assert_eq!(chain.worst().unwrap().label, "B ⇄ Z");
+    }
+
+    #[test]
+    fn test_stripping_relay_ends_the_stamps() {
+        let path = vec![
+            entry(Role::Source, "A"),
+            entry(Role::StrippingRelay, "B"),
+            entry(Role::PlainServer, "server:7"),
+        ];
+        let mut chain = Chain::new(path).unwrap();
+        let bytes = frame(&[
+            stamp(0, Direction::Down, 0, 100),
+            stamp(1, Direction::Down, 10, 20),
+            stamp(1, Direction::Up, 5_020, 5_030),
+        ]);
+        chain.record(
+            &Frame::new_checked(&bytes[..]).unwrap(),
+            100 + 1_000 + 5_020,
+        );
+        let means: Vec<f64> = chain.parts.iter().map(Series::mean_ns).collect();
+        // A⇄B, B↓, B↑, B⇄server (which includes the server's own time).
+        assert_eq!(means, [1_000.0, 10.0, 10.0, 5_000.0]);
+        assert_eq!(chain.end_to_end.mean_ns(), 6_020.0);
+    }
+
+    #[test]
+    fn test_missing_records_count_as_malformed() {
+        let path = vec![
+            entry(Role::Source, "A"),
+            entry(Role::Relay, "B"),
+            entry(Role::Echo, "Z"),
+        ];
+        let mut chain = Chain::new(path).unwrap();
+        let bytes = frame(&[stamp(0, Direction::Down, 0, 1)]);
+        chain.record(&Frame::new_checked(&bytes[..]).unwrap(), 10);
+        assert_eq!(chain.malformed, 1);
+        assert_eq!(chain.end_to_end.count(), 0);
+    }
+
+    #[test]
+    fn test_jitter_and_duplicate_names() {
+        let path = vec![entry(Role::Source, "lo"), entry(Role::Echo, "lo")];
+        let mut chain = Chain::new(path).unwrap();
+        assert_eq!(chain.parts[0].label, "lo#0 ⇄ lo#1");
+        for (index, link_ns) in [100u64, 300, 200].into_iter().enumerate() {
+            let base = index as u64 * 1_000_000;
+            let bytes = frame(&[
+                stamp(0, Direction::Down, base, base),
+                stamp(1, Direction::Turn, 7, 7),
+            ]);
+            chain.record(&Frame::new_checked(&bytes[..]).unwrap(), base + link_ns);
+        }
+        assert_eq!(chain.parts[0].jitter_ns(), 150.0);
+    }
+
+    #[test]
+    fn test_sequencing_counts_loss_order_and_duplicates() {
+        let mut sequencing = Sequencing::default();
+        for _ in 0..5 {
+            sequencing.sent_one();
+        }
+        for sequence in [0, 2, 1, 2, 9] {
+            sequencing.answered_one(sequence);
+        }
+        assert_eq!(sequencing.answered, 3);
+        assert_eq!(sequencing.out_of_order, 1);
+        assert_eq!(sequencing.duplicated, 2);
+        assert_eq!(sequencing.missing(), 2);
+        assert_eq!(
+            sequencing.answered_window.len(),
+            2,
+            "answered prefix is forgotten"
+        );
+    }
+}

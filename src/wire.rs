@@ -1,0 +1,760 @@
+//! The wire format: frames, their stamp records and the path entries, without any I/O.
+//!
+//! Every frame is a fixed header, then `record_count` stamp records, then the payload:
+//!
+//! ```text
+//!  0      4   5    6       7     8            16            20
+//!  +------+---+----+-------+-----+------------+-------------+----------------+---------+
+//!  |magic |ver|kind|records|flags| sequence   | payload len | records × 20 B | payload |
+//!  +------+---+----+-------+-----+------------+-------------+----------------+---------+
+//! ```
+//!
+//! All integers are big-endian. A stamp record is `hop u8, direction u8, reserved u16,
+//! read_ns u64, write_ns u64`: the CLOCK_MONOTONIC_RAW times at which that hop saw the frame
+//! become readable and wrote it on. Records are only ever compared with records of the same hop,
+//! so hosts need no clock synchronisation.
+//!
+//! Following smoltcp, [`Frame`] is a view over a buffer: [`Frame::new_checked`] validates every
+//! limit once, after which no accessor can panic. Peer input goes through [`frame_len`] (the
+//! incremental step: "is a whole frame here yet?") and then `new_checked`, always.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// "SSTS": subsegment TCP speeds.
+pub const MAGIC: [u8; 4] = *b"SSTS";
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 20;
+pub const RECORD_LEN: usize = 20;
+/// Hops in a chain, the source and the echoing end included. A forwarding loop (A→B→A…)
+/// grows the path by one hop per pass and is stopped here.
+pub const MAX_HOPS: usize = 32;
+/// Each hop stamps at most twice (once each way), the echoing end once.
+pub const MAX_RECORDS: usize = 2 * MAX_HOPS;
+/// The largest payload of a frame, and so the largest `--stdin-block-size`.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+pub const MAX_HEADERS_LEN: usize = HEADER_LEN + MAX_RECORDS * RECORD_LEN;
+pub const MAX_FRAME_LEN: usize = MAX_HEADERS_LEN + MAX_PAYLOAD;
+
+mod field {
+    use std::ops::Range;
+    pub const MAGIC: Range<usize> = 0..4;
+    pub const VERSION: usize = 4;
+    pub const KIND: usize = 5;
+    pub const RECORD_COUNT: usize = 6;
+    pub const FLAGS: usize = 7;
+    pub const SEQUENCE: Range<usize> = 8..16;
+    pub const PAYLOAD_LEN: Range<usize> = 16..20;
+
+    pub mod record {
+        use std::ops::Range;
+        pub const HOP: usize = 0;
+        pub const DIRECTION: usize = 1;
+        pub const READ_NS: Range<usize> = 4..12;
+        pub const WRITE_NS: Range<usize> = 12..20;
+    }
+}
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A block of the source's input, stamped by every hop.
+    Data = 1,
+    /// Path discovery: each hop appends a [`PathEntry`] to the payload on the way down.
+    Path = 2,
+    /// A hop could not go on (next hop unreachable, reset, bad input): the payload is a
+    /// [`Fault`], travelling upstream to the source.
+    Fault = 3,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Kind> {
+        match byte {
+            1 => Some(Kind::Data),
+            2 => Some(Kind::Path),
+            3 => Some(Kind::Fault),
+            _ => None,
+        }
+    }
+}
+
+/// Which way a stamp record's frame was travelling at that hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the source towards the echoing end.
+    Down = 0,
+    /// From the echoing end back to the source.
+    Up = 1,
+    /// At the echoing end: read going down, written going up.
+    Turn = 2,
+}
+
+impl Direction {
+    fn from_byte(byte: u8) -> Option<Direction> {
+        match byte {
+            0 => Some(Direction::Down),
+            1 => Some(Direction::Up),
+            2 => Some(Direction::Turn),
+            _ => None,
+        }
+    }
+}
+
+/// Why bytes from a peer are not a frame of ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    BadMagic([u8; 4]),
+    UnsupportedVersion(u8),
+    UnknownKind(u8),
+    PayloadTooLarge(usize),
+    TooManyRecords(usize),
+    BadRecord { index: usize },
+    BadPath(&'static str),
+    TooManyHops,
+    LengthMismatch { header: usize, actual: usize },
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            WireError::BadMagic(bytes) => {
+                write!(
+                    f,
+                    "not a subsegment-tcp-speeds frame ({})",
+                    guess_protocol(bytes)
+                )
+            }
+            WireError::UnsupportedVersion(v) => {
+                write!(
+                    f,
+                    "unsupported protocol version {v} (this build speaks {VERSION})"
+                )
+            }
+            WireError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            WireError::PayloadTooLarge(n) => {
+                write!(f, "payload of {n} bytes exceeds the limit of {MAX_PAYLOAD}")
+            }
+            WireError::TooManyRecords(n) => {
+                write!(f, "{n} stamp records exceed the limit of {MAX_RECORDS}")
+            }
+            WireError::BadRecord { index } => write!(f, "stamp record {index} is malformed"),
+            WireError::BadPath(why) => write!(f, "malformed path announcement: {why}"),
+            WireError::LengthMismatch { header, actual } => {
+                write!(
+                    f,
+                    "frame header says {header} bytes but {actual} were given"
+                )
+            }
+            WireError::TooManyHops => write!(
+                f,
+                "the path has more than {MAX_HOPS} hops (is the chain forwarding in a loop?)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// Names what a stray peer probably speaks, so the log line is useful.
+fn guess_protocol(first: &[u8; 4]) -> String {
+    let http_methods: [&[u8]; 6] = [b"GET ", b"POST", b"PUT ", b"HEAD", b"OPTI", b"CONN"];
+    if http_methods.contains(&&first[..]) {
+        return "looks like an HTTP request".to_string();
+    }
+    if first[0] == 0x16 && first[1] == 0x03 {
+        return "looks like a TLS handshake".to_string();
+    }
+    if first.starts_with(b"SSH-") {
+        return "looks like SSH".to_string();
+    }
+    format!(
+        "first bytes {:02x} {:02x} {:02x} {:02x}",
+        first[0], first[1], first[2], first[3]
+    )
+}
+
+/// The incremental step of parsing: how long the frame at the start of `buffer` is, once
+/// enough of it has arrived to say. `Ok(None)` asks for more bytes; an error means the stream
+/// is not ours (or breaks a limit) and the connection must be closed.
+pub fn frame_len(buffer: &[u8]) -> Result<Option<usize>, WireError> {
+    let magic_seen = buffer.len().min(4);
+    if buffer[..magic_seen] != MAGIC[..magic_seen] {
+        let mut first = [0u8; 4];
+        first[..magic_seen].copy_from_slice(&buffer[..magic_seen]);
+        return Err(WireError::BadMagic(first));
+    }
+    if buffer.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let header = Frame::new_unchecked(&buffer[..HEADER_LEN]);
+    header.check_header()?;
+    Ok(Some(header.total_len()))
+}
+
+/// A read-only (or, over `&mut [u8]`, writable) view of one whole frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Frame<T> {
+    pub fn new_unchecked(buffer: T) -> Frame<T> {
+        Frame { buffer }
+    }
+
+    /// Validates the header, every limit and every record; afterwards no accessor panics.
+    pub fn new_checked(buffer: T) -> Result<Frame<T>, WireError> {
+        let frame = Frame::new_unchecked(buffer);
+        let actual = frame.buffer.as_ref().len();
+        match frame_len(frame.buffer.as_ref())? {
+            Some(header) if header == actual => {}
+            Some(header) => return Err(WireError::LengthMismatch { header, actual }),
+            None => {
+                return Err(WireError::LengthMismatch {
+                    header: HEADER_LEN,
+                    actual,
+                });
+            }
+        }
+        for index in 0..frame.record_count() {
+            let record = frame.record_bytes(index);
+            if Direction::from_byte(record[field::record::DIRECTION]).is_none()
+                || usize::from(record[field::record::HOP]) >= MAX_HOPS
+            {
+                return Err(WireError::BadRecord { index });
+            }
+        }
+        Ok(frame)
+    }
+
+    fn check_header(&self) -> Result<(), WireError> {
+        let data = self.buffer.as_ref();
+        if data[field::VERSION] != VERSION {
+            return Err(WireError::UnsupportedVersion(data[field::VERSION]));
+        }
+        if Kind::from_byte(data[field::KIND]).is_none() {
+            return Err(WireError::UnknownKind(data[field::KIND]));
+        }
+        if self.record_count() > MAX_RECORDS {
+            return Err(WireError::TooManyRecords(self.record_count()));
+        }
+        if self.payload_len() > MAX_PAYLOAD {
+            return Err(WireError::PayloadTooLarge(self.payload_len()));
+        }
+        Ok(())
+    }
+
+    pub fn kind(&self) -> Kind {
+        Kind::from_byte(self.buffer.as_ref()[field::KIND]).unwrap_or(Kind::Data)
+    }
+
+    pub fn record_count(&self) -> usize {
+        usize::from(self.buffer.as_ref()[field::RECORD_COUNT])
+    }
+
+    pub fn sequence(&self) -> u64 {
+        read_u64(&self.buffer.as_ref()[field::SEQUENCE])
+    }
+
+    pub fn payload_len(&self) -> usize {
+        read_u32(&self.buffer.as_ref()[field::PAYLOAD_LEN]) as usize
+    }
+
+    pub fn headers_len(&self) -> usize {
+        HEADER_LEN + self.record_count() * RECORD_LEN
+    }
+
+    pub fn total_len(&self) -> usize {
+        self.headers_len() + self.payload_len()
+    }
+
+    fn record_bytes(&self, index: usize) -> &[u8] {
+        let start = HEADER_LEN + index * RECORD_LEN;
+        &self.buffer.as_ref()[start..start + RECORD_LEN]
+    }
+
+    pub fn record(&self, index: usize) -> Stamp {
+        let bytes = self.record_bytes(index);
+        Stamp {
+            hop: bytes[field::record::HOP],
+            direction: Direction::from_byte(bytes[field::record::DIRECTION])
+                .unwrap_or(Direction::Down),
+            read_ns: read_u64(&bytes[field::record::READ_NS]),
+            write_ns: read_u64(&bytes[field::record::WRITE_NS]),
+        }
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = Stamp> + '_ {
+        (0..self.record_count()).map(|index| self.record(index))
+    }
+
+    /// Everything before the payload: header and records.
+    pub fn headers(&self) -> &[u8] {
+        &self.buffer.as_ref()[..self.headers_len()]
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[self.headers_len()..self.total_len()]
+    }
+}
+
+/// One hop's stamps for one frame in one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub hop: u8,
+    pub direction: Direction,
+    pub read_ns: u64,
+    pub write_ns: u64,
+}
+
+impl Stamp {
+    pub fn emit(&self, out: &mut [u8]) {
+        out[field::record::HOP] = self.hop;
+        out[field::record::DIRECTION] = self.direction as u8;
+        out[2..4].fill(0);
+        out[field::record::READ_NS].copy_from_slice(&self.read_ns.to_be_bytes());
+        out[field::record::WRITE_NS].copy_from_slice(&self.write_ns.to_be_bytes());
+    }
+}
+
+/// The header fields of a frame to be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub record_count: usize,
+    pub sequence: u64,
+    pub payload_len: usize,
+}
+
+impl Header {
+    pub fn emit(&self, out: &mut [u8]) {
+        debug_assert!(self.record_count <= MAX_RECORDS, "too many records to emit");
+        debug_assert!(self.payload_len <= MAX_PAYLOAD, "payload too large to emit");
+        out[field::MAGIC].copy_from_slice(&MAGIC);
+        out[field::VERSION] = VERSION;
+        out[field::KIND] = self.kind as u8;
+        out[field::RECORD_COUNT] = self.record_count as u8;
+        out[field::FLAGS] = 0;
+        out[field::SEQUENCE].copy_from_slice(&self.sequence.to_be_bytes());
+        out[field::PAYLOAD_LEN].copy_from_slice(&(self.payload_len as u32).to_be_bytes());
+    }
+
+    pub fn total_len(&self) -> usize {
+        HEADER_LEN + self.record_count * RECORD_LEN + self.payload_len
+    }
+
+    pub fn of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Header {
+        Header {
+            kind: frame.kind(),
+            record_count: frame.record_count(),
+            sequence: frame.sequence(),
+            payload_len: frame.payload_len(),
+        }
+    }
+}
+
+/// Writes a whole frame at the start of `out` (header, the given records, one record per
+/// `extra` stamp, then the payload) and returns its length. `out` must hold `header.total_len()`.
+pub fn emit_frame(
+    out: &mut [u8],
+    header: &Header,
+    records: &[u8],
+    extra: &[Stamp],
+    payload: &[u8],
+) -> usize {
+    debug_assert_eq!(records.len() % RECORD_LEN, 0, "records are whole");
+    debug_assert_eq!(
+        header.record_count,
+        records.len() / RECORD_LEN + extra.len()
+    );
+    debug_assert_eq!(header.payload_len, payload.len());
+    header.emit(&mut out[..HEADER_LEN]);
+    let mut at = HEADER_LEN;
+    out[at..at + records.len()].copy_from_slice(records);
+    at += records.len();
+    for stamp in extra {
+        stamp.emit(&mut out[at..at + RECORD_LEN]);
+        at += RECORD_LEN;
+    }
+    out[at..at + payload.len()].copy_from_slice(payload);
+    at + payload.len()
+}
+
+/// Writes `frame` to `out` with one more stamp record, as a hop does when it passes a frame on;
+/// returns the length written (`frame.total_len() + RECORD_LEN`).
+pub fn emit_restamped<T: AsRef<[u8]>>(out: &mut [u8], frame: &Frame<T>, stamp: Stamp) -> usize {
+    let header = Header {
+        record_count: frame.record_count() + 1,
+        ..Header::of(frame)
+    };
+    emit_frame(
+        out,
+        &header,
+        &frame.headers()[HEADER_LEN..],
+        &[stamp],
+        frame.payload(),
+    )
+}
+
+/// Builds a FAULT frame.
+pub fn fault_frame(fault: &Fault) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(1 + fault.message.len());
+    fault.emit(&mut payload);
+    payload.truncate(MAX_PAYLOAD);
+    control_frame(Kind::Fault, &payload)
+}
+
+/// Builds a frame with no stamps: PATH and FAULT frames, which are rare and may allocate.
+pub fn control_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
+    let header = Header {
+        kind,
+        record_count: 0,
+        sequence: 0,
+        payload_len: payload.len(),
+    };
+    let mut out = vec![0u8; header.total_len()];
+    emit_frame(&mut out, &header, &[], &[], payload);
+    out
+}
+
+/// What a hop is in the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Source = 1,
+    Relay = 2,
+    Echo = 3,
+    /// A relay run with `--remove-perf-headers`: the chain's stamps end here.
+    StrippingRelay = 4,
+    /// An ordinary TCP server behind a stripping relay: it stamps nothing.
+    PlainServer = 5,
+    /// The next hop of a relay that could not reach it.
+    Unreached = 6,
+}
+
+impl Role {
+    fn from_byte(byte: u8) -> Option<Role> {
+        match byte {
+            1 => Some(Role::Source),
+            2 => Some(Role::Relay),
+            3 => Some(Role::Echo),
+            4 => Some(Role::StrippingRelay),
+            5 => Some(Role::PlainServer),
+            6 => Some(Role::Unreached),
+            _ => None,
+        }
+    }
+
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Relay => "relay",
+            Role::Echo => "echo",
+            Role::StrippingRelay => "relay, strips headers",
+            Role::PlainServer => "plain TCP server",
+            Role::Unreached => "unreachable",
+        }
+    }
+}
+
+/// One hop as it announces itself during path discovery: its name, the address the previous
+/// hop reached it at, and the address it saw that hop come from (they differ behind NAT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathEntry {
+    pub role: Role,
+    pub name: String,
+    pub local: String,
+    pub peer: String,
+}
+
+impl PathEntry {
+    pub fn new(
+        role: Role,
+        name: &str,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+    ) -> Self {
+        let show =
+            |addr: Option<SocketAddr>| addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+        PathEntry {
+            role,
+            name: truncate(name),
+            local: show(local),
+            peer: show(peer),
+        }
+    }
+
+    /// Appends the entry to a PATH payload: role, then three strings each prefixed by its length.
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        out.push(self.role as u8);
+        for text in [&self.name, &self.local, &self.peer] {
+            out.push(text.len() as u8);
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+
+    /// Parses a whole PATH payload.
+    pub fn parse_all(mut payload: &[u8]) -> Result<Vec<PathEntry>, WireError> {
+        let mut entries = Vec::new();
+        while !payload.is_empty() {
+            if entries.len() == MAX_HOPS {
+                return Err(WireError::TooManyHops);
+            }
+            let role = Role::from_byte(payload[0]).ok_or(WireError::BadPath("unknown role"))?;
+            payload = &payload[1..];
+            let mut texts = [String::new(), String::new(), String::new()];
+            for text in &mut texts {
+                let (&len, rest) = payload
+                    .split_first()
+                    .ok_or(WireError::BadPath("truncated"))?;
+                let bytes = rest
+                    .get(..usize::from(len))
+                    .ok_or(WireError::BadPath("truncated"))?;
+                *text = String::from_utf8_lossy(bytes).into_owned();
+                payload = &rest[usize::from(len)..];
+            }
+            let [name, local, peer] = texts;
+            entries.push(PathEntry {
+                role,
+                name,
+                local,
+                peer,
+            });
+        }
+        Ok(entries)
+    }
+}
+
+fn truncate(text: &str) -> String {
+    let mut end = text.len().min(u8::MAX as usize);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// The payload of a FAULT frame: which hop gave up and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub hop: u8,
+    pub message: String,
+}
+
+impl Fault {
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        out.push(self.hop);
+        out.extend_from_slice(self.message.as_bytes());
+    }
+
+    pub fn parse(payload: &[u8]) -> Fault {
+        match payload.split_first() {
+            Some((&hop, message)) => Fault {
+                hop,
+                message: String::from_utf8_lossy(message).into_owned(),
+            },
+            None => Fault {
+                hop: 0,
+                message: "empty fault report".to_string(),
+            },
+        }
+    }
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    let mut array = [0u8; 8];
+    array.copy_from_slice(bytes);
+    u64::from_be_bytes(array)
+}
+
+fn read_u32(bytes: &[u8]) -> u32 {
+    let mut array = [0u8; 4];
+    array.copy_from_slice(bytes);
+    u32::from_be_bytes(array)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_frame(sequence: u64, stamps: &[Stamp], payload: &[u8]) -> Vec<u8> {
+        let header = Header {
+            kind: Kind::Data,
+            record_count: stamps.len(),
+            sequence,
+            payload_len: payload.len(),
+        };
+        let mut out = vec![0xa5; header.total_len()];
+        assert_eq!(
+            emit_frame(&mut out, &header, &[], stamps, payload),
+            out.len()
+        );
+        out
+    }
+
+    const STAMP: Stamp = Stamp {
+        hop: 1,
+        direction: Direction::Up,
+        read_ns: 7,
+        write_ns: 9,
+    };
+
+    #[test]
+    fn test_emit_matches_fixture() {
+        let bytes = data_frame(0x0102, &[STAMP], b"hi");
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            b'S', b'S', b'T', b'S', 1, 1, 1, 0,
+            0, 0, 0, 0, 0, 0, 0x01, 0x02,
+            0, 0, 0, 2,
+            1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 9,
+            b'h', b'i',
+        ];
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn test_parse_round_trip() {
+        let bytes = data_frame(42, &[STAMP, Stamp { hop: 2, ..STAMP }], b"payload");
+        let frame = Frame::new_checked(&bytes[..]).unwrap();
+        assert_eq!(frame.kind(), Kind::Data);
+        assert_eq!(frame.sequence(), 42);
+        assert_eq!(frame.payload(), b"payload");
+        assert_eq!(
+            frame.records().collect::<Vec<_>>(),
+            vec![STAMP, Stamp { hop: 2, ..STAMP }]
+        );
+    }
+
+    #[test]
+    fn test_restamp_appends_one_record() {
+        let bytes = data_frame(5, &[STAMP], b"abc");
+        let frame = Frame::new_checked(&bytes[..]).unwrap();
+        let mut out = vec![0xa5; bytes.len() + RECORD_LEN];
+        let added = Stamp {
+            hop: 2,
+            direction: Direction::Turn,
+            read_ns: 100,
+            write_ns: 200,
+        };
+        assert_eq!(emit_restamped(&mut out, &frame, added), out.len());
+        let again = Frame::new_checked(&out[..]).unwrap();
+        assert_eq!(again.records().collect::<Vec<_>>(), vec![STAMP, added]);
+        assert_eq!(again.payload(), b"abc");
+        assert_eq!(again.sequence(), 5);
+    }
+
+    #[test]
+    fn test_incremental_parse_at_every_split_point() {
+        let mut stream = data_frame(1, &[STAMP], b"first");
+        stream.extend(data_frame(2, &[], b""));
+        stream.extend(data_frame(3, &[STAMP, STAMP], &[0xa5; 300]));
+        for split in 0..=stream.len() {
+            let mut pending: Vec<u8> = Vec::new();
+            let mut sequences = Vec::new();
+            for chunk in [&stream[..split], &stream[split..]] {
+                pending.extend_from_slice(chunk);
+                while !pending.is_empty() {
+                    let Some(len) = frame_len(&pending).unwrap() else {
+                        break;
+                    };
+                    if pending.len() < len {
+                        break;
+                    }
+                    sequences.push(Frame::new_checked(&pending[..len]).unwrap().sequence());
+                    pending.drain(..len);
+                }
+            }
+            assert_eq!(sequences, vec![1, 2, 3], "split at {split}");
+            assert!(pending.is_empty());
+        }
+    }
+
+    #[test]
+    fn test_bad_magic_names_http() {
+        let error = frame_len(b"GET / HTTP/1.1\r\n").unwrap_err();
+        assert!(error.to_string().contains("HTTP"), "{error}");
+        assert!(matches!(
+            frame_len(b"\x16\x03\x01\x02"),
+            Err(WireError::BadMagic(_))
+        ));
+        // A wrong first byte is caught before the rest of the header has arrived.
+        assert!(frame_len(b"X").is_err());
+        assert_eq!(frame_len(b"SS"), Ok(None));
+    }
+
+    #[test]
+    fn test_impossible_version_kind_and_lengths() {
+        let good = data_frame(1, &[], b"x");
+        let mut bytes = good.clone();
+        bytes[field::VERSION] = 9;
+        assert_eq!(frame_len(&bytes), Err(WireError::UnsupportedVersion(9)));
+        let mut bytes = good.clone();
+        bytes[field::KIND] = 77;
+        assert_eq!(frame_len(&bytes), Err(WireError::UnknownKind(77)));
+        let mut bytes = good.clone();
+        bytes[field::RECORD_COUNT] = (MAX_RECORDS + 1) as u8;
+        assert_eq!(
+            frame_len(&bytes),
+            Err(WireError::TooManyRecords(MAX_RECORDS + 1))
+        );
+        let mut bytes = good.clone();
+        bytes[field::PAYLOAD_LEN].copy_from_slice(&((MAX_PAYLOAD + 1) as u32).to_be_bytes());
+        assert_eq!(
+            frame_len(&bytes),
+            Err(WireError::PayloadTooLarge(MAX_PAYLOAD + 1))
+        );
+    }
+
+    #[test]
+    fn test_bad_record_rejected() {
+        let mut bytes = data_frame(1, &[STAMP], b"");
+        bytes[HEADER_LEN + field::record::DIRECTION] = 9;
+        assert_eq!(
+            Frame::new_checked(&bytes[..]).unwrap_err(),
+            WireError::BadRecord { index: 0 }
+        );
+        let mut bytes = data_frame(1, &[STAMP], b"");
+        bytes[HEADER_LEN + field::record::HOP] = MAX_HOPS as u8;
+        assert!(Frame::new_checked(&bytes[..]).is_err());
+    }
+
+    #[test]
+    fn test_path_entries_round_trip_and_limits() {
+        let entries = vec![
+            PathEntry::new(Role::Source, "a", None, None),
+            PathEntry::new(
+                Role::Relay,
+                "b",
+                Some("10.0.0.2:9000".parse().unwrap()),
+                None,
+            ),
+        ];
+        let mut payload = Vec::new();
+        entries.iter().for_each(|entry| entry.emit(&mut payload));
+        assert_eq!(PathEntry::parse_all(&payload).unwrap(), entries);
+        assert!(PathEntry::parse_all(&payload[..payload.len() - 1]).is_err());
+        let mut looped = Vec::new();
+        for _ in 0..=MAX_HOPS {
+            entries[1].emit(&mut looped);
+        }
+        assert_eq!(PathEntry::parse_all(&looped), Err(WireError::TooManyHops));
+        let long = "é".repeat(200);
+        assert!(PathEntry::new(Role::Echo, &long, None, None).name.len() <= 255);
+    }
+
+    #[test]
+    fn test_fault_round_trip() {
+        let out = fault_frame(&Fault {
+            hop: 2,
+            message: "refused".to_string(),
+        });
+        let frame = Frame::new_checked(&out[..]).unwrap();
+        assert_eq!(frame.kind(), Kind::Fault);
+        assert_eq!(
+            Fault::parse(frame.payload()),
+            Fault {
+                hop: 2,
+                message: "refused".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! Shared helpers for the integration tests, which run the real binaries on real sockets.
+//!
+//! This module owns process handling (spawn, learn the listening address from stderr, collect
+//! output, kill on drop so a failed test leaves no orphans) and small fixtures: a plain TCP echo
+//! server, a `tcp-delay` in front of an address, deterministic random payloads. It makes no
+//! assertions about the protocol; that is each test file's business. Each test file uses a subset,
+//! hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// The main relay/source binary.
+pub const MAIN_BIN: &str = env!("CARGO_BIN_EXE_subsegment-tcp-speeds");
+/// The user-space link delay element (`src/bin/tcp-delay.rs`).
+pub const DELAY_BIN: &str = env!("CARGO_BIN_EXE_tcp-delay");
+
+/// How long a spawned process may take to print its `listening on` line.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A child process whose stderr is collected in the background; killed when dropped.
+pub struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Everything the process has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The exit status if the process ends within `timeout`; `None` if it is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait on child") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills the process (if still running) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Spawns `bin` with `args` and waits (up to 10 s) for a stderr line containing
+/// `listening on <SocketAddr>`; returns the process and that address. Stderr keeps being
+/// collected by the returned `Proc` afterwards.
+#[track_caller]
+pub fn spawn_listening(bin: &str, args: &[&str]) -> (Proc, SocketAddr) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("spawn {bin}: {err}"));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (lines_tx, lines) = mpsc::channel();
+    drain_lines(child.stderr.take().unwrap(), Arc::clone(&stderr), lines_tx);
+    let proc = Proc { child, stderr };
+
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let line: String = match lines.recv_timeout(remaining) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                "{bin} {args:?} printed no `listening on` line within {LISTEN_TIMEOUT:?}; \
+                 stderr so far:\n{}",
+                proc.stderr()
+            ),
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                "{bin} {args:?} closed stderr before printing `listening on`; stderr:\n{}",
+                proc.stderr()
+            ),
+        };
+        if let Some((_, rest)) = line.split_once("listening on ") {
+            let word = rest.split_whitespace().next().unwrap_or("");
+            match word.parse::<SocketAddr>() {
+                Ok(addr) => return (proc, addr),
+                Err(err) => panic!(
+                    "{bin}: cannot parse address {word:?} in {line:?}: {err}; stderr:\n{}",
+                    proc.stderr()
+                ),
+            }
+        }
+    }
+}
+
+/// Appends each stderr line to `collected` and also offers it on `lines` (ignored once nobody
+/// listens), until the pipe closes.
+fn drain_lines(pipe: ChildStderr, collected: Arc<Mutex<String>>, lines: mpsc::Sender<String>) {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).is_ok_and(|len| len > 0) {
+            let text = String::from_utf8_lossy(&line).into_owned();
+            collected.lock().unwrap().push_str(&text);
+            let _ = lines.send(text);
+            line.clear();
+        }
+    });
+}
+
+/// A `tcp-delay` on 127.0.0.1:0 forwarding to `listen_to` with `delay_ms` each way.
+#[track_caller]
+pub fn delay(listen_to: SocketAddr, delay_ms: u32) -> (Proc, SocketAddr) {
+    let (forward_to, delay_ms) = (listen_to.to_string(), delay_ms.to_string());
+    spawn_listening(
+        DELAY_BIN,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--forward-to",
+            &forward_to,
+            "--delay-ms",
+            &delay_ms,
+        ],
+    )
+}
+
+/// A plain TCP echo server on 127.0.0.1:0, standing in for an ordinary server behind the relays.
+pub fn plain_echo_server() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo server");
+    let addr = listener.local_addr().unwrap();
+    (addr, serve_echo(listener))
+}
+
+/// Echoes every connection accepted on `listener`, a thread each; on the client's EOF, echoes
+/// what is left and then half-closes, so the client sees the end of its own stream.
+pub fn serve_echo(listener: TcpListener) -> JoinHandle<()> {
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            thread::spawn(move || {
+                let _ = stream.set_nodelay(true);
+                let mut buf = [0; 64 * 1024];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(len) if stream.write_all(&buf[..len]).is_ok() => {}
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                        _ => return,
+                    }
+                }
+                let _ = stream.shutdown(Shutdown::Write);
+            });
+        }
+    })
+}
+
+/// `len` deterministic pseudo-random bytes (xorshift64*), so a failure reproduces.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    // xorshift has a fixed point at 0; any other state works.
+    let mut state = if seed == 0 {
+        0x9e37_79b9_7f4a_7c15
+    } else {
+        seed
+    };
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// What a run of the main binary as a source produced.
+#[derive(Debug)]
+pub struct SourceRun {
+    /// `None` if it was killed for exceeding the timeout.
+    pub status: Option<ExitStatus>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// Runs the main binary with `args`, feeding `input` on stdin (then closing it) and collecting
+/// stdout and stderr concurrently, so no pipe can fill up and stall the child. Kills it after
+/// `timeout`.
+#[track_caller]
+pub fn run_source(args: &[&str], input: &[u8], timeout: Duration) -> SourceRun {
+    let mut child = Command::new(MAIN_BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("spawn {MAIN_BIN}: {err}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // A broken pipe just means the child stopped reading; its exit status tells the story.
+    let feeder = thread::spawn(move || drop(stdin.write_all(&input)));
+    let stdout = read_all(child.stdout.take().unwrap());
+    let stderr = read_all(child.stderr.take().unwrap());
+
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait on source") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let _ = feeder.join();
+    SourceRun {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
+    }
+}
+
+fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = pipe.read_to_end(&mut out);
+        out
+    })
+}
+
+/// Connects to `addr` with `TCP_NODELAY`, so small test writes go out at once.
+#[track_caller]
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|err| panic!("connect {addr}: {err}"));
+    stream.set_nodelay(true).unwrap();
+    stream
+}
