@@ -13,11 +13,7 @@ pub struct Buffer {
 
 impl Buffer {
     pub fn with_capacity(capacity: usize) -> Buffer {
-        Buffer {
-            bytes: vec![0; capacity],
-            start: 0,
-            end: 0,
-        }
+        Buffer { bytes: vec![0; capacity], start: 0, end: 0 }
     }
 
     pub fn capacity(&self) -> usize {
@@ -71,10 +67,7 @@ impl Buffer {
 
     /// Marks `count` bytes written into the slice from [`Buffer::tail`] as data.
     pub fn commit(&mut self, count: usize) {
-        debug_assert!(
-            self.end + count <= self.capacity(),
-            "committed past the capacity"
-        );
+        debug_assert!(self.end + count <= self.capacity(), "committed past the capacity");
         self.end += count;
     }
 

@@ -159,11 +159,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
             if size > MAX_PAYLOAD {
                 return Err(format!("--size must be at most {MAX_PAYLOAD} bytes").into());
             }
-            Some(Probe {
-                count,
-                size,
-                interval,
-            })
+            Some(Probe { count, size, interval })
         }
         (None, Some(_)) => return Err("--size needs --count (probe mode)".into()),
     };
@@ -185,22 +181,16 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
 
 /// A duration with a unit (`250us`, `1.5ms`, `2s`, `100ns`); a bare number is seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration"))?;
+    let value: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration"))?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1e3,
         "us" | "µs" => value / 1e6,
         "ns" => value / 1e9,
         _ => {
-            return Err(format!(
-                "unknown unit '{unit}' in '{text}' (use ns, us, ms or s)"
-            ));
+            return Err(format!("unknown unit '{unit}' in '{text}' (use ns, us, ms or s)"));
         }
     };
     if !(seconds.is_finite() && (0.0..=86_400.0).contains(&seconds)) {
@@ -214,9 +204,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Options, String> {
-        let args = std::iter::once("prog")
-            .chain(args.iter().copied())
-            .map(OsString::from);
+        let args = std::iter::once("prog").chain(args.iter().copied()).map(OsString::from);
         match parse_args(args.skip(1)) {
             Ok(Command::Run(options)) => Ok(options),
             Ok(other) => Err(format!("{other:?}")),
@@ -227,10 +215,7 @@ mod tests {
     #[test]
     fn test_modes_follow_the_options() {
         assert_eq!(parse(&["-f", "127.0.0.1:9"]).unwrap().mode, Mode::Source);
-        assert_eq!(
-            parse(&["-l", ":9", "-f", "127.0.0.1:9"]).unwrap().mode,
-            Mode::Relay
-        );
+        assert_eq!(parse(&["-l", ":9", "-f", "127.0.0.1:9"]).unwrap().mode, Mode::Relay);
         assert_eq!(parse(&["--listen", "*:9"]).unwrap().mode, Mode::Echo);
         assert!(parse(&[]).unwrap_err().contains("--forward-to"));
     }
@@ -240,98 +225,38 @@ mod tests {
         let options = parse(&["-f", "127.0.0.1:9"]).unwrap();
         assert_eq!(options.block_size, 512);
         assert_eq!(options.timeout, Duration::from_secs(10));
-        assert_eq!(
-            parse(&["-f", "127.0.0.1:9", "-b", "64"])
-                .unwrap()
-                .block_size,
-            64
-        );
-        assert_eq!(
-            parse(&["-f", "127.0.0.1:9", "--block=65"])
-                .unwrap()
-                .block_size,
-            65
-        );
-        assert_eq!(
-            parse(&["-f", "127.0.0.1:9", "-s", "66"])
-                .unwrap()
-                .block_size,
-            66
-        );
+        assert_eq!(parse(&["-f", "127.0.0.1:9", "-b", "64"]).unwrap().block_size, 64);
+        assert_eq!(parse(&["-f", "127.0.0.1:9", "--block=65"]).unwrap().block_size, 65);
+        assert_eq!(parse(&["-f", "127.0.0.1:9", "-s", "66"]).unwrap().block_size, 66);
         let timeout = parse(&["-f", "127.0.0.1:9", "-t", "0.25"]).unwrap().timeout;
         assert_eq!(timeout, Duration::from_millis(250));
-        assert!(
-            parse(&["-l", ":9", "-r", "-n", "zed"])
-                .unwrap()
-                .remove_perf_headers
-        );
+        assert!(parse(&["-l", ":9", "-r", "-n", "zed"]).unwrap().remove_perf_headers);
     }
 
     #[test]
     fn test_bad_values_are_rejected_with_the_limit() {
-        assert!(
-            parse(&["-f", "127.0.0.1:9", "-s", "0"])
-                .unwrap_err()
-                .contains("1048576")
-        );
-        assert!(
-            parse(&["-f", "127.0.0.1:9", "-s", "2000000"])
-                .unwrap_err()
-                .contains("1048576")
-        );
+        assert!(parse(&["-f", "127.0.0.1:9", "-s", "0"]).unwrap_err().contains("1048576"));
+        assert!(parse(&["-f", "127.0.0.1:9", "-s", "2000000"]).unwrap_err().contains("1048576"));
         assert!(parse(&["-f", "127.0.0.1:9", "-t", "-1"]).is_err());
-        assert!(
-            parse(&["-f", "nonsense"])
-                .unwrap_err()
-                .contains("--forward-to")
-        );
-        assert!(
-            parse(&["--frobnicate"])
-                .unwrap_err()
-                .contains("--frobnicate")
-        );
+        assert!(parse(&["-f", "nonsense"]).unwrap_err().contains("--forward-to"));
+        assert!(parse(&["--frobnicate"]).unwrap_err().contains("--frobnicate"));
         assert!(parse(&["-f", "127.0.0.1:9", "-r"]).is_err());
         assert!(parse(&["-f", "127.0.0.1:9", "-w", "0"]).is_err());
         assert!(parse(&["-l", ":9", "--count", "5"]).is_err());
         assert!(parse(&["-f", "127.0.0.1:9", "--size", "5"]).is_err());
-        assert!(
-            parse(&["-f", "127.0.0.1:9", "-c", "1", "-i", "3h"])
-                .unwrap_err()
-                .contains("unit")
-        );
+        assert!(parse(&["-f", "127.0.0.1:9", "-c", "1", "-i", "3h"]).unwrap_err().contains("unit"));
     }
 
     #[test]
     fn test_probe_mode() {
-        let options = parse(&[
-            "-f",
-            "127.0.0.1:9",
-            "-c",
-            "100",
-            "--size",
-            "64",
-            "-i",
-            "250us",
-            "-w",
-            "1",
-        ]);
+        let options =
+            parse(&["-f", "127.0.0.1:9", "-c", "100", "--size", "64", "-i", "250us", "-w", "1"]);
         let options = options.unwrap();
         assert_eq!(options.window, Some(1));
         let interval = Duration::from_micros(250);
-        assert_eq!(
-            options.probe,
-            Some(Probe {
-                count: 100,
-                size: 64,
-                interval
-            })
-        );
+        assert_eq!(options.probe, Some(Probe { count: 100, size: 64, interval }));
         let options = parse(&["-f", "127.0.0.1:9", "-c", "3", "-s", "99"]).unwrap();
-        assert_eq!(
-            options.probe.unwrap().size,
-            99,
-            "the block size is the default probe size"
-        );
+        assert_eq!(options.probe.unwrap().size, 99, "the block size is the default probe size");
         assert_eq!(parse_duration("1.5ms"), Ok(Duration::from_micros(1500)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
     }

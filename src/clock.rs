@@ -4,10 +4,7 @@
 //! while the host's clock is being disciplined. Stamps of different hosts are never compared.
 
 pub fn now_ns() -> u64 {
-    let mut spec = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut spec = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `spec` is a valid, writable timespec; CLOCK_MONOTONIC_RAW exists on every Linux
     // this tool supports, so the call cannot fail.
     let result = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_RAW, &mut spec) };

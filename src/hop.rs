@@ -57,30 +57,20 @@ pub struct HopConfig {
 pub fn run(config: HopConfig) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut listener = net::listen(config.listen).map_err(|error| {
-        io::Error::new(
-            error.kind(),
-            format!("listen on {}: {error}", config.listen),
-        )
+        io::Error::new(error.kind(), format!("listen on {}: {error}", config.listen))
     })?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let role = match (&config.forward_to, config.remove_perf_headers) {
         (Some(_), false) => Role::Relay,
         (Some(_), true) => Role::StrippingRelay,
         (None, _) => Role::Echo,
     };
     let bound = listener.local_addr()?;
-    let target = config
-        .forward_to
-        .as_ref()
-        .map_or(String::new(), |(addr, text)| {
-            format!(", forwarding to {text} ({addr})")
-        });
-    eprintln!(
-        "{}: listening on {bound} ({}{target})",
-        config.name,
-        role.describe()
-    );
+    let target = match config.forward_to {
+        Some(_) => format!(", forwarding to {}", next_hop_text(&config)),
+        None => String::new(),
+    };
+    eprintln!("{}: listening on {bound} ({}{target})", config.name, role.describe());
     if bound.ip().is_unspecified() {
         eprintln!(
             "{}: warning: listening on every interface; the protocol has no authentication, \
@@ -159,14 +149,7 @@ fn token_of(slot: usize, side: Side) -> Token {
 
 fn slot_of(token: Token) -> (usize, Side) {
     let index = token.0 - 1;
-    (
-        index / 2,
-        if index.is_multiple_of(2) {
-            Side::Upstream
-        } else {
-            Side::Downstream
-        },
-    )
+    (index / 2, if index.is_multiple_of(2) { Side::Upstream } else { Side::Downstream })
 }
 
 struct Hop {
@@ -326,10 +309,7 @@ impl Hop {
                 }
             };
             if let Err(error) = self.open(registry, stream, addr, touched) {
-                eprintln!(
-                    "{}: {addr}: cannot set up the connection: {error}",
-                    self.config.name
-                );
+                eprintln!("{}: {addr}: cannot set up the connection: {error}", self.config.name);
             }
         }
     }
@@ -381,7 +361,7 @@ impl Hop {
             opened_ns: now_ns,
             last_progress_ns: now_ns,
         };
-        if let Some((target, text)) = &self.config.forward_to {
+        if let Some((target, _)) = &self.config.forward_to {
             match net::connect(*target) {
                 Ok(stream) => {
                     let mut downstream = Peer::new(stream, *target);
@@ -395,7 +375,7 @@ impl Hop {
                 }
                 Err(error) => {
                     connection.failure =
-                        Some(format!("cannot reach next hop {text} ({target}): {error}"));
+                        Some(format!("next hop {}: cannot connect: {error}", next_hop_text(&self.config)));
                 }
             }
         }
@@ -408,10 +388,7 @@ impl Hop {
         let Some(Some(connection)) = self.connections.get_mut(slot) else {
             return;
         };
-        let context = Context {
-            config: &self.config,
-            role: self.role,
-        };
+        let context = Context { config: &self.config, role: self.role };
         let mut rounds = 0;
         let outcome = loop {
             match connection.round(&context, registry, now_ns) {
@@ -529,10 +506,8 @@ impl Connection {
             match downstream.flush(&mut self.down.output) {
                 Ok(wrote) => progress |= wrote,
                 Err(error) => {
-                    let what = format!(
-                        "lost the connection after {} frames: {error}",
-                        self.frames_down
-                    );
+                    let what =
+                        format!("lost the connection after {} frames: {error}", self.frames_down);
                     self.fail_downstream(registry, context.config, what);
                     progress = true;
                 }
@@ -551,21 +526,25 @@ impl Connection {
                     }
                 }
                 Err(error) => {
-                    let what = format!(
-                        "lost the connection after {} frames: {error}",
-                        self.frames_down
-                    );
+                    let what =
+                        format!("lost the connection after {} frames: {error}", self.frames_down);
                     self.fail_downstream(registry, context.config, what);
                     progress = true;
                 }
             }
         }
-        progress |= self.process_up(context)?;
-        progress |= self.queue_fault();
-        progress |= self
-            .upstream
-            .flush(&mut self.up.output)
-            .map_err(|error| format!("write: {error}"))?;
+        match self.process_up(context) {
+            Ok(moved) => progress |= moved,
+            // The next hop does not speak the protocol: the source must hear which one.
+            Err(what) => {
+                self.fail_downstream(registry, context.config, what);
+                self.up.input.consume(self.up.input.len());
+                progress = true;
+            }
+        }
+        progress |= self.queue_fault(context.config);
+        progress |=
+            self.upstream.flush(&mut self.up.output).map_err(|error| format!("write: {error}"))?;
 
         if progress {
             self.last_progress_ns = now_ns;
@@ -574,11 +553,7 @@ impl Connection {
         if self.upstream.write_shut && self.upstream.read_closed && self.up.output.is_empty() {
             return Ok(Round::Finished);
         }
-        Ok(if progress {
-            Round::Progress
-        } else {
-            Round::Idle
-        })
+        Ok(if progress { Round::Progress } else { Round::Idle })
     }
 
     fn finish_connect(&mut self, registry: &mio::Registry, config: &HopConfig) -> bool {
@@ -610,40 +585,21 @@ impl Connection {
             let _ = registry.deregister(&mut downstream.stream);
         }
         self.connecting = false;
-        let (target, text) = config
-            .forward_to
-            .as_ref()
-            .expect("only relays have a next hop");
-        let message = format!(
-            "{} (hop {}): next hop {text} ({target}): {what}",
-            config.name,
-            self.hop_text()
-        );
-        eprintln!(
-            "{}: connection from {}: {message}",
-            config.name, self.upstream.addr
-        );
-        self.failure = Some(message);
+        let failure = format!("next hop {}: {what}", next_hop_text(config));
+        eprintln!("{}: connection from {}: {failure}", config.name, self.upstream.addr);
+        self.failure = Some(failure);
         self.down.output.consume(self.down.output.len());
         self.pending.frames.clear();
         self.pending.headers.consume(self.pending.headers.len());
     }
 
-    fn hop_text(&self) -> String {
-        self.hop
-            .map_or_else(|| "?".to_string(), |hop| hop.to_string())
-    }
-
     /// Queues the FAULT frame once the path is known (so the source can name the hop).
-    fn queue_fault(&mut self) -> bool {
-        let (Some(message), Some(hop), false) = (&self.failure, self.hop, self.fault_queued) else {
+    fn queue_fault(&mut self, config: &HopConfig) -> bool {
+        let (Some(failure), Some(hop), false) = (&self.failure, self.hop, self.fault_queued) else {
             return false;
         };
-        let frame = wire::fault_frame(&Fault {
-            hop,
-            message: message.clone(),
-        });
-        self.fault_queued = self.up.output.push(&frame);
+        let message = format!("{} (hop {hop}): {failure}", config.name);
+        self.fault_queued = self.up.output.push(&wire::fault_frame(&Fault { hop, message }));
         self.fault_queued
     }
 
@@ -707,31 +663,19 @@ impl Connection {
                         let read_ns = self.down.read_ns;
                         match (context.role, context.config.remove_perf_headers) {
                             (Role::Echo, false) => {
-                                let stamp = Stamp {
-                                    hop,
-                                    direction: Direction::Turn,
-                                    read_ns,
-                                    write_ns,
-                                };
+                                let stamp =
+                                    Stamp { hop, direction: Direction::Turn, read_ns, write_ns };
                                 restamp_into(&mut self.up.output, &frame, stamp)
                             }
                             (Role::Echo, true) => self.up.output.push(frame.payload()),
                             (Role::StrippingRelay, _) => {
-                                let stamp = Stamp {
-                                    hop,
-                                    direction: Direction::Down,
-                                    read_ns,
-                                    write_ns,
-                                };
+                                let stamp =
+                                    Stamp { hop, direction: Direction::Down, read_ns, write_ns };
                                 strip_into(&mut self.down.output, &mut self.pending, &frame, stamp)
                             }
                             _ => {
-                                let stamp = Stamp {
-                                    hop,
-                                    direction: Direction::Down,
-                                    read_ns,
-                                    write_ns,
-                                };
+                                let stamp =
+                                    Stamp { hop, direction: Direction::Down, read_ns, write_ns };
                                 restamp_into(&mut self.down.output, &frame, stamp)
                             }
                         }
@@ -766,27 +710,14 @@ impl Connection {
     fn extend_path(&self, context: &Context, announcement: &[u8]) -> Vec<u8> {
         let mut extended = announcement.to_vec();
         let local = self.upstream.stream.local_addr().ok();
-        PathEntry::new(
-            context.role,
-            &context.config.name,
-            local,
-            Some(self.upstream.addr),
-        )
-        .emit(&mut extended);
+        PathEntry::new(context.role, &context.config.name, local, Some(self.upstream.addr))
+            .emit(&mut extended);
         let next = context.config.forward_to.as_ref();
-        if let (Some((target, text)), true) = (
-            next,
-            context.role == Role::StrippingRelay || self.failure.is_some(),
-        ) {
-            let role = if self.failure.is_some() {
-                Role::Unreached
-            } else {
-                Role::PlainServer
-            };
-            let seen_from = self
-                .downstream
-                .as_ref()
-                .and_then(|peer| peer.stream.local_addr().ok());
+        if let (Some((target, text)), true) =
+            (next, context.role == Role::StrippingRelay || self.failure.is_some())
+        {
+            let role = if self.failure.is_some() { Role::Unreached } else { Role::PlainServer };
+            let seen_from = self.downstream.as_ref().and_then(|peer| peer.stream.local_addr().ok());
             PathEntry::new(role, text, Some(*target), seen_from).emit(&mut extended);
         }
         extended
@@ -838,20 +769,16 @@ impl Connection {
             let len = match wire::frame_len(data) {
                 Ok(Some(len)) if len <= data.len() => len,
                 Ok(_) => break,
-                Err(error) => return Err(self.bad_downstream(context.config, error)),
+                Err(error) => return Err(Self::bad_downstream(error)),
             };
             let frame = Frame::new_checked(&data[..len])
-                .map_err(|error| self.bad_downstream(context.config, error))?;
+                .map_err(|error| Self::bad_downstream(error))?;
             let moved = match frame.kind() {
                 Kind::Data => {
                     let hop = self.hop.unwrap_or(0);
                     let write_ns = *write_ns.get_or_insert_with(clock::now_ns);
-                    let stamp = Stamp {
-                        hop,
-                        direction: Direction::Up,
-                        read_ns: self.up.read_ns,
-                        write_ns,
-                    };
+                    let stamp =
+                        Stamp { hop, direction: Direction::Up, read_ns: self.up.read_ns, write_ns };
                     restamp_into(&mut self.up.output, &frame, stamp)
                 }
                 Kind::Path => self.up.output.push(&data[..len]),
@@ -879,12 +806,8 @@ impl Connection {
         Ok(progress)
     }
 
-    fn bad_downstream(&self, config: &HopConfig, error: WireError) -> String {
-        let (target, text) = config
-            .forward_to
-            .as_ref()
-            .expect("only relays read downstream");
-        format!("bad input from next hop {text} ({target}): {error}")
+    fn bad_downstream(error: WireError) -> String {
+        format!("sent bad input: {error}")
     }
 
     /// At a stripping relay: match the plain server's answer bytes, in order, to the frames
@@ -899,12 +822,7 @@ impl Connection {
                 break;
             }
             let write_ns = *write_ns.get_or_insert_with(clock::now_ns);
-            let stamp = Stamp {
-                hop,
-                direction: Direction::Up,
-                read_ns: self.up.read_ns,
-                write_ns,
-            };
+            let stamp = Stamp { hop, direction: Direction::Up, read_ns: self.up.read_ns, write_ns };
             let moved = match self.pending.frames.front() {
                 Some(&(headers_len, payload_len)) => {
                     if available < payload_len {
@@ -1036,11 +954,7 @@ impl Connection {
                 self.upstream.addr
             )
         } else if !self.up.output.is_empty() {
-            format!(
-                " ({} bytes waiting for {} to read)",
-                self.up.output.len(),
-                self.upstream.addr
-            )
+            format!(" ({} bytes waiting for {} to read)", self.up.output.len(), self.upstream.addr)
         } else {
             String::new()
         }
@@ -1057,11 +971,7 @@ fn answer_or_forward_path(
     up: &mut Buffer,
 ) -> bool {
     let frame = wire::control_frame(Kind::Path, announcement);
-    if role == Role::Relay && !failed {
-        down.push(&frame)
-    } else {
-        up.push(&frame)
-    }
+    if role == Role::Relay && !failed { down.push(&frame) } else { up.push(&frame) }
 }
 
 fn restamp_into<T: AsRef<[u8]>>(output: &mut Buffer, frame: &Frame<T>, stamp: Stamp) -> bool {
@@ -1082,23 +992,26 @@ fn strip_into<T: AsRef<[u8]>>(
     stamp: Stamp,
 ) -> bool {
     let headers_len = frame.headers_len() + RECORD_LEN;
-    debug_assert!(
-        headers_len <= MAX_HEADERS_LEN + RECORD_LEN,
-        "checked by Frame::new_checked"
-    );
+    debug_assert!(headers_len <= MAX_HEADERS_LEN + RECORD_LEN, "checked by Frame::new_checked");
     if output.room() < frame.payload_len() || pending.headers.room() < headers_len {
         return false;
     }
     // Stored without the payload: the plain server's answer will take its place.
-    let header = Header {
-        record_count: frame.record_count() + 1,
-        payload_len: 0,
-        ..Header::of(frame)
-    };
+    let header =
+        Header { record_count: frame.record_count() + 1, payload_len: 0, ..Header::of(frame) };
     let tail = pending.headers.tail(headers_len).expect("room checked");
     let written = wire::emit_frame(tail, &header, &frame.headers()[HEADER_LEN..], &[stamp], &[]);
     pending.headers.commit(written);
     pending.frames.push_back((written, frame.payload_len()));
     output.push(frame.payload());
     true
+}
+
+/// The next hop as the user wrote it, with the address it resolved to when that differs.
+fn next_hop_text(config: &HopConfig) -> String {
+    match &config.forward_to {
+        Some((addr, text)) if *text == addr.to_string() => text.clone(),
+        Some((addr, text)) => format!("{text} ({addr})"),
+        None => "-".to_string(),
+    }
 }

@@ -13,9 +13,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// `*` and an empty host mean every IPv4 interface.
 pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     if let Some(port) = text.strip_prefix("*:").or_else(|| text.strip_prefix(':')) {
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| format!("bad port in '{text}'"))?;
+        let port = port.parse::<u16>().map_err(|_| format!("bad port in '{text}'"))?;
         return Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)));
     }
     resolve(text)
@@ -30,12 +28,9 @@ pub fn resolve(text: &str) -> Result<SocketAddr, String> {
     if !text.contains(':') {
         return Err(format!("'{text}' has no port (expected host:port)"));
     }
-    let mut addrs = text
-        .to_socket_addrs()
-        .map_err(|error| format!("cannot resolve '{text}': {error}"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("'{text}' resolves to no address"))
+    let mut addrs =
+        text.to_socket_addrs().map_err(|error| format!("cannot resolve '{text}': {error}"))?;
+    addrs.next().ok_or_else(|| format!("'{text}' resolves to no address"))
 }
 
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -97,21 +92,13 @@ pub fn classify(mut op: impl FnMut() -> io::Result<usize>) -> Io {
 pub fn read_fd(fd: RawFd, into: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `into` is a valid writable slice of `into.len()` bytes.
     let count = unsafe { libc::read(fd, into.as_mut_ptr().cast(), into.len()) };
-    if count < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(count as usize)
-    }
+    if count < 0 { Err(io::Error::last_os_error()) } else { Ok(count as usize) }
 }
 
 pub fn write_fd(fd: RawFd, from: &[u8]) -> io::Result<usize> {
     // SAFETY: `from` is a valid readable slice of `from.len()` bytes.
     let count = unsafe { libc::write(fd, from.as_ptr().cast(), from.len()) };
-    if count < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(count as usize)
-    }
+    if count < 0 { Err(io::Error::last_os_error()) } else { Ok(count as usize) }
 }
 
 /// Puts a descriptor in non-blocking mode until dropped, then restores its flags: stdin and
@@ -151,10 +138,7 @@ pub fn host_name() -> String {
     if result != 0 {
         return "unknown-host".to_string();
     }
-    let end = buffer
-        .iter()
-        .position(|&byte| byte == 0)
-        .unwrap_or(buffer.len());
+    let end = buffer.iter().position(|&byte| byte == 0).unwrap_or(buffer.len());
     String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
@@ -164,22 +148,10 @@ mod tests {
 
     #[test]
     fn test_listen_address_forms() {
-        assert_eq!(
-            parse_listen("*:9000").unwrap(),
-            "0.0.0.0:9000".parse().unwrap()
-        );
-        assert_eq!(
-            parse_listen(":9000").unwrap(),
-            "0.0.0.0:9000".parse().unwrap()
-        );
-        assert_eq!(
-            parse_listen("[::1]:9000").unwrap(),
-            "[::1]:9000".parse().unwrap()
-        );
-        assert_eq!(
-            parse_listen("127.0.0.1:1").unwrap(),
-            "127.0.0.1:1".parse().unwrap()
-        );
+        assert_eq!(parse_listen("*:9000").unwrap(), "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(parse_listen(":9000").unwrap(), "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(parse_listen("[::1]:9000").unwrap(), "[::1]:9000".parse().unwrap());
+        assert_eq!(parse_listen("127.0.0.1:1").unwrap(), "127.0.0.1:1".parse().unwrap());
         assert_eq!(parse_listen("localhost:80").unwrap().port(), 80);
         assert!(parse_listen("*:http").is_err());
         assert!(resolve("10.0.0.1").unwrap_err().contains("no port"));

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use crate::source::Run;
 use crate::stats::{Chain, Series};
+use crate::wire::Role;
 
 /// Percentiles in the table, as (column title, quantile).
 const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];
@@ -27,11 +28,8 @@ pub fn render(run: &Run) -> String {
         sequencing.duplicated
     );
     if run.corrupted > 0 {
-        let _ = writeln!(
-            out,
-            "corrupted: {} probe answers differ from what was sent",
-            run.corrupted
-        );
+        let _ =
+            writeln!(out, "corrupted: {} probe answers differ from what was sent", run.corrupted);
     }
     if run.unsolicited_bytes > 0 {
         let _ = writeln!(
@@ -59,6 +57,10 @@ pub fn render(run: &Run) -> String {
 fn render_path(out: &mut String, run: &Run) {
     let _ = writeln!(out, "path ({} hops):", run.path.len());
     for (index, entry) in run.path.iter().enumerate() {
+        if entry.role == Role::Unreached {
+            let _ = writeln!(out, "  {index:>2}  {:<16} {}", entry.name, entry.role.describe());
+            continue;
+        }
         let _ = writeln!(
             out,
             "  {index:>2}  {:<16} {:<22} reached at {:<22} from {}",
@@ -80,17 +82,9 @@ struct Unit {
 impl Unit {
     fn for_chain(chain: &Chain) -> Unit {
         if chain.end_to_end.histogram.value_at_quantile(0.5) >= 10_000_000 {
-            Unit {
-                name: "ms",
-                ns: 1e6,
-                decimals: 2,
-            }
+            Unit { name: "ms", ns: 1e6, decimals: 2 }
         } else {
-            Unit {
-                name: "µs",
-                ns: 1e3,
-                decimals: 1,
-            }
+            Unit { name: "µs", ns: 1e3, decimals: 1 }
         }
     }
 
@@ -156,11 +150,7 @@ fn render_row(out: &mut String, series: &Series, unit: &Unit, share: &str) {
         unit.show(histogram.min() as f64)
     );
     for (_, quantile) in QUANTILES {
-        let _ = write!(
-            row,
-            " {:>9}",
-            unit.show(histogram.value_at_quantile(quantile) as f64)
-        );
+        let _ = write!(row, " {:>9}", unit.show(histogram.value_at_quantile(quantile) as f64));
     }
     let _ = writeln!(
         out,

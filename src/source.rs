@@ -99,10 +99,7 @@ struct Stdio {
 
 impl Stdio {
     fn open(poll: &Poll, fd: RawFd, token: Token, interest: Interest) -> io::Result<Stdio> {
-        match poll
-            .registry()
-            .register(&mut SourceFd(&fd), token, interest)
-        {
+        match poll.registry().register(&mut SourceFd(&fd), token, interest) {
             Ok(()) => {
                 let restore = NonBlocking::set(fd)?;
                 Ok(Stdio {
@@ -114,13 +111,9 @@ impl Stdio {
                 })
             }
             // Regular files and /dev/null: always ready, blocking calls return at once.
-            Err(error) if error.raw_os_error() == Some(libc::EPERM) => Ok(Stdio {
-                fd,
-                pollable: false,
-                ready: true,
-                closed: false,
-                _restore: None,
-            }),
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
+                Ok(Stdio { fd, pollable: false, ready: true, closed: false, _restore: None })
+            }
             Err(error) => Err(error),
         }
     }
@@ -154,25 +147,12 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
     let mut poll = Poll::new()?;
     let (target, text) = config.forward_to.clone();
     let mut upstream = net::connect(target).map_err(|error| {
-        io::Error::new(
-            error.kind(),
-            format!("cannot reach first hop {text} ({target}): {error}"),
-        )
+        io::Error::new(error.kind(), format!("cannot reach first hop {text} ({target}): {error}"))
     })?;
-    poll.registry().register(
-        &mut upstream,
-        UPSTREAM,
-        Interest::READABLE | Interest::WRITABLE,
-    )?;
+    poll.registry().register(&mut upstream, UPSTREAM, Interest::READABLE | Interest::WRITABLE)?;
     let stdin = match config.probe {
         None => Stdio::open(&poll, libc::STDIN_FILENO, STDIN, Interest::READABLE)?,
-        Some(_) => Stdio {
-            fd: -1,
-            pollable: false,
-            ready: true,
-            closed: false,
-            _restore: None,
-        },
+        Some(_) => Stdio { fd: -1, pollable: false, ready: true, closed: false, _restore: None },
     };
     let stdout = Stdio::open(&poll, libc::STDOUT_FILENO, STDOUT, Interest::WRITABLE)?;
 
@@ -242,11 +222,7 @@ impl Source {
             if stdin_ready && self.config.probe.is_some() {
                 wait_ns = wait_ns.min(self.next_probe_ns.saturating_sub(before_ns));
             }
-            let wait = if always_ready {
-                Duration::ZERO
-            } else {
-                Duration::from_nanos(wait_ns)
-            };
+            let wait = if always_ready { Duration::ZERO } else { Duration::from_nanos(wait_ns) };
             if let Err(error) = poll.poll(&mut events, Some(wait))
                 && error.kind() != io::ErrorKind::Interrupted
             {
@@ -303,38 +279,21 @@ impl Source {
         !self.stdin.closed
             && self.fault.is_none()
             && self.send.room() >= self.frame_room()
-            && self
-                .config
-                .window
-                .is_none_or(|window| self.run.sequencing.in_flight() < window)
+            && self.config.window.is_none_or(|window| self.run.sequencing.in_flight() < window)
     }
 
     fn frame_room(&self) -> usize {
-        PAYLOAD_AT
-            + self
-                .config
-                .probe
-                .map_or(self.config.block_size, |probe| probe.size)
+        PAYLOAD_AT + self.config.probe.map_or(self.config.block_size, |probe| probe.size)
     }
 
     /// Turns the payload already placed at `PAYLOAD_AT` in the send buffer's tail into a frame.
     fn append_frame(&mut self, now_ns: u64, payload_len: usize) {
         let sequence = self.run.sequencing.sent_one();
         let tail = self.send.tail(self.frame_room()).expect("room checked");
-        let header = Header {
-            kind: Kind::Data,
-            record_count: 1,
-            sequence,
-            payload_len,
-        };
+        let header = Header { kind: Kind::Data, record_count: 1, sequence, payload_len };
         header.emit(&mut tail[..HEADER_LEN]);
         // The write stamp is set in `send_frames`, just before the write.
-        let stamp = Stamp {
-            hop: 0,
-            direction: Direction::Down,
-            read_ns: now_ns,
-            write_ns: 0,
-        };
+        let stamp = Stamp { hop: 0, direction: Direction::Down, read_ns: now_ns, write_ns: 0 };
         stamp.emit(&mut tail[HEADER_LEN..PAYLOAD_AT]);
         self.unstamped.push(self.send.len());
         self.send.commit(PAYLOAD_AT + payload_len);
@@ -346,10 +305,7 @@ impl Source {
         let mut progress = false;
         while self.wants_stdin() && now_ns >= self.next_probe_ns {
             let tail = self.send.tail(self.frame_room()).expect("room checked");
-            for (index, byte) in tail[PAYLOAD_AT..PAYLOAD_AT + probe.size]
-                .iter_mut()
-                .enumerate()
-            {
+            for (index, byte) in tail[PAYLOAD_AT..PAYLOAD_AT + probe.size].iter_mut().enumerate() {
                 *byte = index as u8;
             }
             self.append_frame(now_ns, probe.size);
@@ -496,11 +452,7 @@ impl Source {
                     }
                     let pattern = (0..=u8::MAX).cycle();
                     if probing
-                        && !frame
-                            .payload()
-                            .iter()
-                            .copied()
-                            .eq(pattern.take(frame.payload_len()))
+                        && !frame.payload().iter().copied().eq(pattern.take(frame.payload_len()))
                     {
                         self.run.corrupted += 1;
                     }

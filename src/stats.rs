@@ -79,21 +79,13 @@ impl Series {
 
     /// The exact mean (from the sum, not the histogram's buckets), in nanoseconds.
     pub fn mean_ns(&self) -> f64 {
-        if self.count() == 0 {
-            0.0
-        } else {
-            self.sum_ns as f64 / self.count() as f64
-        }
+        if self.count() == 0 { 0.0 } else { self.sum_ns as f64 / self.count() as f64 }
     }
 
     /// Mean absolute difference of consecutive samples (mtr's Javg; RFC 3550's D), in ns.
     pub fn jitter_ns(&self) -> f64 {
         let pairs = self.count().saturating_sub(1);
-        if pairs == 0 {
-            0.0
-        } else {
-            self.jitter_sum_ns as f64 / pairs as f64
-        }
+        if pairs == 0 { 0.0 } else { self.jitter_sum_ns as f64 / pairs as f64 }
     }
 }
 
@@ -147,10 +139,7 @@ impl Chain {
             Part::ResidenceUp(hop) => format!("{} ↑ (relay)", labels[hop]),
             Part::Turn(hop) => format!("{} (echo)", labels[hop]),
         };
-        let parts = parts
-            .into_iter()
-            .map(|part| Series::new(part, label(part)))
-            .collect();
+        let parts = parts.into_iter().map(|part| Series::new(part, label(part))).collect();
         Some(Chain {
             path,
             last_stamped,
@@ -176,10 +165,9 @@ impl Chain {
             self.malformed += 1;
             return;
         };
-        let Some(end_to_end) = sub(
-            stamps.up[0].map(|(read, _)| read),
-            stamps.down[0].map(|(_, write)| write),
-        ) else {
+        let Some(end_to_end) =
+            sub(stamps.up[0].map(|(read, _)| read), stamps.down[0].map(|(_, write)| write))
+        else {
             self.malformed += 1;
             return;
         };
@@ -201,10 +189,7 @@ impl Chain {
                 let (read, write) = stamps.turn[hop]?;
                 sub(Some(write), Some(read))
             } else {
-                sub(
-                    stamps.up[hop].map(|(_, write)| write),
-                    stamps.down[hop].map(|(read, _)| read),
-                )
+                sub(stamps.up[hop].map(|(_, write)| write), stamps.down[hop].map(|(read, _)| read))
             }
         };
         self.parts
@@ -251,11 +236,7 @@ fn hop_labels(path: &[PathEntry]) -> Vec<String> {
         .enumerate()
         .map(|(index, entry)| {
             let shared = path.iter().filter(|other| other.name == entry.name).count() > 1;
-            if shared {
-                format!("{}#{index}", entry.name)
-            } else {
-                entry.name.clone()
-            }
+            if shared { format!("{}#{index}", entry.name) } else { entry.name.clone() }
         })
         .collect()
 }
@@ -324,44 +305,24 @@ mod tests {
     }
 
     fn frame(stamps: &[Stamp]) -> Vec<u8> {
-        let header = Header {
-            kind: Kind::Data,
-            record_count: stamps.len(),
-            sequence: 0,
-            payload_len: 0,
-        };
+        let header =
+            Header { kind: Kind::Data, record_count: stamps.len(), sequence: 0, payload_len: 0 };
         let mut out = vec![0; header.total_len()];
         emit_frame(&mut out, &header, &[], stamps, &[]);
         out
     }
 
     fn stamp(hop: u8, direction: Direction, read_ns: u64, write_ns: u64) -> Stamp {
-        Stamp {
-            hop,
-            direction,
-            read_ns,
-            write_ns,
-        }
+        Stamp { hop, direction, read_ns, write_ns }
     }
 
     #[test]
     fn test_delay_arithmetic_on_hand_built_stamps() {
         // A (source) -> B (relay) -> Z (echo). Each host has its own unrelated clock origin.
-        let path = vec![
-            entry(Role::Source, "A"),
-            entry(Role::Relay, "B"),
-            entry(Role::Echo, "Z"),
-        ];
+        let path = vec![entry(Role::Source, "A"), entry(Role::Relay, "B"), entry(Role::Echo, "Z")];
         let mut chain = Chain::new(path).unwrap();
-        let labels: Vec<_> = chain
-            .parts
-            .iter()
-            .map(|series| series.label.as_str())
-            .collect();
-        assert_eq!(
-            labels,
-            ["A ⇄ B", "B ↓ (relay)", "B ↑ (relay)", "B ⇄ Z", "Z (echo)"]
-        );
+        let labels: Vec<_> = chain.parts.iter().map(|series| series.label.as_str()).collect();
+        assert_eq!(labels, ["A ⇄ B", "B ↓ (relay)", "B ↑ (relay)", "B ⇄ Z", "Z (echo)"]);
         let bytes = frame(&[
             stamp(0, Direction::Down, 0, 1_000),         // A writes at 1 000
             stamp(1, Direction::Down, 500_000, 500_300), // B holds 300 going down
@@ -369,10 +330,7 @@ mod tests {
             stamp(1, Direction::Up, 540_300, 540_500),   // B: 40 000 on B⇄Z, holds 200 up
         ]);
         // A reads the answer at 1 000 + 10 000 (A⇄B) + B's whole holding time (40 500).
-        chain.record(
-            &Frame::new_checked(&bytes[..]).unwrap(),
-            1_000 + 10_000 + 40_500,
-        );
+        chain.record(&Frame::new_checked(&bytes[..]).unwrap(), 1_000 + 10_000 + 40_500);
         let means: Vec<f64> = chain.parts.iter().map(Series::mean_ns).collect();
         assert_eq!(means, [10_000.0, 300.0, 200.0, 39_950.0, 50.0]);
         assert_eq!(chain.end_to_end.mean_ns(), 50_500.0);
@@ -393,10 +351,7 @@ mod tests {
             stamp(1, Direction::Down, 10, 20),
             stamp(1, Direction::Up, 5_020, 5_030),
         ]);
-        chain.record(
-            &Frame::new_checked(&bytes[..]).unwrap(),
-            100 + 1_000 + 5_020,
-        );
+        chain.record(&Frame::new_checked(&bytes[..]).unwrap(), 100 + 1_000 + 5_020);
         let means: Vec<f64> = chain.parts.iter().map(Series::mean_ns).collect();
         // A⇄B, B↓, B↑, B⇄server (which includes the server's own time).
         assert_eq!(means, [1_000.0, 10.0, 10.0, 5_000.0]);
@@ -405,11 +360,7 @@ mod tests {
 
     #[test]
     fn test_missing_records_count_as_malformed() {
-        let path = vec![
-            entry(Role::Source, "A"),
-            entry(Role::Relay, "B"),
-            entry(Role::Echo, "Z"),
-        ];
+        let path = vec![entry(Role::Source, "A"), entry(Role::Relay, "B"), entry(Role::Echo, "Z")];
         let mut chain = Chain::new(path).unwrap();
         let bytes = frame(&[stamp(0, Direction::Down, 0, 1)]);
         chain.record(&Frame::new_checked(&bytes[..]).unwrap(), 10);
@@ -424,10 +375,8 @@ mod tests {
         assert_eq!(chain.parts[0].label, "lo#0 ⇄ lo#1");
         for (index, link_ns) in [100u64, 300, 200].into_iter().enumerate() {
             let base = index as u64 * 1_000_000;
-            let bytes = frame(&[
-                stamp(0, Direction::Down, base, base),
-                stamp(1, Direction::Turn, 7, 7),
-            ]);
+            let bytes =
+                frame(&[stamp(0, Direction::Down, base, base), stamp(1, Direction::Turn, 7, 7)]);
             chain.record(&Frame::new_checked(&bytes[..]).unwrap(), base + link_ns);
         }
         assert_eq!(chain.parts[0].jitter_ns(), 150.0);
@@ -446,10 +395,6 @@ mod tests {
         assert_eq!(sequencing.out_of_order, 1);
         assert_eq!(sequencing.duplicated, 2);
         assert_eq!(sequencing.missing(), 2);
-        assert_eq!(
-            sequencing.answered_window.len(),
-            2,
-            "answered prefix is forgotten"
-        );
+        assert_eq!(sequencing.answered_window.len(), 2, "answered prefix is forgotten");
     }
 }

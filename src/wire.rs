@@ -118,17 +118,10 @@ impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
             WireError::BadMagic(bytes) => {
-                write!(
-                    f,
-                    "not a subsegment-tcp-speeds frame ({})",
-                    guess_protocol(bytes)
-                )
+                write!(f, "not a subsegment-tcp-speeds frame ({})", guess_protocol(bytes))
             }
             WireError::UnsupportedVersion(v) => {
-                write!(
-                    f,
-                    "unsupported protocol version {v} (this build speaks {VERSION})"
-                )
+                write!(f, "unsupported protocol version {v} (this build speaks {VERSION})")
             }
             WireError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
             WireError::PayloadTooLarge(n) => {
@@ -140,10 +133,7 @@ impl fmt::Display for WireError {
             WireError::BadRecord { index } => write!(f, "stamp record {index} is malformed"),
             WireError::BadPath(why) => write!(f, "malformed path announcement: {why}"),
             WireError::LengthMismatch { header, actual } => {
-                write!(
-                    f,
-                    "frame header says {header} bytes but {actual} were given"
-                )
+                write!(f, "frame header says {header} bytes but {actual} were given")
             }
             WireError::TooManyHops => write!(
                 f,
@@ -167,10 +157,7 @@ fn guess_protocol(first: &[u8; 4]) -> String {
     if first.starts_with(b"SSH-") {
         return "looks like SSH".to_string();
     }
-    format!(
-        "first bytes {:02x} {:02x} {:02x} {:02x}",
-        first[0], first[1], first[2], first[3]
-    )
+    format!("first bytes {:02x} {:02x} {:02x} {:02x}", first[0], first[1], first[2], first[3])
 }
 
 /// The incremental step of parsing: how long the frame at the start of `buffer` is, once
@@ -210,10 +197,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
             Some(header) if header == actual => {}
             Some(header) => return Err(WireError::LengthMismatch { header, actual }),
             None => {
-                return Err(WireError::LengthMismatch {
-                    header: HEADER_LEN,
-                    actual,
-                });
+                return Err(WireError::LengthMismatch { header: HEADER_LEN, actual });
             }
         }
         for index in 0..frame.record_count() {
@@ -363,10 +347,7 @@ pub fn emit_frame(
     payload: &[u8],
 ) -> usize {
     debug_assert_eq!(records.len() % RECORD_LEN, 0, "records are whole");
-    debug_assert_eq!(
-        header.record_count,
-        records.len() / RECORD_LEN + extra.len()
-    );
+    debug_assert_eq!(header.record_count, records.len() / RECORD_LEN + extra.len());
     debug_assert_eq!(header.payload_len, payload.len());
     header.emit(&mut out[..HEADER_LEN]);
     let mut at = HEADER_LEN;
@@ -383,17 +364,8 @@ pub fn emit_frame(
 /// Writes `frame` to `out` with one more stamp record, as a hop does when it passes a frame on;
 /// returns the length written (`frame.total_len() + RECORD_LEN`).
 pub fn emit_restamped<T: AsRef<[u8]>>(out: &mut [u8], frame: &Frame<T>, stamp: Stamp) -> usize {
-    let header = Header {
-        record_count: frame.record_count() + 1,
-        ..Header::of(frame)
-    };
-    emit_frame(
-        out,
-        &header,
-        &frame.headers()[HEADER_LEN..],
-        &[stamp],
-        frame.payload(),
-    )
+    let header = Header { record_count: frame.record_count() + 1, ..Header::of(frame) };
+    emit_frame(out, &header, &frame.headers()[HEADER_LEN..], &[stamp], frame.payload())
 }
 
 /// Builds a FAULT frame.
@@ -406,12 +378,7 @@ pub fn fault_frame(fault: &Fault) -> Vec<u8> {
 
 /// Builds a frame with no stamps: PATH and FAULT frames, which are rare and may allocate.
 pub fn control_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
-    let header = Header {
-        kind,
-        record_count: 0,
-        sequence: 0,
-        payload_len: payload.len(),
-    };
+    let header = Header { kind, record_count: 0, sequence: 0, payload_len: payload.len() };
     let mut out = vec![0u8; header.total_len()];
     emit_frame(&mut out, &header, &[], &[], payload);
     out
@@ -475,12 +442,7 @@ impl PathEntry {
     ) -> Self {
         let show =
             |addr: Option<SocketAddr>| addr.map_or_else(|| "-".to_string(), |a| a.to_string());
-        PathEntry {
-            role,
-            name: truncate(name),
-            local: show(local),
-            peer: show(peer),
-        }
+        PathEntry { role, name: truncate(name), local: show(local), peer: show(peer) }
     }
 
     /// Appends the entry to a PATH payload: role, then three strings each prefixed by its length.
@@ -503,22 +465,13 @@ impl PathEntry {
             payload = &payload[1..];
             let mut texts = [String::new(), String::new(), String::new()];
             for text in &mut texts {
-                let (&len, rest) = payload
-                    .split_first()
-                    .ok_or(WireError::BadPath("truncated"))?;
-                let bytes = rest
-                    .get(..usize::from(len))
-                    .ok_or(WireError::BadPath("truncated"))?;
+                let (&len, rest) = payload.split_first().ok_or(WireError::BadPath("truncated"))?;
+                let bytes = rest.get(..usize::from(len)).ok_or(WireError::BadPath("truncated"))?;
                 *text = String::from_utf8_lossy(bytes).into_owned();
                 payload = &rest[usize::from(len)..];
             }
             let [name, local, peer] = texts;
-            entries.push(PathEntry {
-                role,
-                name,
-                local,
-                peer,
-            });
+            entries.push(PathEntry { role, name, local, peer });
         }
         Ok(entries)
     }
@@ -547,14 +500,10 @@ impl Fault {
 
     pub fn parse(payload: &[u8]) -> Fault {
         match payload.split_first() {
-            Some((&hop, message)) => Fault {
-                hop,
-                message: String::from_utf8_lossy(message).into_owned(),
-            },
-            None => Fault {
-                hop: 0,
-                message: "empty fault report".to_string(),
-            },
+            Some((&hop, message)) => {
+                Fault { hop, message: String::from_utf8_lossy(message).into_owned() }
+            }
+            None => Fault { hop: 0, message: "empty fault report".to_string() },
         }
     }
 }
@@ -583,19 +532,11 @@ mod tests {
             payload_len: payload.len(),
         };
         let mut out = vec![0xa5; header.total_len()];
-        assert_eq!(
-            emit_frame(&mut out, &header, &[], stamps, payload),
-            out.len()
-        );
+        assert_eq!(emit_frame(&mut out, &header, &[], stamps, payload), out.len());
         out
     }
 
-    const STAMP: Stamp = Stamp {
-        hop: 1,
-        direction: Direction::Up,
-        read_ns: 7,
-        write_ns: 9,
-    };
+    const STAMP: Stamp = Stamp { hop: 1, direction: Direction::Up, read_ns: 7, write_ns: 9 };
 
     #[test]
     fn test_emit_matches_fixture() {
@@ -618,10 +559,7 @@ mod tests {
         assert_eq!(frame.kind(), Kind::Data);
         assert_eq!(frame.sequence(), 42);
         assert_eq!(frame.payload(), b"payload");
-        assert_eq!(
-            frame.records().collect::<Vec<_>>(),
-            vec![STAMP, Stamp { hop: 2, ..STAMP }]
-        );
+        assert_eq!(frame.records().collect::<Vec<_>>(), vec![STAMP, Stamp { hop: 2, ..STAMP }]);
     }
 
     #[test]
@@ -629,12 +567,7 @@ mod tests {
         let bytes = data_frame(5, &[STAMP], b"abc");
         let frame = Frame::new_checked(&bytes[..]).unwrap();
         let mut out = vec![0xa5; bytes.len() + RECORD_LEN];
-        let added = Stamp {
-            hop: 2,
-            direction: Direction::Turn,
-            read_ns: 100,
-            write_ns: 200,
-        };
+        let added = Stamp { hop: 2, direction: Direction::Turn, read_ns: 100, write_ns: 200 };
         assert_eq!(emit_restamped(&mut out, &frame, added), out.len());
         let again = Frame::new_checked(&out[..]).unwrap();
         assert_eq!(again.records().collect::<Vec<_>>(), vec![STAMP, added]);
@@ -672,10 +605,7 @@ mod tests {
     fn test_bad_magic_names_http() {
         let error = frame_len(b"GET / HTTP/1.1\r\n").unwrap_err();
         assert!(error.to_string().contains("HTTP"), "{error}");
-        assert!(matches!(
-            frame_len(b"\x16\x03\x01\x02"),
-            Err(WireError::BadMagic(_))
-        ));
+        assert!(matches!(frame_len(b"\x16\x03\x01\x02"), Err(WireError::BadMagic(_))));
         // A wrong first byte is caught before the rest of the header has arrived.
         assert!(frame_len(b"X").is_err());
         assert_eq!(frame_len(b"SS"), Ok(None));
@@ -692,26 +622,17 @@ mod tests {
         assert_eq!(frame_len(&bytes), Err(WireError::UnknownKind(77)));
         let mut bytes = good.clone();
         bytes[field::RECORD_COUNT] = (MAX_RECORDS + 1) as u8;
-        assert_eq!(
-            frame_len(&bytes),
-            Err(WireError::TooManyRecords(MAX_RECORDS + 1))
-        );
+        assert_eq!(frame_len(&bytes), Err(WireError::TooManyRecords(MAX_RECORDS + 1)));
         let mut bytes = good.clone();
         bytes[field::PAYLOAD_LEN].copy_from_slice(&((MAX_PAYLOAD + 1) as u32).to_be_bytes());
-        assert_eq!(
-            frame_len(&bytes),
-            Err(WireError::PayloadTooLarge(MAX_PAYLOAD + 1))
-        );
+        assert_eq!(frame_len(&bytes), Err(WireError::PayloadTooLarge(MAX_PAYLOAD + 1)));
     }
 
     #[test]
     fn test_bad_record_rejected() {
         let mut bytes = data_frame(1, &[STAMP], b"");
         bytes[HEADER_LEN + field::record::DIRECTION] = 9;
-        assert_eq!(
-            Frame::new_checked(&bytes[..]).unwrap_err(),
-            WireError::BadRecord { index: 0 }
-        );
+        assert_eq!(Frame::new_checked(&bytes[..]).unwrap_err(), WireError::BadRecord { index: 0 });
         let mut bytes = data_frame(1, &[STAMP], b"");
         bytes[HEADER_LEN + field::record::HOP] = MAX_HOPS as u8;
         assert!(Frame::new_checked(&bytes[..]).is_err());
@@ -721,12 +642,7 @@ mod tests {
     fn test_path_entries_round_trip_and_limits() {
         let entries = vec![
             PathEntry::new(Role::Source, "a", None, None),
-            PathEntry::new(
-                Role::Relay,
-                "b",
-                Some("10.0.0.2:9000".parse().unwrap()),
-                None,
-            ),
+            PathEntry::new(Role::Relay, "b", Some("10.0.0.2:9000".parse().unwrap()), None),
         ];
         let mut payload = Vec::new();
         entries.iter().for_each(|entry| entry.emit(&mut payload));
@@ -743,18 +659,9 @@ mod tests {
 
     #[test]
     fn test_fault_round_trip() {
-        let out = fault_frame(&Fault {
-            hop: 2,
-            message: "refused".to_string(),
-        });
+        let out = fault_frame(&Fault { hop: 2, message: "refused".to_string() });
         let frame = Frame::new_checked(&out[..]).unwrap();
         assert_eq!(frame.kind(), Kind::Fault);
-        assert_eq!(
-            Fault::parse(frame.payload()),
-            Fault {
-                hop: 2,
-                message: "refused".into()
-            }
-        );
+        assert_eq!(Fault::parse(frame.payload()), Fault { hop: 2, message: "refused".into() });
     }
 }

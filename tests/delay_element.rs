@@ -29,9 +29,7 @@ fn ping(stream: &mut TcpStream) -> Duration {
 #[track_caller]
 fn echo_through(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut stream = connect(addr);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut sender = stream.try_clone().unwrap();
     let data = data.to_vec();
     // Written from a thread: the echo comes back while we are still sending.
@@ -73,10 +71,8 @@ fn one_megabyte_round_trips_intact_and_eof_propagates() {
 fn jitter_never_reorders_bytes() {
     let (echo, _server) = plain_echo_server();
     let args = ["--listen", "127.0.0.1:0", "--forward-to", &echo.to_string()];
-    let (_proc, addr) = spawn_listening(
-        DELAY_BIN,
-        &[&args[..], &["--delay-ms", "5", "--jitter-ms", "5"]].concat(),
-    );
+    let (_proc, addr) =
+        spawn_listening(DELAY_BIN, &[&args[..], &["--delay-ms", "5", "--jitter-ms", "5"]].concat());
     let data = random_bytes(512 * 1024, 2);
     assert!(echo_through(addr, &data) == data, "echoed data differs");
 }
@@ -85,10 +81,8 @@ fn jitter_never_reorders_bytes() {
 fn rate_limit_paces_each_direction() {
     let (echo, _server) = plain_echo_server();
     let args = ["--listen", "127.0.0.1:0", "--forward-to", &echo.to_string()];
-    let (_proc, addr) = spawn_listening(
-        DELAY_BIN,
-        &[&args[..], &["--delay-ms", "0", "--rate-mbit", "8"]].concat(),
-    );
+    let (_proc, addr) =
+        spawn_listening(DELAY_BIN, &[&args[..], &["--delay-ms", "0", "--rate-mbit", "8"]].concat());
     // 256 KiB at 8 Mbit/s (1 MB/s) is 262 ms on the wire; the two directions overlap.
     let data = random_bytes(256 * 1024, 3);
     let start = Instant::now();
@@ -125,10 +119,7 @@ fn concurrent_connections_are_relayed_independently() {
     }
     // Serialized, the two would take 2 * ROUNDS * 40 ms = 800 ms; overlapped, about half.
     let elapsed = start.elapsed();
-    assert!(
-        elapsed < Duration::from_millis(700),
-        "connections took {elapsed:?}: serialized?"
-    );
+    assert!(elapsed < Duration::from_millis(700), "connections took {elapsed:?}: serialized?");
 }
 
 #[test]
@@ -141,24 +132,16 @@ fn refused_forward_address_is_reported_and_serving_goes_on() {
 
     let mut doomed = connect(addr);
     let peer = doomed.local_addr().unwrap().to_string();
-    doomed
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    doomed.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut byte = [0];
-    assert!(
-        matches!(doomed.read(&mut byte), Ok(0) | Err(_)),
-        "expected the relay to close"
-    );
+    assert!(matches!(doomed.read(&mut byte), Ok(0) | Err(_)), "expected the relay to close");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !proc.stderr().contains(&peer) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
     }
     let stderr = proc.stderr();
     let message = stderr.lines().find(|line| line.contains(&peer));
-    assert!(
-        message.is_some(),
-        "no message naming {peer}; stderr:\n{stderr}"
-    );
+    assert!(message.is_some(), "no message naming {peer}; stderr:\n{stderr}");
 
     // Bring the forward address up; the same process must serve the next connection.
     let _server = serve_echo(TcpListener::bind(refused).expect("rebind the refused port"));
@@ -168,15 +151,8 @@ fn refused_forward_address_is_reported_and_serving_goes_on() {
 
 #[test]
 fn bad_usage_exits_2_with_one_line() {
-    for args in [
-        &["--bogus"][..],
-        &["--listen", "127.0.0.1:0", "--forward-to", "127.0.0.1:1"],
-    ] {
-        let output = Command::new(DELAY_BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+    for args in [&["--bogus"][..], &["--listen", "127.0.0.1:0", "--forward-to", "127.0.0.1:1"]] {
+        let output = Command::new(DELAY_BIN).args(args).stdin(Stdio::null()).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");

@@ -101,10 +101,7 @@ fn main() -> ExitCode {
     let forward_to: Vec<SocketAddr> = match args.forward_to.to_socket_addrs() {
         Ok(addrs) => addrs.collect(),
         Err(err) => {
-            eprintln!(
-                "tcp-delay: cannot resolve --forward-to {}: {err}",
-                args.forward_to
-            );
+            eprintln!("tcp-delay: cannot resolve --forward-to {}: {err}", args.forward_to);
             return ExitCode::from(2);
         }
     };
@@ -242,10 +239,7 @@ fn abort(
 /// Sleeps to shortly before `deadline`, then yields until it has passed.
 fn wait_until(deadline: Instant) {
     let now = Instant::now();
-    if let Some(early) = deadline
-        .checked_sub(SPIN_WINDOW)
-        .filter(|early| *early > now)
-    {
+    if let Some(early) = deadline.checked_sub(SPIN_WINDOW).filter(|early| *early > now) {
         thread::sleep(early - now);
     }
     while Instant::now() < deadline {
@@ -265,9 +259,8 @@ struct Schedule {
 impl Schedule {
     fn new(args: &Args) -> Schedule {
         static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-        let now_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let now_ns =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let rng = (now_ns ^ SEQUENCE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)) | 1;
         Schedule {
             delay: args.delay,
@@ -339,20 +332,10 @@ mod tests {
     #[test]
     fn rejects_bad_usage_with_the_option_named() {
         assert!(
-            parse(&["--listen", "a:1", "--forward-to", "b:1"])
-                .unwrap_err()
-                .contains("--delay-ms")
+            parse(&["--listen", "a:1", "--forward-to", "b:1"]).unwrap_err().contains("--delay-ms")
         );
-        assert!(
-            parse(&["--delay-ms", "-1"])
-                .unwrap_err()
-                .contains("--delay-ms")
-        );
-        assert!(
-            parse(&["--rate-mbit", "0"])
-                .unwrap_err()
-                .contains("--rate-mbit")
-        );
+        assert!(parse(&["--delay-ms", "-1"]).unwrap_err().contains("--delay-ms"));
+        assert!(parse(&["--rate-mbit", "0"]).unwrap_err().contains("--rate-mbit"));
         assert!(parse(&["--bogus"]).unwrap_err().contains("--bogus"));
         assert_eq!(parse(&["--help"]), Ok(None));
     }

@@ -132,14 +132,7 @@ pub fn delay(listen_to: SocketAddr, delay_ms: u32) -> (Proc, SocketAddr) {
     let (forward_to, delay_ms) = (listen_to.to_string(), delay_ms.to_string());
     spawn_listening(
         DELAY_BIN,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--forward-to",
-            &forward_to,
-            "--delay-ms",
-            &delay_ms,
-        ],
+        &["--listen", "127.0.0.1:0", "--forward-to", &forward_to, "--delay-ms", &delay_ms],
     )
 }
 
@@ -176,11 +169,7 @@ pub fn serve_echo(listener: TcpListener) -> JoinHandle<()> {
 /// `len` deterministic pseudo-random bytes (xorshift64*), so a failure reproduces.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     // xorshift has a fixed point at 0; any other state works.
-    let mut state = if seed == 0 {
-        0x9e37_79b9_7f4a_7c15
-    } else {
-        seed
-    };
+    let mut state = if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed };
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         state ^= state >> 12;
@@ -254,4 +243,86 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).unwrap_or_else(|err| panic!("connect {addr}: {err}"));
     stream.set_nodelay(true).unwrap();
     stream
+}
+
+/// One row of the source's delay table, values in nanoseconds.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub label: String,
+    pub count: u64,
+    pub p50_ns: f64,
+    pub p99_ns: f64,
+    pub mean_ns: f64,
+}
+
+/// The parts of the source's report that tests check.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub sum_of_parts_mean_ns: f64,
+    pub end_to_end: Row,
+    pub verdict: String,
+    /// Half of the last printed digit, in ns: the rounding of every printed figure.
+    pub rounding_ns: f64,
+}
+
+impl Report {
+    #[track_caller]
+    pub fn row(&self, label: &str) -> &Row {
+        self.rows
+            .iter()
+            .find(|row| row.label == label)
+            .unwrap_or_else(|| panic!("no row '{label}' in {:#?}", self.rows))
+    }
+}
+
+/// Parses the table the source prints on stderr; panics with the whole text if it is absent.
+#[track_caller]
+pub fn parse_report(stderr: &str) -> Report {
+    let unit_line = stderr
+        .lines()
+        .find(|line| line.starts_with("delay per subsegment in "))
+        .unwrap_or_else(|| panic!("no delay table in:\n{stderr}"));
+    let (unit_ns, decimals) = if unit_line.contains(" in ms ") { (1e6, 2) } else { (1e3, 1) };
+    let rounding_ns = unit_ns * 0.5 * 10f64.powi(-decimals);
+    let mut rows = Vec::new();
+    let mut sum_of_parts_mean_ns = None;
+    let mut end_to_end = None;
+    for line in stderr.lines().skip_while(|line| *line != unit_line).skip(2) {
+        if !line.starts_with("  ") {
+            break;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if line.trim_start().starts_with("sum of subsegments") {
+            sum_of_parts_mean_ns = Some(fields[3].parse::<f64>().unwrap() * unit_ns);
+            continue;
+        }
+        // label (may contain spaces), count, min, p50, p90, p99, p99.9, max, mean, stdev, jitter[, share]
+        let numbers_at = fields.iter().position(|field| field.parse::<u64>().is_ok()).unwrap();
+        let value = |offset: usize| fields[numbers_at + offset].parse::<f64>().unwrap() * unit_ns;
+        let row = Row {
+            label: fields[..numbers_at].join(" "),
+            count: fields[numbers_at].parse().unwrap(),
+            p50_ns: value(2),
+            p99_ns: value(4),
+            mean_ns: value(7),
+        };
+        if row.label == "end-to-end" {
+            end_to_end = Some(row);
+        } else {
+            rows.push(row);
+        }
+    }
+    let verdict = stderr
+        .lines()
+        .find(|line| line.starts_with("verdict: "))
+        .unwrap_or_else(|| panic!("no verdict in:\n{stderr}"))
+        .to_string();
+    Report {
+        rows,
+        sum_of_parts_mean_ns: sum_of_parts_mean_ns.expect("a 'sum of subsegments' row"),
+        end_to_end: end_to_end.expect("an 'end-to-end' row"),
+        verdict,
+        rounding_ns,
+    }
 }

@@ -1,0 +1,259 @@
+//! The whole chain on loopback: source → relays → echoing end, with the real binary.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::thread;
+use std::time::Duration;
+
+use util::{MAIN_BIN, Proc, parse_report, random_bytes, run_source, spawn_listening};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A chain Z (echo) ← C ← B, returning the processes and B's address.
+fn chain_b_c_z(extra: &[&str]) -> (Vec<Proc>, SocketAddr) {
+    let mut z_args = vec!["--listen", "127.0.0.1:0", "--name", "Z"];
+    z_args.extend_from_slice(extra);
+    let (z, z_addr) = spawn_listening(MAIN_BIN, &z_args);
+    let (c, c_addr) = relay("C", z_addr);
+    let (b, b_addr) = relay("B", c_addr);
+    (vec![z, c, b], b_addr)
+}
+
+fn relay(name: &str, next: SocketAddr) -> (Proc, SocketAddr) {
+    let next = next.to_string();
+    spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "--forward-to", &next, "--name", name])
+}
+
+#[test]
+fn ten_megabytes_come_back_byte_identical_with_a_full_report() {
+    let (_hops, b_addr) = chain_b_c_z(&[]);
+    let input = random_bytes(10 << 20, 1);
+    let b = b_addr.to_string();
+    let run = run_source(&["--forward-to", &b, "--name", "A"], &input, RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
+    assert!(
+        run.stdout == input,
+        "output differs from input ({} vs {} bytes)",
+        run.stdout.len(),
+        input.len()
+    );
+
+    let report = parse_report(&run.stderr);
+    let labels: Vec<&str> = report.rows.iter().map(|row| row.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "A ⇄ B",
+            "B ↓ (relay)",
+            "B ↑ (relay)",
+            "B ⇄ C",
+            "C ↓ (relay)",
+            "C ↑ (relay)",
+            "C ⇄ Z",
+            "Z (echo)"
+        ]
+    );
+    let frames = (10u64 << 20).div_ceil(512);
+    assert!(report.rows.iter().all(|row| row.count == frames), "{:?}", report.rows);
+    assert!(
+        run.stderr.contains(&format!("sent {frames}, answered {frames}, missing 0")),
+        "{}",
+        run.stderr
+    );
+    for (index, name) in ["A", "B", "C", "Z"].iter().enumerate() {
+        assert!(
+            run.stderr.contains(&format!("  {index:>2}  {name} ")),
+            "path lacks {name}:\n{}",
+            run.stderr
+        );
+    }
+    assert_parts_add_up(&report);
+}
+
+/// The subsegment means must add up to the end-to-end mean: the same stamps, exactly split.
+/// Only the printing rounds: each figure by at most half a unit in its last digit.
+#[track_caller]
+fn assert_parts_add_up(report: &util::Report) {
+    let rows_sum: f64 = report.rows.iter().map(|row| row.mean_ns).sum();
+    let rows_rounding = report.rounding_ns * (report.rows.len() + 1) as f64;
+    assert!(
+        (rows_sum - report.end_to_end.mean_ns).abs() <= rows_rounding,
+        "rows add up to {rows_sum} ns, end-to-end mean is {} ns",
+        report.end_to_end.mean_ns
+    );
+    // The sum row is computed from exact sums: it must match to the printed digit.
+    assert!(
+        (report.sum_of_parts_mean_ns - report.end_to_end.mean_ns).abs() <= 2.0 * report.rounding_ns
+    );
+}
+
+#[test]
+fn two_sources_at_once_share_the_relays() {
+    let (hops, b_addr) = chain_b_c_z(&[]);
+    let b = b_addr.to_string();
+    let runs: Vec<_> = (0..2u64)
+        .map(|seed| {
+            let b = b.clone();
+            thread::spawn(move || {
+                let input = random_bytes(3 << 20, seed + 10);
+                let run = run_source(&["-f", &b, "-n", "A", "-s", "4096"], &input, RUN_TIMEOUT);
+                (input, run)
+            })
+        })
+        .collect();
+    for handle in runs {
+        let (input, run) = handle.join().unwrap();
+        assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
+        assert!(run.stdout == input, "a concurrent source got different bytes back");
+    }
+    // Each relay logs one line per closed connection.
+    let relay_b = hops[2].stderr();
+    assert_eq!(relay_b.matches("ended after").count(), 2, "{relay_b}");
+}
+
+#[test]
+fn a_slowed_link_is_named_and_measured() {
+    // B → tcp-delay (20 ms each way) → C: the B ⇄ C round trip gains 40 ms.
+    let (_z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "--name", "Z"]);
+    let (_c, c_addr) = relay("C", z_addr);
+    let (_delay, delay_addr) = util::delay(c_addr, 20);
+    let (_b, b_addr) = relay("B", delay_addr);
+    let b = b_addr.to_string();
+    let args = ["-f", &b, "-n", "A", "--count", "40", "--size", "512", "--window", "1"];
+    let run = run_source(&args, &[], RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
+    let report = parse_report(&run.stderr);
+    assert!(report.verdict.starts_with("verdict: B ⇄ C adds the most delay"), "{}", run.stderr);
+    let p50_ms = report.row("B ⇄ C").p50_ns / 1e6;
+    assert!((36.0..=44.0).contains(&p50_ms), "B ⇄ C p50 {p50_ms} ms, expected 40 ms ± 10%");
+    assert_parts_add_up(&report);
+}
+
+#[test]
+fn an_unreachable_next_hop_is_named_at_the_source() {
+    // A port that nothing listens on: bind, learn the port, close.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_c, c_addr) = relay("C", closed);
+    let (_b, b_addr) = relay("B", c_addr);
+    let b = b_addr.to_string();
+    let run = run_source(&["-f", &b, "-n", "A", "-t", "5"], b"some data", RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(1)), "{}", run.stderr);
+    let error = run.stderr.lines().find(|line| line.contains("error:")).unwrap_or_default();
+    assert!(error.contains("C ⇄ "), "the failed subsegment is not named: {}", run.stderr);
+    assert!(error.contains(&closed.to_string()), "the unreachable address is not named: {error}");
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+}
+
+#[test]
+fn a_source_whose_first_hop_refuses_exits_1() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let target = closed.to_string();
+    let run = run_source(&["-f", &target, "-t", "5"], b"x", RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(1)), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("first hop {target}")), "{}", run.stderr);
+}
+
+#[test]
+fn garbage_closes_only_its_own_connection() {
+    let (hops, b_addr) = chain_b_c_z(&[]);
+    let mut stray = util::connect(b_addr);
+    stray.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stray.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let closed = stray.read_to_end(&mut answer);
+    assert!(closed.is_ok() || answer.is_empty(), "the relay must close the stray connection");
+
+    let input = random_bytes(200_000, 3);
+    let run = run_source(&["-f", &b_addr.to_string(), "-n", "A"], &input, RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
+    assert!(run.stdout == input);
+    let relay_b = hops[2].stderr();
+    let complaint = relay_b.lines().find(|line| line.contains("HTTP")).unwrap_or_default();
+    assert!(complaint.contains("127.0.0.1:"), "the complaint names no peer: {relay_b}");
+}
+
+#[test]
+fn a_stripping_relay_serves_a_plain_tcp_echo_server() {
+    let (server, _server_thread) = util::plain_echo_server();
+    let server = server.to_string();
+    let args = ["--listen", "127.0.0.1:0", "--forward-to", &server, "--name", "C", "-r"];
+    let (_c, c_addr) = spawn_listening(MAIN_BIN, &args);
+    let (_b, b_addr) = relay("B", c_addr);
+    let input = random_bytes(1 << 20, 4);
+    let run = run_source(&["-f", &b_addr.to_string(), "-n", "A"], &input, RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
+    assert!(run.stdout == input, "data through the stripping relay differs");
+    let report = parse_report(&run.stderr);
+    let labels: Vec<&str> = report.rows.iter().map(|row| row.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "A ⇄ B",
+            "B ↓ (relay)",
+            "B ↑ (relay)",
+            "B ⇄ C",
+            "C ↓ (relay)",
+            "C ↑ (relay)",
+            &format!("C ⇄ {server}")
+        ]
+    );
+    assert!(run.stderr.contains("plain TCP server"), "{}", run.stderr);
+    assert_parts_add_up(&report);
+}
+
+#[test]
+fn an_echo_end_with_r_answers_plain_bytes() {
+    let (_z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "-r", "--name", "Z"]);
+    let mut client = util::connect(z_addr);
+    client.write_all(b"plain bytes, no frames").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, b"plain bytes, no frames");
+}
+
+#[test]
+fn stdin_and_stdout_may_be_files_and_dev_null() {
+    let (_hops, b_addr) = chain_b_c_z(&[]);
+    let dir = std::env::temp_dir().join(format!("ssts-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input_path = dir.join("in.bin");
+    let output_path = dir.join("out.bin");
+    let input = random_bytes(1 << 20, 5);
+    std::fs::write(&input_path, &input).unwrap();
+    let b = b_addr.to_string();
+    let status = std::process::Command::new(MAIN_BIN)
+        .args(["-f", &b, "-n", "A"])
+        .stdin(std::fs::File::open(&input_path).unwrap())
+        .stdout(std::fs::File::create(&output_path).unwrap())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(std::fs::read(&output_path).unwrap() == input, "regular file round trip differs");
+
+    let status = std::process::Command::new(MAIN_BIN)
+        .args(["-f", &b, "-n", "A"])
+        .stdin(std::fs::File::open("/dev/null").unwrap())
+        .stdout(std::fs::File::create("/dev/null").unwrap())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    for args in [&["--frobnicate"][..], &["-f", "127.0.0.1:1", "-s", "0"], &[]] {
+        let output = std::process::Command::new(MAIN_BIN).args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.lines().next().unwrap().starts_with("subsegment-tcp-speeds: "), "{stderr}");
+    }
+    let help = std::process::Command::new(MAIN_BIN).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--forward-to Z:9000"));
+}
