@@ -772,7 +772,7 @@ impl Connection {
                 Err(error) => return Err(Self::bad_downstream(error)),
             };
             let frame = Frame::new_checked(&data[..len])
-                .map_err(|error| Self::bad_downstream(error))?;
+                .map_err(Self::bad_downstream)?;
             let moved = match frame.kind() {
                 Kind::Data => {
                     let hop = self.hop.unwrap_or(0);
