@@ -120,7 +120,8 @@ pub fn run(config: HopConfig) -> io::Result<()> {
                 Side::Downstream => connection.downstream.as_mut(),
             };
             if let Some(peer) = peer {
-                peer.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                peer.hung_up |= event.is_read_closed() || event.is_error();
+                peer.readable |= event.is_readable() || peer.hung_up;
                 peer.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
             }
             touched.push(slot);
@@ -169,6 +170,8 @@ struct Peer {
     addr: SocketAddr,
     readable: bool,
     writable: bool,
+    /// The poll reported the peer's FIN (EPOLLRDHUP): read until the EOF itself is seen.
+    hung_up: bool,
     read_closed: bool,
     write_shut: bool,
 }
@@ -180,6 +183,7 @@ impl Peer {
             addr,
             readable: false,
             writable: false,
+            hung_up: false,
             read_closed: false,
             write_shut: false,
         }
@@ -198,6 +202,11 @@ impl Peer {
                 Io::Done(count) => {
                     into.commit(count);
                     progress = true;
+                    // A short read emptied the socket; the next arrival is a new edge, so
+                    // the read that would only say WouldBlock is skipped. Not once the peer's
+                    // FIN has been signalled: it may sit behind these bytes, and no further
+                    // edge would announce it.
+                    self.readable = count == want || self.hung_up;
                 }
                 Io::Closed => self.read_closed = true,
                 Io::WouldBlock => self.readable = false,
@@ -213,6 +222,8 @@ impl Peer {
         while self.writable && !from.is_empty() {
             match net::classify(|| self.stream.write(from.data())) {
                 Io::Done(count) => {
+                    // A short write filled the socket's buffer: wait for the next edge.
+                    self.writable = count == from.len();
                     from.consume(count);
                     progress = true;
                 }
@@ -270,6 +281,7 @@ struct PendingAnswers {
 }
 
 struct Connection {
+    slot: usize,
     upstream: Peer,
     /// The next hop; `None` at the echoing end, and once it has failed.
     downstream: Option<Peer>,
@@ -283,6 +295,8 @@ struct Connection {
     /// Why the next hop is unusable; reported upstream in a FAULT frame.
     failure: Option<String>,
     fault_queued: bool,
+    /// The path announcement forwarded down, until its answer comes back up.
+    unanswered_path: Option<Vec<u8>>,
     /// A hop further down reported a fault: its end of stream is expected, not a new fault.
     fault_passed: bool,
     frames_down: u64,
@@ -334,7 +348,8 @@ impl Hop {
         )?;
         let now_ns = clock::now_ns();
         let echo = self.role == Role::Echo;
-        let mut connection = Connection {
+        let connection = Connection {
+            slot,
             upstream,
             downstream: None,
             connecting: false,
@@ -354,6 +369,7 @@ impl Hop {
             failure: None,
             fault_queued: false,
             fault_passed: false,
+            unanswered_path: None,
             frames_down: 0,
             frames_up: 0,
             bytes_down: 0,
@@ -361,24 +377,6 @@ impl Hop {
             opened_ns: now_ns,
             last_progress_ns: now_ns,
         };
-        if let Some((target, _)) = &self.config.forward_to {
-            match net::connect(*target) {
-                Ok(stream) => {
-                    let mut downstream = Peer::new(stream, *target);
-                    registry.register(
-                        &mut downstream.stream,
-                        token_of(slot, Side::Downstream),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )?;
-                    connection.downstream = Some(downstream);
-                    connection.connecting = true;
-                }
-                Err(error) => {
-                    connection.failure =
-                        Some(format!("next hop {}: cannot connect: {error}", next_hop_text(&self.config)));
-                }
-            }
-        }
         self.connections[slot] = Some(connection);
         touched.push(slot);
         Ok(())
@@ -479,15 +477,20 @@ enum Round {
 
 impl Connection {
     /// One round of connect, read, process and write in both directions.
+    /// One round of connect, read, process and write in both directions.
     fn round(
         &mut self,
         context: &Context,
         registry: &mio::Registry,
         now_ns: u64,
     ) -> Result<Round, String> {
-        let mut progress = false;
+        // `advanced`: frames moved, bytes written, a connect finished; what the no-progress
+        // timeout watches. Bytes read alone do not count, or a peer sending one byte a second
+        // would hold a connection forever.
+        let mut advanced = false;
+        let mut read_any = false;
         if self.connecting {
-            progress |= self.finish_connect(registry, context.config);
+            advanced |= self.finish_connect(registry, context.config);
         }
 
         // Down: upstream socket -> down.input -> frames -> down.output (or up.output).
@@ -498,18 +501,18 @@ impl Connection {
                 .map_err(|error| format!("read: {error}"))?;
             if got {
                 self.down.read_ns = now_ns;
-                progress = true;
+                read_any = true;
             }
         }
-        progress |= self.process_down(context)?;
+        advanced |= self.process_down(context, registry)?;
         if let (Some(downstream), false) = (self.downstream.as_mut(), self.connecting) {
             match downstream.flush(&mut self.down.output) {
-                Ok(wrote) => progress |= wrote,
+                Ok(wrote) => advanced |= wrote,
                 Err(error) => {
                     let what =
                         format!("lost the connection after {} frames: {error}", self.frames_down);
                     self.fail_downstream(registry, context.config, what);
-                    progress = true;
+                    advanced = true;
                 }
             }
         }
@@ -522,38 +525,54 @@ impl Connection {
                 Ok(got) => {
                     if got {
                         self.up.read_ns = now_ns;
-                        progress = true;
+                        read_any = true;
                     }
                 }
                 Err(error) => {
                     let what =
                         format!("lost the connection after {} frames: {error}", self.frames_down);
                     self.fail_downstream(registry, context.config, what);
-                    progress = true;
+                    advanced = true;
                 }
             }
         }
         match self.process_up(context) {
-            Ok(moved) => progress |= moved,
+            Ok(moved) => advanced |= moved,
             // The next hop does not speak the protocol: the source must hear which one.
             Err(what) => {
                 self.fail_downstream(registry, context.config, what);
                 self.up.input.consume(self.up.input.len());
-                progress = true;
+                advanced = true;
             }
         }
-        progress |= self.queue_fault(context.config);
-        progress |=
+        advanced |= self.queue_fault(context.config);
+        advanced |=
             self.upstream.flush(&mut self.up.output).map_err(|error| format!("write: {error}"))?;
 
-        if progress {
+        if advanced {
             self.last_progress_ns = now_ns;
         }
         self.pass_on_end_of_stream(context, registry)?;
         if self.upstream.write_shut && self.upstream.read_closed && self.up.output.is_empty() {
             return Ok(Round::Finished);
         }
-        Ok(if progress { Round::Progress } else { Round::Idle })
+        Ok(if advanced || read_any { Round::Progress } else { Round::Idle })
+    }
+
+    fn start_connect(&mut self, registry: &mio::Registry, target: SocketAddr, config: &HopConfig) {
+        let started = net::connect(target).and_then(|stream| {
+            let mut downstream = Peer::new(stream, target);
+            let token = token_of(self.slot, Side::Downstream);
+            registry.register(&mut downstream.stream, token, Interest::READABLE | Interest::WRITABLE)?;
+            Ok(downstream)
+        });
+        match started {
+            Ok(downstream) => {
+                self.downstream = Some(downstream);
+                self.connecting = true;
+            }
+            Err(error) => self.fail_downstream(registry, config, format!("cannot connect: {error}")),
+        }
     }
 
     fn finish_connect(&mut self, registry: &mio::Registry, config: &HopConfig) -> bool {
@@ -598,12 +617,26 @@ impl Connection {
         let (Some(failure), Some(hop), false) = (&self.failure, self.hop, self.fault_queued) else {
             return false;
         };
+        // The path never came back from below: answer it here, so the source can name the
+        // hops up to this one and the next hop that failed.
+        if let Some(announcement) = &self.unanswered_path {
+            let mut answer = announcement.clone();
+            unreached_entry(config).emit(&mut answer);
+            if !self.up.output.push(&wire::control_frame(Kind::Path, &answer)) {
+                return false;
+            }
+            self.unanswered_path = None;
+        }
         let message = format!("{} (hop {hop}): {failure}", config.name);
         self.fault_queued = self.up.output.push(&wire::fault_frame(&Fault { hop, message }));
         self.fault_queued
     }
 
-    fn process_down(&mut self, context: &Context) -> Result<bool, String> {
+    fn process_down(
+        &mut self,
+        context: &Context,
+        registry: &mio::Registry,
+    ) -> Result<bool, String> {
         if context.role == Role::Echo && context.config.remove_perf_headers {
             self.decide_speech();
             if self.speech == Speech::Plain {
@@ -628,15 +661,28 @@ impl Connection {
             };
             let frame =
                 Frame::new_checked(&data[..len]).map_err(|error| self.bad_upstream(error))?;
-            let moved = match frame.kind() {
+            let (kind, payload_len) = (frame.kind(), frame.payload_len());
+            let moved = match kind {
                 Kind::Path => {
-                    let entries = PathEntry::parse_all(frame.payload())
-                        .map_err(|error| self.bad_upstream(error))?;
+                    let announced = frame.payload().to_vec();
+                    let entries =
+                        PathEntry::parse_all(&announced).map_err(|error| self.bad_upstream(error))?;
                     if entries.len() >= MAX_HOPS {
                         return Err(format!("{}", WireError::TooManyHops));
                     }
                     self.hop = Some(entries.len() as u8);
-                    let announcement = self.extend_path(context, frame.payload());
+                    // The next hop is reached only now, once the peer has shown it speaks the
+                    // protocol: a stray client opens nothing, and a forwarding loop stops at
+                    // the hop limit instead of connecting to itself forever.
+                    if let Some((target, _)) = &context.config.forward_to
+                        && self.failure.is_none()
+                    {
+                        self.start_connect(registry, *target, context.config);
+                    }
+                    let announcement = self.extend_path(context, &announced);
+                    if context.role == Role::Relay && self.failure.is_none() {
+                        self.unanswered_path = Some(announcement.clone());
+                    }
                     answer_or_forward_path(
                         context.role,
                         self.failure.is_some(),
@@ -687,12 +733,12 @@ impl Connection {
                 self.down.stalled = true;
                 break;
             }
-            if frame.kind() == Kind::Data {
+            if kind == Kind::Data {
                 self.frames_down += 1;
-                self.bytes_down += frame.payload_len() as u64;
+                self.bytes_down += payload_len as u64;
                 if context.role == Role::Echo {
                     self.frames_up += 1;
-                    self.bytes_up += frame.payload_len() as u64;
+                    self.bytes_up += payload_len as u64;
                 }
             }
             self.down.input.consume(len);
@@ -712,13 +758,13 @@ impl Connection {
         let local = self.upstream.stream.local_addr().ok();
         PathEntry::new(context.role, &context.config.name, local, Some(self.upstream.addr))
             .emit(&mut extended);
-        let next = context.config.forward_to.as_ref();
-        if let (Some((target, text)), true) =
-            (next, context.role == Role::StrippingRelay || self.failure.is_some())
+        if self.failure.is_some() {
+            unreached_entry(context.config).emit(&mut extended);
+        } else if let (Role::StrippingRelay, Some((target, text))) =
+            (context.role, &context.config.forward_to)
         {
-            let role = if self.failure.is_some() { Role::Unreached } else { Role::PlainServer };
             let seen_from = self.downstream.as_ref().and_then(|peer| peer.stream.local_addr().ok());
-            PathEntry::new(role, text, Some(*target), seen_from).emit(&mut extended);
+            PathEntry::new(Role::PlainServer, text, Some(*target), seen_from).emit(&mut extended);
         }
         extended
     }
@@ -781,7 +827,10 @@ impl Connection {
                         Stamp { hop, direction: Direction::Up, read_ns: self.up.read_ns, write_ns };
                     restamp_into(&mut self.up.output, &frame, stamp)
                 }
-                Kind::Path => self.up.output.push(&data[..len]),
+                Kind::Path => {
+                    self.unanswered_path = None;
+                    self.up.output.push(&data[..len])
+                }
                 Kind::Fault => {
                     self.fault_passed = true;
                     let fault = Fault::parse(frame.payload());
@@ -1014,4 +1063,10 @@ fn next_hop_text(config: &HopConfig) -> String {
         Some((addr, text)) => format!("{text} ({addr})"),
         None => "-".to_string(),
     }
+}
+
+/// The path entry for a next hop this relay could not reach.
+fn unreached_entry(config: &HopConfig) -> PathEntry {
+    let target = config.forward_to.as_ref().map(|(addr, _)| *addr);
+    PathEntry::new(Role::Unreached, &next_hop_text(config), target, None)
 }

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Shows how well the tool attributes delay: builds a lab (scripts/lab.sh) of N hosts, deploys
+# the chain over the lab's sshd with scripts/deploy-chain.sh (source on h0, hops h1..h(N-1)),
+# injects each delay on each link in turn, and prints a markdown table: injected, estimated p50,
+# error, and whether the verdict named the right link. Needs root. The lab is torn down on exit,
+# Ctrl-C or failure.
+set -euo pipefail
+
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly script_dir
+
+usage() {
+    cat <<'EOF'
+usage: scripts/accuracy.sh [--hosts N] [--delays "0.1 1 10"] [--count 300] [--size 64]
+                           [--interval 2ms] [--mechanism auto|netem|tcp-delay] [--bin PATH]
+
+For every link hI⇄hI+1 of an N-host lab (default 4) and every delay D (ms, one way, default
+"0.1 1 10"), delays that link by D each way (so its round trip gains 2·D), measures with probes
+(--count, --size, one in flight, --interval apart), and prints a markdown table on stdout:
+the injected round trip, the link's estimated p50, the error, the link's p50 with nothing
+injected (baseline), and whether the verdict named that link. Progress goes to stderr.
+Binaries: --bin (default: the newer of target/release and target/debug), and tcp-delay beside it
+(or $TCP_DELAY_BIN).
+EOF
+}
+
+hosts=4
+delays="0.1 1 10"
+count=300
+size=64
+interval=2ms
+mechanism=auto
+bin=''
+while (($#)); do
+    case $1 in
+        -h | --help) usage; exit 0 ;;
+        --hosts) hosts=${2:?}; shift 2 ;;
+        --delays) delays=${2:?}; shift 2 ;;
+        --count) count=${2:?}; shift 2 ;;
+        --size) size=${2:?}; shift 2 ;;
+        --interval) interval=${2:?}; shift 2 ;;
+        --mechanism) mechanism=${2:?}; shift 2 ;;
+        --bin) bin=${2:?}; shift 2 ;;
+        *) echo "accuracy: unknown option '$1' (try --help)" >&2; exit 2 ;;
+    esac
+done
+((EUID == 0)) || { echo "accuracy: needs root (network namespaces)" >&2; exit 1; }
+if [[ -z $bin ]]; then
+    release=$script_dir/../target/release/subsegment-tcp-speeds
+    debug=$script_dir/../target/debug/subsegment-tcp-speeds
+    if [[ -x $release && (! -x $debug || $release -nt $debug) ]]; then bin=$release; else bin=$debug; fi
+fi
+[[ -x $bin ]] || { echo "accuracy: no binary at $bin (cargo build --release)" >&2; exit 1; }
+bin=$(realpath "$bin")
+export TCP_DELAY_BIN=${TCP_DELAY_BIN:-$(dirname "$bin")/tcp-delay}
+[[ -x $TCP_DELAY_BIN ]] || { echo "accuracy: no tcp-delay at $TCP_DELAY_BIN" >&2; exit 1; }
+
+lab_dir=$(mktemp -d /tmp/ssts-accuracy.XXXXXX)
+rmdir "$lab_dir" # lab.sh up creates it, and marks it as a lab directory it may remove
+prefix=ssts-acc$$-
+lab() { "$script_dir/lab.sh" --dir "$lab_dir" "$@"; }
+work=$(mktemp -d /tmp/ssts-accuracy-work.XXXXXX)
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    lab down --prefix "$prefix" >/dev/null 2>&1 || true
+    rm -rf -- "$work"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The p50 of one row of the report in $1, in µs (the table is in µs or in ms).
+row_p50_us() {
+    awk -v label="$2" '
+        /^delay per subsegment in / { scale = ($5 == "ms") ? 1000 : 1; next }
+        scale && index($0, "  " label " ") == 1 {
+            split(substr($0, length(label) + 3), field, " ")
+            printf "%.1f\n", field[3] * scale
+            exit
+        }' "$1"
+}
+verdict_of() { sed -n 's/^verdict: \(.*\) adds the most delay.*/\1/p' "$1"; }
+
+# Runs the chain once; the source's and hops' stderr go to file $1. Extra deploy options follow.
+run_chain() {
+    local out=$1
+    shift
+    local hops=()
+    for ((k = 1; k < hosts; k++)); do hops+=("h$k"); done
+    lab exec h0 "$script_dir/deploy-chain.sh" -F "$lab_dir/ssh_config" --bin "$bin" --source-name h0 "$@" \
+        "${hops[@]}" -- --count "$count" --size "$size" --window 1 --interval "$interval" 2>"$out" ||
+        { cat "$out" >&2; echo "accuracy: the chain failed" >&2; exit 1; }
+}
+
+lab up "$hosts" --prefix "$prefix"
+
+echo "accuracy: baseline (nothing injected)" >&2
+run_chain "$work/baseline"
+declare -a baseline
+for ((link = 0; link + 1 < hosts; link++)); do
+    baseline[link]=$(row_p50_us "$work/baseline" "h$link ⇄ h$((link + 1))")
+done
+
+used=''
+rows=()
+for ((link = 0; link + 1 < hosts; link++)); do
+    label="h$link ⇄ h$((link + 1))"
+    for delay in $delays; do
+        target=$(lab impair "h$link-h$((link + 1))" --delay "$delay" --mechanism "$mechanism" 2>"$work/impair")
+        if grep -q 'user-space delay element' "$work/impair"; then
+            used="tcp-delay, the user-space delay element (no netem in this kernel)"
+        else
+            used="netem"
+        fi
+        echo "accuracy: $label, $delay ms each way, by $used" >&2
+        run_chain "$work/run" --forward "$link=$target"
+        lab clear "h$link-h$((link + 1))"
+        estimated=$(row_p50_us "$work/run" "$label")
+        verdict=$(verdict_of "$work/run")
+        rows+=("$(awk -v label="$label" -v d="$delay" -v est="$estimated" -v base="${baseline[link]}" \
+            -v verdict="$verdict" 'BEGIN {
+                injected = 2 * d * 1000; error = est - injected
+                printf "| %s | %g | %g | %.1f | %+.1f (%+.1f%%) | %.1f | %+.1f | %s |", label, d,
+                    injected, est, error, 100 * error / injected, base, error - base,
+                    (verdict == label) ? "correct" : "WRONG: " verdict
+            }')")
+    done
+done
+
+echo "lab: $hosts hosts, source on h0, chain h1..h$((hosts - 1)); delay by $used;" \
+    "probes: --count $count --size $size --window 1 --interval $interval;" \
+    "kernel $(uname -r), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "| link | one way (ms) | injected round trip (µs) | estimated p50 (µs) | error (µs) | baseline p50 (µs) | error − baseline (µs) | verdict |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|"
+printf '%s\n' "${rows[@]}"

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs, from Debian's packages, what scripts/lab.sh, scripts/deploy-chain.sh and tests/lab.rs
+# need: ip/tc/ss (iproute2), sshd (openssh-server), ssh (openssh-client), and shellcheck to lint
+# the scripts. Idempotent: installs only what is missing, runs `apt-get update` at most once.
+#
+# openssh-server's install would normally start a system-wide sshd; the lab runs its own sshd per
+# namespace and wants none outside them, so a temporary policy-rc.d forbids starting services
+# while this script installs.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: scripts/lab-deps.sh [--no-shellcheck]
+
+Installs (apt-get, as root) whichever of iproute2, openssh-server, openssh-client and shellcheck
+is missing. Does nothing when all are present. Never starts a system-wide sshd.
+EOF
+}
+
+packages=(iproute2 openssh-server openssh-client shellcheck)
+while (($#)); do
+    case $1 in
+        -h | --help) usage; exit 0 ;;
+        --no-shellcheck) packages=("${packages[@]/shellcheck/}") ;;
+        *) echo "lab-deps: unknown option '$1' (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+installed() {
+    [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
+}
+
+missing=()
+for package in "${packages[@]}"; do
+    [[ -n $package ]] || continue
+    installed "$package" || missing+=("$package")
+done
+if ((${#missing[@]} == 0)); then
+    echo "lab-deps: all present: ${packages[*]}" >&2
+    exit 0
+fi
+if ((EUID != 0)); then
+    echo "lab-deps: missing ${missing[*]}; run as root to install them" >&2
+    exit 1
+fi
+
+echo "lab-deps: installing ${missing[*]}" >&2
+policy=/usr/sbin/policy-rc.d
+remove_policy=false
+if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\n# written by subsegment-tcp-speeds scripts/lab-deps.sh while it installs\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    remove_policy=true
+fi
+cleanup() {
+    if $remove_policy; then rm -f "$policy"; fi
+}
+trap cleanup EXIT
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "lab-deps: installed ${missing[*]}" >&2

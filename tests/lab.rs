@@ -1,0 +1,436 @@
+//! The multi-host lab, for real: hosts are network namespaces with their own addresses, kernels'
+//! TCP stacks and sshd (`scripts/lab.sh`), the chain is deployed over ssh by
+//! `scripts/deploy-chain.sh` with the real binaries, and a delay is injected on one link (netem
+//! where the kernel has it, else the user-space `tcp-delay` element).
+//!
+//! Needs root (network namespaces) and openssh-server (`scripts/lab-deps.sh`); without root each
+//! test says on stderr that it was skipped and returns. One lab at a time: two would share the
+//! machine's cores and disturb each other's timing.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{DELAY_BIN, MAIN_BIN, Report, parse_report};
+
+/// Probes with one frame in flight, so that queueing does not add to the delay being measured.
+const PROBES: [&str; 8] = ["--count", "300", "--size", "64", "--window", "1", "--interval", "2ms"];
+/// Injected on the chosen link, one way in each direction: its round trip gains twice that.
+/// Large enough that the 5% tolerance (1 ms) covers what the user-space delay element and this
+/// shared machine add (about 0.3 ms, see the accuracy table in the README) with a wide margin;
+/// `scripts/accuracy.sh` shows the small delays.
+const INJECTED_ONE_WAY_MS: f64 = 10.0;
+/// How far any other link or hop may go (p50) while one link carries the injected delay.
+const OTHER_ROW_BOUND_NS: f64 = 1e6;
+/// Longest a deploy-chain run may take before the test kills it.
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest the chain may take to vanish from every host once its deployer is gone.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+static LABS_MADE: AtomicUsize = AtomicUsize::new(0);
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
+}
+
+/// Says that `test` was skipped and why, on the real stderr: `eprintln!` would be captured by
+/// the test harness and never shown for a passing test.
+fn say_skipped(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
+}
+
+/// The lock for a lab, or `None` (after saying so) when this machine cannot build one.
+fn lab_or_skip(test: &str) -> Option<MutexGuard<'static, ()>> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        say_skipped(test, "needs root for network namespaces");
+        return None;
+    }
+    let netns = Command::new("ip").args(["netns", "list"]).output();
+    if !netns.is_ok_and(|output| output.status.success()) {
+        say_skipped(test, "needs root for network namespaces (`ip netns` is unavailable)");
+        return None;
+    }
+    // Root with namespaces but no sshd is a broken set-up, not a reason to pass: fail loudly.
+    assert!(
+        Path::new("/usr/sbin/sshd").exists(),
+        "{test}: /usr/sbin/sshd is missing: run scripts/lab-deps.sh (it installs openssh-server)"
+    );
+    Some(ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+/// A lab of namespaces `h0..`, torn down when dropped (also when a test fails).
+struct Lab {
+    dir: PathBuf,
+    prefix: String,
+    hosts: usize,
+}
+
+impl Lab {
+    #[track_caller]
+    fn up(hosts: usize) -> Lab {
+        let serial = LABS_MADE.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let lab = Lab {
+            dir: std::env::temp_dir().join(format!("ssts-test-lab-{pid}-{serial}")),
+            prefix: format!("ssts-t{pid}x{serial}-"),
+            hosts,
+        };
+        let output = lab.script(&["up", &hosts.to_string(), "--prefix", &lab.prefix]);
+        assert!(
+            output.status.success(),
+            "lab.sh up {hosts} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        lab
+    }
+
+    fn script(&self, args: &[&str]) -> Output {
+        Command::new(scripts().join("lab.sh"))
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("TCP_DELAY_BIN", DELAY_BIN)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/lab.sh")
+    }
+
+    fn namespace(&self, host: usize) -> String {
+        format!("{}h{host}", self.prefix)
+    }
+
+    /// Delays link h`link` ⇄ h`link+1`; returns the address h`link` must send to (and the
+    /// mechanism's description, which lab.sh prints on stderr).
+    #[track_caller]
+    fn impair(&self, link: usize, one_way_ms: f64) -> (String, String) {
+        let link_name = format!("h{link}-h{}", link + 1);
+        let output = self.script(&["impair", &link_name, "--delay", &one_way_ms.to_string()]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "lab.sh impair {link_name}:\n{stderr}");
+        let target = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        (target, stderr)
+    }
+
+    #[track_caller]
+    fn clear(&self, link: usize) {
+        let output = self.script(&["clear", &format!("h{link}-h{}", link + 1)]);
+        assert!(output.status.success(), "lab.sh clear: {output:?}");
+    }
+
+    /// The chain's hosts: h1..h(N-1) (h0 runs the source).
+    fn hops(&self) -> Vec<String> {
+        (1..self.hosts).map(|host| format!("h{host}")).collect()
+    }
+
+    /// `deploy-chain.sh` run inside h0 (the source host) over the lab's ssh onto `hops`.
+    fn deploy_command(&self, options: &[&str], hops: &[String], source: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.namespace(0)])
+            .arg(scripts().join("deploy-chain.sh"))
+            .arg("-F")
+            .arg(self.dir.join("ssh_config"))
+            .args(["--bin", MAIN_BIN, "--source-name", "h0"])
+            .args(options)
+            .args(hops)
+            .arg("--")
+            .args(source);
+        command
+            // Its local scratch directory then lives in the lab's, which `down` removes even
+            // after a deployer killed outright.
+            .env("TMPDIR", &self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Every process in the lab's namespaces but the sshds, as "hK: pid comm".
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for host in 0..self.hosts {
+            let output = Command::new("ip")
+                .args(["netns", "pids", &self.namespace(host)])
+                .output()
+                .expect("ip netns pids");
+            for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                let comm = comm.trim();
+                if !comm.is_empty() && comm != "sshd" {
+                    found.push(format!("h{host}: {pid} {comm}"));
+                }
+            }
+        }
+        found
+    }
+
+    /// Polls until nothing but the sshds runs in the lab; panics with what is left after
+    /// `CLEANUP_TIMEOUT`.
+    #[track_caller]
+    fn assert_no_leftovers(&self, context: &str) {
+        let deadline = Instant::now() + CLEANUP_TIMEOUT;
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{context}: still running in the lab after {CLEANUP_TIMEOUT:?}: {left:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let output = self.script(&["down", "--prefix", &self.prefix]);
+        if !output.status.success() {
+            eprintln!("lab.sh down failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+    }
+}
+
+/// A running deploy-chain whose stderr is collected line by line.
+struct Running {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn spawn(mut command: Command) -> Running {
+        let mut child = command.spawn().expect("spawn deploy-chain.sh");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (sender, lines) = mpsc::channel();
+        let (pipe, collected) = (child.stderr.take().unwrap(), Arc::clone(&stderr));
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                collected.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = sender.send(line);
+            }
+        });
+        Running { child, stderr, lines }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for a stderr line containing `text`.
+    #[track_caller]
+    fn wait_for_line(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(_) => panic!("no line with {text:?} within {timeout:?}:\n{}", self.stderr()),
+            }
+        }
+    }
+
+    /// The exit status, killing the run if it exceeds `timeout`.
+    #[track_caller]
+    fn finish(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("deploy-chain ran over {timeout:?}:\n{}", self.stderr());
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        // Let the collector catch up with what was written before the exit (it stops at EOF,
+        // which a killed deployer's orphans may delay: hence a quiet period, not a join).
+        while self.lines.recv_timeout(Duration::from_millis(200)).is_ok() {}
+        (status, self.stderr())
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill has no memory preconditions; the pid is our own child, not yet reaped.
+        let result = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(result, 0, "kill({}, {signal})", self.child.id());
+    }
+}
+
+/// Polls (bounded) until the source in h0 has a connection established to the first hop.
+#[track_caller]
+fn wait_for_source_connection(lab: &Lab, run: &Running) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &lab.namespace(0)])
+            .args(["ss", "-Htn", "state", "established", "( dport = :9000 )"])
+            .output()
+            .expect("ss");
+        if !String::from_utf8_lossy(&output.stdout).trim().is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the source never connected:\n{}", run.stderr());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[track_caller]
+fn assert_parts_add_up(report: &Report, stderr: &str) {
+    let slack_ns = report.rounding_ns * (report.rows.len() + 1) as f64;
+    let difference_ns = (report.sum_of_parts_mean_ns - report.end_to_end.mean_ns).abs();
+    assert!(
+        difference_ns <= slack_ns,
+        "sum of subsegments {} ns vs end-to-end mean {} ns (slack {slack_ns} ns):\n{stderr}",
+        report.sum_of_parts_mean_ns,
+        report.end_to_end.mean_ns
+    );
+}
+
+/// For each link position in turn: delay it, deploy over ssh, and check the report names it,
+/// measures it, leaves the rest small, and adds up.
+#[test]
+fn an_injected_link_delay_is_named_and_measured() {
+    let Some(_lock) = lab_or_skip("an_injected_link_delay_is_named_and_measured") else {
+        return;
+    };
+    let started = Instant::now();
+    let lab = Lab::up(4);
+    let injected_round_trip_ns = 2.0 * INJECTED_ONE_WAY_MS * 1e6;
+    let tolerance_ns = (0.05 * injected_round_trip_ns).max(200e3);
+    for link in 0..lab.hosts - 1 {
+        let label = format!("h{link} ⇄ h{}", link + 1);
+        let (target, mechanism) = lab.impair(link, INJECTED_ONE_WAY_MS);
+        let forward = format!("{link}={target}");
+        let run =
+            Running::spawn(lab.deploy_command(&["--forward", &forward], &lab.hops(), &PROBES));
+        let (status, stderr) = run.finish(RUN_TIMEOUT);
+        lab.clear(link);
+        assert!(status.success(), "deploy-chain failed ({status}):\n{stderr}");
+        let report = parse_report(&stderr);
+        let context = format!("{label} delayed ({}):\n{stderr}", mechanism.trim());
+
+        assert!(
+            report.verdict.starts_with(&format!("verdict: {label} adds the most delay")),
+            "wrong subsegment named; {context}"
+        );
+        let measured_ns = report.row(&label).p50_ns;
+        assert!(
+            (measured_ns - injected_round_trip_ns).abs() <= tolerance_ns + report.rounding_ns,
+            "{label} p50 {measured_ns} ns, injected round trip {injected_round_trip_ns} ns, \
+             tolerance {tolerance_ns} ns; {context}"
+        );
+        for row in report.rows.iter().filter(|row| row.label != label) {
+            assert!(
+                row.p50_ns < OTHER_ROW_BOUND_NS,
+                "{} p50 {} ns, over {OTHER_ROW_BOUND_NS} ns; {context}",
+                row.label,
+                row.p50_ns
+            );
+        }
+        assert_eq!(report.end_to_end.count, 300, "{context}");
+        assert!(stderr.contains("missing 0,"), "{context}");
+        assert_parts_add_up(&report, &stderr);
+        // On the real stderr, so that CI logs show the figures of a passing run too.
+        let _ = writeln!(
+            std::io::stderr(),
+            "{label}: injected {:.1} µs round trip, measured p50 {:.1} µs, by {}",
+            injected_round_trip_ns / 1e3,
+            measured_ns / 1e3,
+            if mechanism.contains("user-space") { "tcp-delay" } else { "netem" }
+        );
+    }
+    lab.assert_no_leftovers("after three runs");
+    let _ = writeln!(std::io::stderr(), "lab accuracy test took {:.1?}", started.elapsed());
+}
+
+/// Ctrl-C on the deployer: the source reports what came back, and every hop is stopped.
+#[test]
+fn ctrl_c_reports_and_stops_every_remote_hop() {
+    let Some(_lock) = lab_or_skip("ctrl_c_reports_and_stops_every_remote_hop") else {
+        return;
+    };
+    let lab = Lab::up(3);
+    let long_run = ["--count", "1000000", "--size", "64", "--window", "1", "--interval", "1ms"];
+    let run = Running::spawn(lab.deploy_command(&[], &lab.hops(), &long_run));
+    run.wait_for_line("deploy-chain: chain up", Duration::from_secs(30));
+    wait_for_source_connection(&lab, &run);
+    assert!(lab.leftovers().iter().any(|p| p.starts_with("h2:") && p.ends_with("subsegment-tcp-")));
+    run.signal(libc::SIGINT);
+    let (status, stderr) = run.finish(RUN_TIMEOUT);
+    assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    parse_report(&stderr); // The report of what came back so far is there.
+    lab.assert_no_leftovers("after SIGINT");
+}
+
+/// Even a deployer killed outright (no trap runs) leaves nothing behind: each remote wrapper
+/// kills its hop when the ssh session's stdin closes.
+#[test]
+fn a_killed_deployer_leaves_no_orphans() {
+    let Some(_lock) = lab_or_skip("a_killed_deployer_leaves_no_orphans") else {
+        return;
+    };
+    let lab = Lab::up(3);
+    let long_run = ["--count", "1000000", "--size", "64", "--window", "1", "--interval", "1ms"];
+    let run = Running::spawn(lab.deploy_command(&[], &lab.hops(), &long_run));
+    run.wait_for_line("deploy-chain: chain up", Duration::from_secs(30));
+    wait_for_source_connection(&lab, &run);
+    run.signal(libc::SIGKILL);
+    let (status, _) = run.finish(RUN_TIMEOUT);
+    assert!(!status.success());
+    lab.assert_no_leftovers("after SIGKILL of deploy-chain");
+}
+
+/// An unreachable host is named, and nothing is started anywhere.
+#[test]
+fn an_unreachable_host_is_named_before_anything_starts() {
+    let Some(_lock) = lab_or_skip("an_unreachable_host_is_named_before_anything_starts") else {
+        return;
+    };
+    let lab = Lab::up(3);
+    // h2's place is taken by an address inside the lab's range where no host is.
+    let hops = ["h1".to_string(), "root@10.213.0.99".to_string()];
+    let (status, stderr) =
+        Running::spawn(lab.deploy_command(&[], &hops, &PROBES)).finish(RUN_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach root@10.213.0.99"), "{stderr}");
+    assert!(stderr.contains("nothing was started"), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    lab.assert_no_leftovers("after an unreachable host");
+}
+
+/// The scripts are shellcheck-clean and answer --help (no root needed).
+#[test]
+fn scripts_are_shellcheck_clean_and_have_help() {
+    let names = ["lab.sh", "deploy-chain.sh", "accuracy.sh", "lab-deps.sh"];
+    for name in names {
+        let output =
+            Command::new(scripts().join(name)).arg("--help").output().expect("run script --help");
+        assert!(output.status.success(), "{name} --help: {output:?}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("usage:"), "{name}");
+    }
+    match Command::new("shellcheck").args(names.map(|name| scripts().join(name))).output() {
+        Ok(output) => assert!(
+            output.status.success(),
+            "shellcheck:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        ),
+        Err(_) => say_skipped(
+            "scripts_are_shellcheck_clean_and_have_help",
+            "its shellcheck part: shellcheck is not installed",
+        ),
+    }
+}
