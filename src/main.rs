@@ -1,20 +1,11 @@
 //! subsegment-tcp-speeds: parses the command line and runs the source, a relay or the echoing
 //! end. Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 interrupted.
 
-mod buffer;
-mod cli;
-mod clock;
-mod hop;
-mod net;
-mod report;
-mod source;
-mod stats;
-mod wire;
-
 use std::process::ExitCode;
 
-use cli::{Command, Mode, Options};
-use source::Ending;
+use subsegment_tcp_speeds::cli::{self, Command, Mode, Options};
+use subsegment_tcp_speeds::source::{self, Ending};
+use subsegment_tcp_speeds::{hop, report};
 
 fn main() -> ExitCode {
     let options = match cli::parse_args(std::env::args_os().skip(1)) {
