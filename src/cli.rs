@@ -5,8 +5,9 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::net;
+use crate::net::{self, Cidr};
 use crate::source::Probe;
+use crate::tuning::Tuning;
 use crate::wire::MAX_PAYLOAD;
 
 pub const USAGE: &str =
@@ -33,6 +34,18 @@ options:
   -r, --remove-perf-headers     relay: forward plain payload to an ordinary TCP server and
                                 frame its answers; echo: answer plain payload
   -n, --name NAME               this hop's name in reports (default: the host name)
+
+relays and the echoing end:
+      --allow CIDR              accept only peers in this block (repeatable; e.g. 10.0.0.0/8);
+                                others are closed at accept with a log line
+      --max-conns N             serve at most N connections at once; refuse the rest
+
+low-jitter knobs (none is on by default):
+      --busy-poll               spin on the poll instead of sleeping; only with --cpu on a CPU
+                                nothing else uses, or the tail latency gets worse, not better
+      --cpu N                   pin the process to CPU N
+      --realtime                SCHED_FIFO priority 10 (needs CAP_SYS_NICE; warns otherwise)
+      --mlock                   lock pages in memory as they are touched (no page faults later)
 
 source only:
   -w, --window FRAMES           at most FRAMES frames in flight (default: as many as the buffers
@@ -70,11 +83,15 @@ pub struct Options {
     pub name: String,
     pub window: Option<u64>,
     pub probe: Option<Probe>,
+    pub tuning: Tuning,
+    /// Relays and the echoing end accept only peers in these blocks (all when empty).
+    pub allow: Vec<Cidr>,
+    pub max_conns: Option<usize>,
 }
 
 #[derive(Debug)]
 pub enum Command {
-    Run(Options),
+    Run(Box<Options>),
     Help,
     Version,
 }
@@ -92,6 +109,9 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut count = None;
     let mut size = None;
     let mut interval = Duration::ZERO;
+    let mut tuning = Tuning::default();
+    let mut allow = Vec::new();
+    let mut max_conns = None;
 
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next()? {
@@ -136,6 +156,21 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 interval = parse_duration(&parser.value()?.string()?)
                     .map_err(|error| format!("--interval: {error}"))?;
             }
+            Long("busy-poll") => tuning.busy_poll = true,
+            Long("cpu") => tuning.cpu = Some(parser.value()?.parse()?),
+            Long("realtime") => tuning.realtime = true,
+            Long("mlock") => tuning.mlock = true,
+            Long("allow") => {
+                let text = parser.value()?.string()?;
+                allow.push(Cidr::parse(&text).map_err(|error| format!("--allow: {error}"))?);
+            }
+            Long("max-conns") => {
+                let count: usize = parser.value()?.parse()?;
+                if count == 0 {
+                    return Err("--max-conns must be at least 1".into());
+                }
+                max_conns = Some(count);
+            }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(arg.unexpected()),
@@ -166,7 +201,10 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     if mode != Mode::Source && (probe.is_some() || window.is_some()) {
         return Err("--window, --count, --size and --interval are for the source".into());
     }
-    Ok(Command::Run(Options {
+    if mode == Mode::Source && (!allow.is_empty() || max_conns.is_some()) {
+        return Err("--allow and --max-conns are for relays and the echoing end".into());
+    }
+    Ok(Command::Run(Box::new(Options {
         mode,
         timeout,
         listen,
@@ -176,7 +214,10 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         name: name.unwrap_or_else(net::host_name),
         window,
         probe,
-    }))
+        tuning,
+        allow,
+        max_conns,
+    })))
 }
 
 /// A duration with a unit (`250us`, `1.5ms`, `2s`, `100ns`); a bare number is seconds.
@@ -206,7 +247,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Options, String> {
         let args = std::iter::once("prog").chain(args.iter().copied()).map(OsString::from);
         match parse_args(args.skip(1)) {
-            Ok(Command::Run(options)) => Ok(options),
+            Ok(Command::Run(options)) => Ok(*options),
             Ok(other) => Err(format!("{other:?}")),
             Err(error) => Err(error.to_string()),
         }
@@ -231,6 +272,21 @@ mod tests {
         let timeout = parse(&["-f", "127.0.0.1:9", "-t", "0.25"]).unwrap().timeout;
         assert_eq!(timeout, Duration::from_millis(250));
         assert!(parse(&["-l", ":9", "-r", "-n", "zed"]).unwrap().remove_perf_headers);
+    }
+
+    #[test]
+    fn test_hop_options() {
+        let options =
+            parse(&["-l", ":9", "--allow", "10.0.0.0/8", "--allow", "::1", "--max-conns", "5"]);
+        let options = options.unwrap();
+        assert_eq!(options.allow.len(), 2);
+        assert_eq!(options.max_conns, Some(5));
+        let options = parse(&["-l", ":9", "--busy-poll", "--cpu", "1", "--mlock"]).unwrap();
+        assert!(options.tuning.busy_poll && options.tuning.mlock && !options.tuning.realtime);
+        assert_eq!(options.tuning.cpu, Some(1));
+        assert!(parse(&["-f", "127.0.0.1:9", "--allow", "10.0.0.0/8"]).is_err());
+        assert!(parse(&["-l", ":9", "--allow", "10.0.0.0/40"]).unwrap_err().contains("prefix"));
+        assert!(parse(&["-l", ":9", "--max-conns", "0"]).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! stamp is the wake-up in which its last byte was read.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
@@ -24,7 +25,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::buffer::Buffer;
 use crate::clock;
-use crate::net::{self, Io};
+use crate::net::{self, Cidr, Io};
+use crate::tuning;
 use crate::wire::{
     self, Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, MAX_HEADERS_LEN,
     MAX_HOPS, PathEntry, RECORD_LEN, Role, Stamp, WireError,
@@ -51,9 +53,15 @@ pub struct HopConfig {
     pub forward_to: Option<(SocketAddr, String)>,
     pub remove_perf_headers: bool,
     pub timeout: Duration,
+    /// Spin on the poll instead of sleeping.
+    pub busy_poll: bool,
+    /// Peers allowed to connect; everyone when empty.
+    pub allow: Vec<Cidr>,
+    pub max_conns: Option<usize>,
 }
 
-/// Runs the hop until the process is killed; returns only on a set-up error.
+/// Runs the hop until SIGTERM or SIGINT, then stops accepting and lets the open connections
+/// finish within the timeout. Returns an error only when setting up fails.
 pub fn run(config: HopConfig) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut listener = net::listen(config.listen).map_err(|error| {
@@ -71,40 +79,45 @@ pub fn run(config: HopConfig) -> io::Result<()> {
         None => String::new(),
     };
     eprintln!("{}: listening on {bound} ({}{target})", config.name, role.describe());
-    if bound.ip().is_unspecified() {
+    if bound.ip().is_unspecified() && config.allow.is_empty() {
         eprintln!(
-            "{}: warning: listening on every interface; the protocol has no authentication, \
-             bind to a private address to restrict it",
+            "{}: warning: listening on every interface and the protocol has no authentication; \
+             restrict it with --allow CIDR or --listen on a private address",
             config.name
         );
     }
+    tuning::catch_stop_signals();
 
     let mut hop = Hop {
         config,
         role,
-        listener,
+        listener: Some(listener),
+        spare_fd: File::open("/dev/null").ok(),
         connections: Vec::new(),
         free_slots: Vec::new(),
+        open_count: 0,
         busy: Vec::new(),
         last_sweep_ns: clock::now_ns(),
+        drain_deadline_ns: None,
     };
     let mut events = Events::with_capacity(1024);
+    let mut touched = Vec::new();
     loop {
-        let timeout = if !hop.busy.is_empty() {
+        let timeout = if hop.config.busy_poll || !hop.busy.is_empty() {
             Some(Duration::ZERO)
-        } else if hop.connections.iter().any(Option::is_some) {
+        } else if hop.open_count > 0 {
             Some(Duration::from_nanos(SWEEP_INTERVAL_NS))
         } else {
             None
         };
-        if let Err(error) = poll.poll(&mut events, timeout) {
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
+        if let Err(error) = poll.poll(&mut events, timeout)
+            && error.kind() != io::ErrorKind::Interrupted
+        {
             return Err(error);
         }
         let now_ns = clock::now_ns();
-        let mut touched = std::mem::take(&mut hop.busy);
+        touched.clear();
+        touched.append(&mut hop.busy);
         for event in events.iter() {
             if event.token() == LISTENER {
                 hop.accept_all(poll.registry(), &mut touched);
@@ -128,12 +141,25 @@ pub fn run(config: HopConfig) -> io::Result<()> {
         }
         touched.sort_unstable();
         touched.dedup();
-        for slot in touched {
+        for &slot in &touched {
             hop.pump(poll.registry(), slot, now_ns);
         }
         if now_ns.saturating_sub(hop.last_sweep_ns) >= SWEEP_INTERVAL_NS {
             hop.last_sweep_ns = now_ns;
             hop.sweep(poll.registry(), now_ns);
+        }
+        if tuning::stop_requested() && hop.drain_deadline_ns.is_none() {
+            hop.start_draining(poll.registry(), now_ns);
+        }
+        if let Some(deadline_ns) = hop.drain_deadline_ns {
+            if hop.open_count == 0 {
+                eprintln!("{}: drained; exiting", hop.config.name);
+                return Ok(());
+            }
+            if now_ns >= deadline_ns {
+                hop.close_all(poll.registry(), "the drain after a stop signal timed out");
+                return Ok(());
+            }
         }
     }
 }
@@ -156,9 +182,17 @@ fn slot_of(token: Token) -> (usize, Side) {
 struct Hop {
     config: HopConfig,
     role: Role,
-    listener: TcpListener,
+    /// `None` once a stop signal has closed it.
+    listener: Option<TcpListener>,
+    /// A descriptor held in reserve: when accept fails for lack of descriptors, releasing it
+    /// lets the hop accept the waiting connection and close it with a message, instead of
+    /// leaving it in the backlog where the edge-triggered listener would never report it again.
+    spare_fd: Option<File>,
     connections: Vec<Option<Connection>>,
     free_slots: Vec<usize>,
+    open_count: usize,
+    /// Set by a stop signal: no new connections, and the open ones have until then.
+    drain_deadline_ns: Option<u64>,
     /// Connections that used up their turn with work left: served again without sleeping.
     busy: Vec<usize>,
     last_sweep_ns: u64,
@@ -312,19 +346,66 @@ type CloseReason = Option<String>;
 
 impl Hop {
     fn accept_all(&mut self, registry: &mio::Registry, touched: &mut Vec<usize>) {
+        let name = self.config.name.clone();
         loop {
-            let (stream, addr) = match self.listener.accept() {
+            let Some(listener) = self.listener.as_ref() else { return };
+            let (stream, addr) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if is_out_of_descriptors(&error) && self.spare_fd.is_some() => {
+                    self.spare_fd = None;
+                    if let Ok((_, addr)) = listener.accept() {
+                        eprintln!(
+                            "{name}: refusing connection from {addr}: out of file descriptors \
+                             ({error}); {} connections stay served",
+                            self.open_count
+                        );
+                    }
+                    self.spare_fd = File::open("/dev/null").ok();
+                    continue;
+                }
                 Err(error) => {
-                    eprintln!("{}: cannot accept a connection: {error}", self.config.name);
+                    eprintln!("{name}: cannot accept a connection: {error}");
                     return;
                 }
             };
-            if let Err(error) = self.open(registry, stream, addr, touched) {
-                eprintln!("{}: {addr}: cannot set up the connection: {error}", self.config.name);
+            if !self.config.allow.is_empty()
+                && !self.config.allow.iter().any(|block| block.contains(addr.ip()))
+            {
+                eprintln!("{name}: refusing connection from {addr}: not in --allow");
+                continue;
             }
+            if self.config.max_conns.is_some_and(|max| self.open_count >= max) {
+                eprintln!(
+                    "{name}: refusing connection from {addr}: {} connections open (--max-conns)",
+                    self.open_count
+                );
+                continue;
+            }
+            if let Err(error) = self.open(registry, stream, addr, touched) {
+                eprintln!("{name}: {addr}: cannot set up the connection: {error}");
+            }
+        }
+    }
+
+    fn start_draining(&mut self, registry: &mio::Registry, now_ns: u64) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = registry.deregister(&mut listener);
+        }
+        let timeout = self.config.timeout;
+        self.drain_deadline_ns = Some(now_ns + timeout.as_nanos() as u64);
+        eprintln!(
+            "{}: stop requested: accepting no more connections; draining {} (at most {} s)",
+            self.config.name,
+            self.open_count,
+            timeout.as_secs_f64()
+        );
+    }
+
+    fn close_all(&mut self, registry: &mio::Registry, reason: &str) {
+        for slot in 0..self.connections.len() {
+            self.close(registry, slot, Some(reason.to_string()));
         }
     }
 
@@ -341,11 +422,13 @@ impl Hop {
             self.connections.len() - 1
         });
         let mut upstream = Peer::new(stream, addr);
-        registry.register(
-            &mut upstream.stream,
-            token_of(slot, Side::Upstream),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        let token = token_of(slot, Side::Upstream);
+        if let Err(error) =
+            registry.register(&mut upstream.stream, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            self.free_slots.push(slot);
+            return Err(error);
+        }
         let now_ns = clock::now_ns();
         let echo = self.role == Role::Echo;
         let connection = Connection {
@@ -378,6 +461,7 @@ impl Hop {
             last_progress_ns: now_ns,
         };
         self.connections[slot] = Some(connection);
+        self.open_count += 1;
         touched.push(slot);
         Ok(())
     }
@@ -446,6 +530,7 @@ impl Hop {
             let _ = registry.deregister(&mut downstream.stream);
         }
         self.free_slots.push(slot);
+        self.open_count -= 1;
         self.busy.retain(|&busy| busy != slot);
         let seconds = (clock::now_ns() - connection.opened_ns) as f64 / 1e9;
         let ending = match reason {
@@ -1069,4 +1154,8 @@ fn next_hop_text(config: &HopConfig) -> String {
 fn unreached_entry(config: &HopConfig) -> PathEntry {
     let target = config.forward_to.as_ref().map(|(addr, _)| *addr);
     PathEntry::new(Role::Unreached, &next_hop_text(config), target, None)
+}
+
+fn is_out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }

@@ -9,4 +9,5 @@ pub mod net;
 pub mod report;
 pub mod source;
 pub mod stats;
+pub mod tuning;
 pub mod wire;

@@ -9,7 +9,7 @@ use subsegment_tcp_speeds::{hop, report};
 
 fn main() -> ExitCode {
     let options = match cli::parse_args(std::env::args_os().skip(1)) {
-        Ok(Command::Run(options)) => options,
+        Ok(Command::Run(options)) => *options,
         Ok(Command::Help) => {
             print!("{}", cli::HELP);
             return ExitCode::SUCCESS;
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    options.tuning.apply(&options.name);
     match options.mode {
         Mode::Source => run_source(options),
         Mode::Relay | Mode::Echo => run_hop(options),
@@ -38,6 +39,7 @@ fn run_source(options: Options) -> ExitCode {
         timeout: options.timeout,
         window: options.window,
         probe: options.probe,
+        busy_poll: options.tuning.busy_poll,
     };
     let run = match source::run(config) {
         Ok(run) => run,
@@ -68,6 +70,9 @@ fn run_hop(options: Options) -> ExitCode {
         forward_to: options.forward_to,
         remove_perf_headers: options.remove_perf_headers,
         timeout: options.timeout,
+        busy_poll: options.tuning.busy_poll,
+        allow: options.allow,
+        max_conns: options.max_conns,
     };
     match hop::run(config) {
         Ok(()) => ExitCode::SUCCESS,

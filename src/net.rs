@@ -3,7 +3,7 @@
 //! Nothing here knows about frames.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::RawFd;
 
 use mio::net::{TcpListener, TcpStream};
@@ -61,6 +61,49 @@ pub fn connect_result(stream: &TcpStream) -> io::Result<bool> {
         Err(error) if error.kind() == io::ErrorKind::NotConnected => Ok(false),
         Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
         Err(error) => Err(error),
+    }
+}
+
+/// An address block for `--allow`: `10.0.0.0/8`, `2001:db8::/32`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix_len: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr =
+            address.parse().map_err(|_| format!("'{text}' is not an address or address/prefix"))?;
+        let max_len = if network.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match prefix {
+            None => max_len,
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|len| *len <= max_len)
+                .ok_or_else(|| format!("bad prefix length in '{text}' (0 to {max_len})"))?,
+        };
+        Ok(Cidr { network, prefix_len })
+    }
+
+    /// IPv4 peers seen on an IPv6 socket (`::ffff:a.b.c.d`) match IPv4 blocks.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        match (self.network, address.to_canonical()) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+                u32::from(network) & mask == u32::from(address) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
+                u128::from(network) & mask == u128::from(address) & mask
+            }
+            _ => false,
+        }
     }
 }
 
@@ -155,5 +198,19 @@ mod tests {
         assert_eq!(parse_listen("localhost:80").unwrap().port(), 80);
         assert!(parse_listen("*:http").is_err());
         assert!(resolve("10.0.0.1").unwrap_err().contains("no port"));
+    }
+
+    #[test]
+    fn test_cidr_blocks() {
+        let block = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(block.contains("10.1.200.3".parse().unwrap()));
+        assert!(!block.contains("10.2.0.1".parse().unwrap()));
+        assert!(block.contains("::ffff:10.1.0.9".parse().unwrap()), "v4-mapped peers match");
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("192.0.2.1".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.1").unwrap().contains("127.0.0.1".parse().unwrap()));
+        assert!(!Cidr::parse("127.0.0.1").unwrap().contains("127.0.0.2".parse().unwrap()));
+        assert!(Cidr::parse("2001:db8::/32").unwrap().contains("2001:db8:1::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nonsense/8").is_err());
     }
 }

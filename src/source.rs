@@ -9,7 +9,6 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mio::net::TcpStream;
@@ -21,6 +20,7 @@ use crate::clock;
 use crate::hop::UNSOLICITED;
 use crate::net::{self, Io, NonBlocking};
 use crate::stats::{Chain, Sequencing};
+use crate::tuning;
 use crate::wire::{
     self, Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, PathEntry, RECORD_LEN,
     Role, Stamp,
@@ -48,6 +48,8 @@ pub struct SourceConfig {
     pub window: Option<u64>,
     /// Generated frames instead of stdin; their answers are not written to stdout.
     pub probe: Option<Probe>,
+    /// Spin on the poll instead of sleeping.
+    pub busy_poll: bool,
 }
 
 /// Probe mode: `count` frames of `size` bytes, one every `interval` (0: back to back).
@@ -80,12 +82,6 @@ pub struct Run {
     pub corrupted: u64,
     pub first_send_ns: Option<u64>,
     pub last_answer_ns: Option<u64>,
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
 /// stdin or stdout, polled when the kernel allows it.
@@ -143,7 +139,7 @@ struct Source {
 }
 
 pub fn run(config: SourceConfig) -> io::Result<Run> {
-    install_sigint_handler();
+    tuning::catch_stop_signals();
     let mut poll = Poll::new()?;
     let (target, text) = config.forward_to.clone();
     let mut upstream = net::connect(target).map_err(|error| {
@@ -198,16 +194,6 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
     Ok(source.run)
 }
 
-fn install_sigint_handler() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_sigint as *const () as libc::sighandler_t;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
-    }
-}
-
 impl Source {
     fn ending_loop(&mut self, poll: &mut Poll) {
         let mut events = Events::with_capacity(16);
@@ -222,7 +208,8 @@ impl Source {
             if stdin_ready && self.config.probe.is_some() {
                 wait_ns = wait_ns.min(self.next_probe_ns.saturating_sub(before_ns));
             }
-            let wait = if always_ready { Duration::ZERO } else { Duration::from_nanos(wait_ns) };
+            let spin = always_ready || self.config.busy_poll;
+            let wait = if spin { Duration::ZERO } else { Duration::from_nanos(wait_ns) };
             if let Err(error) = poll.poll(&mut events, Some(wait))
                 && error.kind() != io::ErrorKind::Interrupted
             {
@@ -230,7 +217,7 @@ impl Source {
                 return;
             }
             let now_ns = clock::now_ns();
-            if INTERRUPTED.load(Ordering::Relaxed) {
+            if tuning::stop_requested() {
                 self.run.ending = Ending::Interrupted;
                 return;
             }

@@ -1,0 +1,101 @@
+//! Process-wide knobs for latency-critical hosts: CPU pinning, SCHED_FIFO, locked memory, and
+//! the signal flags the loops poll. None is on by default; each returns or prints a clear
+//! message when the host does not permit it.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Pins the whole process to one CPU, so its wake-ups never migrate (a cross-CPU wake-up costs
+/// tens of microseconds on small VMs).
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it (cpu is range-checked first).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "CPU number too large"));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// SCHED_FIFO at a low real-time priority: above every normal task, below the kernel's own
+/// real-time threads.
+pub fn make_realtime() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: a valid sched_param for this process.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Locks the process's pages in memory as they are first touched (MCL_ONFAULT), so the steady
+/// state takes no page faults, without making every connection's untouched buffer resident.
+pub fn lock_memory() -> io::Result<()> {
+    // SAFETY: mlockall has no memory-safety preconditions.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The knobs as given on the command line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tuning {
+    pub busy_poll: bool,
+    pub cpu: Option<usize>,
+    pub realtime: bool,
+    pub mlock: bool,
+}
+
+impl Tuning {
+    /// Applies the knobs; what the host refuses is a warning, not a failure, because the tool
+    /// still measures correctly without them.
+    pub fn apply(&self, name: &str) {
+        if let Some(cpu) = self.cpu
+            && let Err(error) = pin_to_cpu(cpu)
+        {
+            eprintln!("{name}: warning: cannot pin to CPU {cpu}: {error}");
+        }
+        if self.realtime && let Err(error) = make_realtime() {
+            eprintln!("{name}: warning: cannot switch to SCHED_FIFO ({error}); running as a normal task");
+        }
+        if self.mlock && let Err(error) = lock_memory() {
+            eprintln!("{name}: warning: cannot lock memory ({error}); page faults remain possible");
+        }
+        if self.busy_poll && self.cpu.is_none() {
+            eprintln!(
+                "{name}: warning: --busy-poll without --cpu spins on a CPU shared with other \
+                 processes, which wrecks the tail latency; pin it with --cpu N"
+            );
+        }
+    }
+}
+
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM set a flag instead of killing the process; the loops check it after
+/// every wake-up (a signal also interrupts the poll, so they wake at once).
+pub fn catch_stop_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+pub fn stop_requested() -> bool {
+    STOP_REQUESTED.load(Ordering::Relaxed)
+}
