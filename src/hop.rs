@@ -648,7 +648,11 @@ impl Connection {
         let started = net::connect(target).and_then(|stream| {
             let mut downstream = Peer::new(stream, target);
             let token = token_of(self.slot, Side::Downstream);
-            registry.register(&mut downstream.stream, token, Interest::READABLE | Interest::WRITABLE)?;
+            registry.register(
+                &mut downstream.stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             Ok(downstream)
         });
         match started {
@@ -656,7 +660,9 @@ impl Connection {
                 self.downstream = Some(downstream);
                 self.connecting = true;
             }
-            Err(error) => self.fail_downstream(registry, config, format!("cannot connect: {error}")),
+            Err(error) => {
+                self.fail_downstream(registry, config, format!("cannot connect: {error}"))
+            }
         }
     }
 
@@ -735,23 +741,18 @@ impl Connection {
         let mut write_ns = None;
         self.down.stalled = false;
         loop {
-            let data = self.down.input.data();
-            if data.is_empty() {
-                break;
-            }
-            let len = match wire::frame_len(data) {
-                Ok(Some(len)) if len <= data.len() => len,
-                Ok(_) => break,
+            let frame = match wire::next_frame(self.down.input.data()) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
                 Err(error) => return Err(self.bad_upstream(error)),
             };
-            let frame =
-                Frame::new_checked(&data[..len]).map_err(|error| self.bad_upstream(error))?;
+            let len = frame.total_len();
             let (kind, payload_len) = (frame.kind(), frame.payload_len());
             let moved = match kind {
                 Kind::Path => {
                     let announced = frame.payload().to_vec();
-                    let entries =
-                        PathEntry::parse_all(&announced).map_err(|error| self.bad_upstream(error))?;
+                    let entries = PathEntry::parse_all(&announced)
+                        .map_err(|error| self.bad_upstream(error))?;
                     if entries.len() >= MAX_HOPS {
                         return Err(format!("{}", WireError::TooManyHops));
                     }
@@ -893,17 +894,12 @@ impl Connection {
         let mut write_ns = None;
         self.up.stalled = false;
         loop {
-            let data = self.up.input.data();
-            if data.is_empty() {
-                break;
-            }
-            let len = match wire::frame_len(data) {
-                Ok(Some(len)) if len <= data.len() => len,
-                Ok(_) => break,
+            let frame = match wire::next_frame(self.up.input.data()) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
                 Err(error) => return Err(Self::bad_downstream(error)),
             };
-            let frame = Frame::new_checked(&data[..len])
-                .map_err(Self::bad_downstream)?;
+            let len = frame.total_len();
             let moved = match frame.kind() {
                 Kind::Data => {
                     let hop = self.hop.unwrap_or(0);
@@ -914,7 +910,7 @@ impl Connection {
                 }
                 Kind::Path => {
                     self.unanswered_path = None;
-                    self.up.output.push(&data[..len])
+                    self.up.output.push(frame.as_bytes())
                 }
                 Kind::Fault => {
                     self.fault_passed = true;
@@ -923,7 +919,7 @@ impl Connection {
                         "{}: passing on a fault from hop {}: {}",
                         context.config.name, fault.hop, fault.message
                     );
-                    self.up.output.push(&data[..len])
+                    self.up.output.push(frame.as_bytes())
                 }
             };
             if !moved {

@@ -22,8 +22,8 @@ use crate::net::{self, Io, NonBlocking};
 use crate::stats::{Chain, Sequencing};
 use crate::tuning;
 use crate::wire::{
-    self, Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, PathEntry, RECORD_LEN,
-    Role, Stamp,
+    self, Direction, Fault, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, PathEntry, RECORD_LEN, Role,
+    Stamp,
 };
 
 const UPSTREAM: Token = Token(0);
@@ -421,15 +421,12 @@ impl Source {
         }
         self.receive_stalled = false;
         loop {
-            let data = self.receive.data();
-            let len = match wire::frame_len(data) {
-                _ if data.is_empty() => break,
-                Ok(Some(len)) if len <= data.len() => len,
-                Ok(_) => break,
+            let frame = match wire::next_frame(self.receive.data()) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
                 Err(error) => return Err(self.broken(&format!("bad answer: {error}"))),
             };
-            let frame = Frame::new_checked(&data[..len])
-                .map_err(|error| format!("bad answer from the chain: {error}"))?;
+            let len = frame.total_len();
             match frame.kind() {
                 Kind::Data => {
                     let probing = self.config.probe.is_some();

@@ -61,10 +61,16 @@ impl Tuning {
         {
             eprintln!("{name}: warning: cannot pin to CPU {cpu}: {error}");
         }
-        if self.realtime && let Err(error) = make_realtime() {
-            eprintln!("{name}: warning: cannot switch to SCHED_FIFO ({error}); running as a normal task");
+        if self.realtime
+            && let Err(error) = make_realtime()
+        {
+            eprintln!(
+                "{name}: warning: cannot switch to SCHED_FIFO ({error}); running as a normal task"
+            );
         }
-        if self.mlock && let Err(error) = lock_memory() {
+        if self.mlock
+            && let Err(error) = lock_memory()
+        {
             eprintln!("{name}: warning: cannot lock memory ({error}); page faults remain possible");
         }
         if self.busy_poll && self.cpu.is_none() {

@@ -178,6 +178,18 @@ pub fn frame_len(buffer: &[u8]) -> Result<Option<usize>, WireError> {
     Ok(Some(header.total_len()))
 }
 
+/// The whole, checked frame at the start of `buffer`, or `Ok(None)` while it is incomplete.
+/// The one way the loops take frames from peer input.
+pub fn next_frame(buffer: &[u8]) -> Result<Option<Frame<&[u8]>>, WireError> {
+    if buffer.is_empty() {
+        return Ok(None);
+    }
+    match frame_len(buffer)? {
+        Some(len) if len <= buffer.len() => Frame::new_checked(&buffer[..len]).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// A read-only (or, over `&mut [u8]`, writable) view of one whole frame.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame<T: AsRef<[u8]>> {
@@ -270,6 +282,11 @@ impl<T: AsRef<[u8]>> Frame<T> {
 
     pub fn records(&self) -> impl Iterator<Item = Stamp> + '_ {
         (0..self.record_count()).map(|index| self.record(index))
+    }
+
+    /// The whole frame, as received.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buffer.as_ref()[..self.total_len()]
     }
 
     /// Everything before the payload: header and records.

@@ -7,6 +7,8 @@
 //! hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod frames;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
