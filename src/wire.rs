@@ -602,14 +602,9 @@ mod tests {
             let mut sequences = Vec::new();
             for chunk in [&stream[..split], &stream[split..]] {
                 pending.extend_from_slice(chunk);
-                while !pending.is_empty() {
-                    let Some(len) = frame_len(&pending).unwrap() else {
-                        break;
-                    };
-                    if pending.len() < len {
-                        break;
-                    }
-                    sequences.push(Frame::new_checked(&pending[..len]).unwrap().sequence());
+                while let Some(frame) = next_frame(&pending).unwrap() {
+                    let len = frame.total_len();
+                    sequences.push(frame.sequence());
                     pending.drain(..len);
                 }
             }
