@@ -355,14 +355,18 @@ impl Hop {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) if is_out_of_descriptors(&error) && self.spare_fd.is_some() => {
                     self.spare_fd = None;
-                    if let Ok((_, addr)) = listener.accept() {
-                        eprintln!(
+                    let refused = listener.accept();
+                    self.spare_fd = File::open("/dev/null").ok();
+                    match refused {
+                        Ok((_, addr)) => eprintln!(
                             "{name}: refusing connection from {addr}: out of file descriptors \
                              ({error}); {} connections stay served",
                             self.open_count
-                        );
+                        ),
+                        // accept(2) reports EMFILE before it looks at the backlog: with the
+                        // spare released, an empty backlog says so, and there is nothing to do.
+                        Err(_) => return,
                     }
-                    self.spare_fd = File::open("/dev/null").ok();
                     continue;
                 }
                 Err(error) => {
