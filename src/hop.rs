@@ -29,7 +29,7 @@ use crate::net::{self, Cidr, Io};
 use crate::tuning;
 use crate::wire::{
     self, Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, MAX_HEADERS_LEN,
-    MAX_HOPS, PathEntry, RECORD_LEN, Role, Stamp, WireError,
+    MAX_HOPS, MAX_RECORDS, PathEntry, RECORD_LEN, Role, Stamp, WireError,
 };
 
 /// The sequence number a stripping relay gives to bytes a plain server sends unasked.
@@ -73,6 +73,9 @@ pub fn run(config: HopConfig) -> io::Result<()> {
         (Some(_), true) => Role::StrippingRelay,
         (None, _) => Role::Echo,
     };
+    // Everything the hop holds while idle is open before it says it listens, so the line
+    // marks a steady state (tests count descriptors from there).
+    let spare_fd = File::open("/dev/null").ok();
     let bound = listener.local_addr()?;
     let target = match config.forward_to {
         Some(_) => format!(", forwarding to {}", next_hop_text(&config)),
@@ -92,7 +95,7 @@ pub fn run(config: HopConfig) -> io::Result<()> {
         config,
         role,
         listener: Some(listener),
-        spare_fd: File::open("/dev/null").ok(),
+        spare_fd,
         connections: Vec::new(),
         free_slots: Vec::new(),
         open_count: 0,
@@ -156,8 +159,8 @@ pub fn run(config: HopConfig) -> io::Result<()> {
                 eprintln!("{}: drained; exiting", hop.config.name);
                 return Ok(());
             }
-            if now_ns >= deadline_ns {
-                hop.close_all(poll.registry(), "the drain after a stop signal timed out");
+            if now_ns >= deadline_ns || tuning::stop_signals() > 1 {
+                hop.close_all(poll.registry(), "stopped before the drain was complete");
                 return Ok(());
             }
         }
@@ -331,8 +334,8 @@ struct Connection {
     fault_queued: bool,
     /// The path announcement forwarded down, until its answer comes back up.
     unanswered_path: Option<Vec<u8>>,
-    /// A hop further down reported a fault: its end of stream is expected, not a new fault.
-    fault_passed: bool,
+    /// The fault a hop further down reported: its end of stream is expected, not a new fault.
+    passed_fault: Option<String>,
     frames_down: u64,
     frames_up: u64,
     bytes_down: u64,
@@ -355,10 +358,11 @@ impl Hop {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) if is_out_of_descriptors(&error) && self.spare_fd.is_some() => {
                     self.spare_fd = None;
-                    let refused = listener.accept();
+                    // Only the address is kept: the stream closes before the spare reopens.
+                    let refused = listener.accept().map(|(_, addr)| addr);
                     self.spare_fd = File::open("/dev/null").ok();
                     match refused {
-                        Ok((_, addr)) => eprintln!(
+                        Ok(addr) => eprintln!(
                             "{name}: refusing connection from {addr}: out of file descriptors \
                              ({error}); {} connections stay served",
                             self.open_count
@@ -455,7 +459,7 @@ impl Hop {
             },
             failure: None,
             fault_queued: false,
-            fault_passed: false,
+            passed_fault: None,
             unanswered_path: None,
             frames_down: 0,
             frames_up: 0,
@@ -537,6 +541,8 @@ impl Hop {
         self.open_count -= 1;
         self.busy.retain(|&busy| busy != slot);
         let seconds = (clock::now_ns() - connection.opened_ns) as f64 / 1e9;
+        // One line per connection: a fault this hop reported or passed on is its reason too.
+        let reason = reason.or(connection.failure).or(connection.passed_fault);
         let ending = match reason {
             None => String::new(),
             Some(reason) => format!("; closed: {reason}"),
@@ -598,9 +604,7 @@ impl Connection {
             match downstream.flush(&mut self.down.output) {
                 Ok(wrote) => advanced |= wrote,
                 Err(error) => {
-                    let what =
-                        format!("lost the connection after {} frames: {error}", self.frames_down);
-                    self.fail_downstream(registry, context.config, what);
+                    self.lose_downstream(registry, context.config, error)?;
                     advanced = true;
                 }
             }
@@ -618,9 +622,7 @@ impl Connection {
                     }
                 }
                 Err(error) => {
-                    let what =
-                        format!("lost the connection after {} frames: {error}", self.frames_down);
-                    self.fail_downstream(registry, context.config, what);
+                    self.lose_downstream(registry, context.config, error)?;
                     advanced = true;
                 }
             }
@@ -641,11 +643,11 @@ impl Connection {
         if advanced {
             self.last_progress_ns = now_ns;
         }
-        self.pass_on_end_of_stream(context, registry)?;
+        let failed_late = self.pass_on_end_of_stream(context, registry)?;
         if self.upstream.write_shut && self.upstream.read_closed && self.up.output.is_empty() {
             return Ok(Round::Finished);
         }
-        Ok(if advanced || read_any { Round::Progress } else { Round::Idle })
+        Ok(if advanced || read_any || failed_late { Round::Progress } else { Round::Idle })
     }
 
     fn start_connect(&mut self, registry: &mio::Registry, target: SocketAddr, config: &HopConfig) {
@@ -700,7 +702,6 @@ impl Connection {
         }
         self.connecting = false;
         let failure = format!("next hop {}: {what}", next_hop_text(config));
-        eprintln!("{}: connection from {}: {failure}", config.name, self.upstream.addr);
         self.failure = Some(failure);
         self.down.output.consume(self.down.output.len());
         self.pending.frames.clear();
@@ -757,10 +758,14 @@ impl Connection {
                     let announced = frame.payload().to_vec();
                     let entries = PathEntry::parse_all(&announced)
                         .map_err(|error| self.bad_upstream(error))?;
-                    if entries.len() >= MAX_HOPS {
-                        return Err(format!("{}", WireError::TooManyHops));
-                    }
                     self.hop = Some(entries.len() as u8);
+                    if entries.len() >= MAX_HOPS {
+                        // A loop, most likely: tell the source instead of going round again.
+                        self.failure = Some(WireError::TooManyHops.to_string());
+                        self.down.input.consume(len);
+                        progress = true;
+                        continue;
+                    }
                     // The next hop is reached only now, once the peer has shown it speaks the
                     // protocol: a stray client opens nothing, and a forwarding loop stops at
                     // the hop limit instead of connecting to itself forever.
@@ -907,6 +912,17 @@ impl Connection {
             let moved = match frame.kind() {
                 Kind::Data => {
                     let hop = self.hop.unwrap_or(0);
+                    if frame.record_count() <= usize::from(hop)
+                        || frame.record_count() >= MAX_RECORDS
+                    {
+                        return Err(format!(
+                            "answer {} carries {} stamp records, expected between {} and {}",
+                            frame.sequence(),
+                            frame.record_count(),
+                            usize::from(hop) + 1,
+                            MAX_RECORDS - 1
+                        ));
+                    }
                     let write_ns = *write_ns.get_or_insert_with(clock::now_ns);
                     let stamp =
                         Stamp { hop, direction: Direction::Up, read_ns: self.up.read_ns, write_ns };
@@ -917,12 +933,8 @@ impl Connection {
                     self.up.output.push(frame.as_bytes())
                 }
                 Kind::Fault => {
-                    self.fault_passed = true;
                     let fault = Fault::parse(frame.payload());
-                    eprintln!(
-                        "{}: passing on a fault from hop {}: {}",
-                        context.config.name, fault.hop, fault.message
-                    );
+                    self.passed_fault = Some(format!("passed on: {}", fault.message));
                     self.up.output.push(frame.as_bytes())
                 }
             };
@@ -1010,11 +1022,12 @@ impl Connection {
     }
 
     /// Half-close, end to end: each side's EOF is passed on once everything before it has been.
+    /// Returns whether the next hop turned out to have failed: its FAULT is then still to send.
     fn pass_on_end_of_stream(
         &mut self,
         context: &Context,
         registry: &mio::Registry,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         if self.upstream.read_closed && !self.down.input.is_empty() && !self.down.stalled {
             let speech_plain = self.speech == Speech::Plain;
             if !speech_plain {
@@ -1032,19 +1045,28 @@ impl Connection {
                 if down_drained {
                     downstream.shut_write();
                 }
-                if downstream.read_closed && self.up.input.is_empty() && self.up.output.is_empty() {
-                    if !downstream.write_shut && self.failure.is_none() && !self.fault_passed {
-                        let what = format!(
-                            "closed the connection early, with {} frames unanswered",
-                            self.frames_down.saturating_sub(self.frames_up)
-                        );
-                        self.fail_downstream(registry, context.config, what);
-                        return Ok(());
+                if downstream.read_closed && self.up.output.is_empty() && !self.up.stalled {
+                    // The next hop ended its stream; everything whole has been passed up. Only
+                    // an end after ours, with every frame and the path answered, is clean.
+                    let unanswered = self.frames_down.saturating_sub(self.frames_up);
+                    let what = if !self.up.input.is_empty() {
+                        Some(format!(
+                            "closed in the middle of a frame, {unanswered} frames unanswered"
+                        ))
+                    } else if !downstream.write_shut || unanswered > 0 {
+                        Some(format!("closed the connection early, {unanswered} frames unanswered"))
+                    } else if self.unanswered_path.is_some() {
+                        Some("closed the connection without answering the path".to_string())
+                    } else {
+                        None
+                    };
+                    match what {
+                        Some(what) if self.failure.is_none() && self.passed_fault.is_none() => {
+                            self.fail_downstream(registry, context.config, what);
+                            return Ok(true);
+                        }
+                        _ => self.upstream.shut_write(),
                     }
-                    if !self.up.input.is_empty() {
-                        return Err("next hop closed in the middle of a frame".to_string());
-                    }
-                    self.upstream.shut_write();
                 }
             }
             Some(_) => {}
@@ -1061,7 +1083,7 @@ impl Connection {
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Whether the connection holds work that should make progress within the timeout.
@@ -1081,17 +1103,44 @@ impl Connection {
     }
 
     fn stall_detail(&self) -> String {
-        if !self.down.input.is_empty() {
+        if self.upstream_stuck() {
+            format!(" ({} bytes waiting for {} to read)", self.up.output.len(), self.upstream.addr)
+        } else if !self.down.input.is_empty() && !self.down.stalled {
             format!(
                 " ({} bytes of an incomplete frame from {})",
                 self.down.input.len(),
                 self.upstream.addr
             )
-        } else if !self.up.output.is_empty() {
-            format!(" ({} bytes waiting for {} to read)", self.up.output.len(), self.upstream.addr)
         } else {
             String::new()
         }
+    }
+
+    /// Answers are waiting and the upstream peer's socket takes no more: it is not reading.
+    fn upstream_stuck(&self) -> bool {
+        !self.up.output.is_empty() && !self.upstream.writable
+    }
+
+    /// The next hop's connection broke. When the upstream peer had stopped reading, that is
+    /// the likely cause (the next hop timed out waiting for us), so the connection is closed
+    /// naming that peer; otherwise the hops upstream are told in-band.
+    fn lose_downstream(
+        &mut self,
+        registry: &mio::Registry,
+        config: &HopConfig,
+        error: io::Error,
+    ) -> Result<(), String> {
+        if self.upstream_stuck() {
+            return Err(format!(
+                "no progress for {} s{}; next hop {} gave up first: {error}",
+                config.timeout.as_secs_f64(),
+                self.stall_detail(),
+                next_hop_text(config)
+            ));
+        }
+        let what = format!("lost the connection after {} frames: {error}", self.frames_down);
+        self.fail_downstream(registry, config, what);
+        Ok(())
     }
 }
 

@@ -27,6 +27,13 @@ pub fn render(run: &Run) -> String {
         sequencing.out_of_order,
         sequencing.duplicated
     );
+    if run.unwritten_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "unwritten: {} B of answered payload did not reach stdout before the interrupt gave up",
+            run.unwritten_bytes
+        );
+    }
     if run.corrupted > 0 {
         let _ =
             writeln!(out, "corrupted: {} probe answers differ from what was sent", run.corrupted);

@@ -80,6 +80,8 @@ pub struct Run {
     pub unsolicited_bytes: u64,
     /// Probe answers whose payload differs from what was sent.
     pub corrupted: u64,
+    /// Answered payload still waiting for stdout when the run was interrupted.
+    pub unwritten_bytes: u64,
     pub first_send_ns: Option<u64>,
     pub last_answer_ns: Option<u64>,
 }
@@ -183,6 +185,7 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
             payload_bytes: 0,
             unsolicited_bytes: 0,
             corrupted: 0,
+            unwritten_bytes: 0,
             first_send_ns: None,
             last_answer_ns: None,
         },
@@ -218,6 +221,7 @@ impl Source {
             }
             let now_ns = clock::now_ns();
             if tuning::stop_requested() {
+                self.finish_stdout_after_interrupt(poll, &mut events);
                 self.run.ending = Ending::Interrupted;
                 return;
             }
@@ -260,6 +264,28 @@ impl Source {
                 return;
             }
         }
+    }
+
+    /// After Ctrl-C: what was answered and counted goes on to stdout too, for at most the
+    /// timeout or until a second Ctrl-C; what a stuck reader leaves behind is counted in the
+    /// report.
+    fn finish_stdout_after_interrupt(&mut self, poll: &mut Poll, events: &mut Events) {
+        let deadline_ns = clock::now_ns() + self.config.timeout.as_nanos() as u64;
+        loop {
+            if let Err(error) = self.write_stdout() {
+                eprintln!("{}: {error}", self.config.name);
+                break;
+            }
+            let now_ns = clock::now_ns();
+            if self.to_stdout.is_empty() || now_ns >= deadline_ns || tuning::stop_signals() > 1 {
+                break;
+            }
+            let wait = Duration::from_nanos((deadline_ns - now_ns).min(100_000_000));
+            let _ =
+                poll.poll(events, Some(if self.stdout.pollable { wait } else { Duration::ZERO }));
+            self.stdout.ready |= events.iter().any(|event| event.token() == STDOUT);
+        }
+        self.run.unwritten_bytes = self.to_stdout.len() as u64;
     }
 
     fn wants_stdin(&self) -> bool {

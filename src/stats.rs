@@ -202,7 +202,7 @@ impl Chain {
                     )?;
                     // Past the last stamping hop is a plain server: nothing to subtract.
                     let next_held = if hop == last { 0 } else { held(hop + 1)? };
-                    Some(round_trip - next_held)
+                    Some(round_trip - next_held) // both within ±1 h: no overflow
                 }
                 Part::ResidenceDown(hop) => {
                     let (read, write) = stamps.down[hop]?;
@@ -226,8 +226,11 @@ impl Chain {
     }
 }
 
+/// `later - earlier`, or `None` when a stamp is missing or the difference is beyond any delay
+/// this tool reports (stamps come from peers, so they may be anything).
 fn sub(later: Option<u64>, earlier: Option<u64>) -> Option<i64> {
-    Some(later? as i64 - earlier? as i64)
+    let difference = i64::try_from(later?).ok()?.checked_sub(i64::try_from(earlier?).ok()?)?;
+    (difference.unsigned_abs() <= HISTOGRAM_MAX_NS).then_some(difference)
 }
 
 /// Hop names for labels; a name used by two hops gets its hop index, so labels stay distinct.
@@ -365,6 +368,21 @@ mod tests {
         let bytes = frame(&[stamp(0, Direction::Down, 0, 1)]);
         chain.record(&Frame::new_checked(&bytes[..]).unwrap(), 10);
         assert_eq!(chain.malformed, 1);
+        assert_eq!(chain.end_to_end.count(), 0);
+    }
+
+    #[test]
+    fn test_absurd_stamps_from_a_peer_are_malformed_not_a_panic() {
+        let path = vec![entry(Role::Source, "A"), entry(Role::Echo, "Z")];
+        let mut chain = Chain::new(path).unwrap();
+        for (write_ns, turn_ns) in [(1u64 << 63, 7), (0, u64::MAX), (5, 1 << 62)] {
+            let bytes = frame(&[
+                stamp(0, Direction::Down, 0, write_ns),
+                stamp(1, Direction::Turn, 0, turn_ns),
+            ]);
+            chain.record(&Frame::new_checked(&bytes[..]).unwrap(), 10);
+        }
+        assert_eq!(chain.malformed, 3);
         assert_eq!(chain.end_to_end.count(), 0);
     }
 

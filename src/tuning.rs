@@ -3,7 +3,7 @@
 //! message when the host does not permit it.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Pins the whole process to one CPU, so its wake-ups never migrate (a cross-CPU wake-up costs
 /// tens of microseconds on small VMs).
@@ -82,10 +82,10 @@ impl Tuning {
     }
 }
 
-static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+static STOP_SIGNALS: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP_REQUESTED.store(true, Ordering::Relaxed);
+    STOP_SIGNALS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Makes SIGINT and SIGTERM set a flag instead of killing the process; the loops check it after
@@ -103,5 +103,10 @@ pub fn catch_stop_signals() {
 }
 
 pub fn stop_requested() -> bool {
-    STOP_REQUESTED.load(Ordering::Relaxed)
+    stop_signals() > 0
+}
+
+/// How many SIGINT/SIGTERM have arrived: a second one means "now", not "cleanly".
+pub fn stop_signals() -> u32 {
+    STOP_SIGNALS.load(Ordering::Relaxed)
 }

@@ -1,0 +1,555 @@
+//! Property tests of the wire format: the parser never panics on peer input, and what the
+//! emitters write parses back to the same fields, whole or cut into arbitrary chunks.
+//!
+//! This file owns the generators (valid, mutated and field-by-field frames, path entries) and the
+//! properties; the fixed fixtures stay in `src/wire.rs`. The cargo-fuzz target in
+//! `fuzz/fuzz_targets/frame_parser.rs` checks the same contract with coverage guidance.
+//! `PROPTEST_CASES=10000 cargo test --test wire_properties` runs a longer search.
+
+use std::net::SocketAddr;
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use subsegment_tcp_speeds::wire::{
+    Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAGIC, MAX_HOPS, MAX_PAYLOAD, MAX_RECORDS,
+    PathEntry, RECORD_LEN, Role, Stamp, WireError, emit_frame, emit_restamped, frame_len,
+    next_frame,
+};
+
+/// The header's flags byte (see the layout in `src/wire.rs`): not interpreted by the parser, and
+/// written as zero by `Header::emit`, so it is the one header byte a re-emit may change.
+const FLAGS_AT: usize = 7;
+
+/// A frame to be built: what `emit_frame` is given and what the parser must give back.
+#[derive(Debug, Clone)]
+struct FrameSpec {
+    kind: Kind,
+    sequence: u64,
+    stamps: Vec<Stamp>,
+    payload: Vec<u8>,
+}
+
+impl FrameSpec {
+    fn header(&self) -> Header {
+        Header {
+            kind: self.kind,
+            record_count: self.stamps.len(),
+            sequence: self.sequence,
+            payload_len: self.payload.len(),
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let header = self.header();
+        // Prefilled with 0xa5, as smoltcp's construct tests do, so an unwritten byte shows.
+        let mut out = vec![0xa5; header.total_len()];
+        let written = emit_frame(&mut out, &header, &[], &self.stamps, &self.payload);
+        assert_eq!(written, out.len(), "emit_frame writes exactly header.total_len() bytes");
+        out
+    }
+
+    #[track_caller]
+    fn assert_matches<T: AsRef<[u8]>>(&self, frame: &Frame<T>) {
+        assert_eq!(frame.kind(), self.kind);
+        assert_eq!(frame.sequence(), self.sequence);
+        assert_eq!(frame.record_count(), self.stamps.len());
+        assert_eq!(frame.records().collect::<Vec<_>>(), self.stamps);
+        assert_eq!(frame.payload_len(), self.payload.len());
+        assert_eq!(frame.payload(), &self.payload[..]);
+    }
+}
+
+fn kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![Just(Kind::Data), Just(Kind::Path), Just(Kind::Fault)]
+}
+
+fn direction() -> impl Strategy<Value = Direction> {
+    prop_oneof![Just(Direction::Down), Just(Direction::Up), Just(Direction::Turn)]
+}
+
+fn stamp() -> impl Strategy<Value = Stamp> {
+    (0..MAX_HOPS as u8, direction(), any::<u64>(), any::<u64>())
+        .prop_map(|(hop, direction, read_ns, write_ns)| Stamp { hop, direction, read_ns, write_ns })
+}
+
+/// Payload bytes from a length and a seed: as good as arbitrary for the parser, which never
+/// looks inside a DATA payload, and far cheaper to generate than a `Vec` of arbitrary bytes.
+fn payload(max_len: usize) -> impl Strategy<Value = Vec<u8>> {
+    (0..max_len, any::<u64>()).prop_map(|(len, seed)| {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                // splitmix64
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                (z ^ (z >> 31)) as u8
+            })
+            .collect()
+    })
+}
+
+fn frame_spec(max_payload: usize) -> impl Strategy<Value = FrameSpec> {
+    (kind(), any::<u64>(), vec(stamp(), 0..=MAX_RECORDS), payload(max_payload))
+        .prop_map(|(kind, sequence, stamps, payload)| FrameSpec { kind, sequence, stamps, payload })
+}
+
+/// A valid frame with a few bytes overwritten (some aimed at the header and first records,
+/// where the limits are), maybe cut short, maybe followed by more bytes.
+fn mutated_frame() -> impl Strategy<Value = Vec<u8>> {
+    let edits = vec((any::<Index>(), any::<u8>()), 0..3);
+    let header_edits = vec((0..HEADER_LEN + 2 * RECORD_LEN, any::<u8>()), 0..3);
+    let cut = proptest::option::of(any::<Index>());
+    (frame_spec(64), edits, header_edits, cut, vec(any::<u8>(), 0..64)).prop_map(
+        |(spec, edits, header_edits, cut, tail)| {
+            let mut bytes = spec.to_bytes();
+            for (at, byte) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            for (at, byte) in header_edits {
+                if let Some(slot) = bytes.get_mut(at) {
+                    *slot = byte;
+                }
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            bytes.extend(tail);
+            bytes
+        },
+    )
+}
+
+/// A frame written field by field with no regard for the limits, each field often right at
+/// its limit: the model the parser's verdict is checked against.
+#[derive(Debug, Clone)]
+struct RawFrame {
+    version: u8,
+    kind: u8,
+    /// `(hop, direction)` of each record; the record count field is `records.len()`.
+    records: Vec<(u8, u8)>,
+    payload_len_field: u32,
+    payload: Vec<u8>,
+}
+
+impl RawFrame {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend([self.version, self.kind, self.records.len() as u8, 0]);
+        bytes.extend(7u64.to_be_bytes());
+        bytes.extend(self.payload_len_field.to_be_bytes());
+        for &(hop, direction) in &self.records {
+            bytes.extend([hop, direction, 0, 0]);
+            bytes.extend([0; 16]);
+        }
+        bytes.extend(&self.payload);
+        bytes
+    }
+
+    /// Every reason the frame breaks the format; empty when it is valid.
+    fn faults(&self, total_len: usize) -> Vec<WireError> {
+        let payload_len = self.payload_len_field as usize;
+        let mut faults = self.header_faults();
+        let header = HEADER_LEN + self.records.len() * RECORD_LEN + payload_len;
+        if header != total_len {
+            faults.push(WireError::LengthMismatch { header, actual: total_len });
+        }
+        if let Some(index) = self
+            .records
+            .iter()
+            .position(|&(hop, direction)| usize::from(hop) >= MAX_HOPS || direction > 2)
+        {
+            faults.push(WireError::BadRecord { index });
+        }
+        faults
+    }
+
+    /// The reasons that show in the header alone, which `frame_len` must find.
+    fn header_faults(&self) -> Vec<WireError> {
+        let payload_len = self.payload_len_field as usize;
+        let mut faults = Vec::new();
+        if self.version != 1 {
+            faults.push(WireError::UnsupportedVersion(self.version));
+        }
+        if !(1..=3).contains(&self.kind) {
+            faults.push(WireError::UnknownKind(self.kind));
+        }
+        if self.records.len() > MAX_RECORDS {
+            faults.push(WireError::TooManyRecords(self.records.len()));
+        }
+        if payload_len > MAX_PAYLOAD {
+            faults.push(WireError::PayloadTooLarge(payload_len));
+        }
+        faults
+    }
+}
+
+fn raw_frame() -> impl Strategy<Value = RawFrame> {
+    let version = prop_oneof![4 => Just(1u8), 1 => any::<u8>()];
+    let kind = prop_oneof![4 => 1u8..=3, 1 => 0u8..=4, 1 => any::<u8>()];
+    let count = prop_oneof![
+        4 => 0..=MAX_RECORDS,
+        2 => MAX_RECORDS - 1..=MAX_RECORDS + 1,
+        1 => 0..=usize::from(u8::MAX),
+    ];
+    // Valid records, but now and then one with a hop or direction at or past its limit.
+    let valid = (0..MAX_HOPS as u8, 0u8..=2);
+    let records = count.prop_flat_map(move |count| vec(valid.clone(), count));
+    let hop = prop_oneof![MAX_HOPS as u8 - 1..=MAX_HOPS as u8 + 1, any::<u8>()];
+    let direction = prop_oneof![2u8..=4, any::<u8>()];
+    let bad_record = prop_oneof![
+        (any::<Index>(), hop).prop_map(|(at, hop)| (at, Some(hop), None)),
+        (any::<Index>(), direction).prop_map(|(at, direction)| (at, None, Some(direction))),
+    ];
+    let payload_len_field = prop_oneof![
+        Just(MAX_PAYLOAD as u32),
+        Just(MAX_PAYLOAD as u32 + 1),
+        Just(u32::MAX),
+        0u32..80
+    ];
+    (
+        version,
+        kind,
+        records,
+        proptest::option::weighted(0.3, bad_record),
+        payload(64),
+        proptest::option::weighted(0.2, payload_len_field),
+    )
+        .prop_map(|(version, kind, mut records, bad_record, payload, field)| {
+            if let Some((at, hop, direction)) = bad_record
+                && !records.is_empty()
+            {
+                let at = at.index(records.len());
+                let record = &mut records[at];
+                record.0 = hop.unwrap_or(record.0);
+                record.1 = direction.unwrap_or(record.1);
+            }
+            RawFrame {
+                version,
+                kind,
+                records,
+                payload_len_field: field.unwrap_or(payload.len() as u32),
+                payload,
+            }
+        })
+}
+
+/// Bytes from a peer: pure noise (which fails at the magic), noise behind the magic, and
+/// damaged frames (which get past the header to the records and payload).
+fn peer_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        1 => vec(any::<u8>(), 0..256),
+        1 => vec(any::<u8>(), 0..2048).prop_map(|rest| [&MAGIC[..], &rest].concat()),
+        4 => mutated_frame(),
+    ]
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![
+        Just(Role::Source),
+        Just(Role::Relay),
+        Just(Role::Echo),
+        Just(Role::StrippingRelay),
+        Just(Role::PlainServer),
+        Just(Role::Unreached),
+    ]
+}
+
+/// Text of at most 255 bytes (the length prefix is one byte), often with multi-byte characters,
+/// now and then right at the limit.
+fn short_text() -> impl Strategy<Value = String> {
+    prop_oneof![8 => text(0..=12), 1 => text(60..=63), 1 => ascii(250..=255)]
+}
+
+fn ascii(len: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = String> {
+    vec(b' '..=b'~', len).prop_map(|bytes| bytes.into_iter().map(char::from).collect())
+}
+
+/// Arbitrary characters (mostly multi-byte), built from chars rather than from a regex,
+/// which proptest would recompile for every value.
+fn text(chars: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = String> {
+    vec(any::<char>(), chars).prop_map(String::from_iter)
+}
+
+/// An entry as a hop builds it (`PathEntry::new` truncates the name; addresses are short).
+fn built_entry() -> impl Strategy<Value = PathEntry> {
+    // Long names (up to 480 bytes) exercise the truncation to 255 at a character boundary.
+    let name = prop_oneof![8 => text(0..=12), 1 => text(60..=120)];
+    (role(), name, any::<Option<SocketAddr>>(), any::<Option<SocketAddr>>())
+        .prop_map(|(role, name, local, peer)| PathEntry::new(role, &name, local, peer))
+}
+
+/// Any entry within the format's limits, built field by field.
+fn raw_entry() -> impl Strategy<Value = PathEntry> {
+    (role(), short_text(), short_text(), short_text())
+        .prop_map(|(role, name, local, peer)| PathEntry { role, name, local, peer })
+}
+
+fn path_entry() -> impl Strategy<Value = PathEntry> {
+    prop_oneof![built_entry(), raw_entry()]
+}
+
+fn emit_entries(entries: &[PathEntry]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    entries.iter().for_each(|entry| entry.emit(&mut payload));
+    payload
+}
+
+/// Everything a caller may do with a frame that passed `new_checked`: none of it may panic,
+/// and re-emitting it gives back the input (but for the flags byte).
+fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
+    assert_eq!(frame.total_len(), bytes.len());
+    assert!(frame.record_count() <= MAX_RECORDS);
+    assert!(frame.payload_len() <= MAX_PAYLOAD);
+    let _ = frame.sequence();
+    let records: Vec<Stamp> = frame.records().collect();
+    assert_eq!(records.len(), frame.record_count());
+    for (index, stamp) in records.iter().enumerate() {
+        assert_eq!(frame.record(index), *stamp);
+        assert!(usize::from(stamp.hop) < MAX_HOPS, "record {index} has hop {}", stamp.hop);
+    }
+    assert_eq!(frame.headers().len(), frame.headers_len());
+    assert_eq!(frame.payload().len(), frame.payload_len());
+    match frame.kind() {
+        Kind::Data => {}
+        Kind::Path => check_path_payload(frame.payload()),
+        Kind::Fault => {
+            let fault = Fault::parse(frame.payload());
+            if let Some((_, message)) = frame.payload().split_first()
+                && std::str::from_utf8(message).is_ok()
+            {
+                let mut again = Vec::new();
+                fault.emit(&mut again);
+                assert_eq!(again, frame.payload());
+            }
+        }
+    }
+
+    let header = Header::of(frame);
+    let mut out = vec![0xa5; header.total_len()];
+    let records = &frame.headers()[HEADER_LEN..];
+    assert_eq!(emit_frame(&mut out, &header, records, &[], frame.payload()), out.len());
+    let mut expected = bytes.to_vec();
+    expected[FLAGS_AT] = 0;
+    assert_eq!(out, expected, "re-emitted frame differs from its input");
+
+    if frame.record_count() < MAX_RECORDS {
+        let added = Stamp { hop: 0, direction: Direction::Up, read_ns: 1, write_ns: 2 };
+        let mut out = vec![0xa5; frame.total_len() + RECORD_LEN];
+        assert_eq!(emit_restamped(&mut out, frame, added), out.len());
+        let again = Frame::new_checked(&out[..]).expect("a restamped frame is valid");
+        assert_eq!(again.records().last(), Some(added));
+        assert_eq!(again.payload(), frame.payload());
+    }
+}
+
+/// A PATH payload from a peer: parsing never panics, and what parses re-emits to the same bytes
+/// unless lossy UTF-8 decoding replaced something.
+fn check_path_payload(payload: &[u8]) {
+    let Ok(entries) = PathEntry::parse_all(payload) else {
+        return;
+    };
+    assert!(entries.len() <= MAX_HOPS);
+    let replaced = entries.iter().any(|entry| {
+        [&entry.name, &entry.local, &entry.peer].iter().any(|text| text.contains('\u{fffd}'))
+    });
+    if !replaced {
+        assert_eq!(emit_entries(&entries), payload);
+    }
+}
+
+/// The incremental contract: a prefix of the input never contradicts the whole. Until the
+/// header is complete the answer is "need more" or the same error; afterwards it is the same.
+fn check_prefixes_agree(bytes: &[u8], whole: &Result<Option<usize>, WireError>) {
+    for end in 0..bytes.len() {
+        let partial = frame_len(&bytes[..end]);
+        if end < HEADER_LEN {
+            // A short prefix can only fail at the magic, naming the bytes it has seen.
+            let seen = end.min(MAGIC.len());
+            let agrees = match (&partial, whole) {
+                (Ok(None), _) => true,
+                (Err(WireError::BadMagic(first)), Err(WireError::BadMagic(all))) => {
+                    first[..seen] == all[..seen]
+                }
+                _ => false,
+            };
+            assert!(agrees, "prefix of {end} bytes: {partial:?}, whole input: {whole:?}");
+        } else {
+            assert_eq!(partial, *whole, "prefix of {end} bytes");
+        }
+    }
+}
+
+/// `next_frame` is `frame_len` then `new_checked` on the frame's bytes, and "need more" for an
+/// empty buffer.
+fn check_next_frame_agrees(bytes: &[u8], whole: &Result<Option<usize>, WireError>) {
+    let next = next_frame(bytes).map(|frame| frame.map(|frame| frame.as_bytes().to_vec()));
+    let expected = match whole {
+        _ if bytes.is_empty() => Ok(None),
+        Ok(Some(len)) if *len <= bytes.len() => {
+            Frame::new_checked(&bytes[..*len]).map(|_| Some(bytes[..*len].to_vec()))
+        }
+        Ok(_) => Ok(None),
+        Err(error) => Err(error.clone()),
+    };
+    assert_eq!(next, expected);
+}
+
+/// Parses a stream the way the hops do: append what arrived, take every whole frame, keep
+/// the rest for the next read. Each step is taken both with `frame_len` and `new_checked` and
+/// with `next_frame` (what the loops call), which must agree.
+fn parse_in_chunks(stream: &[u8], chunk_lens: &[usize]) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let mut pending = Vec::new();
+    let mut frames = Vec::new();
+    let mut rest = stream;
+    for &chunk_len in chunk_lens.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (chunk, after) = rest.split_at(chunk_len.min(rest.len()));
+        rest = after;
+        pending.extend_from_slice(chunk);
+        while !pending.is_empty() {
+            let next = next_frame(&pending).expect("valid stream accepted").map(|f| f.total_len());
+            let len = match frame_len(&pending) {
+                Ok(Some(len)) if len <= pending.len() => len,
+                Ok(_) => {
+                    assert_eq!(next, None);
+                    break;
+                }
+                Err(error) => panic!("valid stream rejected: {error}"),
+            };
+            assert_eq!(next, Some(len));
+            let frame = Frame::new_checked(&pending[..len]).expect("whole frame parses");
+            frames.push(frame.headers().iter().chain(frame.payload()).copied().collect());
+            pending.drain(..len);
+        }
+    }
+    (frames, pending)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// (a) Peer bytes never make the parser panic, and a frame it accepts is safe to use.
+    #[test]
+    fn peer_bytes_never_panic_the_parser(bytes in peer_bytes()) {
+        let whole = frame_len(&bytes);
+        check_prefixes_agree(&bytes, &whole);
+        check_next_frame_agrees(&bytes, &whole);
+        match whole {
+            Ok(Some(len)) if len <= bytes.len() => {
+                if let Ok(frame) = Frame::new_checked(&bytes[..len]) {
+                    exercise_accessors(&frame, &bytes[..len]);
+                }
+                if len < bytes.len() {
+                    let error = Frame::new_checked(&bytes[..]).unwrap_err();
+                    prop_assert_eq!(
+                        error,
+                        WireError::LengthMismatch { header: len, actual: bytes.len() }
+                    );
+                }
+            }
+            Ok(Some(len)) => {
+                let error = Frame::new_checked(&bytes[..]).unwrap_err();
+                prop_assert_eq!(error, WireError::LengthMismatch { header: len, actual: bytes.len() });
+            }
+            Ok(None) => prop_assert!(bytes.len() < HEADER_LEN),
+            Err(error) => {
+                prop_assert_eq!(Frame::new_checked(&bytes[..]).unwrap_err(), error);
+            }
+        }
+    }
+
+    /// (a) Every limit, at its boundary: a frame written field by field is accepted exactly
+    /// when it is within all of them, and otherwise refused for one of the reasons it breaks.
+    #[test]
+    fn limits_are_enforced_exactly(raw in raw_frame()) {
+        let bytes = raw.to_bytes();
+        let header_faults = raw.header_faults();
+        match frame_len(&bytes) {
+            Ok(Some(len)) => {
+                prop_assert!(header_faults.is_empty(), "header passed despite {:?}", header_faults);
+                prop_assert_eq!(len, HEADER_LEN + raw.records.len() * RECORD_LEN
+                    + raw.payload_len_field as usize);
+            }
+            Ok(None) => prop_assert!(false, "a whole header is waiting for more"),
+            Err(error) => {
+                prop_assert!(header_faults.contains(&error), "{:?} not in {:?}", error, header_faults)
+            }
+        }
+        let faults = raw.faults(bytes.len());
+        match Frame::new_checked(&bytes[..]) {
+            Ok(frame) => {
+                prop_assert!(faults.is_empty(), "accepted despite {:?}", faults);
+                exercise_accessors(&frame, &bytes);
+            }
+            Err(error) => prop_assert!(faults.contains(&error), "{:?} not in {:?}", error, faults),
+        }
+    }
+
+    /// (b) Any valid frame round-trips: emit, check, and the same fields come back.
+    #[test]
+    fn valid_frames_round_trip(spec in frame_spec(4096)) {
+        let bytes = spec.to_bytes();
+        prop_assert_eq!(frame_len(&bytes), Ok(Some(bytes.len())));
+        let frame = Frame::new_checked(&bytes[..]).expect("an emitted frame is valid");
+        spec.assert_matches(&frame);
+        prop_assert_eq!(Header::of(&frame), spec.header());
+        exercise_accessors(&frame, &bytes);
+    }
+
+    /// (c) Several frames cut at arbitrary points come out whole, in order, with nothing left.
+    #[test]
+    fn chunked_stream_yields_the_same_frames(
+        specs in vec(frame_spec(4096), 1..6),
+        chunk_lens in vec(prop_oneof![1usize..8, 1usize..4096], 1..16),
+    ) {
+        let frames: Vec<Vec<u8>> = specs.iter().map(FrameSpec::to_bytes).collect();
+        let (parsed, pending) = parse_in_chunks(&frames.concat(), &chunk_lens);
+        prop_assert!(pending.is_empty(), "{} bytes left over", pending.len());
+        prop_assert_eq!(parsed.len(), frames.len());
+        for (index, (spec, bytes)) in specs.iter().zip(&parsed).enumerate() {
+            prop_assert_eq!(bytes, &frames[index], "frame {}", index);
+            spec.assert_matches(&Frame::new_checked(&bytes[..]).unwrap());
+        }
+    }
+
+    /// (d) Arbitrary PATH payloads never panic the parser.
+    #[test]
+    fn path_payload_bytes_never_panic(
+        bytes in prop_oneof![
+            vec(any::<u8>(), 0..512),
+            (vec(path_entry(), 0..4), vec((any::<Index>(), any::<u8>()), 0..3), any::<Index>())
+                .prop_map(|(entries, edits, cut)| {
+                    let mut bytes = emit_entries(&entries);
+                    for (at, byte) in edits {
+                        if !bytes.is_empty() {
+                            let at = at.index(bytes.len());
+                            bytes[at] = byte;
+                        }
+                    }
+                    bytes.truncate(cut.index(bytes.len() + 1));
+                    bytes
+                }),
+        ]
+    ) {
+        check_path_payload(&bytes);
+    }
+
+    /// (d) Up to `MAX_HOPS` valid entries round-trip; one more is a forwarding loop.
+    #[test]
+    fn path_entries_round_trip(entries in vec(path_entry(), 0..=MAX_HOPS)) {
+        let payload = emit_entries(&entries);
+        prop_assert_eq!(PathEntry::parse_all(&payload), Ok(entries.clone()));
+        let mut looped = payload;
+        for _ in entries.len()..=MAX_HOPS {
+            entries.first().cloned().unwrap_or_else(|| PathEntry::new(Role::Relay, "x", None, None))
+                .emit(&mut looped);
+        }
+        prop_assert_eq!(PathEntry::parse_all(&looped), Err(WireError::TooManyHops));
+    }
+}
