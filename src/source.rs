@@ -17,13 +17,12 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::buffer::Buffer;
 use crate::clock;
-use crate::hop::UNSOLICITED;
 use crate::net::{self, Io, NonBlocking};
 use crate::stats::{Chain, Sequencing};
 use crate::tuning;
 use crate::wire::{
     self, Direction, Fault, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, PathEntry, RECORD_LEN, Role,
-    Stamp,
+    Stamp, UNSOLICITED,
 };
 
 const UPSTREAM: Token = Token(0);

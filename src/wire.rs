@@ -35,6 +35,8 @@ pub const MAX_RECORDS: usize = 2 * MAX_HOPS;
 pub const MAX_PAYLOAD: usize = 1 << 20;
 pub const MAX_HEADERS_LEN: usize = HEADER_LEN + MAX_RECORDS * RECORD_LEN;
 pub const MAX_FRAME_LEN: usize = MAX_HEADERS_LEN + MAX_PAYLOAD;
+/// The sequence number a stripping relay gives to bytes a plain server sends unasked.
+pub const UNSOLICITED: u64 = u64::MAX;
 
 mod field {
     use std::ops::Range;

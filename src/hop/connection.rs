@@ -1,220 +1,45 @@
-//! The relay and the echoing end: one single-threaded mio poll loop that accepts the chain's
-//! connections, opens one downstream connection for each, and moves frames both ways, adding
-//! this hop's stamp record to every data frame.
-//!
-//! The loop owns sockets, buffers and readiness; what a frame *is* belongs to [`crate::wire`].
-//! Following sozu, each socket is registered once (edge-triggered, read and write) and its
-//! readiness is tracked in software: a flag is set by an event and cleared only by
-//! `WouldBlock`. Backpressure is nothing more than not reading: a frame that does not fit the
-//! output buffer stays in the input buffer, and the socket it came from is not read until it
-//! has moved on, so the kernel's window closes towards the sender.
-//!
-//! A read stamp is the clock read right after the poll returned with this socket's readiness;
-//! a write stamp is taken when the frame is copied to the output buffer, just before the write.
-//! Because a socket is not read while a whole frame waits in its input, every frame's read
-//! stamp is the wake-up in which its last byte was read.
+//! One connection through a hop: its upstream and downstream sockets with their software
+//! readiness, the two pipes between them, and everything done to the frames on the way:
+//! stamping, path discovery, faults, stripping for a plain server, half-close.
+//! The loop in [`super`] decides when a connection runs; this module decides what it does.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::time::Duration;
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::Interest;
+use mio::net::TcpStream;
 
+use super::{HopConfig, Side, next_hop_text, token_of};
 use crate::buffer::Buffer;
 use crate::clock;
-use crate::net::{self, Cidr, Io};
-use crate::tuning;
+use crate::net::{self, Io};
 use crate::wire::{
     self, Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, MAX_HEADERS_LEN,
-    MAX_HOPS, MAX_RECORDS, PathEntry, RECORD_LEN, Role, Stamp, WireError,
+    MAX_HOPS, MAX_RECORDS, PathEntry, RECORD_LEN, Role, Stamp, UNSOLICITED, WireError,
 };
 
-/// The sequence number a stripping relay gives to bytes a plain server sends unasked.
-pub const UNSOLICITED: u64 = u64::MAX;
-
-const LISTENER: Token = Token(0);
 /// Reads are capped so that a connection carrying small frames touches little of its buffer.
 const READ_CHUNK: usize = 64 * 1024;
 /// Room for the largest frame plus the record this hop adds.
 const BUFFER_LEN: usize = MAX_FRAME_LEN + RECORD_LEN;
 /// A stripping relay keeps the headers of frames whose answer has not come back yet.
 const PENDING_HEADERS_LEN: usize = 256 * 1024;
-/// Rounds of read/process/write for one connection per wake-up before the others get a turn.
-const ROUNDS_PER_TURN: usize = 16;
-/// How often connections are checked for the no-progress timeout.
-const SWEEP_INTERVAL_NS: u64 = 100_000_000;
-
-pub struct HopConfig {
-    pub name: String,
-    pub listen: SocketAddr,
-    pub forward_to: Option<(SocketAddr, String)>,
-    pub remove_perf_headers: bool,
-    pub timeout: Duration,
-    /// Spin on the poll instead of sleeping.
-    pub busy_poll: bool,
-    /// Peers allowed to connect; everyone when empty.
-    pub allow: Vec<Cidr>,
-    pub max_conns: Option<usize>,
-}
-
-/// Runs the hop until SIGTERM or SIGINT, then stops accepting and lets the open connections
-/// finish within the timeout. Returns an error only when setting up fails.
-pub fn run(config: HopConfig) -> io::Result<()> {
-    let mut poll = Poll::new()?;
-    let mut listener = net::listen(config.listen).map_err(|error| {
-        io::Error::new(error.kind(), format!("listen on {}: {error}", config.listen))
-    })?;
-    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-    let role = match (&config.forward_to, config.remove_perf_headers) {
-        (Some(_), false) => Role::Relay,
-        (Some(_), true) => Role::StrippingRelay,
-        (None, _) => Role::Echo,
-    };
-    // Everything the hop holds while idle is open before it says it listens, so the line
-    // marks a steady state (tests count descriptors from there).
-    let spare_fd = File::open("/dev/null").ok();
-    let bound = listener.local_addr()?;
-    let target = match config.forward_to {
-        Some(_) => format!(", forwarding to {}", next_hop_text(&config)),
-        None => String::new(),
-    };
-    eprintln!("{}: listening on {bound} ({}{target})", config.name, role.describe());
-    if bound.ip().is_unspecified() && config.allow.is_empty() {
-        eprintln!(
-            "{}: warning: listening on every interface and the protocol has no authentication; \
-             restrict it with --allow CIDR or --listen on a private address",
-            config.name
-        );
-    }
-    tuning::catch_stop_signals();
-
-    let mut hop = Hop {
-        config,
-        role,
-        listener: Some(listener),
-        spare_fd,
-        connections: Vec::new(),
-        free_slots: Vec::new(),
-        open_count: 0,
-        busy: Vec::new(),
-        last_sweep_ns: clock::now_ns(),
-        drain_deadline_ns: None,
-    };
-    let mut events = Events::with_capacity(1024);
-    let mut touched = Vec::new();
-    loop {
-        let timeout = if hop.config.busy_poll || !hop.busy.is_empty() {
-            Some(Duration::ZERO)
-        } else if hop.open_count > 0 {
-            Some(Duration::from_nanos(SWEEP_INTERVAL_NS))
-        } else {
-            None
-        };
-        if let Err(error) = poll.poll(&mut events, timeout)
-            && error.kind() != io::ErrorKind::Interrupted
-        {
-            return Err(error);
-        }
-        let now_ns = clock::now_ns();
-        touched.clear();
-        touched.append(&mut hop.busy);
-        for event in events.iter() {
-            if event.token() == LISTENER {
-                hop.accept_all(poll.registry(), &mut touched);
-                continue;
-            }
-            let (slot, side) = slot_of(event.token());
-            // Events for a closed slot are stale (documented mio behaviour): ignore them.
-            let Some(Some(connection)) = hop.connections.get_mut(slot) else {
-                continue;
-            };
-            let peer = match side {
-                Side::Upstream => Some(&mut connection.upstream),
-                Side::Downstream => connection.downstream.as_mut(),
-            };
-            if let Some(peer) = peer {
-                peer.hung_up |= event.is_read_closed() || event.is_error();
-                peer.readable |= event.is_readable() || peer.hung_up;
-                peer.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
-            }
-            touched.push(slot);
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        for &slot in &touched {
-            hop.pump(poll.registry(), slot, now_ns);
-        }
-        if now_ns.saturating_sub(hop.last_sweep_ns) >= SWEEP_INTERVAL_NS {
-            hop.last_sweep_ns = now_ns;
-            hop.sweep(poll.registry(), now_ns);
-        }
-        if tuning::stop_requested() && hop.drain_deadline_ns.is_none() {
-            hop.start_draining(poll.registry(), now_ns);
-        }
-        if let Some(deadline_ns) = hop.drain_deadline_ns {
-            if hop.open_count == 0 {
-                eprintln!("{}: drained; exiting", hop.config.name);
-                return Ok(());
-            }
-            if now_ns >= deadline_ns || tuning::stop_signals() > 1 {
-                hop.close_all(poll.registry(), "stopped before the drain was complete");
-                return Ok(());
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Upstream = 0,
-    Downstream = 1,
-}
-
-fn token_of(slot: usize, side: Side) -> Token {
-    Token(1 + slot * 2 + side as usize)
-}
-
-fn slot_of(token: Token) -> (usize, Side) {
-    let index = token.0 - 1;
-    (index / 2, if index.is_multiple_of(2) { Side::Upstream } else { Side::Downstream })
-}
-
-struct Hop {
-    config: HopConfig,
-    role: Role,
-    /// `None` once a stop signal has closed it.
-    listener: Option<TcpListener>,
-    /// A descriptor held in reserve: when accept fails for lack of descriptors, releasing it
-    /// lets the hop accept the waiting connection and close it with a message, instead of
-    /// leaving it in the backlog where the edge-triggered listener would never report it again.
-    spare_fd: Option<File>,
-    connections: Vec<Option<Connection>>,
-    free_slots: Vec<usize>,
-    open_count: usize,
-    /// Set by a stop signal: no new connections, and the open ones have until then.
-    drain_deadline_ns: Option<u64>,
-    /// Connections that used up their turn with work left: served again without sleeping.
-    busy: Vec<usize>,
-    last_sweep_ns: u64,
-}
 
 /// One socket of a connection, with its software readiness.
-struct Peer {
-    stream: TcpStream,
-    addr: SocketAddr,
-    readable: bool,
-    writable: bool,
+pub(super) struct Peer {
+    pub(super) stream: TcpStream,
+    pub(super) addr: SocketAddr,
+    pub(super) readable: bool,
+    pub(super) writable: bool,
     /// The poll reported the peer's FIN (EPOLLRDHUP): read until the EOF itself is seen.
-    hung_up: bool,
-    read_closed: bool,
-    write_shut: bool,
+    pub(super) hung_up: bool,
+    pub(super) read_closed: bool,
+    pub(super) write_shut: bool,
 }
 
 impl Peer {
-    fn new(stream: TcpStream, addr: SocketAddr) -> Peer {
+    pub(super) fn new(stream: TcpStream, addr: SocketAddr) -> Peer {
         Peer {
             stream,
             addr,
@@ -317,12 +142,12 @@ struct PendingAnswers {
     frames: VecDeque<(usize, usize)>,
 }
 
-struct Connection {
+pub(super) struct Connection {
     slot: usize,
-    upstream: Peer,
+    pub(super) upstream: Peer,
     /// The next hop; `None` at the echoing end, and once it has failed.
-    downstream: Option<Peer>,
-    connecting: bool,
+    pub(super) downstream: Option<Peer>,
+    pub(super) connecting: bool,
     down: Pipe,
     up: Pipe,
     /// This hop's index in the chain, learnt from the path announcement.
@@ -330,116 +155,35 @@ struct Connection {
     speech: Speech,
     pending: PendingAnswers,
     /// Why the next hop is unusable; reported upstream in a FAULT frame.
-    failure: Option<String>,
+    pub(super) failure: Option<String>,
     fault_queued: bool,
     /// The path announcement forwarded down, until its answer comes back up.
     unanswered_path: Option<Vec<u8>>,
     /// The fault a hop further down reported: its end of stream is expected, not a new fault.
-    passed_fault: Option<String>,
-    frames_down: u64,
-    frames_up: u64,
-    bytes_down: u64,
-    bytes_up: u64,
-    opened_ns: u64,
-    last_progress_ns: u64,
+    pub(super) passed_fault: Option<String>,
+    pub(super) frames_down: u64,
+    pub(super) frames_up: u64,
+    pub(super) bytes_down: u64,
+    pub(super) bytes_up: u64,
+    pub(super) opened_ns: u64,
+    pub(super) last_progress_ns: u64,
+}
+pub(super) struct Context<'a> {
+    pub(super) config: &'a HopConfig,
+    pub(super) role: Role,
 }
 
-/// Why a connection is closed: `None` for a clean end.
-type CloseReason = Option<String>;
+pub(super) enum Round {
+    Progress,
+    Idle,
+    Finished,
+}
 
-impl Hop {
-    fn accept_all(&mut self, registry: &mio::Registry, touched: &mut Vec<usize>) {
-        let name = self.config.name.clone();
-        loop {
-            let Some(listener) = self.listener.as_ref() else { return };
-            let (stream, addr) = match listener.accept() {
-                Ok(accepted) => accepted,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) if is_out_of_descriptors(&error) && self.spare_fd.is_some() => {
-                    self.spare_fd = None;
-                    // Only the address is kept: the stream closes before the spare reopens.
-                    let refused = listener.accept().map(|(_, addr)| addr);
-                    self.spare_fd = File::open("/dev/null").ok();
-                    match refused {
-                        Ok(addr) => eprintln!(
-                            "{name}: refusing connection from {addr}: out of file descriptors \
-                             ({error}); {} connections stay served",
-                            self.open_count
-                        ),
-                        // accept(2) reports EMFILE before it looks at the backlog: with the
-                        // spare released, an empty backlog says so, and there is nothing to do.
-                        Err(_) => return,
-                    }
-                    continue;
-                }
-                Err(error) => {
-                    eprintln!("{name}: cannot accept a connection: {error}");
-                    return;
-                }
-            };
-            if !self.config.allow.is_empty()
-                && !self.config.allow.iter().any(|block| block.contains(addr.ip()))
-            {
-                eprintln!("{name}: refusing connection from {addr}: not in --allow");
-                continue;
-            }
-            if self.config.max_conns.is_some_and(|max| self.open_count >= max) {
-                eprintln!(
-                    "{name}: refusing connection from {addr}: {} connections open (--max-conns)",
-                    self.open_count
-                );
-                continue;
-            }
-            if let Err(error) = self.open(registry, stream, addr, touched) {
-                eprintln!("{name}: {addr}: cannot set up the connection: {error}");
-            }
-        }
-    }
-
-    fn start_draining(&mut self, registry: &mio::Registry, now_ns: u64) {
-        if let Some(mut listener) = self.listener.take() {
-            let _ = registry.deregister(&mut listener);
-        }
-        let timeout = self.config.timeout;
-        self.drain_deadline_ns = Some(now_ns + timeout.as_nanos() as u64);
-        eprintln!(
-            "{}: stop requested: accepting no more connections; draining {} (at most {} s)",
-            self.config.name,
-            self.open_count,
-            timeout.as_secs_f64()
-        );
-    }
-
-    fn close_all(&mut self, registry: &mio::Registry, reason: &str) {
-        for slot in 0..self.connections.len() {
-            self.close(registry, slot, Some(reason.to_string()));
-        }
-    }
-
-    fn open(
-        &mut self,
-        registry: &mio::Registry,
-        stream: TcpStream,
-        addr: SocketAddr,
-        touched: &mut Vec<usize>,
-    ) -> io::Result<()> {
-        stream.set_nodelay(true)?;
-        let slot = self.free_slots.pop().unwrap_or_else(|| {
-            self.connections.push(None);
-            self.connections.len() - 1
-        });
-        let mut upstream = Peer::new(stream, addr);
-        let token = token_of(slot, Side::Upstream);
-        if let Err(error) =
-            registry.register(&mut upstream.stream, token, Interest::READABLE | Interest::WRITABLE)
-        {
-            self.free_slots.push(slot);
-            return Err(error);
-        }
-        let now_ns = clock::now_ns();
-        let echo = self.role == Role::Echo;
-        let connection = Connection {
+impl Connection {
+    pub(super) fn new(slot: usize, upstream: Peer, role: Role, now_ns: u64) -> Connection {
+        let echo = role == Role::Echo;
+        let stripping = role == Role::StrippingRelay;
+        Connection {
             slot,
             upstream,
             downstream: None,
@@ -450,11 +194,7 @@ impl Hop {
             hop: None,
             speech: Speech::Undecided,
             pending: PendingAnswers {
-                headers: Buffer::with_capacity(if self.role == Role::StrippingRelay {
-                    PENDING_HEADERS_LEN
-                } else {
-                    0
-                }),
+                headers: Buffer::with_capacity(if stripping { PENDING_HEADERS_LEN } else { 0 }),
                 frames: VecDeque::new(),
             },
             failure: None,
@@ -467,113 +207,12 @@ impl Hop {
             bytes_up: 0,
             opened_ns: now_ns,
             last_progress_ns: now_ns,
-        };
-        self.connections[slot] = Some(connection);
-        self.open_count += 1;
-        touched.push(slot);
-        Ok(())
-    }
-
-    fn pump(&mut self, registry: &mio::Registry, slot: usize, now_ns: u64) {
-        let Some(Some(connection)) = self.connections.get_mut(slot) else {
-            return;
-        };
-        let context = Context { config: &self.config, role: self.role };
-        let mut rounds = 0;
-        let outcome = loop {
-            match connection.round(&context, registry, now_ns) {
-                Ok(Round::Progress) if rounds + 1 == ROUNDS_PER_TURN => {
-                    self.busy.push(slot);
-                    return;
-                }
-                Ok(Round::Progress) => rounds += 1,
-                Ok(Round::Idle) => return,
-                Ok(Round::Finished) => break None,
-                Err(reason) => break Some(reason),
-            }
-        };
-        self.close(registry, slot, outcome);
-    }
-
-    fn sweep(&mut self, registry: &mio::Registry, now_ns: u64) {
-        let timeout_ns = self.config.timeout.as_nanos() as u64;
-        for slot in 0..self.connections.len() {
-            let Some(connection) = self.connections[slot].as_mut() else {
-                continue;
-            };
-            if !connection.outstanding()
-                || now_ns.saturating_sub(connection.last_progress_ns) < timeout_ns
-            {
-                continue;
-            }
-            let seconds = self.config.timeout.as_secs_f64();
-            if connection.downstream.is_some()
-                && connection.failure.is_none()
-                && connection.waits_for_downstream()
-            {
-                let what = if connection.connecting {
-                    format!("timed out after {seconds} s connecting")
-                } else {
-                    format!(
-                        "no answer for {seconds} s with {} frames outstanding",
-                        connection.frames_down.saturating_sub(connection.frames_up)
-                    )
-                };
-                connection.fail_downstream(registry, &self.config, what);
-                connection.last_progress_ns = now_ns;
-                self.pump(registry, slot, now_ns);
-            } else {
-                let reason = format!("no progress for {seconds} s{}", connection.stall_detail());
-                self.close(registry, slot, Some(reason));
-            }
         }
     }
 
-    fn close(&mut self, registry: &mio::Registry, slot: usize, reason: CloseReason) {
-        let Some(mut connection) = self.connections[slot].take() else {
-            return;
-        };
-        let _ = registry.deregister(&mut connection.upstream.stream);
-        if let Some(downstream) = connection.downstream.as_mut() {
-            let _ = registry.deregister(&mut downstream.stream);
-        }
-        self.free_slots.push(slot);
-        self.open_count -= 1;
-        self.busy.retain(|&busy| busy != slot);
-        let seconds = (clock::now_ns() - connection.opened_ns) as f64 / 1e9;
-        // One line per connection: a fault this hop reported or passed on is its reason too.
-        let reason = reason.or(connection.failure).or(connection.passed_fault);
-        let ending = match reason {
-            None => String::new(),
-            Some(reason) => format!("; closed: {reason}"),
-        };
-        eprintln!(
-            "{}: connection from {} ended after {seconds:.3} s: {} frames / {} B down, {} frames / {} B up{ending}",
-            self.config.name,
-            connection.upstream.addr,
-            connection.frames_down,
-            connection.bytes_down,
-            connection.frames_up,
-            connection.bytes_up,
-        );
-    }
-}
-
-struct Context<'a> {
-    config: &'a HopConfig,
-    role: Role,
-}
-
-enum Round {
-    Progress,
-    Idle,
-    Finished,
-}
-
-impl Connection {
     /// One round of connect, read, process and write in both directions.
     /// One round of connect, read, process and write in both directions.
-    fn round(
+    pub(super) fn round(
         &mut self,
         context: &Context,
         registry: &mio::Registry,
@@ -696,7 +335,12 @@ impl Connection {
     }
 
     /// The next hop is gone: drop it and tell the hops upstream, in-band.
-    fn fail_downstream(&mut self, registry: &mio::Registry, config: &HopConfig, what: String) {
+    pub(super) fn fail_downstream(
+        &mut self,
+        registry: &mio::Registry,
+        config: &HopConfig,
+        what: String,
+    ) {
         if let Some(mut downstream) = self.downstream.take() {
             let _ = registry.deregister(&mut downstream.stream);
         }
@@ -1087,7 +731,7 @@ impl Connection {
     }
 
     /// Whether the connection holds work that should make progress within the timeout.
-    fn outstanding(&self) -> bool {
+    pub(super) fn outstanding(&self) -> bool {
         !self.down.input.is_empty()
             || !self.down.output.is_empty()
             || !self.up.input.is_empty()
@@ -1098,11 +742,11 @@ impl Connection {
             || self.upstream.write_shut
     }
 
-    fn waits_for_downstream(&self) -> bool {
+    pub(super) fn waits_for_downstream(&self) -> bool {
         self.connecting || self.frames_down > self.frames_up || !self.down.output.is_empty()
     }
 
-    fn stall_detail(&self) -> String {
+    pub(super) fn stall_detail(&self) -> String {
         if self.upstream_stuck() {
             format!(" ({} bytes waiting for {} to read)", self.up.output.len(), self.upstream.addr)
         } else if !self.down.input.is_empty() && !self.down.stalled {
@@ -1189,22 +833,8 @@ fn strip_into<T: AsRef<[u8]>>(
     output.push(frame.payload());
     true
 }
-
-/// The next hop as the user wrote it, with the address it resolved to when that differs.
-fn next_hop_text(config: &HopConfig) -> String {
-    match &config.forward_to {
-        Some((addr, text)) if *text == addr.to_string() => text.clone(),
-        Some((addr, text)) => format!("{text} ({addr})"),
-        None => "-".to_string(),
-    }
-}
-
 /// The path entry for a next hop this relay could not reach.
 fn unreached_entry(config: &HopConfig) -> PathEntry {
     let target = config.forward_to.as_ref().map(|(addr, _)| *addr);
     PathEntry::new(Role::Unreached, &next_hop_text(config), target, None)
-}
-
-fn is_out_of_descriptors(error: &io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
