@@ -269,6 +269,10 @@ pub struct Report {
 }
 
 impl Report {
+    pub fn labels(&self) -> Vec<&str> {
+        self.rows.iter().map(|row| row.label.as_str()).collect()
+    }
+
     #[track_caller]
     pub fn row(&self, label: &str) -> &Row {
         self.rows
