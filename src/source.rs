@@ -5,6 +5,10 @@
 //! stdin and stdout may be pipes, terminals, sockets, regular files or /dev/null. The last two
 //! cannot be polled (epoll refuses them) and never block for long, so they are treated as
 //! always ready and used with plain blocking calls.
+//!
+//! In probe mode (`--count`) the frames are generated on a schedule instead of read, and the
+//! answers are checked against the pattern instead of written out. `--window` caps the frames in
+//! flight either way; `--window 1` is a ping-pong.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};

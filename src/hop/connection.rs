@@ -211,7 +211,6 @@ impl Connection {
     }
 
     /// One round of connect, read, process and write in both directions.
-    /// One round of connect, read, process and write in both directions.
     pub(super) fn round(
         &mut self,
         context: &Context,
