@@ -11,7 +11,9 @@ use crate::tuning::Tuning;
 use crate::wire::MAX_PAYLOAD;
 
 pub const USAGE: &str =
-    "usage: subsegment-tcp-speeds [-t SECS] [-l ADDR] [-f ADDR] [-s BYTES] [-r] [-n NAME]";
+    "usage: subsegment-tcp-speeds [-t SECS] [-l ADDR] [-f ADDR] [-s BYTES] [-r] [-n NAME]
+       [-w FRAMES] [-c N [--size BYTES] [-i DURATION]] [--allow CIDR] [--max-conns N]
+       [--busy-poll] [--cpu N] [--realtime] [--mlock]";
 
 pub const HELP: &str = "\
 subsegment-tcp-speeds: find which subsegment of a TCP chain (a link, or a relay host) adds the
@@ -25,7 +27,9 @@ usage: subsegment-tcp-speeds [options]
 
 options:
   -t, --timeout SECS            connect timeout, and the longest a connection may make no
-                                progress while work is outstanding (default 10; fractions ok)
+                                progress while work is outstanding (default 10; fractions ok);
+                                the source waits up to 1 s more, so that a hop's own report of
+                                a stuck next hop reaches it first
   -l, --listen ADDR             host:port, *:port, :port, [v6]:port to accept the chain on
   -f, --forward-to ADDR         host:port or [v6]:port of the next hop (required at the source)
   -s, -b, --stdin-block-size, --block BYTES
@@ -53,7 +57,8 @@ source only:
   -c, --count N                 probe mode: send N generated frames instead of stdin; answers
                                 are checked and counted but not written to stdout
       --size BYTES              probe payload size (default: the block size)
-  -i, --interval DURATION       probe spacing, e.g. 1ms, 250us (default 0: back to back)
+  -i, --interval DURATION       probe spacing: 250us, 1ms, 0.5s; a bare number is seconds
+                                (default 0: back to back)
   -h, --help                    this text
   -V, --version                 the version
 
@@ -108,7 +113,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut window = None;
     let mut count = None;
     let mut size = None;
-    let mut interval = Duration::ZERO;
+    let mut interval = None;
     let mut tuning = Tuning::default();
     let mut allow = Vec::new();
     let mut max_conns = None;
@@ -117,7 +122,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     while let Some(arg) = parser.next()? {
         match arg {
             Short('t') | Long("timeout") => {
-                let seconds: f64 = parser.value()?.parse()?;
+                let seconds: f64 = number(&mut parser, "--timeout")?;
                 if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
                     return Err("--timeout must be between 0 and 86400 seconds".into());
                 }
@@ -133,7 +138,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 forward_to = Some((addr, text));
             }
             Short('s') | Short('b') | Long("stdin-block-size") | Long("block") => {
-                block_size = parser.value()?.parse()?;
+                block_size = number(&mut parser, "--stdin-block-size")?;
                 if block_size == 0 || block_size > MAX_PAYLOAD {
                     return Err(format!(
                         "--stdin-block-size must be between 1 and {MAX_PAYLOAD} bytes"
@@ -144,20 +149,22 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
             Short('r') | Long("remove-perf-headers") => remove_perf_headers = true,
             Short('n') | Long("name") => name = Some(parser.value()?.string()?),
             Short('w') | Long("window") => {
-                let frames: u64 = parser.value()?.parse()?;
+                let frames: u64 = number(&mut parser, "--window")?;
                 if frames == 0 {
                     return Err("--window must be at least 1 frame".into());
                 }
                 window = Some(frames);
             }
-            Short('c') | Long("count") => count = Some(parser.value()?.parse::<u64>()?),
-            Long("size") => size = Some(parser.value()?.parse::<usize>()?),
+            Short('c') | Long("count") => count = Some(number(&mut parser, "--count")?),
+            Long("size") => size = Some(number(&mut parser, "--size")?),
             Short('i') | Long("interval") => {
-                interval = parse_duration(&parser.value()?.string()?)
-                    .map_err(|error| format!("--interval: {error}"))?;
+                interval = Some(
+                    parse_duration(&parser.value()?.string()?)
+                        .map_err(|error| format!("--interval: {error}"))?,
+                );
             }
             Long("busy-poll") => tuning.busy_poll = true,
-            Long("cpu") => tuning.cpu = Some(parser.value()?.parse()?),
+            Long("cpu") => tuning.cpu = Some(number(&mut parser, "--cpu")?),
             Long("realtime") => tuning.realtime = true,
             Long("mlock") => tuning.mlock = true,
             Long("allow") => {
@@ -165,7 +172,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 allow.push(Cidr::parse(&text).map_err(|error| format!("--allow: {error}"))?);
             }
             Long("max-conns") => {
-                let count: usize = parser.value()?.parse()?;
+                let count: usize = number(&mut parser, "--max-conns")?;
                 if count == 0 {
                     return Err("--max-conns must be at least 1".into());
                 }
@@ -187,6 +194,9 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         return Err("--remove-perf-headers is for relays and the echoing end".into());
     }
     let probe = match (count, size) {
+        (None, None) if interval.is_some() => {
+            return Err("--interval needs --count (probe mode)".into());
+        }
         (None, None) => None,
         (Some(0), _) => return Err("--count must be at least 1".into()),
         (Some(count), size) => {
@@ -194,7 +204,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
             if size > MAX_PAYLOAD {
                 return Err(format!("--size must be at most {MAX_PAYLOAD} bytes").into());
             }
-            Some(Probe { count, size, interval })
+            Some(Probe { count, size, interval: interval.unwrap_or(Duration::ZERO) })
         }
         (None, Some(_)) => return Err("--size needs --count (probe mode)".into()),
     };
@@ -218,6 +228,17 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         allow,
         max_conns,
     })))
+}
+
+/// The option's value as a number, or an error that names the option.
+fn number<T>(parser: &mut lexopt::Parser, option: &str) -> Result<T, lexopt::Error>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text = lexopt::ValueExt::string(parser.value()?)?;
+    text.parse()
+        .map_err(|error| format!("{option}: '{text}' is not a valid number ({error})").into())
 }
 
 /// A duration with a unit (`250us`, `1.5ms`, `2s`, `100ns`); a bare number is seconds.
@@ -300,6 +321,9 @@ mod tests {
         assert!(parse(&["-f", "127.0.0.1:9", "-w", "0"]).is_err());
         assert!(parse(&["-l", ":9", "--count", "5"]).is_err());
         assert!(parse(&["-f", "127.0.0.1:9", "--size", "5"]).is_err());
+        assert!(parse(&["-f", "127.0.0.1:9", "-i", "1ms"]).unwrap_err().contains("--count"));
+        assert!(parse(&["-f", "127.0.0.1:9", "-c", "-3"]).unwrap_err().contains("--count"));
+        assert!(parse(&["-f", "127.0.0.1:9", "-t", "abc"]).unwrap_err().contains("--timeout"));
         assert!(parse(&["-f", "127.0.0.1:9", "-c", "1", "-i", "3h"]).unwrap_err().contains("unit"));
     }
 

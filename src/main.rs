@@ -48,7 +48,10 @@ fn run_source(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprint!("{}", report::render(&run));
+    // With nothing back at all (not even the path), a report would only be empty rows.
+    if !(run.path.is_empty() && run.sequencing.answered == 0) {
+        eprint!("{}", report::render(&run));
+    }
     match &run.ending {
         Ending::Complete => ExitCode::SUCCESS,
         Ending::Interrupted => {

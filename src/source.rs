@@ -203,8 +203,8 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
 impl Source {
     fn ending_loop(&mut self, poll: &mut Poll) {
         let mut events = Events::with_capacity(16);
-        let timeout_ns = self.config.timeout.as_nanos() as u64;
         loop {
+            let timeout_ns = self.give_up_after().as_nanos() as u64;
             let before_ns = clock::now_ns();
             let stdin_ready = !self.stdin.pollable && self.wants_stdin();
             let always_ready = (stdin_ready && self.config.probe.is_none())
@@ -555,15 +555,32 @@ impl Source {
         }
     }
 
+    /// The timeout, plus (once connected) a grace of up to a second: the hops time out on the
+    /// same `--timeout`, and the one next to a stuck peer reports it in-band; the source must
+    /// still be listening then to name the subsegment.
+    fn give_up_after(&self) -> Duration {
+        if self.connecting {
+            return self.config.timeout;
+        }
+        self.config.timeout + self.config.timeout.min(Duration::from_secs(1))
+    }
+
     fn timeout_message(&self) -> String {
-        let seconds = self.config.timeout.as_secs_f64();
+        let seconds = self.give_up_after().as_secs_f64();
         if let Some(fault) = &self.fault {
             return self.describe_fault(fault);
         }
+        let (target, text) = &self.config.forward_to;
         if self.connecting {
-            let (target, text) = &self.config.forward_to;
             return format!(
                 "cannot reach first hop {text} ({target}): timed out after {seconds} s"
+            );
+        }
+        if self.run.path.is_empty() {
+            // Not even the path announcement came back: nothing names a hop beyond the first.
+            return format!(
+                "no answer through first hop {text} ({target}) for {seconds} s: the path \
+                 announcement never came back (does every hop run subsegment-tcp-speeds?)"
             );
         }
         format!(

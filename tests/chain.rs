@@ -222,3 +222,26 @@ fn usage_errors_exit_2_with_one_line() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--forward-to Z:9000"));
 }
+
+/// A next hop that accepts and never answers, with the same `--timeout` on every hop: the relay
+/// next to it times out and reports in-band, and the source (which waits a little longer) names
+/// that subsegment instead of only saying it timed out.
+#[test]
+fn a_silent_next_hop_is_named_though_every_hop_has_the_same_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let holder = thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(1).collect();
+        thread::sleep(Duration::from_secs(5));
+        drop(held);
+    });
+    let args =
+        ["--listen", "127.0.0.1:0", "--forward-to", &silent_addr, "-r", "-n", "R", "-t", "1"];
+    let (_r, r_addr) = spawn_listening(MAIN_BIN, &args);
+    let run = run_source(&["-f", &r_addr.to_string(), "-n", "A", "-t", "1"], b"hello", RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(1)), "{}", run.stderr);
+    let error = run.stderr.lines().find(|line| line.contains("error:")).unwrap_or_default();
+    assert!(error.contains(&format!("subsegment R ⇄ {silent_addr} failed")), "{}", run.stderr);
+    assert!(error.contains("no answer for 1 s"), "{error}");
+    holder.join().unwrap();
+}
