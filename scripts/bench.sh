@@ -3,6 +3,9 @@
 # stream module (issue 4): round-trip latency, throughput with the hops' CPU time, the relay's
 # system calls per frame, and its memory with many connections.
 #
+# A relay in C that only copies bytes (scripts/bench/floor-relay.c) is measured beside them: the
+# floor any hop pays on this machine.
+#
 # Our source (probe mode) and our echoing end are the measuring client and server of every
 # variant, so only the hop differs. Frames pass through socat, HAProxy and nginx unchanged; the
 # source then sees only its link to the echo, and the bench uses the report's end-to-end row.
@@ -46,6 +49,10 @@ usage: scripts/bench.sh [--quick] [options]
                         (e.g. an older build, to compare)
   --no-install          do not apt-get anything; fail if a tool is missing
   -h, --help            this text
+
+Besides ours and the anchors, the latency runs measure "floor": scripts/bench/floor-relay.c,
+built with cc, a relay that only copies bytes; what it adds is the least any hop adds here, so
+a target below the floor's own ratio is out of reach on this machine. floor-bp is it spinning.
 
 The busy-poll variant (ours-bp) runs only when `subsegment-tcp-speeds --help` mentions
 --busy-poll, and only as one hop on the other CPU: a spinning hop needs a CPU of its own, and
@@ -196,6 +203,15 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench.XXXXXX")
 # while it runs.
 bin=$outdir/bin/subsegment-tcp-speeds
 cp "$given_bin" "$bin"
+# The floor: a relay that only copies bytes, in C (scripts/bench/floor-relay.c). What it adds is
+# what any hop pays on this machine; the targets' ratios are read against it.
+floor_bin=$outdir/bin/floor-relay
+floor=false
+if command -v cc >/dev/null && cc -O2 -Wall -o "$floor_bin" scripts/bench/floor-relay.c 2>"$outdir/floor-build.log"; then
+    floor=true
+else
+    floor_note="no C compiler (cc) or the floor relay did not build: floor variants skipped"
+fi
 
 # Every server-like process is started with setsid, so it leads its own process group (socat's
 # forked children and anything else it spawns included) and the group is killed by its id.
@@ -268,6 +284,7 @@ note() {
     printf '%s\n' "$*" >>"$raw/notes.tsv"
 }
 printf 'note\n' >"$raw/notes.tsv"
+if [[ -n ${floor_note:-} ]]; then note "$floor_note"; fi
 
 # The memory measure holds 2 sockets per connection in the relay (and one in the echo, which is
 # started long before): raise the descriptor limit for everything this script starts.
@@ -312,6 +329,12 @@ start_hop() {
                 --name "$name" "${extra[@]}"
             wait_line "$log" "$started" 'listening on ' || return 1
             hop_addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$log" | head -n 1)
+            ;;
+        floor | floor-bp)
+            port=$("${lib[@]}" free-ports 1)
+            local spin=()
+            if [[ $kind == floor-bp ]]; then spin=(--busy-poll); fi
+            start_group "$log" taskset -c "$cpu" "$floor_bin" "$port" "${next##*:}" "${spin[@]}"
             ;;
         socat)
             port=$("${lib[@]}" free-ports 1)
@@ -431,9 +454,16 @@ variants_for() {
     echo "direct 0"
     for hops in 1 2; do
         for kind in ours socat haproxy nginx; do echo "$kind $hops"; done
-        if $busy_poll && [[ $placement == split && $hops == 1 ]]; then echo "ours-bp $hops"; fi
+        if $floor; then echo "floor $hops"; fi
+        if [[ $placement == split && $hops == 1 ]]; then
+            if $busy_poll; then echo "ours-bp $hops"; fi
+            if $floor; then echo "floor-bp $hops"; fi
+        fi
     done
 }
+if $floor; then
+    note "floor = scripts/bench/floor-relay.c, a relay in C that only copies bytes (one read, one write, epoll, TCP_NODELAY): what any hop pays on this machine; floor-bp spins on its poll like ours-bp"
+fi
 if $busy_poll; then
     note "ours-bp = our relay with '$busy_poll_args', run only as one hop on CPU $hop_cpu: a spinning hop needs a CPU of its own (two would share CPU $hop_cpu, and spinning next to the source and echo on CPU $client_cpu would starve them)"
 fi

@@ -269,7 +269,9 @@ ANCHORS = ("socat", "haproxy", "nginx")
 # Above this median share of the CPUs taken by other processes, the table says the run is noisy.
 NOISY_PCT = 10
 PLACEMENT_LABELS = {"one": "all on one CPU", "split": "hop on the other CPU"}
-VARIANT_ORDER = ("direct", "ours", "ours-bp", "socat", "haproxy", "nginx")
+VARIANT_ORDER = ("direct", "ours", "ours-bp", "floor", "floor-bp", "socat", "haproxy", "nginx")
+# The copy-only relay measured beside each of ours: its ratio is the least a relay reaches here.
+FLOOR_OF = {"ours": "floor", "ours-bp": "floor-bp"}
 # Targets from issue 4: ours / lowest anchor, added latency per hop.
 TARGETS = {
     ("one", "ours"): {"p50": 0.9, "p99": 0.85},
@@ -374,12 +376,19 @@ def summarize_latency(rows):
 
 def target_checks(latency, throughput):
     checks = []
+    by_variant = {
+        (entry["placement"], entry["size"], entry["variant"], entry["hops"]): entry for entry in latency
+    }
     for entry in latency:
         goal = TARGETS.get((entry["placement"], entry["variant"]))
         if not goal or not entry["hops"]:
             continue
+        floor = by_variant.get(
+            (entry["placement"], entry["size"], FLOOR_OF.get(entry["variant"]), entry["hops"]), {}
+        )
         for stat, limit in goal.items():
             ratio = entry.get(f"ratio_{stat}_vs_lowest_anchor")
+            floor_ratio = floor.get(f"ratio_{stat}_vs_lowest_anchor")
             checks.append(
                 {
                     "what": f"{PLACEMENT_LABELS[entry['placement']]}, {entry['size']} B, "
@@ -391,6 +400,10 @@ def target_checks(latency, throughput):
                     "ratio": ratio,
                     "limit": limit,
                     "pass": ratio is not None and ratio <= limit,
+                    "floor": floor.get("variant"),
+                    "floor_us": floor.get(f"added_{stat}_per_hop_us"),
+                    "floor_ratio": floor_ratio,
+                    "floor_passes": floor_ratio is not None and floor_ratio <= limit,
                 }
             )
     by_key = {(entry["placement"], entry["variant"]): entry for entry in throughput}
@@ -496,6 +509,7 @@ def summarize(outdir):
         say("  p50 .. max: the median over the repetitions of each run's value (every run is in results.json)")
         say("  +p50/hop, +p99/hop: added per hop = (variant - direct of the same repetition) / hops, median")
         say("  ratio: added per hop / the lowest anchor's (socat, haproxy, nginx) in the same placement, size and hops")
+        say("  floor: a relay in C that only copies bytes (scripts/bench/floor-relay.c), the least a hop adds here")
         say("  other: CPU share (of both CPUs) used by processes not started by this bench during the run, median")
         shares = [float(row.get("others_pct") or 0) for row in read_tsv(os.path.join(raw, "latency.tsv"))]
         if shares:
@@ -599,6 +613,11 @@ def summarize(outdir):
                     f"{fmt(check['ours_us'])} vs {check['anchor'] or '-'} {fmt(check['anchor_us'])} µs = "
                     f"{fmt(check['ratio'], 2)} (target <= {check['limit']:.2f})"
                 )
+                if check.get("floor_ratio") is not None:
+                    reach = "" if check["floor_passes"] else ", so the target is below the floor here"
+                    detail += (
+                        f"; {check['floor']} {fmt(check['floor_us'])} µs = {fmt(check['floor_ratio'], 2)}{reach}"
+                    )
             say(f"  {verdict}  {check['what']}: {detail}")
         say("")
     for note in notes:
