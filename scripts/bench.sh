@@ -40,7 +40,8 @@ usage: scripts/bench.sh [--quick] [options]
   --busy N              busy connections (our sources at 2 ms intervals) (100)
   --busy-seconds S      how long the busy sources run (full 6, quick 3)
   --placements LIST     one,split (default both)
-  --only LIST           any of latency,integrity,throughput,syscalls,rss (default all)
+  --only LIST           any of latency,knobs,integrity,throughput,syscalls,rss (default all)
+  --knob-frames N       round trips per knobs run (full 3000, quick 1000)
   --busy-poll-args ARGS relay options for the busy-poll variant; "{cpu}" is replaced by the
                         hop's CPU (default "--busy-poll --cpu {cpu}", or "--busy-poll" when
                         the relay has no --cpu); e.g. add --realtime --mlock
@@ -69,16 +70,16 @@ for arg in "$@"; do
 done
 if [[ $mode == quick ]]; then
     reps=2 frames=3000 warmup=300 bytes=256M throughput_reps=1 check_bytes=16M
-    syscall_frames=5000 busy_seconds=3
+    syscall_frames=5000 busy_seconds=3 knob_frames=1000
 else
     reps=7 frames=10000 warmup=500 bytes=1G throughput_reps=3 check_bytes=64M
-    syscall_frames=20000 busy_seconds=6
+    syscall_frames=20000 busy_seconds=6 knob_frames=3000
 fi
 sizes="64 512"
 idle_conns=1000
 busy_conns=100
 placements=one,split
-sections=latency,integrity,throughput,syscalls,rss
+sections=latency,knobs,integrity,throughput,syscalls,rss
 busy_poll_args=''
 outdir=target/bench
 install=true
@@ -102,6 +103,7 @@ while (($#)); do
         --throughput-reps) need_value "$@"; throughput_reps=$2; shift ;;
         --check-bytes) need_value "$@"; check_bytes=$2; shift ;;
         --syscall-frames) need_value "$@"; syscall_frames=$2; shift ;;
+        --knob-frames) need_value "$@"; knob_frames=$2; shift ;;
         --idle) need_value "$@"; idle_conns=$2; shift ;;
         --busy) need_value "$@"; busy_conns=$2; shift ;;
         --busy-seconds) need_value "$@"; busy_seconds=$2; shift ;;
@@ -120,7 +122,7 @@ done
 bytes=$(numfmt --from=iec "$bytes")
 check_bytes=$(numfmt --from=iec "$check_bytes")
 for number in "$reps" "$frames" "$warmup" "$bytes" "$throughput_reps" "$check_bytes" \
-    "$syscall_frames" "$idle_conns" "$busy_conns" "$busy_seconds"; do
+    "$syscall_frames" "$knob_frames" "$idle_conns" "$busy_conns" "$busy_seconds"; do
     [[ $number =~ ^[0-9]+$ ]] || { echo "bench.sh: '$number' is not a whole number" >&2; exit 2; }
 done
 read -r -a size_list <<<"$sizes"
@@ -296,6 +298,8 @@ fi
 
 # --- the chain -----------------------------------------------------------------------------------
 
+# "quiet" and "hog" are the knobs section's: the split placement, with CPU 1 to the hop alone
+# or shared with a CPU-bound process.
 cpu_of() { if [[ $1 == one ]]; then echo "$client_cpu"; else echo "$hop_cpu"; fi; }
 
 help_text=$("$bin" --help)
@@ -315,6 +319,18 @@ else
     note "the relay has no --busy-poll yet (not in --help): busy-poll variant skipped"
 fi
 
+# knob_args KIND CPU: the relay options of one of our variants.
+knob_args() {
+    case $1 in
+        ours) ;;
+        ours-bp) echo "${busy_poll_args//\{cpu\}/$2}" ;;
+        ours-rt) echo --realtime ;;
+        ours-mlock) echo --mlock ;;
+        ours-bp-rt) echo "${busy_poll_args//\{cpu\}/$2} --realtime --mlock" ;;
+        *) echo "bench.sh: unknown variant $1" >&2; return 1 ;;
+    esac
+}
+
 socat_fork=,fork
 # start_hop KIND CPU NEXT NAME: starts one hop forwarding to NEXT; sets $hop_addr and $hop_pgid.
 hop_addr='' hop_pgid=''
@@ -322,9 +338,9 @@ start_hop() {
     local kind=$1 cpu=$2 next=$3 name=$4 port
     local log=$logs/hops/$name.log
     case $kind in
-        ours | ours-bp)
+        ours | ours-*)
             local extra=()
-            if [[ $kind == ours-bp ]]; then read -r -a extra <<<"${busy_poll_args//\{cpu\}/$cpu}"; fi
+            read -r -a extra <<<"$(knob_args "$kind" "$cpu")"
             start_group "$log" taskset -c "$cpu" "$bin" --listen 127.0.0.1:0 --forward-to "$next" \
                 --name "$name" "${extra[@]}"
             wait_line "$log" "$started" 'listening on ' || return 1
@@ -442,6 +458,7 @@ meta background_start "$("${lib[@]}" cpu-busy 1)"
 meta reps "$reps"
 meta frames "$frames"
 meta warmup "$warmup"
+meta knob_frames "$knob_frames"
 meta throughput_reps "$throughput_reps"
 meta client_cpu "$client_cpu"
 meta hop_cpu "$hop_cpu"
@@ -470,6 +487,8 @@ fi
 
 # --- latency ------------------------------------------------------------------------------------
 
+# run_latency PLACEMENT SIZE KIND HOPS REP: one measured run, appended to $latency_table.
+latency_table='' run_frames=''
 run_latency() {
     local placement=$1 size=$2 kind=$3 hops=$4 rep=$5 status=ok rc=0 numbers="" p50 p99 others_pct=0
     local log=$logs/latency/$placement-$size-$kind-x$hops-r$rep.txt
@@ -484,7 +503,7 @@ run_latency() {
             status="warm-up failed (exit $rc), see $log.warmup"
         else
             others_mark
-            probe "$entry" "$frames" "$size" "$log" || rc=$?
+            probe "$entry" "$run_frames" "$size" "$log" || rc=$?
             others_pct=$(others_share)
             if ((rc)); then
                 status="source failed (exit $rc), see $log"
@@ -496,7 +515,7 @@ run_latency() {
     stop_chain
     if [[ -z $numbers ]]; then numbers=$'0\t0\t0\t0\t0\t0'; fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$placement" "$size" "$kind" "$hops" "$rep" "$numbers" \
-        "$others_pct" "$status" >>"$raw/latency.tsv"
+        "$others_pct" "$status" >>"$latency_table"
     if [[ $status == ok ]]; then
         IFS=$'\t' read -r _ p50 p99 _ <<<"$numbers"
         status="p50 $p50  p99 $p99 µs  (other work: $others_pct% of the CPUs)"
@@ -504,10 +523,14 @@ run_latency() {
     printf '  %-5s %4s B  %-8s x%s  rep %s  %s\n' "$placement" "$size" "$kind" "$hops" "$rep" "$status" >&2
 }
 
+latency_header() {
+    printf 'placement\tsize\tvariant\thops\trep\tcount\tp50\tp99\tp99.9\tmax\tmean\tothers_pct\tstatus\n'
+}
+
 if wants latency; then
     section latency
-    printf 'placement\tsize\tvariant\thops\trep\tcount\tp50\tp99\tp99.9\tmax\tmean\tothers_pct\tstatus\n' \
-        >"$raw/latency.tsv"
+    latency_table=$raw/latency.tsv run_frames=$frames
+    latency_header >"$latency_table"
     echo "bench.sh: latency, $reps repetitions of every variant, $frames round trips each" >&2
     for ((rep = 1; rep <= reps; rep++)); do
         for placement in "${placement_list[@]}"; do
@@ -520,6 +543,41 @@ if wants latency; then
                     run_latency "$placement" "$size" "$kind" "$hops" "$rep"
                 done
             done
+        done
+    done
+fi
+
+# --- knobs --------------------------------------------------------------------------------------
+
+# What each of our low-latency options changes, one hop on CPU 1, 64 B frames: with CPU 1 the
+# hop's alone ("quiet"), and shared with a CPU-bound process at normal priority ("hog"), the
+# host the options are for. nginx and the floor are measured alike, for reference.
+knob_variants() {
+    echo "direct 0"
+    local kind
+    for kind in ours ours-rt ours-mlock nginx floor; do echo "$kind 1"; done
+    if $busy_poll; then echo "ours-bp 1"; echo "ours-bp-rt 1"; fi
+}
+if wants knobs; then
+    section knobs
+    latency_table=$raw/knobs.tsv run_frames=$knob_frames
+    latency_header >"$latency_table"
+    echo "bench.sh: knobs, $reps repetitions, $knob_frames round trips each, quiet and next to a CPU hog" >&2
+    mapfile -t variants < <(knob_variants)
+    if ! $floor; then mapfile -t variants < <(printf '%s\n' "${variants[@]}" | grep -v '^floor'); fi
+    for ((rep = 1; rep <= reps; rep++)); do
+        for condition in quiet hog; do
+            hog=''
+            if [[ $condition == hog ]]; then
+                start_group "$logs/hops/hog.log" taskset -c "$hop_cpu" bash -c 'while :; do :; done'
+                hog=$started
+            fi
+            count=${#variants[@]}
+            for ((index = 0; index < count; index++)); do
+                read -r kind hops <<<"${variants[(index + rep - 1) % count]}"
+                run_latency "$condition" 64 "$kind" "$hops" "$rep"
+            done
+            if [[ -n $hog ]]; then stop_group "$hog"; fi
         done
     done
 fi

@@ -48,7 +48,9 @@ low-jitter knobs (none is on by default):
       --busy-poll               spin on the poll instead of sleeping; only with --cpu on a CPU
                                 nothing else uses, or the tail latency gets worse, not better
       --cpu N                   pin the process to CPU N
-      --realtime                SCHED_FIFO priority 10 (needs CAP_SYS_NICE; warns otherwise)
+      --realtime                SCHED_FIFO priority 10 (needs CAP_SYS_NICE; warns otherwise): wakes
+                                at once even when other tasks want the CPU; with --busy-poll the
+                                kernel still stops it for them, up to 50 ms each second
       --mlock                   lock pages in memory as they are touched (no page faults later)
 
 source only:

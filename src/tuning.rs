@@ -61,17 +61,25 @@ impl Tuning {
         {
             eprintln!("{name}: warning: cannot pin to CPU {cpu}: {error}");
         }
-        if self.realtime
-            && let Err(error) = make_realtime()
-        {
-            eprintln!(
-                "{name}: warning: cannot switch to SCHED_FIFO ({error}); running as a normal task"
-            );
+        let mut realtime = false;
+        if self.realtime {
+            match make_realtime() {
+                Ok(()) => realtime = true,
+                Err(error) => eprintln!(
+                    "{name}: warning: cannot switch to SCHED_FIFO ({error}); running as a normal task"
+                ),
+            }
         }
         if self.mlock
             && let Err(error) = lock_memory()
         {
             eprintln!("{name}: warning: cannot lock memory ({error}); page faults remain possible");
+        }
+        if self.busy_poll
+            && realtime
+            && let Some(warning) = realtime_spin_warning(self.cpu)
+        {
+            eprintln!("{name}: warning: {warning}");
         }
         if self.busy_poll && self.cpu.is_none() {
             eprintln!(
@@ -80,6 +88,32 @@ impl Tuning {
             );
         }
     }
+}
+
+/// What a spinning SCHED_FIFO process does to its CPU under the kernel's real-time throttle
+/// (kernel.sched_rt_runtime_us of sched_rt_period_us): normal tasks get the rest of each period
+/// in one piece, a stall of the relay that shows as the run's maximum latency.
+fn realtime_spin_warning(cpu: Option<usize>) -> Option<String> {
+    let read = |name: &str| -> Option<i64> {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{name}")).ok()?.trim().parse().ok()
+    };
+    let (runtime_us, period_us) = (read("sched_rt_runtime_us")?, read("sched_rt_period_us")?);
+    let where_ = cpu.map_or_else(|| "its CPU".to_string(), |cpu| format!("CPU {cpu}"));
+    if runtime_us < 0 {
+        return Some(format!(
+            "--busy-poll with --realtime and no real-time throttle (sched_rt_runtime_us = -1): \
+             no other task will run on {where_}"
+        ));
+    }
+    let stall_ms = (period_us - runtime_us) as f64 / 1000.0;
+    (stall_ms > 0.0).then(|| {
+        format!(
+            "--busy-poll with --realtime: when another task wants {where_}, the kernel stops the \
+             relay for up to {stall_ms:.0} ms every {:.0} ms (sched_rt_runtime_us); keep the CPU \
+             free of other tasks",
+            period_us as f64 / 1000.0
+        )
+    })
 }
 
 static STOP_SIGNALS: AtomicU32 = AtomicU32::new(0);

@@ -245,3 +245,43 @@ fn a_silent_next_hop_is_named_though_every_hop_has_the_same_timeout() {
     assert!(error.contains("no answer for 1 s"), "{error}");
     holder.join().unwrap();
 }
+
+/// The low-jitter knobs change how a relay waits, not what it carries; what the host refuses
+/// (SCHED_FIFO without CAP_SYS_NICE) or what turns against the user (a spinning relay the
+/// kernel's real-time throttle stops for tens of milliseconds) is said on stderr.
+#[test]
+fn a_relay_with_every_knob_carries_the_chain_and_warns_of_what_bites() {
+    let (_z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "--name", "Z"]);
+    let z_addr = z_addr.to_string();
+    let (b, b_addr) = spawn_listening(
+        MAIN_BIN,
+        &["-l", "127.0.0.1:0", "-f", &z_addr, "-n", "B", "--cpu", "0", "--realtime", "--mlock"],
+    );
+    let run = run_source(
+        &["-f", &b_addr.to_string(), "--count", "200", "--size", "64", "--window", "1"],
+        b"",
+        RUN_TIMEOUT,
+    );
+    assert!(run.status.is_some_and(|status| status.success()), "{}", run.stderr);
+    assert_eq!(parse_report(&run.stderr).end_to_end.count, 200, "{}", run.stderr);
+    let refused = b.stderr().contains("cannot switch to SCHED_FIFO");
+
+    // Spinning: warned without --cpu; with --realtime granted, warned of the throttle's stall.
+    let (spinner, _) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "--busy-poll"]);
+    assert!(spinner.stderr().contains("--busy-poll without --cpu"), "{}", spinner.stderr());
+    drop(spinner);
+    let (spinner, _) = spawn_listening(
+        MAIN_BIN,
+        &["-l", "127.0.0.1:0", "--busy-poll", "--cpu", "0", "--realtime"],
+    );
+    let said = spinner.stderr();
+    drop(spinner);
+    if refused {
+        assert!(said.contains("cannot switch to SCHED_FIFO"), "{said}");
+    } else {
+        assert!(
+            said.contains("stops the relay for up to") || said.contains("no other task"),
+            "{said}"
+        );
+    }
+}

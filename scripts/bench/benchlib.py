@@ -269,7 +269,9 @@ ANCHORS = ("socat", "haproxy", "nginx")
 # Above this median share of the CPUs taken by other processes, the table says the run is noisy.
 NOISY_PCT = 10
 PLACEMENT_LABELS = {"one": "all on one CPU", "split": "hop on the other CPU"}
-VARIANT_ORDER = ("direct", "ours", "ours-bp", "floor", "floor-bp", "socat", "haproxy", "nginx")
+VARIANT_ORDER = (
+    "direct", "ours", "ours-rt", "ours-mlock", "ours-bp", "ours-bp-rt", "floor", "floor-bp", "socat", "haproxy", "nginx",
+)
 # The copy-only relay measured beside each of ours: its ratio is the least a relay reaches here.
 FLOOR_OF = {"ours": "floor", "ours-bp": "floor-bp"}
 # Targets from issue 4: ours / lowest anchor, added latency per hop.
@@ -466,6 +468,47 @@ def placement_text(meta):
     }
 
 
+def knob_options(variant, meta):
+    busy = meta.get("busy_poll_args", "--busy-poll --cpu {cpu}").replace("{cpu}", meta.get("hop_cpu", "1"))
+    return {
+        "ours": "(none)",
+        "ours-rt": "--realtime",
+        "ours-mlock": "--mlock",
+        "ours-bp": busy,
+        "ours-bp-rt": f"{busy} --realtime --mlock",
+        "nginx": "nginx stream, one worker",
+        "floor": "copy-only relay in C",
+    }.get(variant, "")
+
+
+def say_knobs(say, knobs, failed, meta):
+    say(
+        f"knobs: one hop on CPU {meta.get('hop_cpu', '1')}, 64 B frames, {meta.get('knob_frames', '?')} round trips "
+        f"per run, median of {meta.get('reps', '?')} repetitions (µs; +: added per hop, as above; max: of all runs)"
+    )
+    say(f"  quiet: CPU {meta.get('hop_cpu', '1')} is the hop's alone; hog: it shares it with a CPU-bound process at normal priority")
+    say(
+        f"  {'variant':<11} {'options':<44} {'quiet +p50':>10} {'+p99':>7} {'+p99.9':>8} {'max':>8}"
+        f"   {'hog +p50':>8} {'+p99':>8} {'+p99.9':>8} {'max':>8}"
+    )
+    by_key = {(entry["placement"], entry["variant"]): entry for entry in knobs}
+    for variant in sorted({entry["variant"] for entry in knobs if entry["hops"]}, key=order):
+        cells = []
+        for condition in ("quiet", "hog"):
+            entry = by_key.get((condition, variant), {})
+            cells.append(
+                f"{fmt(entry.get('added_p50_per_hop_us'), signed=True):>8} "
+                f"{fmt(entry.get('added_p99_per_hop_us'), signed=True):>8} "
+                f"{fmt(entry.get('added_p99.9_per_hop_us'), signed=True):>8} {fmt(entry.get('max_of_reps_us')):>8}"
+            )
+        say(f"  {variant:<11} {knob_options(variant, meta):<44}   {cells[0]}   {cells[1]}")
+    if failed:
+        say(f"  failed runs (left out): {len(failed)}")
+        for row in failed[:10]:
+            say(f"    {row['placement']} {row['variant']} rep {row['rep']}: {row['status']}")
+    say("")
+
+
 def summarize(outdir):
     raw = os.path.join(outdir, "raw")
     meta = {row["key"]: row["value"] for row in read_tsv(os.path.join(raw, "meta.tsv"))}
@@ -476,6 +519,7 @@ def summarize(outdir):
     rss = read_tsv(os.path.join(raw, "rss.tsv"))
     notes = [row["note"] for row in read_tsv(os.path.join(raw, "notes.tsv"))]
     checks = target_checks(latency, throughput)
+    knobs, knobs_failed = summarize_latency(read_tsv(os.path.join(raw, "knobs.tsv")))
 
     syscalls = {}
     for row in syscalls_rows:
@@ -550,6 +594,8 @@ def summarize(outdir):
             for row in latency_failed[:10]:
                 say(f"    {row['placement']} {row['size']} B {row['variant']} x{row['hops']} rep {row['rep']}: {row['status']}")
         say("")
+    if knobs:
+        say_knobs(say, knobs, knobs_failed, meta)
     if throughput:
         first = throughput[0]
         say(
@@ -642,6 +688,8 @@ def summarize(outdir):
         "syscalls_per_round_trip": syscalls,
         "rss": rss,
         "targets": checks,
+        "knobs": knobs,
+        "knob_runs": read_tsv(os.path.join(raw, "knobs.tsv")),
     }
     with open(os.path.join(outdir, "results.json"), "w") as target:
         json.dump(results, target, indent=2, ensure_ascii=False)
