@@ -11,3 +11,22 @@ pub mod source;
 pub mod stats;
 pub mod tuning;
 pub mod wire;
+
+/// Writes one line to stderr with a single `write`, so the lines of processes sharing a
+/// terminal or a pipe (a local chain, a deploy script's merged output) never interleave
+/// mid-line. `eprintln!` writes each piece of its format separately.
+#[macro_export]
+macro_rules! log_line {
+    ($($arg:tt)*) => {
+        $crate::write_log_line(::std::format_args!($($arg)*))
+    };
+}
+
+#[doc(hidden)]
+pub fn write_log_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut line = args.to_string();
+    line.push('\n');
+    // Nothing sensible is left to do when stderr itself fails.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}

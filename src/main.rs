@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use subsegment_tcp_speeds::cli::{self, Command, Mode, Options};
 use subsegment_tcp_speeds::source::{self, Ending};
-use subsegment_tcp_speeds::{hop, report};
+use subsegment_tcp_speeds::{hop, log_line, report};
 
 fn main() -> ExitCode {
     let options = match cli::parse_args(std::env::args_os().skip(1)) {
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(error) => {
-            eprintln!("subsegment-tcp-speeds: {error}\n{}\ntry --help", cli::USAGE);
+            log_line!("subsegment-tcp-speeds: {error}\n{}\ntry --help", cli::USAGE);
             return ExitCode::from(2);
         }
     };
@@ -44,7 +44,7 @@ fn run_source(options: Options) -> ExitCode {
     let run = match source::run(config) {
         Ok(run) => run,
         Err(error) => {
-            eprintln!("{name}: error: {error}");
+            log_line!("{name}: error: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -55,11 +55,11 @@ fn run_source(options: Options) -> ExitCode {
     match &run.ending {
         Ending::Complete => ExitCode::SUCCESS,
         Ending::Interrupted => {
-            eprintln!("{name}: interrupted; the report covers what came back so far");
+            log_line!("{name}: interrupted; the report covers what came back so far");
             ExitCode::from(130)
         }
         Ending::Failed(message) => {
-            eprintln!("{name}: error: {message}");
+            log_line!("{name}: error: {message}");
             ExitCode::FAILURE
         }
     }
@@ -80,7 +80,7 @@ fn run_hop(options: Options) -> ExitCode {
     match hop::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("{name}: error: {error}");
+            log_line!("{name}: error: {error}");
             ExitCode::FAILURE
         }
     }

@@ -21,6 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::buffer::Buffer;
 use crate::clock;
+use crate::log_line;
 use crate::net::{self, Io, NonBlocking};
 use crate::stats::{Chain, Sequencing};
 use crate::tuning;
@@ -276,7 +277,7 @@ impl Source {
         let deadline_ns = clock::now_ns() + self.config.timeout.as_nanos() as u64;
         loop {
             if let Err(error) = self.write_stdout() {
-                eprintln!("{}: {error}", self.config.name);
+                log_line!("{}: {error}", self.config.name);
                 break;
             }
             let now_ns = clock::now_ns();

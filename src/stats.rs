@@ -98,6 +98,8 @@ pub struct Chain {
     pub end_to_end: Series,
     /// Answered frames whose records did not match the path.
     pub malformed: u64,
+    /// One frame's samples, one per part: kept so that recording a frame allocates nothing.
+    samples: Vec<i64>,
 }
 
 /// One answered frame's stamps, by hop: `(read_ns, write_ns)`.
@@ -146,6 +148,7 @@ impl Chain {
             parts,
             end_to_end: Series::new(Part::Link(0), "end-to-end".to_string()),
             malformed: 0,
+            samples: Vec::new(),
         })
     }
 
@@ -161,28 +164,30 @@ impl Chain {
             slot[usize::from(stamp.hop)] = Some((stamp.read_ns, stamp.write_ns));
         }
         stamps.up[0] = Some((up_read_ns, 0));
-        let Some(samples) = self.samples(&stamps) else {
-            self.malformed += 1;
-            return;
-        };
-        let Some(end_to_end) =
-            sub(stamps.up[0].map(|(read, _)| read), stamps.down[0].map(|(_, write)| write))
-        else {
-            self.malformed += 1;
-            return;
-        };
-        debug_assert_eq!(
-            samples.iter().sum::<i64>(),
-            end_to_end,
-            "subsegments must add up exactly"
-        );
-        for (series, sample) in self.parts.iter_mut().zip(samples) {
-            series.add(sample);
+        let mut samples = std::mem::take(&mut self.samples);
+        samples.clear();
+        let complete = self.samples_into(&stamps, &mut samples);
+        let end_to_end =
+            sub(stamps.up[0].map(|(read, _)| read), stamps.down[0].map(|(_, write)| write));
+        match (complete, end_to_end) {
+            (true, Some(end_to_end)) => {
+                debug_assert_eq!(
+                    samples.iter().sum::<i64>(),
+                    end_to_end,
+                    "subsegments must add up exactly"
+                );
+                for (series, &sample) in self.parts.iter_mut().zip(&samples) {
+                    series.add(sample);
+                }
+                self.end_to_end.add(end_to_end);
+            }
+            _ => self.malformed += 1,
         }
-        self.end_to_end.add(end_to_end);
+        self.samples = samples;
     }
 
-    fn samples(&self, stamps: &Stamps) -> Option<Vec<i64>> {
+    /// Appends one sample per part to `samples`; false when a stamp is missing or absurd.
+    fn samples_into(&self, stamps: &Stamps, samples: &mut Vec<i64>) -> bool {
         let last = self.last_stamped;
         let held = |hop: usize| -> Option<i64> {
             if hop == last && self.path[last].role == Role::Echo {
@@ -192,29 +197,33 @@ impl Chain {
                 sub(stamps.up[hop].map(|(_, write)| write), stamps.down[hop].map(|(read, _)| read))
             }
         };
-        self.parts
-            .iter()
-            .map(|series| match series.part {
-                Part::Link(hop) => {
-                    let round_trip = sub(
-                        stamps.up[hop].map(|(read, _)| read),
-                        stamps.down[hop].map(|(_, write)| write),
-                    )?;
-                    // Past the last stamping hop is a plain server: nothing to subtract.
-                    let next_held = if hop == last { 0 } else { held(hop + 1)? };
-                    Some(round_trip - next_held) // both within ±1 h: no overflow
-                }
-                Part::ResidenceDown(hop) => {
-                    let (read, write) = stamps.down[hop]?;
-                    sub(Some(write), Some(read))
-                }
-                Part::ResidenceUp(hop) => {
-                    let (read, write) = stamps.up[hop]?;
-                    sub(Some(write), Some(read))
-                }
-                Part::Turn(hop) => held(hop),
-            })
-            .collect()
+        let sample = |series: &Series| match series.part {
+            Part::Link(hop) => {
+                let round_trip = sub(
+                    stamps.up[hop].map(|(read, _)| read),
+                    stamps.down[hop].map(|(_, write)| write),
+                )?;
+                // Past the last stamping hop is a plain server: nothing to subtract.
+                let next_held = if hop == last { 0 } else { held(hop + 1)? };
+                Some(round_trip - next_held) // both within ±1 h: no overflow
+            }
+            Part::ResidenceDown(hop) => {
+                let (read, write) = stamps.down[hop]?;
+                sub(Some(write), Some(read))
+            }
+            Part::ResidenceUp(hop) => {
+                let (read, write) = stamps.up[hop]?;
+                sub(Some(write), Some(read))
+            }
+            Part::Turn(hop) => held(hop),
+        };
+        for series in &self.parts {
+            let Some(value) = sample(series) else {
+                return false;
+            };
+            samples.push(value);
+        }
+        true
     }
 
     /// The subsegment with the highest median: the verdict.

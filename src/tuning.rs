@@ -3,6 +3,8 @@
 //! message when the host does not permit it.
 
 use std::io;
+
+use crate::log_line;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Pins the whole process to one CPU, so its wake-ups never migrate (a cross-CPU wake-up costs
@@ -59,13 +61,13 @@ impl Tuning {
         if let Some(cpu) = self.cpu
             && let Err(error) = pin_to_cpu(cpu)
         {
-            eprintln!("{name}: warning: cannot pin to CPU {cpu}: {error}");
+            log_line!("{name}: warning: cannot pin to CPU {cpu}: {error}");
         }
         let mut realtime = false;
         if self.realtime {
             match make_realtime() {
                 Ok(()) => realtime = true,
-                Err(error) => eprintln!(
+                Err(error) => log_line!(
                     "{name}: warning: cannot switch to SCHED_FIFO ({error}); running as a normal task"
                 ),
             }
@@ -73,16 +75,16 @@ impl Tuning {
         if self.mlock
             && let Err(error) = lock_memory()
         {
-            eprintln!("{name}: warning: cannot lock memory ({error}); page faults remain possible");
+            log_line!("{name}: warning: cannot lock memory ({error}); page faults remain possible");
         }
         if self.busy_poll
             && realtime
             && let Some(warning) = realtime_spin_warning(self.cpu)
         {
-            eprintln!("{name}: warning: {warning}");
+            log_line!("{name}: warning: {warning}");
         }
         if self.busy_poll && self.cpu.is_none() {
-            eprintln!(
+            log_line!(
                 "{name}: warning: --busy-poll without --cpu spins on a CPU shared with other \
                  processes, which wrecks the tail latency; pin it with --cpu N"
             );

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use subsegment_tcp_speeds::log_line;
 
 const HELP: &str = "\
 Usage: tcp-delay --listen ADDR --forward-to ADDR --delay-ms MS [--jitter-ms MS] [--rate-mbit N]
@@ -93,7 +94,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            eprintln!("tcp-delay: {err} (try --help)");
+            log_line!("tcp-delay: {err} (try --help)");
             return ExitCode::from(2);
         }
     };
@@ -105,20 +106,20 @@ fn main() -> ExitCode {
     let forward_to: Vec<SocketAddr> = match args.forward_to.to_socket_addrs() {
         Ok(addrs) => addrs.collect(),
         Err(err) => {
-            eprintln!("tcp-delay: cannot resolve --forward-to {}: {err}", args.forward_to);
+            log_line!("tcp-delay: cannot resolve --forward-to {}: {err}", args.forward_to);
             return ExitCode::from(2);
         }
     };
     let listener = match TcpListener::bind(&args.listen) {
         Ok(listener) => listener,
         Err(err) => {
-            eprintln!("tcp-delay: bind {}: {err}", args.listen);
+            log_line!("tcp-delay: bind {}: {err}", args.listen);
             return ExitCode::FAILURE;
         }
     };
     match listener.local_addr() {
-        Ok(addr) => eprintln!("tcp-delay: listening on {addr}"),
-        Err(err) => eprintln!("tcp-delay: listening on {} ({err})", args.listen),
+        Ok(addr) => log_line!("tcp-delay: listening on {addr}"),
+        Err(err) => log_line!("tcp-delay: listening on {} ({err})", args.listen),
     }
     let _ = io::stderr().flush();
 
@@ -130,13 +131,13 @@ fn main() -> ExitCode {
                 let (args, forward_to) = (Arc::clone(&args), Arc::clone(&forward_to));
                 thread::spawn(move || {
                     if let Err(err) = serve(client, &forward_to, &args) {
-                        eprintln!("tcp-delay: {peer}: {err}");
+                        log_line!("tcp-delay: {peer}: {err}");
                     }
                 });
             }
             Err(err) => {
                 // Typically EMFILE: back off instead of spinning on the same error.
-                eprintln!("tcp-delay: accept: {err}");
+                log_line!("tcp-delay: accept: {err}");
                 thread::sleep(Duration::from_millis(100));
             }
         }

@@ -27,6 +27,7 @@ use mio::{Events, Interest, Poll, Token};
 mod connection;
 
 use crate::clock;
+use crate::log_line;
 use crate::net::{self, Cidr};
 use crate::tuning;
 use crate::wire::Role;
@@ -72,9 +73,9 @@ pub fn run(config: HopConfig) -> io::Result<()> {
         Some(_) => format!(", forwarding to {}", next_hop_text(&config)),
         None => String::new(),
     };
-    eprintln!("{}: listening on {bound} ({}{target})", config.name, role.describe());
+    log_line!("{}: listening on {bound} ({}{target})", config.name, role.describe());
     if bound.ip().is_unspecified() && config.allow.is_empty() {
-        eprintln!(
+        log_line!(
             "{}: warning: listening on every interface and the protocol has no authentication; \
              restrict it with --allow CIDR or --listen on a private address",
             config.name
@@ -147,7 +148,7 @@ pub fn run(config: HopConfig) -> io::Result<()> {
         }
         if let Some(deadline_ns) = hop.drain_deadline_ns {
             if hop.open_count == 0 {
-                eprintln!("{}: drained; exiting", hop.config.name);
+                log_line!("{}: drained; exiting", hop.config.name);
                 return Ok(());
             }
             if now_ns >= deadline_ns || tuning::stop_signals() > 1 {
@@ -209,7 +210,7 @@ impl Hop {
                     let refused = listener.accept().map(|(_, addr)| addr);
                     self.spare_fd = File::open("/dev/null").ok();
                     match refused {
-                        Ok(addr) => eprintln!(
+                        Ok(addr) => log_line!(
                             "{name}: refusing connection from {addr}: out of file descriptors \
                              ({error}); {} connections stay served",
                             self.open_count
@@ -221,25 +222,25 @@ impl Hop {
                     continue;
                 }
                 Err(error) => {
-                    eprintln!("{name}: cannot accept a connection: {error}");
+                    log_line!("{name}: cannot accept a connection: {error}");
                     return;
                 }
             };
             if !self.config.allow.is_empty()
                 && !self.config.allow.iter().any(|block| block.contains(addr.ip()))
             {
-                eprintln!("{name}: refusing connection from {addr}: not in --allow");
+                log_line!("{name}: refusing connection from {addr}: not in --allow");
                 continue;
             }
             if self.config.max_conns.is_some_and(|max| self.open_count >= max) {
-                eprintln!(
+                log_line!(
                     "{name}: refusing connection from {addr}: {} connections open (--max-conns)",
                     self.open_count
                 );
                 continue;
             }
             if let Err(error) = self.open(registry, stream, addr, touched) {
-                eprintln!("{name}: {addr}: cannot set up the connection: {error}");
+                log_line!("{name}: {addr}: cannot set up the connection: {error}");
             }
         }
     }
@@ -250,7 +251,7 @@ impl Hop {
         }
         let timeout = self.config.timeout;
         self.drain_deadline_ns = Some(now_ns + timeout.as_nanos() as u64);
-        eprintln!(
+        log_line!(
             "{}: stop requested: accepting no more connections; draining {} (at most {} s)",
             self.config.name,
             self.open_count,
@@ -364,7 +365,7 @@ impl Hop {
             None => String::new(),
             Some(reason) => format!("; closed: {reason}"),
         };
-        eprintln!(
+        log_line!(
             "{}: connection from {} ended after {seconds:.3} s: {} frames / {} B down, {} frames / {} B up{ending}",
             self.config.name,
             connection.upstream.addr,
