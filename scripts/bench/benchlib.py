@@ -660,7 +660,8 @@ def summarize(outdir):
                     f"{fmt(check['ratio'], 2)} (target <= {check['limit']:.2f})"
                 )
                 if check.get("floor_ratio") is not None:
-                    reach = "" if check["floor_passes"] else ", so the target is below the floor here"
+                    below = round(check["floor_ratio"], 2) > check["limit"]
+                    reach = ", so the target is below the floor here" if below else ""
                     detail += (
                         f"; {check['floor']} {fmt(check['floor_us'])} µs = {fmt(check['floor_ratio'], 2)}{reach}"
                     )
