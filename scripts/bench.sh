@@ -41,7 +41,9 @@ usage: scripts/bench.sh [--quick] [options]
   --busy-seconds S      how long the busy sources run (full 6, quick 3)
   --placements LIST     one,split (default both)
   --only LIST           any of latency,knobs,integrity,throughput,syscalls,rss (default all)
-  --knob-frames N       round trips per knobs run (full 3000, quick 1000)
+  --knob-frames N       round trips per knobs run (full 25000, quick 3000): a run must last
+                        over a second to meet the kernel's real-time throttle next to the hog
+  --knob-reps R         knobs repetitions (full 3, quick 1)
   --busy-poll-args ARGS relay options for the busy-poll variant; "{cpu}" is replaced by the
                         hop's CPU (default "--busy-poll --cpu {cpu}", or "--busy-poll" when
                         the relay has no --cpu); e.g. add --realtime --mlock
@@ -70,10 +72,10 @@ for arg in "$@"; do
 done
 if [[ $mode == quick ]]; then
     reps=2 frames=3000 warmup=300 bytes=256M throughput_reps=1 check_bytes=16M
-    syscall_frames=5000 busy_seconds=3 knob_frames=1000
+    syscall_frames=5000 busy_seconds=3 knob_frames=3000 knob_reps=1
 else
     reps=7 frames=10000 warmup=500 bytes=1G throughput_reps=3 check_bytes=64M
-    syscall_frames=20000 busy_seconds=6 knob_frames=3000
+    syscall_frames=20000 busy_seconds=6 knob_frames=25000 knob_reps=3
 fi
 sizes="64 512"
 idle_conns=1000
@@ -104,6 +106,7 @@ while (($#)); do
         --check-bytes) need_value "$@"; check_bytes=$2; shift ;;
         --syscall-frames) need_value "$@"; syscall_frames=$2; shift ;;
         --knob-frames) need_value "$@"; knob_frames=$2; shift ;;
+        --knob-reps) need_value "$@"; knob_reps=$2; shift ;;
         --idle) need_value "$@"; idle_conns=$2; shift ;;
         --busy) need_value "$@"; busy_conns=$2; shift ;;
         --busy-seconds) need_value "$@"; busy_seconds=$2; shift ;;
@@ -122,7 +125,7 @@ done
 bytes=$(numfmt --from=iec "$bytes")
 check_bytes=$(numfmt --from=iec "$check_bytes")
 for number in "$reps" "$frames" "$warmup" "$bytes" "$throughput_reps" "$check_bytes" \
-    "$syscall_frames" "$knob_frames" "$idle_conns" "$busy_conns" "$busy_seconds"; do
+    "$syscall_frames" "$knob_frames" "$knob_reps" "$idle_conns" "$busy_conns" "$busy_seconds"; do
     [[ $number =~ ^[0-9]+$ ]] || { echo "bench.sh: '$number' is not a whole number" >&2; exit 2; }
 done
 read -r -a size_list <<<"$sizes"
@@ -212,7 +215,7 @@ floor=false
 if command -v cc >/dev/null && cc -O2 -Wall -o "$floor_bin" scripts/bench/floor-relay.c 2>"$outdir/floor-build.log"; then
     floor=true
 else
-    floor_note="no C compiler (cc) or the floor relay did not build: floor variants skipped"
+    floor_note="no C compiler (cc), or the floor relay did not build (see $outdir/floor-build.log): floor variants skipped"
 fi
 
 # Every server-like process is started with setsid, so it leads its own process group (socat's
@@ -344,6 +347,12 @@ start_hop() {
             start_group "$log" taskset -c "$cpu" "$bin" --listen 127.0.0.1:0 --forward-to "$next" \
                 --name "$name" "${extra[@]}"
             wait_line "$log" "$started" 'listening on ' || return 1
+            # A knob the host refused (SCHED_FIFO, mlock) would leave its row mislabelled.
+            local refused
+            refused=$(grep -m 1 'warning: cannot' "$log" || true)
+            if [[ -n $refused ]] && ! grep -qF -- "$kind: $refused" "$raw/notes.tsv"; then
+                note "$kind: $refused"
+            fi
             hop_addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$log" | head -n 1)
             ;;
         floor | floor-bp)
@@ -459,6 +468,7 @@ meta reps "$reps"
 meta frames "$frames"
 meta warmup "$warmup"
 meta knob_frames "$knob_frames"
+meta knob_reps "$knob_reps"
 meta throughput_reps "$throughput_reps"
 meta client_cpu "$client_cpu"
 meta hop_cpu "$hop_cpu"
@@ -557,15 +567,16 @@ knob_variants() {
     local kind
     for kind in ours ours-rt ours-mlock nginx floor; do echo "$kind 1"; done
     if $busy_poll; then echo "ours-bp 1"; echo "ours-bp-rt 1"; fi
+    echo "floor-bp 1"
 }
 if wants knobs; then
     section knobs
     latency_table=$raw/knobs.tsv run_frames=$knob_frames
     latency_header >"$latency_table"
-    echo "bench.sh: knobs, $reps repetitions, $knob_frames round trips each, quiet and next to a CPU hog" >&2
+    echo "bench.sh: knobs, $knob_reps repetitions, $knob_frames round trips each, quiet and next to a CPU hog" >&2
     mapfile -t variants < <(knob_variants)
     if ! $floor; then mapfile -t variants < <(printf '%s\n' "${variants[@]}" | grep -v '^floor'); fi
-    for ((rep = 1; rep <= reps; rep++)); do
+    for ((rep = 1; rep <= knob_reps; rep++)); do
         for condition in quiet hog; do
             hog=''
             if [[ $condition == hog ]]; then

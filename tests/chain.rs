@@ -247,10 +247,11 @@ fn a_silent_next_hop_is_named_though_every_hop_has_the_same_timeout() {
 }
 
 /// The low-jitter knobs change how a relay waits, not what it carries; what the host refuses
-/// (SCHED_FIFO without CAP_SYS_NICE) or what turns against the user (a spinning relay the
-/// kernel's real-time throttle stops for tens of milliseconds) is said on stderr.
+/// (SCHED_FIFO without CAP_SYS_NICE) is said on stderr, and so is a spinning relay left to
+/// share its CPU. (The real-time throttle warning is unit-tested in `tuning`: spawning a
+/// spinning SCHED_FIFO relay here would starve the other tests on that CPU.)
 #[test]
-fn a_relay_with_every_knob_carries_the_chain_and_warns_of_what_bites() {
+fn a_relay_with_the_knobs_carries_the_chain_and_says_what_it_could_not_do() {
     let (_z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "--name", "Z"]);
     let z_addr = z_addr.to_string();
     let (b, b_addr) = spawn_listening(
@@ -264,24 +265,14 @@ fn a_relay_with_every_knob_carries_the_chain_and_warns_of_what_bites() {
     );
     assert!(run.status.is_some_and(|status| status.success()), "{}", run.stderr);
     assert_eq!(parse_report(&run.stderr).end_to_end.count, 200, "{}", run.stderr);
+    // /proc/PID/stat field 41 is the scheduling policy (1 = SCHED_FIFO); fields 3.. follow the
+    // command name's closing parenthesis.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", b.id())).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    let fifo = after_name.split_whitespace().nth(41 - 3) == Some("1");
     let refused = b.stderr().contains("cannot switch to SCHED_FIFO");
+    assert!(fifo != refused, "SCHED_FIFO: {fifo}; stderr:\n{}", b.stderr());
 
-    // Spinning: warned without --cpu; with --realtime granted, warned of the throttle's stall.
     let (spinner, _) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "--busy-poll"]);
     assert!(spinner.stderr().contains("--busy-poll without --cpu"), "{}", spinner.stderr());
-    drop(spinner);
-    let (spinner, _) = spawn_listening(
-        MAIN_BIN,
-        &["-l", "127.0.0.1:0", "--busy-poll", "--cpu", "0", "--realtime"],
-    );
-    let said = spinner.stderr();
-    drop(spinner);
-    if refused {
-        assert!(said.contains("cannot switch to SCHED_FIFO"), "{said}");
-    } else {
-        assert!(
-            said.contains("stops the relay for up to") || said.contains("no other task"),
-            "{said}"
-        );
-    }
 }

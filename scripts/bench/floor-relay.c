@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -56,8 +57,13 @@ static void accept_pair(int epoll_fd, int listener, const struct sockaddr_in *ne
     int upstream = accept(listener, NULL, NULL);
     if (upstream < 0) return;
     int downstream = socket(AF_INET, SOCK_STREAM, 0);
-    if (upstream >= MAX_FDS || downstream < 0 || downstream >= MAX_FDS ||
-        connect(downstream, (const struct sockaddr *)next, sizeof *next) != 0) {
+    if (upstream >= MAX_FDS || downstream < 0 || downstream >= MAX_FDS) {
+        fprintf(stderr, "floor-relay: out of descriptors\n");
+        close(upstream);
+        if (downstream >= 0) close(downstream);
+        return;
+    }
+    if (connect(downstream, (const struct sockaddr *)next, sizeof *next) != 0) {
         perror("floor-relay: connect");
         close(upstream);
         if (downstream >= 0) close(downstream);
@@ -73,25 +79,27 @@ static void accept_pair(int epoll_fd, int listener, const struct sockaddr_in *ne
 }
 
 // Copies what `fd` has to its peer; on end of stream, passes the half-close on and closes the
-// pair once both directions have ended.
+// pair once both directions have ended; on an error, closes the pair at once.
 static void forward(int epoll_fd, int fd) {
     static char chunk[65536];
-    if (read_closed[fd]) return;  // closed earlier in this batch of events
+    if (read_closed[fd]) return;  // its pair was closed earlier in this batch of events
     int peer = peer_of[fd];
-    ssize_t got = read(fd, chunk, sizeof chunk);
+    ssize_t got = recv(fd, chunk, sizeof chunk, MSG_DONTWAIT);
     if (got > 0) {
         if (write_all(peer, chunk, (size_t)got) == 0) return;
     } else if (got < 0 && (errno == EAGAIN || errno == EINTR)) {
         return;
     }
     epoll_ctl(epoll_fd, EPOLL_CTL_DEL, fd, NULL);
-    shutdown(peer, SHUT_WR);
     read_closed[fd] = 1;
-    if (got != 0 || read_closed[peer]) {
-        epoll_ctl(epoll_fd, EPOLL_CTL_DEL, peer, NULL);
-        close(fd);
-        close(peer);
+    if (got == 0 && !read_closed[peer]) {
+        shutdown(peer, SHUT_WR);
+        return;
     }
+    epoll_ctl(epoll_fd, EPOLL_CTL_DEL, peer, NULL);
+    read_closed[peer] = 1;
+    close(fd);
+    close(peer);
 }
 
 int main(int argc, char **argv) {
@@ -100,6 +108,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     int busy_poll = argc == 4;
+    signal(SIGPIPE, SIG_IGN);  // a peer that reset shows as a write error, not a dead relay
     struct sockaddr_in listen_addr = loopback(argv[1]), next = loopback(argv[2]);
     int listener = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
