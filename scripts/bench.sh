@@ -54,8 +54,9 @@ usage: scripts/bench.sh [--quick] [options]
   -h, --help            this text
 
 Besides ours and the anchors, the latency runs measure "floor": scripts/bench/floor-relay.c,
-built with cc, a relay that only copies bytes; what it adds is the least any hop adds here, so
-a target below the floor's own ratio is out of reach on this machine. floor-bp is it spinning.
+built with cc, a relay that only copies bytes; what it adds is about what any hop must add
+here (within the run-to-run noise), so a target the floor itself misses is out of reach on this
+machine. floor-bp is it spinning.
 
 The busy-poll variant (ours-bp) runs only when `subsegment-tcp-speeds --help` mentions
 --busy-poll, and only as one hop on the other CPU: a spinning hop needs a CPU of its own, and
@@ -209,7 +210,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench.XXXXXX")
 bin=$outdir/bin/subsegment-tcp-speeds
 cp "$given_bin" "$bin"
 # The floor: a relay that only copies bytes, in C (scripts/bench/floor-relay.c). What it adds is
-# what any hop pays on this machine; the targets' ratios are read against it.
+# about what any hop must pay on this machine; the targets' ratios are read against it.
 floor_bin=$outdir/bin/floor-relay
 floor=false
 if command -v cc >/dev/null && cc -O2 -Wall -o "$floor_bin" scripts/bench/floor-relay.c 2>"$outdir/floor-build.log"; then
@@ -489,7 +490,7 @@ variants_for() {
     done
 }
 if $floor; then
-    note "floor = scripts/bench/floor-relay.c, a relay in C that only copies bytes (one read, one write, epoll, TCP_NODELAY): what any hop pays on this machine; floor-bp spins on its poll like ours-bp"
+    note "floor = scripts/bench/floor-relay.c, a relay in C that only copies bytes (one read, one write, epoll, TCP_NODELAY): about what any hop must pay on this machine; floor-bp spins on its poll like ours-bp"
 fi
 if $busy_poll; then
     note "ours-bp = our relay with '$busy_poll_args', run only as one hop on CPU $hop_cpu: a spinning hop needs a CPU of its own (two would share CPU $hop_cpu, and spinning next to the source and echo on CPU $client_cpu would starve them)"

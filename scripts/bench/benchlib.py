@@ -553,7 +553,7 @@ def summarize(outdir):
         say("  p50 .. max: the median over the repetitions of each run's value (every run is in results.json)")
         say("  +p50/hop, +p99/hop: added per hop = (variant - direct of the same repetition) / hops, median")
         say("  ratio: added per hop / the lowest anchor's (socat, haproxy, nginx) in the same placement, size and hops")
-        say("  floor: a relay in C that only copies bytes (scripts/bench/floor-relay.c), the least a hop adds here")
+        say("  floor: a relay in C that only copies bytes (scripts/bench/floor-relay.c): about what any hop must add here")
         say("  other: CPU share (of both CPUs) used by processes not started by this bench during the run, median")
         shares = [float(row.get("others_pct") or 0) for row in read_tsv(os.path.join(raw, "latency.tsv"))]
         if shares:
