@@ -107,6 +107,17 @@ impl Lab {
         format!("{}h{host}", self.prefix)
     }
 
+    /// Host h`host`'s own address, as the lab's ssh_config names it.
+    fn address(&self, host: usize) -> String {
+        let config = std::fs::read_to_string(self.dir.join("ssh_config")).expect("ssh_config");
+        let mut lines = config.lines().skip_while(|line| *line != format!("Host h{host}"));
+        lines
+            .nth(1)
+            .and_then(|line| line.trim().strip_prefix("HostName "))
+            .unwrap_or_else(|| panic!("no HostName for h{host} in:\n{config}"))
+            .to_string()
+    }
+
     /// Delays link h`link` ⇄ h`link+1`; returns the address h`link` must send to (and the
     /// mechanism's description, which lab.sh prints on stderr).
     #[track_caller]
@@ -410,6 +421,40 @@ fn an_unreachable_host_is_named_before_anything_starts() {
     assert!(stderr.contains("nothing was started"), "{stderr}");
     assert!(!stderr.contains("listening on"), "{stderr}");
     lab.assert_no_leftovers("after an unreachable host");
+}
+
+/// Hops the source's host has no route to are deployed through a jump host (`-J`): the
+/// control path goes h0 → h1 → h2, while the data path never needed h0 to reach h2 at all.
+#[test]
+fn hops_the_source_cannot_reach_are_deployed_through_a_jump_host() {
+    let Some(_lock) = lab_or_skip("hops_the_source_cannot_reach_are_deployed_through_a_jump_host")
+    else {
+        return;
+    };
+    let lab = Lab::up(4);
+    for host in [2, 3] {
+        let route = format!("{}/32", lab.address(host));
+        let output = Command::new("ip")
+            .args(["-n", &lab.namespace(0), "route", "del", &route])
+            .output()
+            .expect("ip route del");
+        assert!(output.status.success(), "ip route del {route}: {output:?}");
+    }
+    let probes = ["--count", "100", "--size", "64", "--window", "1"];
+
+    let (status, stderr) =
+        Running::spawn(lab.deploy_command(&[], &lab.hops(), &probes)).finish(RUN_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "without -J, h2 is out of reach:\n{stderr}");
+    assert!(stderr.contains("cannot reach h2"), "{stderr}");
+
+    let (status, stderr) =
+        Running::spawn(lab.deploy_command(&["-J", "h1"], &lab.hops(), &probes)).finish(RUN_TIMEOUT);
+    assert!(status.success(), "deploy-chain -J h1 failed ({status}):\n{stderr}");
+    let report = parse_report(&stderr);
+    assert_eq!(report.labels()[..3], ["h0 ⇄ h1", "h1 ↓ (relay)", "h1 ↑ (relay)"], "{stderr}");
+    assert!(report.labels().contains(&"h2 ⇄ h3"), "{stderr}");
+    assert_eq!(report.end_to_end.count, 100, "{stderr}");
+    lab.assert_no_leftovers("after a deploy through a jump host");
 }
 
 /// The scripts are shellcheck-clean and answer --help (no root needed).
