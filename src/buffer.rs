@@ -9,6 +9,7 @@
 //! are zeroed page by page on the first frame, and stay resident: 534 MiB for 1,000 idle
 //! connections instead of 18 MiB, measured with `scripts/bench.sh --only rss`.)
 
+use std::io;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
@@ -19,8 +20,10 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    pub fn with_capacity(capacity: usize) -> Buffer {
-        Buffer { bytes: Pages::new(capacity), start: 0, end: 0 }
+    /// Fails when the kernel refuses the mapping: out of memory or of mappings, or past the
+    /// locked-memory limit once `--mlock` has locked all future mappings.
+    pub fn with_capacity(capacity: usize) -> io::Result<Buffer> {
+        Ok(Buffer { bytes: Pages::new(capacity)?, start: 0, end: 0 })
     }
 
     pub fn capacity(&self) -> usize {
@@ -98,9 +101,9 @@ struct Pages {
 }
 
 impl Pages {
-    fn new(len: usize) -> Pages {
+    fn new(len: usize) -> io::Result<Pages> {
         if len == 0 {
-            return Pages { start: NonNull::dangling(), len };
+            return Ok(Pages { start: NonNull::dangling(), len });
         }
         // SAFETY: an anonymous private mapping of `len` bytes, no address hint; the result is
         // checked before use.
@@ -114,12 +117,15 @@ impl Pages {
                 0,
             )
         };
-        match NonNull::new(address.cast::<u8>()) {
-            Some(start) if address != libc::MAP_FAILED => Pages { start, len },
-            _ => std::alloc::handle_alloc_error(
-                std::alloc::Layout::array::<u8>(len).expect("a buffer length fits a layout"),
-            ),
+        if address == libc::MAP_FAILED {
+            let error = io::Error::last_os_error();
+            return Err(io::Error::new(
+                error.kind(),
+                format!("cannot map a {} KiB buffer: {error}", len >> 10),
+            ));
         }
+        let start = NonNull::new(address.cast::<u8>()).expect("mmap never maps page 0 here");
+        Ok(Pages { start, len })
     }
 }
 
@@ -155,7 +161,7 @@ mod tests {
 
     #[test]
     fn test_push_consume_compact() {
-        let mut buffer = Buffer::with_capacity(8);
+        let mut buffer = Buffer::with_capacity(8).unwrap();
         assert!(buffer.push(b"abcdef"));
         buffer.consume(4);
         assert_eq!(buffer.data(), b"ef");
@@ -171,11 +177,11 @@ mod tests {
 
     #[test]
     fn test_mapped_storage_is_zeroed_and_may_be_empty() {
-        let mut buffer = Buffer::with_capacity(3 << 20);
+        let mut buffer = Buffer::with_capacity(3 << 20).unwrap();
         assert!(buffer.tail(3 << 20).unwrap().iter().all(|&byte| byte == 0));
         assert!(buffer.push(&[0xa5; 4096]));
         assert_eq!(buffer.data()[4095], 0xa5);
-        let mut empty = Buffer::with_capacity(0);
+        let mut empty = Buffer::with_capacity(0).unwrap();
         assert!(empty.is_empty() && empty.push(b"") && !empty.push(b"x"));
     }
 }

@@ -158,7 +158,7 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
     };
     let stdout = Stdio::open(&poll, libc::STDOUT_FILENO, STDOUT, Interest::WRITABLE)?;
 
-    let mut send = Buffer::with_capacity(SEND_BUFFER_LEN);
+    let mut send = Buffer::with_capacity(SEND_BUFFER_LEN)?;
     let mut announcement = Vec::new();
     PathEntry::new(Role::Source, &config.name, upstream.local_addr().ok(), None)
         .emit(&mut announcement);
@@ -177,10 +177,10 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
         stdout,
         send,
         unstamped: Vec::new(),
-        receive: Buffer::with_capacity(MAX_FRAME_LEN),
+        receive: Buffer::with_capacity(MAX_FRAME_LEN)?,
         receive_stalled: false,
         receive_read_ns: 0,
-        to_stdout: Buffer::with_capacity(STDOUT_BUFFER_LEN),
+        to_stdout: Buffer::with_capacity(STDOUT_BUFFER_LEN)?,
         run: Run {
             ending: Ending::Complete,
             chain: None,

@@ -72,10 +72,23 @@ impl Tuning {
                 ),
             }
         }
-        if self.mlock
-            && let Err(error) = lock_memory()
-        {
-            log_line!("{name}: warning: cannot lock memory ({error}); page faults remain possible");
+        if self.mlock {
+            match lock_memory() {
+                Ok(()) => {
+                    if let Some(limit) = locked_memory_limit() {
+                        log_line!(
+                            "{name}: warning: --mlock without CAP_IPC_LOCK: every connection's \
+                             buffers count in full against the locked-memory limit of {} KiB \
+                             (ulimit -l), 2 MiB for the echoing end and 4 MiB for a relay; \
+                             connections past it are refused",
+                            limit >> 10
+                        );
+                    }
+                }
+                Err(error) => log_line!(
+                    "{name}: warning: cannot lock memory ({error}); page faults remain possible"
+                ),
+            }
         }
         if self.busy_poll
             && realtime
@@ -91,6 +104,25 @@ impl Tuning {
             );
         }
     }
+}
+
+/// RLIMIT_MEMLOCK in bytes when it binds this process: finite, and no CAP_IPC_LOCK (bit 14 of
+/// the effective capabilities) to lift it. Once mlockall(MCL_FUTURE) is on, every new mapping
+/// counts against it in full, touched or not.
+fn locked_memory_limit() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let effective = status.lines().find_map(|line| line.strip_prefix("CapEff:"))?;
+    let effective = u64::from_str_radix(effective.trim(), 16).ok()?;
+    const CAP_IPC_LOCK: u32 = 14;
+    if effective & (1 << CAP_IPC_LOCK) != 0 {
+        return None;
+    }
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return None;
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
 /// The kernel's real-time throttle, `(sched_rt_runtime_us, sched_rt_period_us)`, when readable.

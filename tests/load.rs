@@ -193,6 +193,60 @@ fn a_relay_out_of_descriptors_refuses_new_peers_and_serves_the_old() {
     again.round_trip(0, b"served again once descriptors are free");
 }
 
+/// `--mlock` under a locked-memory limit the hop cannot lift (no CAP_IPC_LOCK): once every new
+/// mapping counts against the limit, a connection whose buffers cannot be mapped is closed at
+/// accept with a line naming the peer and the reason, the connections already served carry on,
+/// and new ones are served again once those close. (A failed mapping used to abort the hop.)
+/// The echoing end is the hop here: 2 MiB of buffers per connection, so a few fit under the
+/// usual 8 MiB limit.
+#[test]
+fn a_hop_out_of_locked_memory_refuses_new_peers_and_serves_the_old() {
+    // Up to 12 MiB, and at most the hard limit (lowering the soft limit needs no privilege).
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid rlimit struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) }, 0);
+    let memlock = format!("--memlock={}:", limit.rlim_max.min(12 << 20));
+    let mut args = vec![memlock.as_str()];
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root holds CAP_IPC_LOCK, which ignores the limit: drop it for the hop.
+        args.extend(["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock"]);
+    }
+    args.extend([MAIN_BIN, "-l", "127.0.0.1:0", "-n", "Z", "--mlock"]);
+    let (z, z_addr) = spawn_listening("prlimit", &args);
+    assert!(z.stderr().contains("--mlock without CAP_IPC_LOCK"), "{}", z.stderr());
+
+    let mut served = Vec::new();
+    let mut refused = None;
+    while refused.is_none() && served.len() < 16 {
+        let mut client = Client::connect(z_addr);
+        client.stream.set_read_timeout(Some(LOG_TIMEOUT)).unwrap();
+        client.send(&frames::path_frame("A"));
+        match client.read_frame() {
+            Ok(Some(_)) => served.push(client),
+            Ok(None) | Err(_) => refused = Some(client.local_addr()),
+        }
+    }
+    let peer = refused.unwrap_or_else(|| panic!("16 connections served: {}", z.stderr()));
+    assert_one_line(&z, peer, "cannot set up the connection: cannot map a 1025 KiB buffer");
+    assert!(!served.is_empty(), "not even one connection fits: {}", z.stderr());
+
+    for (index, client) in served.iter_mut().enumerate() {
+        client.round_trip(index as u64, &payload(index, 0));
+    }
+    let count = served.len();
+    for client in served {
+        assert!(client.finish().is_empty());
+    }
+    let ended = frames::wait_for_stderr(&z, RELEASE_TIMEOUT, |text| {
+        text.matches("ended after").count() >= count
+    });
+    assert!(ended.is_some(), "{}", z.stderr());
+    let mut again = Client::connect(z_addr);
+    again.handshake();
+    again.round_trip(0, b"served again once the others gave their buffers back");
+}
+
 /// A client connecting from `source_ip` (any 127.0.0.0/8 address is this host's loopback).
 fn connect_from(source_ip: &str, to: SocketAddr) -> TcpStream {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();

@@ -117,13 +117,13 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new(input_len: usize, output_len: usize) -> Pipe {
-        Pipe {
-            input: Buffer::with_capacity(input_len),
-            output: Buffer::with_capacity(output_len),
+    fn new(input_len: usize, output_len: usize) -> io::Result<Pipe> {
+        Ok(Pipe {
+            input: Buffer::with_capacity(input_len)?,
+            output: Buffer::with_capacity(output_len)?,
             read_ns: 0,
             stalled: false,
-        }
+        })
     }
 }
 
@@ -180,21 +180,27 @@ pub(super) enum Round {
 }
 
 impl Connection {
-    pub(super) fn new(slot: usize, upstream: Peer, role: Role, now_ns: u64) -> Connection {
+    /// Fails when the connection's buffers cannot be mapped.
+    pub(super) fn new(
+        slot: usize,
+        upstream: Peer,
+        role: Role,
+        now_ns: u64,
+    ) -> io::Result<Connection> {
         let echo = role == Role::Echo;
         let stripping = role == Role::StrippingRelay;
-        Connection {
+        Ok(Connection {
             slot,
             upstream,
             downstream: None,
             connecting: false,
             // The echoing end answers into `up.output`; it has no downstream buffers.
-            down: Pipe::new(BUFFER_LEN, if echo { 0 } else { BUFFER_LEN }),
-            up: Pipe::new(if echo { 0 } else { BUFFER_LEN }, BUFFER_LEN),
+            down: Pipe::new(BUFFER_LEN, if echo { 0 } else { BUFFER_LEN })?,
+            up: Pipe::new(if echo { 0 } else { BUFFER_LEN }, BUFFER_LEN)?,
             hop: None,
             speech: Speech::Undecided,
             pending: PendingAnswers {
-                headers: Buffer::with_capacity(if stripping { PENDING_HEADERS_LEN } else { 0 }),
+                headers: Buffer::with_capacity(if stripping { PENDING_HEADERS_LEN } else { 0 })?,
                 frames: VecDeque::new(),
             },
             failure: None,
@@ -207,7 +213,7 @@ impl Connection {
             bytes_up: 0,
             opened_ns: now_ns,
             last_progress_ns: now_ns,
-        }
+        })
     }
 
     /// One round of connect, read, process and write in both directions.

@@ -285,7 +285,14 @@ impl Hop {
             self.free_slots.push(slot);
             return Err(error);
         }
-        let connection = Connection::new(slot, upstream, self.role, clock::now_ns());
+        let connection = match Connection::new(slot, upstream, self.role, clock::now_ns()) {
+            Ok(connection) => connection,
+            // The stream went down with the half-made connection; closing it left the poll.
+            Err(error) => {
+                self.free_slots.push(slot);
+                return Err(error);
+            }
+        };
         self.connections[slot] = Some(connection);
         self.open_count += 1;
         touched.push(slot);
