@@ -51,7 +51,8 @@ low-jitter knobs (none is on by default):
       --realtime                SCHED_FIFO priority 10 (needs CAP_SYS_NICE; warns otherwise): wakes
                                 at once even when other tasks want the CPU; with --busy-poll the
                                 kernel still stops it for them, up to 50 ms each second
-      --mlock                   lock pages in memory as they are touched (no page faults later)
+      --mlock                   lock pages in memory as they are touched (no page faults later);
+                                without CAP_IPC_LOCK, ulimit -l bounds how many connections fit
 
 source only:
   -w, --window FRAMES           at most FRAMES frames in flight (default: as many as the buffers
