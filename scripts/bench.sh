@@ -538,6 +538,17 @@ latency_header() {
     printf 'placement\tsize\tvariant\thops\trep\tcount\tp50\tp99\tp99.9\tmax\tmean\tothers_pct\tstatus\n'
 }
 
+# run_rotated PLACEMENT SIZE REP "KIND HOPS"...: one run of each variant, the order rotated by
+# the repetition so that no variant always runs right after another.
+run_rotated() {
+    local placement=$1 size=$2 rep=$3 index kind hops
+    shift 3
+    for ((index = 0; index < $#; index++)); do
+        read -r kind hops <<<"${@:(index + rep - 1) % $# + 1:1}"
+        run_latency "$placement" "$size" "$kind" "$hops" "$rep"
+    done
+}
+
 if wants latency; then
     section latency
     latency_table=$raw/latency.tsv run_frames=$frames
@@ -547,12 +558,7 @@ if wants latency; then
         for placement in "${placement_list[@]}"; do
             for size in "${size_list[@]}"; do
                 mapfile -t variants < <(variants_for "$placement")
-                # Rotate the order each repetition so no variant always runs right after another.
-                count=${#variants[@]}
-                for ((index = 0; index < count; index++)); do
-                    read -r kind hops <<<"${variants[(index + rep - 1) % count]}"
-                    run_latency "$placement" "$size" "$kind" "$hops" "$rep"
-                done
+                run_rotated "$placement" "$size" "$rep" "${variants[@]}"
             done
         done
     done
@@ -566,9 +572,9 @@ fi
 knob_variants() {
     echo "direct 0"
     local kind
-    for kind in ours ours-rt ours-mlock nginx floor; do echo "$kind 1"; done
+    for kind in ours ours-rt ours-mlock nginx; do echo "$kind 1"; done
     if $busy_poll; then echo "ours-bp 1"; echo "ours-bp-rt 1"; fi
-    echo "floor-bp 1"
+    if $floor; then echo "floor 1"; echo "floor-bp 1"; fi
 }
 if wants knobs; then
     section knobs
@@ -576,7 +582,6 @@ if wants knobs; then
     latency_header >"$latency_table"
     echo "bench.sh: knobs, $knob_reps repetitions, $knob_frames round trips each, quiet and next to a CPU hog" >&2
     mapfile -t variants < <(knob_variants)
-    if ! $floor; then mapfile -t variants < <(printf '%s\n' "${variants[@]}" | grep -v '^floor'); fi
     for ((rep = 1; rep <= knob_reps; rep++)); do
         for condition in quiet hog; do
             hog=''
@@ -584,11 +589,7 @@ if wants knobs; then
                 start_group "$logs/hops/hog.log" taskset -c "$hop_cpu" bash -c 'while :; do :; done'
                 hog=$started
             fi
-            count=${#variants[@]}
-            for ((index = 0; index < count; index++)); do
-                read -r kind hops <<<"${variants[(index + rep - 1) % count]}"
-                run_latency "$condition" 64 "$kind" "$hops" "$rep"
-            done
+            run_rotated "$condition" 64 "$rep" "${variants[@]}"
             if [[ -n $hog ]]; then stop_group "$hog"; fi
         done
     done

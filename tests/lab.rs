@@ -282,6 +282,16 @@ impl Running {
 
 /// Polls (bounded) until the source in h0 has a connection established to the first hop.
 #[track_caller]
+/// Deploys a chain over the lab whose source probes far longer than any test runs, and waits
+/// until its frames flow.
+fn start_endless_probes(lab: &Lab) -> Running {
+    let long_run = ["--count", "1000000", "--size", "64", "--window", "1", "--interval", "1ms"];
+    let run = Running::spawn(lab.deploy_command(&[], &lab.hops(), &long_run));
+    run.wait_for_line("deploy-chain: chain up", Duration::from_secs(30));
+    wait_for_source_connection(lab, &run);
+    run
+}
+
 fn wait_for_source_connection(lab: &Lab, run: &Running) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -374,10 +384,7 @@ fn ctrl_c_reports_and_stops_every_remote_hop() {
         return;
     };
     let lab = Lab::up(3);
-    let long_run = ["--count", "1000000", "--size", "64", "--window", "1", "--interval", "1ms"];
-    let run = Running::spawn(lab.deploy_command(&[], &lab.hops(), &long_run));
-    run.wait_for_line("deploy-chain: chain up", Duration::from_secs(30));
-    wait_for_source_connection(&lab, &run);
+    let run = start_endless_probes(&lab);
     assert!(lab.leftovers().iter().any(|p| p.starts_with("h2:") && p.ends_with("subsegment-tcp-")));
     run.signal(libc::SIGINT);
     let (status, stderr) = run.finish(RUN_TIMEOUT);
@@ -395,10 +402,7 @@ fn a_killed_deployer_leaves_no_orphans() {
         return;
     };
     let lab = Lab::up(3);
-    let long_run = ["--count", "1000000", "--size", "64", "--window", "1", "--interval", "1ms"];
-    let run = Running::spawn(lab.deploy_command(&[], &lab.hops(), &long_run));
-    run.wait_for_line("deploy-chain: chain up", Duration::from_secs(30));
-    wait_for_source_connection(&lab, &run);
+    let run = start_endless_probes(&lab);
     run.signal(libc::SIGKILL);
     let (status, _) = run.finish(RUN_TIMEOUT);
     assert!(!status.success());
