@@ -4,6 +4,7 @@
 pub mod buffer;
 pub mod cli;
 pub mod clock;
+pub mod core;
 pub mod hop;
 pub mod net;
 pub mod report;

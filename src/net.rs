@@ -1,6 +1,6 @@
 //! Sockets and file descriptors: address parsing, listening and connecting with the options a
-//! low-latency hop needs, and the classification of I/O results that the loops act on.
-//! Nothing here knows about frames.
+//! low-latency hop needs, kernel receive timestamps (SO_TIMESTAMPING read with `recvmsg`), and
+//! the classification of I/O results that the loops act on. Nothing here knows about frames.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -171,6 +171,74 @@ impl Drop for NonBlocking {
         // SAFETY: restores the flags read in `set` on the same descriptor.
         unsafe { libc::fcntl(self.fd, libc::F_SETFL, self.saved_flags) };
     }
+}
+
+/// `SO_TIMESTAMPING` (and its control message, `SCM_TIMESTAMPING`) on the generic Linux ABI
+/// (x86_64, aarch64, riscv64, …; libc does not export it for Linux). Its payload there is
+/// `struct scm_timestamping { struct timespec ts[3]; }` with 64-bit fields.
+const SO_TIMESTAMPING: libc::c_int = 37;
+
+/// Asks the kernel to stamp every segment this socket receives (software stamp, taken when the
+/// packet reaches the host's network stack, CLOCK_REALTIME) and to report the stamp of the last
+/// byte each `recvmsg` returns.
+pub fn enable_receive_timestamps(fd: RawFd) -> io::Result<()> {
+    let flags: libc::c_uint = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
+    // SAFETY: `flags` lives across the call and its size is passed; errors are returned.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_TIMESTAMPING,
+            (&flags as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// One `recvmsg` into `into`: the byte count and, when the kernel attached one, the software
+/// receive timestamp (CLOCK_REALTIME, ns) of the highest-sequence byte read. On TCP that is the
+/// arrival of the segment holding the last byte returned.
+pub fn receive(fd: RawFd, into: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    // u64 storage keeps the control buffer aligned for `cmsghdr`.
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec { iov_base: into.as_mut_ptr().cast(), iov_len: into.len() };
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers); the fields are set below.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: `message` points to `iov` (describing `into`) and `control`, all live and
+    // writable for the lengths given.
+    let count = unsafe { libc::recvmsg(fd, &mut message, 0) };
+    if count < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp_ns = None;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
+    // `msg_controllen`; each header is checked for its level, type and length before its data
+    // is read, unaligned.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            let wanted = libc::CMSG_LEN(std::mem::size_of::<[libc::timespec; 3]>() as u32);
+            if (*header).cmsg_level == libc::SOL_SOCKET
+                && (*header).cmsg_type == SO_TIMESTAMPING
+                && (*header).cmsg_len as usize >= wanted as usize
+            {
+                let stamps: [libc::timespec; 3] =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(header).cast());
+                let software = stamps[0];
+                if software.tv_sec > 0 || software.tv_nsec > 0 {
+                    stamp_ns =
+                        Some(software.tv_sec as u64 * 1_000_000_000 + software.tv_nsec as u64);
+                }
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+    }
+    Ok((count as usize, stamp_ns))
 }
 
 /// The host name, for a hop that was given no `--name`.

@@ -6,21 +6,30 @@
 //! cannot be polled (epoll refuses them) and never block for long, so they are treated as
 //! always ready and used with plain blocking calls.
 //!
+//! A frame from stdin is a full block unless stdin has nothing more ready: reads go on into the
+//! same block until it is full, the input ends, or the read would block (a producer that has
+//! paused, a terminal line). A file or a fast producer thus gives full blocks, a slow one its
+//! pieces without waiting for more.
+//!
 //! In probe mode (`--count`) the frames are generated on a schedule instead of read, and the
-//! answers are checked against the pattern instead of written out. `--window` caps the frames in
-//! flight either way; `--window 1` is a ping-pong.
+//! answers are checked against the pattern instead of written out. The schedule is absolute
+//! (probe i is due at start + i × interval, on a timerfd, so it never drifts); a probe held back
+//! (by `--window`, or a late wake-up) goes as soon as it can and counts as late when that is
+//! more than half an interval after its time. `--window` caps the frames in flight either way;
+//! `--window 1` is a ping-pong. The socket to the first hop is a [`crate::core::Peer`], stamped
+//! by the same rule as every hop's.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
-use std::os::fd::RawFd;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::buffer::Buffer;
 use crate::clock;
+use crate::core::{Inbound, Outbound, Peer};
 use crate::log_line;
 use crate::net::{self, Io, NonBlocking};
 use crate::stats::{Chain, Sequencing};
@@ -33,13 +42,11 @@ use crate::wire::{
 const UPSTREAM: Token = Token(0);
 const STDIN: Token = Token(1);
 const STDOUT: Token = Token(2);
+const PROBE_TIMER: Token = Token(3);
 /// Frames waiting to be sent; reading stdin stops when a block no longer fits.
 const SEND_BUFFER_LEN: usize = 256 * 1024 + MAX_FRAME_LEN;
 /// Answer payloads waiting for stdout.
 const STDOUT_BUFFER_LEN: usize = 256 * 1024 + MAX_FRAME_LEN;
-const READ_CHUNK: usize = 64 * 1024;
-/// Offset of the write stamp inside the source's own (first) record.
-const FIRST_WRITE_STAMP: std::ops::Range<usize> = HEADER_LEN + 12..HEADER_LEN + RECORD_LEN;
 /// Where the payload starts in a frame built by the source (one record: its own).
 const PAYLOAD_AT: usize = HEADER_LEN + RECORD_LEN;
 
@@ -73,6 +80,42 @@ pub enum Ending {
     Failed(String),
 }
 
+/// How well the probes kept to their schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Schedule {
+    pub interval: Duration,
+    /// CLOCK_MONOTONIC of the first and the last probe sent.
+    pub first_sent_ns: Option<u64>,
+    pub last_sent_ns: u64,
+    /// Probes that left more than half an interval after their time.
+    pub late: u64,
+    pub worst_lateness_ns: u64,
+}
+
+impl Schedule {
+    /// Probe `index`'s time: the schedule is absolute, so lateness never accumulates.
+    pub fn due_ns(&self, start_ns: u64, index: u64) -> u64 {
+        start_ns + index * self.interval.as_nanos() as u64
+    }
+
+    /// Books probe `index` leaving at `sent_ns` (its time was `due_ns`).
+    pub fn sent(&mut self, due_ns: u64, sent_ns: u64) {
+        let lateness_ns = sent_ns.saturating_sub(due_ns);
+        if lateness_ns > self.interval.as_nanos() as u64 / 2 {
+            self.late += 1;
+        }
+        self.worst_lateness_ns = self.worst_lateness_ns.max(lateness_ns);
+        self.first_sent_ns.get_or_insert(sent_ns);
+        self.last_sent_ns = sent_ns;
+    }
+
+    /// Probes per second achieved over `sent` probes, when there is a span to divide by.
+    pub fn achieved_per_second(&self, sent: u64) -> Option<f64> {
+        let span_ns = self.last_sent_ns.checked_sub(self.first_sent_ns?)?;
+        (sent > 1 && span_ns > 0).then(|| (sent - 1) as f64 * 1e9 / span_ns as f64)
+    }
+}
+
 pub struct Run {
     pub ending: Ending,
     /// `None` until the path announcement has come back.
@@ -88,6 +131,10 @@ pub struct Run {
     pub unwritten_bytes: u64,
     pub first_send_ns: Option<u64>,
     pub last_answer_ns: Option<u64>,
+    /// Data frames sent and their payload bytes, for the mean frame size.
+    pub sent_payload_bytes: u64,
+    /// Probe mode with an interval: how the schedule was kept.
+    pub schedule: Option<Schedule>,
 }
 
 /// stdin or stdout, polled when the kernel allows it.
@@ -121,65 +168,121 @@ impl Stdio {
     }
 }
 
+/// The probe schedule's timer: a timerfd on CLOCK_MONOTONIC, armed for the next probe's time.
+struct ProbeTimer {
+    fd: OwnedFd,
+    /// CLOCK_MONOTONIC of probe 0's time.
+    start_ns: u64,
+}
+
+impl ProbeTimer {
+    fn new(poll: &Poll) -> io::Result<ProbeTimer> {
+        // SAFETY: timerfd_create takes no pointers; the result is checked.
+        let fd = unsafe {
+            libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        poll.registry().register(
+            &mut SourceFd(&fd.as_raw_fd()),
+            PROBE_TIMER,
+            Interest::READABLE,
+        )?;
+        Ok(ProbeTimer { fd, start_ns: clock::monotonic_ns() })
+    }
+
+    /// Wakes the loop at `due_ns` (CLOCK_MONOTONIC, absolute); at once if that has passed.
+    fn arm(&self, due_ns: u64) {
+        let due_ns = due_ns.max(1);
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec {
+                tv_sec: (due_ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (due_ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
+        let result = unsafe {
+            libc::timerfd_settime(
+                self.fd.as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        };
+        debug_assert_eq!(result, 0, "timerfd_settime on our own timer");
+    }
+
+    /// Clears the expiry so the edge-triggered registration reports the next one.
+    fn acknowledge(&self) {
+        let mut expirations = [0u8; 8];
+        let _ = net::read_fd(self.fd.as_raw_fd(), &mut expirations);
+    }
+}
+
 struct Source {
     config: SourceConfig,
-    upstream: TcpStream,
+    upstream: Peer,
     connecting: bool,
-    upstream_readable: bool,
-    upstream_writable: bool,
-    upstream_read_closed: bool,
-    upstream_write_shut: bool,
     stdin: Stdio,
     stdout: Stdio,
-    send: Buffer,
-    /// Offsets (within `send.data()`) of frames whose write stamp is still to be set.
-    unstamped: Vec<usize>,
-    receive: Buffer,
+    send: Outbound,
+    receive: Inbound,
     receive_stalled: bool,
-    receive_read_ns: u64,
     to_stdout: Buffer,
     run: Run,
     fault: Option<Fault>,
     last_progress_ns: u64,
-    next_probe_ns: u64,
+    /// Probe mode with an interval.
+    probe_timer: Option<ProbeTimer>,
 }
 
 pub fn run(config: SourceConfig) -> io::Result<Run> {
     tuning::catch_stop_signals();
     let mut poll = Poll::new()?;
     let (target, text) = config.forward_to.clone();
-    let mut upstream = net::connect(target).map_err(|error| {
+    let stream = net::connect(target).map_err(|error| {
         io::Error::new(error.kind(), format!("cannot reach first hop {text} ({target}): {error}"))
     })?;
-    poll.registry().register(&mut upstream, UPSTREAM, Interest::READABLE | Interest::WRITABLE)?;
+    let mut upstream = Peer::new(stream, target, clock::now_ns(), &config.name);
+    poll.registry().register(
+        &mut upstream.stream,
+        UPSTREAM,
+        Interest::READABLE | Interest::WRITABLE,
+    )?;
     let stdin = match config.probe {
         None => Stdio::open(&poll, libc::STDIN_FILENO, STDIN, Interest::READABLE)?,
         Some(_) => Stdio { fd: -1, pollable: false, ready: true, closed: false, _restore: None },
     };
     let stdout = Stdio::open(&poll, libc::STDOUT_FILENO, STDOUT, Interest::WRITABLE)?;
 
-    let mut send = Buffer::with_capacity(SEND_BUFFER_LEN)?;
+    let mut send = Outbound::with_capacity(SEND_BUFFER_LEN)?;
     let mut announcement = Vec::new();
-    PathEntry::new(Role::Source, &config.name, upstream.local_addr().ok(), None)
+    PathEntry::new(Role::Source, &config.name, upstream.stream.local_addr().ok(), None)
         .emit(&mut announcement);
     send.push(&wire::control_frame(Kind::Path, &announcement));
+    let probe_timer = match config.probe {
+        Some(probe) if !probe.interval.is_zero() => Some(ProbeTimer::new(&poll)?),
+        _ => None,
+    };
+    let schedule = probe_timer.as_ref().map(|_| Schedule {
+        interval: config.probe.map_or(Duration::ZERO, |p| p.interval),
+        ..Schedule::default()
+    });
 
     let now_ns = clock::now_ns();
     let mut source = Source {
         config,
         upstream,
         connecting: true,
-        upstream_readable: false,
-        upstream_writable: false,
-        upstream_read_closed: false,
-        upstream_write_shut: false,
         stdin,
         stdout,
         send,
-        unstamped: Vec::new(),
-        receive: Buffer::with_capacity(MAX_FRAME_LEN)?,
+        receive: Inbound::with_capacity(MAX_FRAME_LEN)?,
         receive_stalled: false,
-        receive_read_ns: 0,
         to_stdout: Buffer::with_capacity(STDOUT_BUFFER_LEN)?,
         run: Run {
             ending: Ending::Complete,
@@ -192,10 +295,12 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
             unwritten_bytes: 0,
             first_send_ns: None,
             last_answer_ns: None,
+            sent_payload_bytes: 0,
+            schedule,
         },
         fault: None,
         last_progress_ns: now_ns,
-        next_probe_ns: now_ns,
+        probe_timer,
     };
     source.ending_loop(&mut poll);
     Ok(source.run)
@@ -211,10 +316,9 @@ impl Source {
             let always_ready = (stdin_ready && self.config.probe.is_none())
                 || (!self.stdout.pollable && !self.to_stdout.is_empty());
             let waited_ns = before_ns.saturating_sub(self.last_progress_ns);
-            let mut wait_ns = timeout_ns.saturating_sub(waited_ns).max(1_000_000);
-            if stdin_ready && self.config.probe.is_some() {
-                wait_ns = wait_ns.min(self.next_probe_ns.saturating_sub(before_ns));
-            }
+            // The poll's timeout only watches for no progress (millisecond precision is
+            // plenty); probes wake the loop through their timer.
+            let wait_ns = timeout_ns.saturating_sub(waited_ns).max(1_000_000);
             let spin = always_ready || self.config.busy_poll;
             let wait = if spin { Duration::ZERO } else { Duration::from_nanos(wait_ns) };
             if let Err(error) = poll.poll(&mut events, Some(wait))
@@ -232,18 +336,24 @@ impl Source {
             for event in events.iter() {
                 match event.token() {
                     UPSTREAM => {
-                        self.upstream_readable |=
-                            event.is_readable() || event.is_read_closed() || event.is_error();
-                        self.upstream_writable |=
+                        let upstream = &mut self.upstream;
+                        upstream.hung_up |= event.is_read_closed() || event.is_error();
+                        upstream.readable |= event.is_readable() || upstream.hung_up;
+                        upstream.writable |=
                             event.is_writable() || event.is_write_closed() || event.is_error();
                     }
                     STDIN => self.stdin.ready = true,
                     STDOUT => self.stdout.ready = true,
+                    PROBE_TIMER => {
+                        if let Some(timer) = &self.probe_timer {
+                            timer.acknowledge();
+                        }
+                    }
                     _ => {}
                 }
             }
             loop {
-                match self.round(now_ns) {
+                match self.round() {
                     Ok(true) => self.last_progress_ns = now_ns,
                     Ok(false) => break,
                     Err(message) => {
@@ -303,30 +413,39 @@ impl Source {
         PAYLOAD_AT + self.config.probe.map_or(self.config.block_size, |probe| probe.size)
     }
 
-    /// Turns the payload already placed at `PAYLOAD_AT` in the send buffer's tail into a frame.
-    fn append_frame(&mut self, now_ns: u64, payload_len: usize) {
+    /// Turns the payload already placed at `PAYLOAD_AT` in the send buffer's tail into a frame;
+    /// `read_ns` is when its input was read (or generated).
+    fn append_frame(&mut self, read_ns: u64, payload_len: usize) {
         let sequence = self.run.sequencing.sent_one();
         let tail = self.send.tail(self.frame_room()).expect("room checked");
         let header = Header { kind: Kind::Data, record_count: 1, sequence, payload_len };
         header.emit(&mut tail[..HEADER_LEN]);
-        // The write stamp is set in `send_frames`, just before the write.
-        let stamp = Stamp { hop: 0, direction: Direction::Down, read_ns: now_ns, write_ns: 0 };
-        stamp.emit(&mut tail[HEADER_LEN..PAYLOAD_AT]);
-        self.unstamped.push(self.send.len());
-        self.send.commit(PAYLOAD_AT + payload_len);
-        self.run.first_send_ns.get_or_insert(now_ns);
+        // The write stamp is patched in by the connection core, right before the hand-over.
+        Stamp::new(0, Direction::Down, read_ns, 0).emit(&mut tail[HEADER_LEN..PAYLOAD_AT]);
+        self.send.commit_frame(PAYLOAD_AT + payload_len, wire::write_stamp_offset(0));
+        self.run.first_send_ns.get_or_insert(read_ns);
+        self.run.sent_payload_bytes += payload_len as u64;
     }
 
-    /// Probe mode: frames of a recognisable pattern, on schedule.
-    fn generate_probes(&mut self, now_ns: u64, probe: Probe) -> bool {
+    /// Probe mode: frames of a recognisable pattern, each once its time has come.
+    fn generate_probes(&mut self, probe: Probe) -> bool {
         let mut progress = false;
-        while self.wants_stdin() && now_ns >= self.next_probe_ns {
+        while self.wants_stdin() {
+            let sent = self.run.sequencing.sent;
+            if let (Some(timer), Some(schedule)) = (&self.probe_timer, &mut self.run.schedule) {
+                let due_ns = schedule.due_ns(timer.start_ns, sent);
+                let now_ns = clock::monotonic_ns();
+                if now_ns < due_ns {
+                    timer.arm(due_ns);
+                    break;
+                }
+                schedule.sent(due_ns, now_ns);
+            }
             let tail = self.send.tail(self.frame_room()).expect("room checked");
             for (index, byte) in tail[PAYLOAD_AT..PAYLOAD_AT + probe.size].iter_mut().enumerate() {
                 *byte = index as u8;
             }
-            self.append_frame(now_ns, probe.size);
-            self.next_probe_ns = now_ns + probe.interval.as_nanos() as u64;
+            self.append_frame(clock::now_ns(), probe.size);
             if self.run.sequencing.sent == probe.count {
                 self.stdin.closed = true;
             }
@@ -336,19 +455,19 @@ impl Source {
     }
 
     /// One pass of connect, stdin, send, receive and stdout; `Ok(true)` when anything moved.
-    fn round(&mut self, now_ns: u64) -> Result<bool, String> {
+    fn round(&mut self) -> Result<bool, String> {
         let mut progress = false;
         if self.connecting {
-            if !self.upstream_writable {
+            if !self.upstream.writable {
                 return Ok(false);
             }
-            match net::connect_result(&self.upstream) {
+            match net::connect_result(&self.upstream.stream) {
                 Ok(true) => {
                     self.connecting = false;
                     progress = true;
                 }
                 Ok(false) => {
-                    self.upstream_writable = false;
+                    self.upstream.writable = false;
                     return Ok(false);
                 }
                 Err(error) => {
@@ -357,34 +476,45 @@ impl Source {
                 }
             }
         }
-        progress |= self.read_stdin(now_ns)?;
+        progress |= self.read_stdin()?;
         progress |= self.send_frames()?;
-        progress |= self.receive_answers(now_ns)?;
+        progress |= self.receive_answers()?;
         progress |= self.write_stdout()?;
         Ok(progress)
     }
 
-    fn read_stdin(&mut self, now_ns: u64) -> Result<bool, String> {
+    fn read_stdin(&mut self) -> Result<bool, String> {
         if let Some(probe) = self.config.probe {
-            return Ok(self.generate_probes(now_ns, probe));
+            return Ok(self.generate_probes(probe));
         }
         let mut progress = false;
         while self.stdin.ready && self.wants_stdin() {
             let block = self.config.block_size;
             let tail = self.send.tail(self.frame_room()).expect("room checked");
-            match net::classify(|| {
-                net::read_fd(self.stdin.fd, &mut tail[PAYLOAD_AT..PAYLOAD_AT + block])
-            }) {
-                Io::Done(count) => {
-                    self.append_frame(now_ns, count);
-                    progress = true;
+            let block = &mut tail[PAYLOAD_AT..PAYLOAD_AT + block];
+            // One block, as full as stdin has bytes ready for it.
+            let mut filled = 0;
+            while filled < block.len() {
+                match net::classify(|| net::read_fd(self.stdin.fd, &mut block[filled..])) {
+                    Io::Done(count) => filled += count,
+                    Io::Closed => {
+                        self.stdin.closed = true;
+                        progress = true;
+                        break;
+                    }
+                    Io::WouldBlock => {
+                        self.stdin.ready = false;
+                        break;
+                    }
+                    Io::Failed(error) => return Err(format!("reading stdin: {error}")),
                 }
-                Io::Closed => {
-                    self.stdin.closed = true;
-                    progress = true;
-                }
-                Io::WouldBlock => self.stdin.ready = false,
-                Io::Failed(error) => return Err(format!("reading stdin: {error}")),
+            }
+            if filled > 0 {
+                self.append_frame(clock::now_ns(), filled);
+                progress = true;
+            }
+            if self.stdin.closed {
+                break;
             }
         }
         Ok(progress)
@@ -394,60 +524,30 @@ impl Source {
         if self.connecting {
             return Ok(false);
         }
-        if !self.unstamped.is_empty() && self.upstream_writable {
-            let write_ns = clock::now_ns().to_be_bytes();
-            let data = self.send.data_mut();
-            for offset in self.unstamped.drain(..) {
-                data[offset + FIRST_WRITE_STAMP.start..offset + FIRST_WRITE_STAMP.end]
-                    .copy_from_slice(&write_ns);
+        let progress = match self.upstream.flush(&mut self.send) {
+            Ok(progress) => progress,
+            Err(error) if error.kind() == io::ErrorKind::WriteZero => {
+                return Err(self.broken("the first hop stopped reading"));
             }
-        }
-        let mut progress = false;
-        while self.upstream_writable && !self.send.is_empty() && self.unstamped.is_empty() {
-            match net::classify(|| self.upstream.write(self.send.data())) {
-                Io::Done(count) => {
-                    self.send.consume(count);
-                    progress = true;
-                }
-                Io::WouldBlock => self.upstream_writable = false,
-                Io::Closed => return Err(self.broken("the first hop stopped reading")),
-                Io::Failed(error) => return Err(self.broken(&format!("sending: {error}"))),
-            }
-        }
+            Err(error) => return Err(self.broken(&format!("sending: {error}"))),
+        };
         let nothing_left = self.stdin.closed || self.fault.is_some();
-        if nothing_left && self.send.is_empty() && !self.upstream_write_shut {
-            self.upstream_write_shut = true;
-            let _ = self.upstream.shutdown(Shutdown::Write);
-            progress = true;
+        if nothing_left && self.send.is_empty() && !self.upstream.write_shut {
+            self.upstream.shut_write();
+            return Ok(true);
         }
         Ok(progress)
     }
 
-    fn receive_answers(&mut self, now_ns: u64) -> Result<bool, String> {
+    fn receive_answers(&mut self) -> Result<bool, String> {
         let mut progress = false;
-        while self.upstream_readable
-            && !self.upstream_read_closed
-            && !self.receive_stalled
-            && !self.connecting
-        {
-            let want = self.receive.room().min(READ_CHUNK);
-            if want == 0 {
-                break;
-            }
-            let tail = self.receive.tail(want).expect("room checked");
-            match net::classify(|| self.upstream.read(&mut tail[..want])) {
-                Io::Done(count) => {
-                    self.receive.commit(count);
-                    self.receive_read_ns = now_ns;
-                    progress = true;
-                }
-                Io::Closed => {
-                    self.upstream_read_closed = true;
-                    progress = true;
-                }
-                Io::WouldBlock => self.upstream_readable = false,
-                Io::Failed(error) => return Err(self.broken(&format!("receiving: {error}"))),
-            }
+        if !self.receive_stalled && !self.connecting {
+            let was_closed = self.upstream.read_closed;
+            progress |= self
+                .upstream
+                .fill(&mut self.receive)
+                .map_err(|error| self.broken(&format!("receiving: {error}")))?;
+            progress |= self.upstream.read_closed != was_closed;
         }
         self.receive_stalled = false;
         loop {
@@ -473,11 +573,12 @@ impl Source {
                     if frame.sequence() == UNSOLICITED {
                         self.run.unsolicited_bytes += frame.payload_len() as u64;
                     } else {
+                        let read = self.receive.stamp_of_head(len);
                         self.run.sequencing.answered_one(frame.sequence());
                         self.run.payload_bytes += frame.payload_len() as u64;
-                        self.run.last_answer_ns = Some(self.receive_read_ns);
+                        self.run.last_answer_ns = Some(read.read_ns);
                         if let Some(chain) = self.run.chain.as_mut() {
-                            chain.record(&frame, self.receive_read_ns);
+                            chain.record(&frame, read);
                         }
                     }
                 }
@@ -515,7 +616,7 @@ impl Source {
     }
 
     fn finished(&self) -> Option<Ending> {
-        if !(self.upstream_read_closed && self.to_stdout.is_empty()) {
+        if !(self.upstream.read_closed && self.to_stdout.is_empty()) {
             return None;
         }
         if let Some(fault) = &self.fault {

@@ -6,19 +6,25 @@
 //! direction). Only stamps of one host are ever subtracted from each other:
 //!
 //! ```text
-//! held(j)       = up_write(j) − down_read(j)            (turn write − turn read at the echo end)
-//! link(i, i+1)  = (up_read(i) − down_write(i)) − held(i+1)
-//! end-to-end    = up_read(0) − down_write(0)            (at the source)
+//! arrival(j)    = read(j) − receive_wait(j)             (when the frame's last byte reached j)
+//! held(j)       = up_write(j) − down_arrival(j)         (turn write − turn arrival at the echo end)
+//! link(i, i+1)  = (up_arrival(i) − down_write(i)) − held(i+1)
+//! end-to-end    = up_arrival(0) − down_write(0)         (at the source)
 //! ```
 //!
 //! so the link round trip excludes whatever time the next hop spent holding the frame, and for
-//! every frame the subsegments add up to the end-to-end round trip exactly.
+//! every frame the subsegments add up to the end-to-end round trip exactly. A hop's residence
+//! (one direction) is `write − arrival`: its receive queue (`receive_wait`, where the kernel
+//! gives receive timestamps) plus read → write (processing, and waiting for room to write).
+//! Since the connection core never stamps a read before its bytes or a write before its
+//! hand-over, no sample can be negative; one that is, is a bug, counted and named, never clamped.
 
 use std::collections::VecDeque;
 
 use hdrhistogram::Histogram;
 
-use crate::wire::{Direction, Frame, MAX_HOPS, PathEntry, Role};
+use crate::core::ReadStamp;
+use crate::wire::{Direction, Frame, MAX_HOPS, PathEntry, ReceiveClock, Role, Stamp};
 
 /// The longest delay a histogram tells apart: one hour.
 const HISTOGRAM_MAX_NS: u64 = 3_600_000_000_000;
@@ -35,16 +41,81 @@ pub enum Part {
     Turn(usize),
 }
 
+/// A sample below zero: impossible under the stamping rule, so a bug somewhere in the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negative {
+    pub count: u64,
+    /// The first one: its frame's sequence number and value.
+    pub first_sequence: u64,
+    pub first_ns: i64,
+}
+
+/// Most slices a run is cut into, in answer order; adjacent pairs merge when a frame would
+/// start a seventeenth, so a run of any length has 8 to 16 slices once it has 16 frames.
+pub const MAX_SLICES: usize = 16;
+
+/// A series' sums over consecutive slices of the run's frames: how a subsegment's delay moved
+/// during the run, so a verdict can be held to what every part of the run agrees on.
+#[derive(Debug, Clone)]
+pub struct Slices {
+    frames_per_slice: u64,
+    /// `(sum_ns, count)` per slice.
+    sums: [(i128, u64); MAX_SLICES],
+}
+
+impl Default for Slices {
+    fn default() -> Slices {
+        Slices { frames_per_slice: 1, sums: [(0, 0); MAX_SLICES] }
+    }
+}
+
+impl Slices {
+    /// Adds a sample of the run's `frame_index`-th answered frame.
+    fn add(&mut self, frame_index: u64, sample_ns: i64) {
+        while frame_index / self.frames_per_slice >= MAX_SLICES as u64 {
+            for slice in 0..MAX_SLICES / 2 {
+                let (a, b) = (self.sums[2 * slice], self.sums[2 * slice + 1]);
+                self.sums[slice] = (a.0 + b.0, a.1 + b.1);
+            }
+            self.sums[MAX_SLICES / 2..].fill((0, 0));
+            self.frames_per_slice *= 2;
+        }
+        let slot = &mut self.sums[(frame_index / self.frames_per_slice) as usize];
+        slot.0 += i128::from(sample_ns);
+        slot.1 += 1;
+    }
+
+    /// The mean of each slice that has samples, in ns.
+    pub fn means_ns(&self) -> impl Iterator<Item = f64> + '_ {
+        self.sums
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(sum, count)| *sum as f64 / *count as f64)
+    }
+}
+
 /// One subsegment's samples.
 pub struct Series {
     pub part: Part,
     pub label: String,
     pub histogram: Histogram<u64>,
     pub sum_ns: i128,
-    /// Samples below zero (clock steps or a bug upstream); recorded as zero in the histogram.
-    pub negative: u64,
+    /// Samples below zero: a bug, kept out of the histogram and reported with the first frame.
+    pub negative: Option<Negative>,
     jitter_sum_ns: u128,
     previous_ns: Option<i64>,
+    /// A hop's part only: the two things its residence is made of.
+    pub split: Option<Box<HopSplit>>,
+    pub slices: Slices,
+}
+
+/// A hop's residence, split by its own stamps.
+pub struct HopSplit {
+    /// Arrival → read: bytes waiting in the receive queue (kernel timestamps; zero without).
+    pub receive_queue: Series,
+    /// Read → write: processing, and waiting for room to write (the next link's send buffer,
+    /// or this hop's output buffer behind it).
+    pub read_to_write: Series,
 }
 
 impl Series {
@@ -55,22 +126,49 @@ impl Series {
             histogram: Histogram::new_with_max(HISTOGRAM_MAX_NS, 3)
                 .expect("valid histogram bounds"),
             sum_ns: 0,
-            negative: 0,
+            negative: None,
             jitter_sum_ns: 0,
             previous_ns: None,
+            split: None,
+            slices: Slices::default(),
         }
     }
 
-    fn add(&mut self, sample_ns: i64) {
-        self.histogram.saturating_record(sample_ns.max(0) as u64);
-        self.sum_ns += i128::from(sample_ns);
+    fn with_split(mut self) -> Series {
+        self.split = Some(Box::new(HopSplit {
+            receive_queue: Series::new(self.part, format!("{} receive queue", self.label)),
+            read_to_write: Series::new(self.part, format!("{} read → write", self.label)),
+        }));
+        self
+    }
+
+    fn add(&mut self, sample_ns: i64, sequence: u64) {
         if sample_ns < 0 {
-            self.negative += 1;
+            let negative = self.negative.get_or_insert(Negative {
+                count: 0,
+                first_sequence: sequence,
+                first_ns: sample_ns,
+            });
+            negative.count += 1;
+            return;
         }
+        // The source numbers frames from 0 in sending order: every series of one frame lands
+        // in the same slice.
+        self.slices.add(sequence, sample_ns);
+        self.histogram.saturating_record(sample_ns as u64);
+        self.sum_ns += i128::from(sample_ns);
         if let Some(previous) = self.previous_ns {
             self.jitter_sum_ns += u128::from(sample_ns.abs_diff(previous));
         }
         self.previous_ns = Some(sample_ns);
+    }
+
+    pub fn negative_count(&self) -> u64 {
+        self.negative.map_or(0, |negative| negative.count)
+    }
+
+    pub fn p50_ns(&self) -> u64 {
+        self.histogram.value_at_quantile(0.5)
     }
 
     pub fn count(&self) -> u64 {
@@ -98,16 +196,29 @@ pub struct Chain {
     pub end_to_end: Series,
     /// Answered frames whose records did not match the path.
     pub malformed: u64,
+    /// The source's own receive queue for answers: after the end-to-end round trip, so in no
+    /// subsegment.
+    pub source_receive_queue: Series,
+    /// Per hop, the records by how their arrival was known, indexed by [`ReceiveClock`].
+    pub receive_clocks: Vec<[u64; 3]>,
     /// One frame's samples, one per part: kept so that recording a frame allocates nothing.
     samples: Vec<i64>,
 }
 
-/// One answered frame's stamps, by hop: `(read_ns, write_ns)`.
+/// One answered frame's stamps, by hop.
 #[derive(Default)]
 struct Stamps {
-    down: [Option<(u64, u64)>; MAX_HOPS],
-    up: [Option<(u64, u64)>; MAX_HOPS],
-    turn: [Option<(u64, u64)>; MAX_HOPS],
+    down: [Option<Stamp>; MAX_HOPS],
+    up: [Option<Stamp>; MAX_HOPS],
+    turn: [Option<Stamp>; MAX_HOPS],
+}
+
+fn arrival(stamp: Option<Stamp>) -> Option<u64> {
+    stamp?.arrival_ns()
+}
+
+fn written(stamp: Option<Stamp>) -> Option<u64> {
+    stamp.map(|stamp| stamp.write_ns)
 }
 
 impl Chain {
@@ -141,19 +252,29 @@ impl Chain {
             Part::ResidenceUp(hop) => format!("{} ↑ (relay)", labels[hop]),
             Part::Turn(hop) => format!("{} (echo)", labels[hop]),
         };
-        let parts = parts.into_iter().map(|part| Series::new(part, label(part))).collect();
+        let parts = parts
+            .into_iter()
+            .map(|part| match part {
+                Part::Link(_) => Series::new(part, label(part)),
+                _ => Series::new(part, label(part)).with_split(),
+            })
+            .collect();
+        let source_label = format!("{} (source) receive queue", labels[0]);
+        let hops = path.len();
         Some(Chain {
             path,
             last_stamped,
             parts,
             end_to_end: Series::new(Part::Link(0), "end-to-end".to_string()),
             malformed: 0,
+            source_receive_queue: Series::new(Part::Link(0), source_label),
+            receive_clocks: vec![[0; 3]; hops],
             samples: Vec::new(),
         })
     }
 
-    /// Adds one answered frame; `up_read_ns` is the source's own stamp of its arrival.
-    pub fn record<T: AsRef<[u8]>>(&mut self, frame: &Frame<T>, up_read_ns: u64) {
+    /// Adds one answered frame; `source_read` is the source's own stamp of its arrival.
+    pub fn record<T: AsRef<[u8]>>(&mut self, frame: &Frame<T>, source_read: ReadStamp) {
         let mut stamps = Stamps::default();
         for stamp in frame.records() {
             let slot = match stamp.direction {
@@ -161,14 +282,18 @@ impl Chain {
                 Direction::Up => &mut stamps.up,
                 Direction::Turn => &mut stamps.turn,
             };
-            slot[usize::from(stamp.hop)] = Some((stamp.read_ns, stamp.write_ns));
+            slot[usize::from(stamp.hop)] = Some(stamp);
         }
-        stamps.up[0] = Some((up_read_ns, 0));
+        stamps.up[0] = Some(Stamp {
+            receive: source_read.receive,
+            receive_wait_ns: source_read.receive_wait_ns,
+            ..Stamp::new(0, Direction::Up, source_read.read_ns, 0)
+        });
         let mut samples = std::mem::take(&mut self.samples);
         samples.clear();
         let complete = self.samples_into(&stamps, &mut samples);
-        let end_to_end =
-            sub(stamps.up[0].map(|(read, _)| read), stamps.down[0].map(|(_, write)| write));
+        let end_to_end = sub(arrival(stamps.up[0]), written(stamps.down[0]));
+        let sequence = frame.sequence();
         match (complete, end_to_end) {
             (true, Some(end_to_end)) => {
                 debug_assert_eq!(
@@ -177,13 +302,52 @@ impl Chain {
                     "subsegments must add up exactly"
                 );
                 for (series, &sample) in self.parts.iter_mut().zip(&samples) {
-                    series.add(sample);
+                    series.add(sample, sequence);
+                    let stamp = match series.part {
+                        Part::ResidenceDown(hop) => stamps.down[hop],
+                        Part::ResidenceUp(hop) => stamps.up[hop],
+                        Part::Turn(hop) => stamps.turn[hop],
+                        Part::Link(_) => None,
+                    };
+                    if let (Some(split), Some(stamp)) = (series.split.as_mut(), stamp) {
+                        let wait_ns = i64::try_from(stamp.receive_wait_ns).unwrap_or(i64::MAX);
+                        split.receive_queue.add(wait_ns, sequence);
+                        let read_to_write = i128::from(stamp.write_ns) - i128::from(stamp.read_ns);
+                        split
+                            .read_to_write
+                            .add(i64::try_from(read_to_write).unwrap_or(i64::MIN), sequence);
+                    }
                 }
-                self.end_to_end.add(end_to_end);
+                self.end_to_end.add(end_to_end, sequence);
+                self.source_receive_queue.add(source_read.receive_wait_ns as i64, sequence);
+                // The source's own down record stamps a read of stdin, not a socket's arrival.
+                let records = stamps.down[1..].iter().chain(&stamps.up).chain(&stamps.turn);
+                for stamp in records.flatten() {
+                    if let Some(counts) = self.receive_clocks.get_mut(usize::from(stamp.hop)) {
+                        counts[stamp.receive as usize] += 1;
+                    }
+                }
             }
             _ => self.malformed += 1,
         }
         self.samples = samples;
+    }
+
+    /// Negative samples over all subsegments and the end-to-end row.
+    pub fn negative_count(&self) -> u64 {
+        self.parts.iter().chain([&self.end_to_end]).map(Series::negative_count).sum()
+    }
+
+    /// Records, over the run, whose arrival came from a kernel stamp; and those whose kernel
+    /// stamp was rejected as impossible.
+    pub fn receive_clock_totals(&self) -> (u64, u64, u64) {
+        self.receive_clocks.iter().fold((0, 0, 0), |(after, kernel, rejected), counts| {
+            (
+                after + counts[ReceiveClock::AfterRead as usize],
+                kernel + counts[ReceiveClock::Kernel as usize],
+                rejected + counts[ReceiveClock::KernelRejected as usize],
+            )
+        })
     }
 
     /// Appends one sample per part to `samples`; false when a stamp is missing or absurd.
@@ -191,30 +355,20 @@ impl Chain {
         let last = self.last_stamped;
         let held = |hop: usize| -> Option<i64> {
             if hop == last && self.path[last].role == Role::Echo {
-                let (read, write) = stamps.turn[hop]?;
-                sub(Some(write), Some(read))
+                sub(written(stamps.turn[hop]), arrival(stamps.turn[hop]))
             } else {
-                sub(stamps.up[hop].map(|(_, write)| write), stamps.down[hop].map(|(read, _)| read))
+                sub(written(stamps.up[hop]), arrival(stamps.down[hop]))
             }
         };
         let sample = |series: &Series| match series.part {
             Part::Link(hop) => {
-                let round_trip = sub(
-                    stamps.up[hop].map(|(read, _)| read),
-                    stamps.down[hop].map(|(_, write)| write),
-                )?;
+                let round_trip = sub(arrival(stamps.up[hop]), written(stamps.down[hop]))?;
                 // Past the last stamping hop is a plain server: nothing to subtract.
                 let next_held = if hop == last { 0 } else { held(hop + 1)? };
                 Some(round_trip - next_held) // both within ±1 h: no overflow
             }
-            Part::ResidenceDown(hop) => {
-                let (read, write) = stamps.down[hop]?;
-                sub(Some(write), Some(read))
-            }
-            Part::ResidenceUp(hop) => {
-                let (read, write) = stamps.up[hop]?;
-                sub(Some(write), Some(read))
-            }
+            Part::ResidenceDown(hop) => sub(written(stamps.down[hop]), arrival(stamps.down[hop])),
+            Part::ResidenceUp(hop) => sub(written(stamps.up[hop]), arrival(stamps.up[hop])),
             Part::Turn(hop) => held(hop),
         };
         for series in &self.parts {
@@ -228,10 +382,7 @@ impl Chain {
 
     /// The subsegment with the highest median: the verdict.
     pub fn worst(&self) -> Option<&Series> {
-        self.parts
-            .iter()
-            .filter(|series| series.count() > 0)
-            .max_by_key(|series| series.histogram.value_at_quantile(0.5))
+        self.parts.iter().filter(|series| series.count() > 0).max_by_key(|series| series.p50_ns())
     }
 }
 
@@ -325,7 +476,11 @@ mod tests {
     }
 
     fn stamp(hop: u8, direction: Direction, read_ns: u64, write_ns: u64) -> Stamp {
-        Stamp { hop, direction, read_ns, write_ns }
+        Stamp::new(hop, direction, read_ns, write_ns)
+    }
+
+    fn read_at(read_ns: u64) -> ReadStamp {
+        ReadStamp { read_ns, ..ReadStamp::default() }
     }
 
     #[test]
@@ -342,12 +497,81 @@ mod tests {
             stamp(1, Direction::Up, 540_300, 540_500),   // B: 40 000 on B⇄Z, holds 200 up
         ]);
         // A reads the answer at 1 000 + 10 000 (A⇄B) + B's whole holding time (40 500).
-        chain.record(&Frame::new_checked(&bytes[..]).unwrap(), 1_000 + 10_000 + 40_500);
+        chain.record(&Frame::new_checked(&bytes[..]).unwrap(), read_at(1_000 + 10_000 + 40_500));
         let means: Vec<f64> = chain.parts.iter().map(Series::mean_ns).collect();
         assert_eq!(means, [10_000.0, 300.0, 200.0, 39_950.0, 50.0]);
         assert_eq!(chain.end_to_end.mean_ns(), 50_500.0);
         assert_eq!(means.iter().sum::<f64>(), chain.end_to_end.mean_ns());
         assert_eq!(chain.worst().unwrap().label, "B ⇄ Z");
+        assert_eq!(chain.negative_count(), 0);
+    }
+
+    #[test]
+    fn test_receive_queue_waits_move_from_the_link_to_the_hop() {
+        // As above, but B's down read came 2 000 ns after the bytes arrived (kernel stamp), and
+        // A's answer waited 700 ns in A's receive queue.
+        let path = vec![entry(Role::Source, "A"), entry(Role::Relay, "B"), entry(Role::Echo, "Z")];
+        let mut chain = Chain::new(path).unwrap();
+        let waited = |stamp: Stamp, wait_ns| Stamp {
+            receive: ReceiveClock::Kernel,
+            receive_wait_ns: wait_ns,
+            ..stamp
+        };
+        let bytes = frame(&[
+            stamp(0, Direction::Down, 0, 1_000),
+            waited(stamp(1, Direction::Down, 500_000, 500_300), 2_000),
+            stamp(2, Direction::Turn, 9_000_000, 9_000_050),
+            stamp(1, Direction::Up, 540_300, 540_500),
+        ]);
+        let source_read =
+            ReadStamp { read_ns: 51_500, receive: ReceiveClock::Kernel, receive_wait_ns: 700 };
+        chain.record(&Frame::new_checked(&bytes[..]).unwrap(), source_read);
+        let means: Vec<f64> = chain.parts.iter().map(Series::mean_ns).collect();
+        // A⇄B loses B's 2 000 ns of queue and A's 700 ns; B ↓ gains the 2 000.
+        assert_eq!(means, [10_000.0 - 2_000.0 - 700.0, 2_300.0, 200.0, 39_950.0, 50.0]);
+        assert_eq!(chain.end_to_end.mean_ns(), 50_500.0 - 700.0);
+        let split = chain.parts[1].split.as_ref().unwrap();
+        assert_eq!(split.receive_queue.mean_ns(), 2_000.0);
+        assert_eq!(split.read_to_write.mean_ns(), 300.0);
+        assert_eq!(chain.source_receive_queue.mean_ns(), 700.0);
+        assert_eq!(
+            chain.receive_clock_totals(),
+            (2, 2, 0),
+            "the source's stdin read is no arrival"
+        );
+    }
+
+    #[test]
+    fn test_a_negative_sample_is_counted_and_named_never_clamped() {
+        let path = vec![entry(Role::Source, "A"), entry(Role::Echo, "Z")];
+        let mut chain = Chain::new(path).unwrap();
+        // Z holds the frame 500 ns but A saw the answer only 300 ns after sending: a stamp
+        // before its bytes somewhere, which the link row shows as −200 ns.
+        let bytes =
+            frame(&[stamp(0, Direction::Down, 0, 1_000), stamp(1, Direction::Turn, 10, 510)]);
+        let mut framed = bytes.clone();
+        framed[8..16].copy_from_slice(&42u64.to_be_bytes());
+        chain.record(&Frame::new_checked(&framed[..]).unwrap(), read_at(1_300));
+        let negative = chain.parts[0].negative.unwrap();
+        assert_eq!((negative.count, negative.first_sequence, negative.first_ns), (1, 42, -200));
+        assert_eq!(chain.parts[0].count(), 0, "kept out of the histogram");
+        assert_eq!(chain.negative_count(), 1);
+    }
+
+    #[test]
+    fn test_slices_merge_in_pairs_and_keep_means() {
+        let mut slices = Slices::default();
+        for index in 0..64u64 {
+            slices.add(index, if index < 32 { 10 } else { 30 });
+        }
+        let means: Vec<f64> = slices.means_ns().collect();
+        assert_eq!(means.len(), MAX_SLICES);
+        assert_eq!(means[..8], [10.0; 8]);
+        assert_eq!(means[8..], [30.0; 8]);
+        slices.add(64, 50);
+        let means: Vec<f64> = slices.means_ns().collect();
+        assert_eq!(means.len(), 9, "64 frames in 8 slices of 8, then one new slice");
+        assert_eq!(means[8], 50.0);
     }
 
     #[test]
@@ -363,7 +587,7 @@ mod tests {
             stamp(1, Direction::Down, 10, 20),
             stamp(1, Direction::Up, 5_020, 5_030),
         ]);
-        chain.record(&Frame::new_checked(&bytes[..]).unwrap(), 100 + 1_000 + 5_020);
+        chain.record(&Frame::new_checked(&bytes[..]).unwrap(), read_at(100 + 1_000 + 5_020));
         let means: Vec<f64> = chain.parts.iter().map(Series::mean_ns).collect();
         // A⇄B, B↓, B↑, B⇄server (which includes the server's own time).
         assert_eq!(means, [1_000.0, 10.0, 10.0, 5_000.0]);
@@ -375,7 +599,7 @@ mod tests {
         let path = vec![entry(Role::Source, "A"), entry(Role::Relay, "B"), entry(Role::Echo, "Z")];
         let mut chain = Chain::new(path).unwrap();
         let bytes = frame(&[stamp(0, Direction::Down, 0, 1)]);
-        chain.record(&Frame::new_checked(&bytes[..]).unwrap(), 10);
+        chain.record(&Frame::new_checked(&bytes[..]).unwrap(), read_at(10));
         assert_eq!(chain.malformed, 1);
         assert_eq!(chain.end_to_end.count(), 0);
     }
@@ -389,7 +613,7 @@ mod tests {
                 stamp(0, Direction::Down, 0, write_ns),
                 stamp(1, Direction::Turn, 0, turn_ns),
             ]);
-            chain.record(&Frame::new_checked(&bytes[..]).unwrap(), 10);
+            chain.record(&Frame::new_checked(&bytes[..]).unwrap(), read_at(10));
         }
         assert_eq!(chain.malformed, 3);
         assert_eq!(chain.end_to_end.count(), 0);
@@ -404,7 +628,7 @@ mod tests {
             let base = index as u64 * 1_000_000;
             let bytes =
                 frame(&[stamp(0, Direction::Down, base, base), stamp(1, Direction::Turn, 7, 7)]);
-            chain.record(&Frame::new_checked(&bytes[..]).unwrap(), base + link_ns);
+            chain.record(&Frame::new_checked(&bytes[..]).unwrap(), read_at(base + link_ns));
         }
         assert_eq!(chain.parts[0].jitter_ns(), 150.0);
     }

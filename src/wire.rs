@@ -9,10 +9,23 @@
 //!  +------+---+----+-------+-----+------------+-------------+----------------+---------+
 //! ```
 //!
-//! All integers are big-endian. A stamp record is `hop u8, direction u8, reserved u16,
-//! read_ns u64, write_ns u64`: the CLOCK_MONOTONIC_RAW times at which that hop saw the frame
-//! become readable and wrote it on. Records are only ever compared with records of the same hop,
-//! so hosts need no clock synchronisation.
+//! All integers are big-endian. A stamp record (version 2) is
+//!
+//! ```text
+//!  0     1           2               3          8         16         24                 32
+//!  +-----+-----------+---------------+----------+---------+----------+------------------+
+//!  | hop | direction | receive clock | reserved | read_ns | write_ns | receive_wait_ns  |
+//!  +-----+-----------+---------------+----------+---------+----------+------------------+
+//! ```
+//!
+//! `read_ns` and `write_ns` are that hop's CLOCK_MONOTONIC_RAW times right after the read call
+//! that completed the frame and right before the write call that started handing it to the
+//! kernel; `receive_wait_ns` is how long the frame's last bytes had waited in the hop's receive
+//! queue before that read, from the kernel's receive timestamp (zero when the kernel gave none,
+//! which `receive clock` says). Records are only ever compared with records of the same hop, so
+//! hosts need no clock synchronisation. Version 1 had 20-byte records without the receive
+//! clock and wait; a version-1 hop refuses version-2 frames (and the reverse) with a line
+//! naming both versions.
 //!
 //! Following smoltcp, [`Frame`] is a view over a buffer: [`Frame::new_checked`] validates every
 //! limit once, after which no accessor can panic. Peer input goes through [`frame_len`] (the
@@ -23,9 +36,9 @@ use std::net::SocketAddr;
 
 /// "SSTS": subsegment TCP speeds.
 pub const MAGIC: [u8; 4] = *b"SSTS";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 20;
-pub const RECORD_LEN: usize = 20;
+pub const RECORD_LEN: usize = 32;
 /// Hops in a chain, the source and the echoing end included. A forwarding loop (A→B→A…)
 /// grows the path by one hop per pass and is stopped here.
 pub const MAX_HOPS: usize = 32;
@@ -52,8 +65,11 @@ mod field {
         use std::ops::Range;
         pub const HOP: usize = 0;
         pub const DIRECTION: usize = 1;
-        pub const READ_NS: Range<usize> = 4..12;
-        pub const WRITE_NS: Range<usize> = 12..20;
+        pub const RECEIVE_CLOCK: usize = 2;
+        pub const RESERVED: Range<usize> = 3..8;
+        pub const READ_NS: Range<usize> = 8..16;
+        pub const WRITE_NS: Range<usize> = 16..24;
+        pub const RECEIVE_WAIT_NS: Range<usize> = 24..32;
     }
 }
 
@@ -97,6 +113,31 @@ impl Direction {
             0 => Some(Direction::Down),
             1 => Some(Direction::Up),
             2 => Some(Direction::Turn),
+            _ => None,
+        }
+    }
+}
+
+/// How a hop knows when a frame's bytes reached it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReceiveClock {
+    /// No kernel receive timestamp: the arrival is taken as the read itself (wait 0), so any
+    /// time the bytes waited in the receive queue counts in the link before the hop.
+    #[default]
+    AfterRead = 0,
+    /// The kernel's software receive timestamp of the last byte read gave the wait.
+    Kernel = 1,
+    /// The kernel gave a timestamp, but an impossible one (negative wait, or longer than the
+    /// queue can have held the bytes): treated as `AfterRead`, and counted.
+    KernelRejected = 2,
+}
+
+impl ReceiveClock {
+    fn from_byte(byte: u8) -> Option<ReceiveClock> {
+        match byte {
+            0 => Some(ReceiveClock::AfterRead),
+            1 => Some(ReceiveClock::Kernel),
+            2 => Some(ReceiveClock::KernelRejected),
             _ => None,
         }
     }
@@ -216,8 +257,13 @@ impl<T: AsRef<[u8]>> Frame<T> {
         }
         for index in 0..frame.record_count() {
             let record = frame.record_bytes(index);
+            let clock = ReceiveClock::from_byte(record[field::record::RECEIVE_CLOCK]);
+            let waited = read_u64(&record[field::record::RECEIVE_WAIT_NS]) != 0;
             if Direction::from_byte(record[field::record::DIRECTION]).is_none()
                 || usize::from(record[field::record::HOP]) >= MAX_HOPS
+                || record[field::record::RESERVED].iter().any(|&byte| byte != 0)
+                || clock.is_none()
+                || (waited && clock != Some(ReceiveClock::Kernel))
             {
                 return Err(WireError::BadRecord { index });
             }
@@ -279,6 +325,9 @@ impl<T: AsRef<[u8]>> Frame<T> {
                 .unwrap_or(Direction::Down),
             read_ns: read_u64(&bytes[field::record::READ_NS]),
             write_ns: read_u64(&bytes[field::record::WRITE_NS]),
+            receive: ReceiveClock::from_byte(bytes[field::record::RECEIVE_CLOCK])
+                .unwrap_or_default(),
+            receive_wait_ns: read_u64(&bytes[field::record::RECEIVE_WAIT_NS]),
         }
     }
 
@@ -308,16 +357,50 @@ pub struct Stamp {
     pub direction: Direction,
     pub read_ns: u64,
     pub write_ns: u64,
+    pub receive: ReceiveClock,
+    /// Zero unless `receive` is [`ReceiveClock::Kernel`].
+    pub receive_wait_ns: u64,
 }
 
 impl Stamp {
+    /// A stamp with no receive-queue wait (the read is taken as the arrival).
+    pub const fn new(hop: u8, direction: Direction, read_ns: u64, write_ns: u64) -> Stamp {
+        Stamp {
+            hop,
+            direction,
+            read_ns,
+            write_ns,
+            receive: ReceiveClock::AfterRead,
+            receive_wait_ns: 0,
+        }
+    }
+
+    /// When the frame's last byte reached the hop: the read, less the receive-queue wait.
+    /// `None` for a wait longer than the clock's whole past (a peer's nonsense).
+    pub fn arrival_ns(&self) -> Option<u64> {
+        self.read_ns.checked_sub(self.receive_wait_ns)
+    }
+
     pub fn emit(&self, out: &mut [u8]) {
         out[field::record::HOP] = self.hop;
         out[field::record::DIRECTION] = self.direction as u8;
-        out[2..4].fill(0);
+        out[field::record::RECEIVE_CLOCK] = self.receive as u8;
+        out[field::record::RESERVED].fill(0);
         out[field::record::READ_NS].copy_from_slice(&self.read_ns.to_be_bytes());
         out[field::record::WRITE_NS].copy_from_slice(&self.write_ns.to_be_bytes());
+        out[field::record::RECEIVE_WAIT_NS].copy_from_slice(&self.receive_wait_ns.to_be_bytes());
     }
+}
+
+/// Where, inside a frame, the write stamp of record `index` sits: patched just before the
+/// frame's hand-over to the kernel.
+pub fn write_stamp_offset(index: usize) -> usize {
+    HEADER_LEN + index * RECORD_LEN + field::record::WRITE_NS.start
+}
+
+/// Overwrites the 8-byte write stamp at the start of `field`.
+pub fn patch_write_stamp(field: &mut [u8], write_ns: u64) {
+    field[..8].copy_from_slice(&write_ns.to_be_bytes());
 }
 
 /// The header fields of a frame to be built.
@@ -555,17 +638,24 @@ mod tests {
         out
     }
 
-    const STAMP: Stamp = Stamp { hop: 1, direction: Direction::Up, read_ns: 7, write_ns: 9 };
+    const STAMP: Stamp = Stamp {
+        receive: ReceiveClock::Kernel,
+        receive_wait_ns: 3,
+        ..Stamp::new(1, Direction::Up, 7, 9)
+    };
 
     #[test]
     fn test_emit_matches_fixture() {
         let bytes = data_frame(0x0102, &[STAMP], b"hi");
         #[rustfmt::skip]
         let expected: &[u8] = &[
-            b'S', b'S', b'T', b'S', 1, 1, 1, 0,
+            b'S', b'S', b'T', b'S', 2, 1, 1, 0,
             0, 0, 0, 0, 0, 0, 0x01, 0x02,
             0, 0, 0, 2,
-            1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 9,
+            1, 1, 1, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 7,
+            0, 0, 0, 0, 0, 0, 0, 9,
+            0, 0, 0, 0, 0, 0, 0, 3,
             b'h', b'i',
         ];
         assert_eq!(bytes, expected);
@@ -582,11 +672,23 @@ mod tests {
     }
 
     #[test]
+    fn test_write_stamp_patch_lands_in_the_record() {
+        let mut bytes = data_frame(1, &[STAMP, Stamp::new(2, Direction::Down, 1, 0)], b"x");
+        let at = write_stamp_offset(1);
+        patch_write_stamp(&mut bytes[at..], 0x0102_0304);
+        let frame = Frame::new_checked(&bytes[..]).unwrap();
+        assert_eq!(frame.record(1).write_ns, 0x0102_0304);
+        assert_eq!(frame.record(0), STAMP);
+        assert_eq!(frame.record(1).arrival_ns(), Some(1));
+        assert_eq!(STAMP.arrival_ns(), Some(4));
+    }
+
+    #[test]
     fn test_restamp_appends_one_record() {
         let bytes = data_frame(5, &[STAMP], b"abc");
         let frame = Frame::new_checked(&bytes[..]).unwrap();
         let mut out = vec![0xa5; bytes.len() + RECORD_LEN];
-        let added = Stamp { hop: 2, direction: Direction::Turn, read_ns: 100, write_ns: 200 };
+        let added = Stamp::new(2, Direction::Turn, 100, 200);
         assert_eq!(emit_restamped(&mut out, &frame, added), out.len());
         let again = Frame::new_checked(&out[..]).unwrap();
         assert_eq!(again.records().collect::<Vec<_>>(), vec![STAMP, added]);
@@ -646,6 +748,22 @@ mod tests {
     fn test_bad_record_rejected() {
         let mut bytes = data_frame(1, &[STAMP], b"");
         bytes[HEADER_LEN + field::record::DIRECTION] = 9;
+        assert_eq!(Frame::new_checked(&bytes[..]).unwrap_err(), WireError::BadRecord { index: 0 });
+        for (at, byte) in [
+            (field::record::RECEIVE_CLOCK, 3),
+            (field::record::RESERVED.start, 1),
+            (field::record::RESERVED.end - 1, 0x80),
+        ] {
+            let mut bytes = data_frame(1, &[STAMP], b"");
+            bytes[HEADER_LEN + at] = byte;
+            assert_eq!(
+                Frame::new_checked(&bytes[..]).unwrap_err(),
+                WireError::BadRecord { index: 0 }
+            );
+        }
+        // A wait is only ever carried with the kernel's clock behind it.
+        let mut bytes = data_frame(1, &[STAMP], b"");
+        bytes[HEADER_LEN + field::record::RECEIVE_CLOCK] = ReceiveClock::AfterRead as u8;
         assert_eq!(Frame::new_checked(&bytes[..]).unwrap_err(), WireError::BadRecord { index: 0 });
         let mut bytes = data_frame(1, &[STAMP], b"");
         bytes[HEADER_LEN + field::record::HOP] = MAX_HOPS as u8;

@@ -478,14 +478,8 @@ fn an_answer_with_too_many_records_from_the_next_hop_is_a_fault_not_a_crash() {
     let mut announced = [0u8; 256];
     let _ = downstream.read(&mut announced).unwrap();
     // Valid for the parser (every record names a real hop), one record too many for B.
-    let stamps: Vec<Stamp> = (0..MAX_RECORDS)
-        .map(|index| Stamp {
-            hop: (index % 32) as u8,
-            direction: Direction::Up,
-            read_ns: 1,
-            write_ns: 2,
-        })
-        .collect();
+    let stamps: Vec<Stamp> =
+        (0..MAX_RECORDS).map(|index| Stamp::new((index % 32) as u8, Direction::Up, 1, 2)).collect();
     let header =
         Header { kind: Kind::Data, record_count: MAX_RECORDS, sequence: 0, payload_len: 1 };
     let mut answer = vec![0; header.total_len()];

@@ -13,8 +13,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use subsegment_tcp_speeds::wire::{
     Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAGIC, MAX_HOPS, MAX_PAYLOAD, MAX_RECORDS,
-    PathEntry, RECORD_LEN, Role, Stamp, WireError, emit_frame, emit_restamped, frame_len,
-    next_frame,
+    PathEntry, RECORD_LEN, ReceiveClock, Role, Stamp, VERSION, WireError, emit_frame,
+    emit_restamped, frame_len, next_frame,
 };
 
 /// The header's flags byte (see the layout in `src/wire.rs`): not interpreted by the parser, and
@@ -68,9 +68,21 @@ fn direction() -> impl Strategy<Value = Direction> {
     prop_oneof![Just(Direction::Down), Just(Direction::Up), Just(Direction::Turn)]
 }
 
+/// A record as a hop writes it: with a kernel-stamped wait, or none (read taken as arrival, or
+/// a kernel stamp rejected).
 fn stamp() -> impl Strategy<Value = Stamp> {
-    (0..MAX_HOPS as u8, direction(), any::<u64>(), any::<u64>())
-        .prop_map(|(hop, direction, read_ns, write_ns)| Stamp { hop, direction, read_ns, write_ns })
+    let receive = prop_oneof![
+        any::<u64>().prop_map(|wait| (ReceiveClock::Kernel, wait)),
+        Just((ReceiveClock::AfterRead, 0)),
+        Just((ReceiveClock::KernelRejected, 0)),
+    ];
+    (0..MAX_HOPS as u8, direction(), any::<u64>(), any::<u64>(), receive).prop_map(
+        |(hop, direction, read_ns, write_ns, (receive, receive_wait_ns))| Stamp {
+            receive,
+            receive_wait_ns,
+            ..Stamp::new(hop, direction, read_ns, write_ns)
+        },
+    )
 }
 
 /// Payload bytes from a length and a seed: as good as arbitrary for the parser, which never
@@ -142,8 +154,8 @@ impl RawFrame {
         bytes.extend(7u64.to_be_bytes());
         bytes.extend(self.payload_len_field.to_be_bytes());
         for &(hop, direction) in &self.records {
-            bytes.extend([hop, direction, 0, 0]);
-            bytes.extend([0; 16]);
+            bytes.extend([hop, direction, 0, 0, 0, 0, 0, 0]);
+            bytes.extend([0; 24]);
         }
         bytes.extend(&self.payload);
         bytes
@@ -171,7 +183,7 @@ impl RawFrame {
     fn header_faults(&self) -> Vec<WireError> {
         let payload_len = self.payload_len_field as usize;
         let mut faults = Vec::new();
-        if self.version != 1 {
+        if self.version != VERSION {
             faults.push(WireError::UnsupportedVersion(self.version));
         }
         if !(1..=3).contains(&self.kind) {
@@ -188,7 +200,7 @@ impl RawFrame {
 }
 
 fn raw_frame() -> impl Strategy<Value = RawFrame> {
-    let version = prop_oneof![4 => Just(1u8), 1 => any::<u8>()];
+    let version = prop_oneof![4 => Just(VERSION), 1 => any::<u8>()];
     let kind = prop_oneof![4 => 1u8..=3, 1 => 0u8..=4, 1 => any::<u8>()];
     let count = prop_oneof![
         4 => 0..=MAX_RECORDS,
@@ -337,7 +349,7 @@ fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
     assert_eq!(out, expected, "re-emitted frame differs from its input");
 
     if frame.record_count() < MAX_RECORDS {
-        let added = Stamp { hop: 0, direction: Direction::Up, read_ns: 1, write_ns: 2 };
+        let added = Stamp::new(0, Direction::Up, 1, 2);
         let mut out = vec![0xa5; frame.total_len() + RECORD_LEN];
         assert_eq!(emit_restamped(&mut out, frame, added), out.len());
         let again = Frame::new_checked(&out[..]).expect("a restamped frame is valid");

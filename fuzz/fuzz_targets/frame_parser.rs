@@ -97,7 +97,7 @@ fn exercise(frame: &Frame<&[u8]>, bytes: &[u8]) {
 
     // A hop passing the frame on adds one record; the caller keeps below the limit.
     if frame.record_count() < MAX_RECORDS {
-        let stamp = Stamp { hop: 1, direction: Direction::Down, read_ns: 2, write_ns: 3 };
+        let stamp = Stamp::new(1, Direction::Down, 2, 3);
         let mut out = vec![0xa5; frame.total_len() + RECORD_LEN];
         assert_eq!(emit_restamped(&mut out, frame, stamp), out.len());
         let again = Frame::new_checked(&out[..]).expect("a restamped frame is valid");

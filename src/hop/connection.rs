@@ -4,114 +4,29 @@
 //! The loop in [`super`] decides when a connection runs; this module decides what it does.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 
 use mio::Interest;
-use mio::net::TcpStream;
 
 use super::{HopConfig, Side, next_hop_text, token_of};
 use crate::buffer::Buffer;
 use crate::clock;
-use crate::net::{self, Io};
+use crate::core::{Inbound, Outbound, Peer, ReadStamp};
+use crate::net;
 use crate::wire::{
     self, Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, MAX_HEADERS_LEN,
     MAX_HOPS, MAX_RECORDS, PathEntry, RECORD_LEN, Role, Stamp, UNSOLICITED, WireError,
 };
-
-/// Reads are capped so that a connection carrying small frames touches little of its buffer.
-const READ_CHUNK: usize = 64 * 1024;
 /// Room for the largest frame plus the record this hop adds.
 const BUFFER_LEN: usize = MAX_FRAME_LEN + RECORD_LEN;
 /// A stripping relay keeps the headers of frames whose answer has not come back yet.
 const PENDING_HEADERS_LEN: usize = 256 * 1024;
 
-/// One socket of a connection, with its software readiness.
-pub(super) struct Peer {
-    pub(super) stream: TcpStream,
-    pub(super) addr: SocketAddr,
-    pub(super) readable: bool,
-    pub(super) writable: bool,
-    /// The poll reported the peer's FIN (EPOLLRDHUP): read until the EOF itself is seen.
-    pub(super) hung_up: bool,
-    pub(super) read_closed: bool,
-    pub(super) write_shut: bool,
-}
-
-impl Peer {
-    pub(super) fn new(stream: TcpStream, addr: SocketAddr) -> Peer {
-        Peer {
-            stream,
-            addr,
-            readable: false,
-            writable: false,
-            hung_up: false,
-            read_closed: false,
-            write_shut: false,
-        }
-    }
-
-    /// Reads into `into` until the socket would block or the buffer is full.
-    fn fill(&mut self, into: &mut Buffer) -> io::Result<bool> {
-        let mut progress = false;
-        while self.readable && !self.read_closed {
-            let want = into.room().min(READ_CHUNK);
-            if want == 0 {
-                break;
-            }
-            let tail = into.tail(want).expect("room checked");
-            match net::classify(|| self.stream.read(&mut tail[..want])) {
-                Io::Done(count) => {
-                    into.commit(count);
-                    progress = true;
-                    // A short read emptied the socket; the next arrival is a new edge, so
-                    // the read that would only say WouldBlock is skipped. Not once the peer's
-                    // FIN has been signalled: it may sit behind these bytes, and no further
-                    // edge would announce it.
-                    self.readable = count == want || self.hung_up;
-                }
-                Io::Closed => self.read_closed = true,
-                Io::WouldBlock => self.readable = false,
-                Io::Failed(error) => return Err(error),
-            }
-        }
-        Ok(progress)
-    }
-
-    /// Writes from `from` until it is empty or the socket would block.
-    fn flush(&mut self, from: &mut Buffer) -> io::Result<bool> {
-        let mut progress = false;
-        while self.writable && !from.is_empty() {
-            match net::classify(|| self.stream.write(from.data())) {
-                Io::Done(count) => {
-                    // A short write filled the socket's buffer: wait for the next edge.
-                    self.writable = count == from.len();
-                    from.consume(count);
-                    progress = true;
-                }
-                Io::WouldBlock => self.writable = false,
-                Io::Closed => return Err(io::ErrorKind::WriteZero.into()),
-                Io::Failed(error) => return Err(error),
-            }
-        }
-        Ok(progress)
-    }
-
-    fn shut_write(&mut self) {
-        if !self.write_shut {
-            self.write_shut = true;
-            // The peer may already be gone; the read side reports that.
-            let _ = self.stream.shutdown(Shutdown::Write);
-        }
-    }
-}
-
 /// One direction through the hop: bytes read from one socket, frames written to another.
 struct Pipe {
-    input: Buffer,
-    output: Buffer,
-    /// Stamp of the wake-up in which the input last received bytes.
-    read_ns: u64,
+    input: Inbound,
+    output: Outbound,
     /// A whole frame is waiting in `input` for room in the output: do not read more.
     stalled: bool,
 }
@@ -119,9 +34,8 @@ struct Pipe {
 impl Pipe {
     fn new(input_len: usize, output_len: usize) -> io::Result<Pipe> {
         Ok(Pipe {
-            input: Buffer::with_capacity(input_len)?,
-            output: Buffer::with_capacity(output_len)?,
-            read_ns: 0,
+            input: Inbound::with_capacity(input_len)?,
+            output: Outbound::with_capacity(output_len)?,
             stalled: false,
         })
     }
@@ -234,14 +148,10 @@ impl Connection {
 
         // Down: upstream socket -> down.input -> frames -> down.output (or up.output).
         if !self.down.stalled {
-            let got = self
+            read_any |= self
                 .upstream
                 .fill(&mut self.down.input)
                 .map_err(|error| format!("read: {error}"))?;
-            if got {
-                self.down.read_ns = now_ns;
-                read_any = true;
-            }
         }
         advanced |= self.process_down(context, registry)?;
         if let (Some(downstream), false) = (self.downstream.as_mut(), self.connecting) {
@@ -259,12 +169,7 @@ impl Connection {
             (self.downstream.as_mut(), self.connecting, self.up.stalled)
         {
             match downstream.fill(&mut self.up.input) {
-                Ok(got) => {
-                    if got {
-                        self.up.read_ns = now_ns;
-                        read_any = true;
-                    }
-                }
+                Ok(got) => read_any |= got,
                 Err(error) => {
                     self.lose_downstream(registry, context.config, error)?;
                     advanced = true;
@@ -276,7 +181,7 @@ impl Connection {
             // The next hop does not speak the protocol: the source must hear which one.
             Err(what) => {
                 self.fail_downstream(registry, context.config, what);
-                self.up.input.consume(self.up.input.len());
+                self.up.input.clear();
                 advanced = true;
             }
         }
@@ -296,7 +201,7 @@ impl Connection {
 
     fn start_connect(&mut self, registry: &mio::Registry, target: SocketAddr, config: &HopConfig) {
         let started = net::connect(target).and_then(|stream| {
-            let mut downstream = Peer::new(stream, target);
+            let mut downstream = Peer::new(stream, target, clock::now_ns(), &config.name);
             let token = token_of(self.slot, Side::Downstream);
             registry.register(
                 &mut downstream.stream,
@@ -352,7 +257,7 @@ impl Connection {
         self.connecting = false;
         let failure = format!("next hop {}: {what}", next_hop_text(config));
         self.failure = Some(failure);
-        self.down.output.consume(self.down.output.len());
+        self.down.output.clear();
         self.pending.frames.clear();
         self.pending.headers.consume(self.pending.headers.len());
     }
@@ -392,7 +297,6 @@ impl Connection {
             }
         }
         let mut progress = false;
-        let mut write_ns = None;
         self.down.stalled = false;
         loop {
             let frame = match wire::next_frame(self.down.input.data()) {
@@ -449,23 +353,19 @@ impl Connection {
                     if self.failure.is_some() {
                         true // the next hop is gone: the source learns it from the FAULT frame
                     } else {
-                        let write_ns = *write_ns.get_or_insert_with(clock::now_ns);
-                        let read_ns = self.down.read_ns;
+                        let read = self.down.input.stamp_of_head(len);
                         match (context.role, context.config.remove_perf_headers) {
                             (Role::Echo, false) => {
-                                let stamp =
-                                    Stamp { hop, direction: Direction::Turn, read_ns, write_ns };
+                                let stamp = unwritten(hop, Direction::Turn, read);
                                 restamp_into(&mut self.up.output, &frame, stamp)
                             }
                             (Role::Echo, true) => self.up.output.push(frame.payload()),
                             (Role::StrippingRelay, _) => {
-                                let stamp =
-                                    Stamp { hop, direction: Direction::Down, read_ns, write_ns };
+                                let stamp = unwritten(hop, Direction::Down, read);
                                 strip_into(&mut self.down.output, &mut self.pending, &frame, stamp)
                             }
                             _ => {
-                                let stamp =
-                                    Stamp { hop, direction: Direction::Down, read_ns, write_ns };
+                                let stamp = unwritten(hop, Direction::Down, read);
                                 restamp_into(&mut self.down.output, &frame, stamp)
                             }
                         }
@@ -549,7 +449,6 @@ impl Connection {
             return Ok(self.frame_plain_answers());
         }
         let mut progress = false;
-        let mut write_ns = None;
         self.up.stalled = false;
         loop {
             let frame = match wire::next_frame(self.up.input.data()) {
@@ -572,10 +471,8 @@ impl Connection {
                             MAX_RECORDS - 1
                         ));
                     }
-                    let write_ns = *write_ns.get_or_insert_with(clock::now_ns);
-                    let stamp =
-                        Stamp { hop, direction: Direction::Up, read_ns: self.up.read_ns, write_ns };
-                    restamp_into(&mut self.up.output, &frame, stamp)
+                    let read = self.up.input.stamp_of_head(len);
+                    restamp_into(&mut self.up.output, &frame, unwritten(hop, Direction::Up, read))
                 }
                 Kind::Path => {
                     self.unanswered_path = None;
@@ -609,30 +506,42 @@ impl Connection {
     /// sent to it, and frame them again so the hops upstream go on measuring.
     fn frame_plain_answers(&mut self) -> bool {
         let mut progress = false;
-        let mut write_ns = None;
         let hop = self.hop.unwrap_or(0);
         loop {
             let available = self.up.input.len();
             if available == 0 {
                 break;
             }
-            let write_ns = *write_ns.get_or_insert_with(clock::now_ns);
-            let stamp = Stamp { hop, direction: Direction::Up, read_ns: self.up.read_ns, write_ns };
             let moved = match self.pending.frames.front() {
                 Some(&(headers_len, payload_len)) => {
                     if available < payload_len {
                         break;
                     }
+                    let stamp =
+                        unwritten(hop, Direction::Up, self.up.input.stamp_of_head(payload_len));
+                    let record_count =
+                        Frame::new_unchecked(&self.pending.headers.data()[..headers_len])
+                            .record_count();
+                    let header_len = HEADER_LEN + (record_count + 1) * RECORD_LEN + payload_len;
+                    if self.up.output.room() < header_len {
+                        break;
+                    }
+                    // The payload's hand-over to the server started (it was answered), so its
+                    // write stamp is known now; the down record gets it before going up.
+                    let sent_ns = self.down.output.take_detached().unwrap_or(stamp.read_ns);
+                    let stored = &mut self.pending.headers.data_mut()[..headers_len];
+                    wire::patch_write_stamp(
+                        &mut stored[wire::write_stamp_offset(record_count - 1)..],
+                        sent_ns,
+                    );
                     let stored = &self.pending.headers.data()[..headers_len];
                     let stored_frame = Frame::new_unchecked(stored);
                     let header = Header {
-                        record_count: stored_frame.record_count() + 1,
+                        record_count: record_count + 1,
                         payload_len,
                         ..Header::of(&stored_frame)
                     };
-                    let Some(tail) = self.up.output.tail(header.total_len()) else {
-                        break;
-                    };
+                    let tail = self.up.output.tail(header.total_len()).expect("room checked");
                     let written = wire::emit_frame(
                         tail,
                         &header,
@@ -640,7 +549,7 @@ impl Connection {
                         &[stamp],
                         &self.up.input.data()[..payload_len],
                     );
-                    self.up.output.commit(written);
+                    self.up.output.commit_frame(written, wire::write_stamp_offset(record_count));
                     self.pending.headers.consume(headers_len);
                     self.pending.frames.pop_front();
                     self.frames_up += 1;
@@ -659,7 +568,7 @@ impl Connection {
                     };
                     let written =
                         wire::emit_frame(tail, &header, &[], &[], &self.up.input.data()[..count]);
-                    self.up.output.commit(written);
+                    self.up.output.commit_unstamped(written);
                     count
                 }
             };
@@ -799,26 +708,36 @@ fn answer_or_forward_path(
     role: Role,
     failed: bool,
     announcement: &[u8],
-    down: &mut Buffer,
-    up: &mut Buffer,
+    down: &mut Outbound,
+    up: &mut Outbound,
 ) -> bool {
     let frame = wire::control_frame(Kind::Path, announcement);
     if role == Role::Relay && !failed { down.push(&frame) } else { up.push(&frame) }
 }
 
-fn restamp_into<T: AsRef<[u8]>>(output: &mut Buffer, frame: &Frame<T>, stamp: Stamp) -> bool {
+/// This hop's record for a frame read with `read`; its write stamp is patched in right before
+/// the frame's hand-over to the kernel.
+fn unwritten(hop: u8, direction: Direction, read: ReadStamp) -> Stamp {
+    Stamp {
+        receive: read.receive,
+        receive_wait_ns: read.receive_wait_ns,
+        ..Stamp::new(hop, direction, read.read_ns, 0)
+    }
+}
+
+fn restamp_into<T: AsRef<[u8]>>(output: &mut Outbound, frame: &Frame<T>, stamp: Stamp) -> bool {
     let Some(tail) = output.tail(frame.total_len() + RECORD_LEN) else {
         return false;
     };
     let written = wire::emit_restamped(tail, frame, stamp);
-    output.commit(written);
+    output.commit_frame(written, wire::write_stamp_offset(frame.record_count()));
     true
 }
 
 /// Sends only the payload on, and keeps the frame's headers (with this hop's record) until the
 /// plain server's answer comes back.
 fn strip_into<T: AsRef<[u8]>>(
-    output: &mut Buffer,
+    output: &mut Outbound,
     pending: &mut PendingAnswers,
     frame: &Frame<T>,
     stamp: Stamp,
@@ -835,8 +754,7 @@ fn strip_into<T: AsRef<[u8]>>(
     let written = wire::emit_frame(tail, &header, &frame.headers()[HEADER_LEN..], &[stamp], &[]);
     pending.headers.commit(written);
     pending.frames.push_back((written, frame.payload_len()));
-    output.push(frame.payload());
-    true
+    output.push_detached(frame.payload())
 }
 /// The path entry for a next hop this relay could not reach.
 fn unreached_entry(config: &HopConfig) -> PathEntry {

@@ -11,10 +11,9 @@
 //! input buffer, and the socket it came from is not read until it has moved on, so the
 //! kernel's window closes towards the sender.
 //!
-//! The clock is read once right after the poll returns, and that stamp is every frame's read
-//! stamp in this wake-up; a write stamp is taken when the frame is copied to the output buffer,
-//! just before the write. Because a socket is not read while a whole frame waits in its input,
-//! every frame's read stamp is the wake-up in which its last byte was read.
+//! The clock read right after the poll returns serves the timers only. Frames are stamped by
+//! the connection core ([`crate::core`]): each read call and each write call takes its own
+//! clock reading, so a stamp never precedes the bytes it stamps.
 
 use std::fs::File;
 use std::io;
@@ -27,11 +26,12 @@ use mio::{Events, Interest, Poll, Token};
 mod connection;
 
 use crate::clock;
+use crate::core::Peer;
 use crate::log_line;
 use crate::net::{self, Cidr};
 use crate::tuning;
 use crate::wire::Role;
-use connection::{Connection, Context, Peer, Round};
+use connection::{Connection, Context, Round};
 
 const LISTENER: Token = Token(0);
 /// Rounds of read/process/write for one connection per wake-up before the others get a turn.
@@ -277,7 +277,7 @@ impl Hop {
             self.connections.push(None);
             self.connections.len() - 1
         });
-        let mut upstream = Peer::new(stream, addr);
+        let mut upstream = Peer::new(stream, addr, clock::now_ns(), &self.config.name);
         let token = token_of(slot, Side::Upstream);
         if let Err(error) =
             registry.register(&mut upstream.stream, token, Interest::READABLE | Interest::WRITABLE)

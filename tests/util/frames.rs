@@ -36,9 +36,8 @@ pub fn path_frame_with_hops(hops: usize) -> Vec<u8> {
 /// A DATA frame carrying `records` stamp records (hops 0, 1, … going down) and `payload`.
 /// At hop 1 a valid frame carries exactly one record: the source's.
 pub fn data_frame(sequence: u64, records: usize, payload: &[u8]) -> Vec<u8> {
-    let stamps: Vec<Stamp> = (0..records)
-        .map(|hop| Stamp { hop: hop as u8, direction: Direction::Down, read_ns: 1, write_ns: 2 })
-        .collect();
+    let stamps: Vec<Stamp> =
+        (0..records).map(|hop| Stamp::new(hop as u8, Direction::Down, 1, 2)).collect();
     let header =
         Header { kind: Kind::Data, record_count: records, sequence, payload_len: payload.len() };
     let mut out = vec![0; header.total_len()];

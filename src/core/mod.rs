@@ -1,0 +1,27 @@
+//! The connection core shared by the source and every hop: a socket with its software
+//! readiness ([`Peer`]: fill, flush, half-close) and the two stamped buffers between sockets and
+//! frames ([`Inbound`], [`Outbound`]). It owns the one stamping rule of the tool:
+//!
+//! - **A read stamp never precedes the arrival of the frame's last byte.** It is the clock
+//!   read right after the read call that completed the frame (every frame completed by one read
+//!   shares that read's stamp), never an earlier wake-up's or round's. Where the kernel gives a
+//!   receive timestamp, the frame also carries how long its last bytes had waited in the receive
+//!   queue: that wait belongs to the hop that read late, not to the link before it.
+//! - **A write stamp never precedes the frame's hand-over to the kernel.** It travels inside
+//!   the frame, so it is taken immediately before the write call that starts handing the frame
+//!   over, with the socket known writable, and patched into the buffered frame then; a frame
+//!   still waiting in user space when a write stops short is patched again before the next
+//!   write. Time in the kernel's send queue stays in the link.
+//!
+//! What the roles do with frames (restamp, turn, strip) is theirs; this module never parses a
+//! frame. The stamping state ([`stamping`]) has no sockets and takes the time as an argument, so
+//! its rules are unit-tested with hand-made timestamps; [`peer`] is the thin I/O around it.
+
+pub mod peer;
+pub mod stamping;
+
+pub use peer::Peer;
+pub use stamping::{Inbound, Outbound, ReadStamp};
+
+/// Reads are capped so that a connection carrying small frames touches little of its buffer.
+pub const READ_CHUNK: usize = 64 * 1024;

@@ -1,0 +1,144 @@
+//! One TCP socket of a connection, at the source or a hop: its software readiness (following
+//! sozu, an event sets a flag and only `WouldBlock`, or a short read or write, clears it), the
+//! read loop that stamps every read call, the write loop that stamps every frame's hand-over,
+//! and the half-close.
+
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use mio::net::TcpStream;
+
+use super::READ_CHUNK;
+use super::stamping::{Inbound, KernelStamps, Outbound, ReceiveTimes};
+use crate::clock;
+use crate::log_line;
+use crate::net::{self, Io};
+
+/// The kernel's refusal of receive timestamps is said once per process, not per connection.
+static REFUSAL_TOLD: AtomicBool = AtomicBool::new(false);
+
+pub struct Peer {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    pub readable: bool,
+    pub writable: bool,
+    /// The poll reported the peer's FIN (EPOLLRDHUP): read until the EOF itself is seen.
+    pub hung_up: bool,
+    pub read_closed: bool,
+    pub write_shut: bool,
+    pub receive_times: ReceiveTimes,
+}
+
+impl Peer {
+    /// Wraps a connected (or connecting) socket and asks the kernel for receive timestamps;
+    /// `who` names this process in the one line said if the kernel refuses them.
+    pub fn new(stream: TcpStream, addr: SocketAddr, opened_ns: u64, who: &str) -> Peer {
+        let kernel = match net::enable_receive_timestamps(stream.as_raw_fd()) {
+            Ok(()) => KernelStamps::On,
+            Err(error) => {
+                if !REFUSAL_TOLD.swap(true, Ordering::Relaxed) {
+                    log_line!(
+                        "{who}: warning: no kernel receive timestamps ({error}); a frame's \
+                         arrival is taken as its read, so time in a receive queue counts in \
+                         the link before it"
+                    );
+                }
+                KernelStamps::Refused
+            }
+        };
+        Peer {
+            stream,
+            addr,
+            readable: false,
+            writable: false,
+            hung_up: false,
+            read_closed: false,
+            write_shut: false,
+            receive_times: ReceiveTimes::new(kernel, opened_ns),
+        }
+    }
+
+    /// Reads into `into` until the socket would block or the buffer is full, stamping each read
+    /// right after it returns.
+    pub fn fill(&mut self, into: &mut Inbound) -> io::Result<bool> {
+        let mut progress = false;
+        let fd = self.stream.as_raw_fd();
+        while self.readable && !self.read_closed {
+            let want = into.room().min(READ_CHUNK);
+            if want == 0 {
+                break;
+            }
+            let tail = into.tail(want).expect("room checked");
+            let started_ns = clock::now_ns();
+            let mut kernel_ns = None;
+            let outcome = net::classify(|| {
+                net::receive(fd, &mut tail[..want]).map(|(count, stamp_ns)| {
+                    kernel_ns = stamp_ns;
+                    count
+                })
+            });
+            match outcome {
+                Io::Done(count) => {
+                    // REALTIME first: a RAW reading taken later can only move the arrival
+                    // later, never before the bytes.
+                    let realtime_ns = clock::realtime_ns();
+                    let read_ns = clock::now_ns();
+                    // A short read emptied the socket; the next arrival is a new edge, so
+                    // the read that would only say WouldBlock is skipped. Not once the peer's
+                    // FIN has been signalled: it may sit behind these bytes, and no further
+                    // edge would announce it.
+                    let emptied = count < want;
+                    let stamp = self.receive_times.stamp(
+                        started_ns,
+                        read_ns,
+                        realtime_ns,
+                        kernel_ns,
+                        emptied,
+                    );
+                    into.received(count, stamp);
+                    progress = true;
+                    self.readable = !emptied || self.hung_up;
+                }
+                Io::Closed => self.read_closed = true,
+                Io::WouldBlock => {
+                    self.receive_times.saw_empty(started_ns);
+                    self.readable = false;
+                }
+                Io::Failed(error) => return Err(error),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Writes from `from` until it is empty or the socket would block; the frames each write
+    /// starts carry the clock read right before it.
+    pub fn flush(&mut self, from: &mut Outbound) -> io::Result<bool> {
+        let mut progress = false;
+        while self.writable && !from.is_empty() {
+            let write_ns = if from.has_unstarted() { clock::now_ns() } else { 0 };
+            from.stamp_unstarted(write_ns);
+            match net::classify(|| self.stream.write(from.data())) {
+                Io::Done(count) => {
+                    // A short write filled the socket's buffer: wait for the next edge.
+                    self.writable = count == from.len();
+                    from.written(count, write_ns);
+                    progress = true;
+                }
+                Io::WouldBlock => self.writable = false,
+                Io::Closed => return Err(io::ErrorKind::WriteZero.into()),
+                Io::Failed(error) => return Err(error),
+            }
+        }
+        Ok(progress)
+    }
+
+    pub fn shut_write(&mut self) {
+        if !self.write_shut {
+            self.write_shut = true;
+            // The peer may already be gone; the read side reports that.
+            let _ = self.stream.shutdown(Shutdown::Write);
+        }
+    }
+}

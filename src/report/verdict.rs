@@ -1,0 +1,286 @@
+//! The verdict: which subsegment adds the most delay, what kind of delay it is, and whether the
+//! run gives enough evidence to say so. Computed once, from the statistics, as a value that the
+//! text report (and later renderers) only print.
+//!
+//! A subsegment is named only when all of these hold:
+//! - its median is at least [`STANDS_OUT_RATIO`] times the next highest median;
+//! - it is also the highest, by mean, in nearly every slice of the run ([`AGREEING_SLICES`]), so
+//!   the verdict does not rest on a difference that moved during the run (the noise);
+//! - if its delay is queueing rather than fixed (below), the queue holds at least
+//!   [`QUEUE_STANDS_OUT_SHARE`] of the end-to-end median. A bulk stream fills every buffer on
+//!   its way, and on an idle chain of equal hops where the bytes wait changes from run to run;
+//!   only a queue that holds most of the delay is in front of a real bottleneck;
+//! - enough frames came back ([`MIN_FRAMES`]); with fewer the verdict says so.
+//!
+//! What kind of delay, from same-host stamps only:
+//! - a link whose minimum is at least half its median is a **fixed delay**: every frame pays
+//!   it (a long path, a slow element on the wire); otherwise its delay is mostly **queueing** in
+//!   the sending kernel (the next hop's receive window or the link's rate holds bytes back);
+//! - a hop's residence is its **receive queue** (bytes waiting for the hop to read them: the
+//!   hop drains slowest) or **read → write** (the frame waiting in the hop for room to write:
+//!   what drains slowest is further down), whichever holds most of its median.
+
+use crate::stats::{Chain, Part, Series};
+
+/// The verdict names a subsegment only when its median is at least this many times the next.
+pub const STANDS_OUT_RATIO: f64 = 1.5;
+/// Below this many answered frames a verdict is printed with a warning that it rests on little.
+pub const MIN_FRAMES: u64 = 30;
+/// Share of the run's slices in which the named subsegment must also have the highest mean.
+pub const AGREEING_SLICES: f64 = 0.875;
+/// Share of the end-to-end median a queue must hold to be named as the bottleneck's.
+pub const QUEUE_STANDS_OUT_SHARE: f64 = 2.0 / 3.0;
+
+/// What kind of delay a subsegment adds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DelayKind {
+    /// A link that every frame pays about the same for: its minimum.
+    FixedLink { min_ns: u64 },
+    /// A link whose median is far above its minimum: bytes queued in the sender's kernel.
+    QueuedLink { min_ns: u64 },
+    /// A hop whose frames mostly wait in its receive queue: it drains slowest.
+    HopReceiveQueue { queue_p50_ns: u64 },
+    /// A hop whose frames mostly wait between read and write: the next element drains slower.
+    HopWaitingToWrite { read_to_write_p50_ns: u64 },
+    /// A hop whose time is neither mostly queue nor mostly read → write.
+    HopMixed,
+}
+
+impl DelayKind {
+    /// Whether the delay is frames waiting behind others rather than a cost every frame pays.
+    pub fn is_queueing(&self) -> bool {
+        !matches!(self, DelayKind::FixedLink { .. } | DelayKind::HopMixed)
+    }
+}
+
+/// Why no subsegment was named.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Doubt {
+    /// The highest median is within [`STANDS_OUT_RATIO`] of the next.
+    Close { runner_up: usize, runner_up_p50_ns: u64 },
+    /// The highest median was not the highest in enough slices of the run.
+    Unsteady { agreeing: usize, slices: usize },
+    /// The highest median is a queue holding less than [`QUEUE_STANDS_OUT_SHARE`] of the
+    /// end-to-end median: the stream's bytes wait in many buffers.
+    SpreadQueue { share: f64, kind: DelayKind },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// `worst` (an index into the chain's parts) adds the most delay.
+    Named { worst: usize, share: f64, kind: DelayKind, frames: u64 },
+    /// The highest median (`highest`) does not stand out.
+    NoneStandsOut { highest: usize, doubt: Doubt, queueing_share: f64, frames: u64 },
+}
+
+impl Verdict {
+    /// `None` when no subsegment has samples.
+    pub fn of(chain: &Chain) -> Option<Verdict> {
+        let parts = &chain.parts;
+        let worst = (0..parts.len())
+            .filter(|&index| parts[index].count() > 0)
+            .max_by_key(|&index| parts[index].p50_ns())?;
+        let frames = chain.end_to_end.count();
+        let worst_p50 = parts[worst].p50_ns();
+        let runner_up = (0..parts.len())
+            .filter(|&index| index != worst)
+            .max_by_key(|&index| parts[index].p50_ns());
+        let runner_up_p50_ns = runner_up.map_or(0, |index| parts[index].p50_ns());
+        let end_to_end_p50 = chain.end_to_end.p50_ns().max(1) as f64;
+        let queueing_share = queueing_share(chain);
+        if let Some(runner_up) = runner_up
+            && (worst_p50 as f64) < STANDS_OUT_RATIO * runner_up_p50_ns as f64
+        {
+            let doubt = Doubt::Close { runner_up, runner_up_p50_ns };
+            return Some(Verdict::NoneStandsOut { highest: worst, doubt, queueing_share, frames });
+        }
+        let (agreeing, slices) = agreeing_slices(parts, worst);
+        if (agreeing as f64) < AGREEING_SLICES * slices as f64 {
+            let doubt = Doubt::Unsteady { agreeing, slices };
+            return Some(Verdict::NoneStandsOut { highest: worst, doubt, queueing_share, frames });
+        }
+        let share = worst_p50 as f64 / end_to_end_p50;
+        let kind = kind_of(&parts[worst]);
+        if kind.is_queueing() && share < QUEUE_STANDS_OUT_SHARE {
+            let doubt = Doubt::SpreadQueue { share, kind };
+            return Some(Verdict::NoneStandsOut { highest: worst, doubt, queueing_share, frames });
+        }
+        Some(Verdict::Named { worst, share, kind, frames })
+    }
+
+    pub fn few_frames(&self) -> Option<u64> {
+        let frames = match self {
+            Verdict::Named { frames, .. } | Verdict::NoneStandsOut { frames, .. } => *frames,
+        };
+        (frames < MIN_FRAMES).then_some(frames)
+    }
+}
+
+/// In how many slices of the run `worst` also had the highest mean, and how many slices there
+/// were (slices where some part has no sample are left out).
+fn agreeing_slices(parts: &[Series], worst: usize) -> (usize, usize) {
+    let means: Vec<Vec<f64>> =
+        parts.iter().map(|series| series.slices.means_ns().collect()).collect();
+    let slices = means.iter().map(Vec::len).min().unwrap_or(0);
+    let agreeing = (0..slices)
+        .filter(|&slice| {
+            means
+                .iter()
+                .enumerate()
+                .all(|(index, part)| index == worst || part[slice] <= means[worst][slice])
+        })
+        .count();
+    (agreeing, slices)
+}
+
+fn kind_of(series: &Series) -> DelayKind {
+    let p50_ns = series.p50_ns();
+    match (&series.part, &series.split) {
+        (Part::Link(_), _) => {
+            let min_ns = series.histogram.min();
+            if 2 * min_ns >= p50_ns {
+                DelayKind::FixedLink { min_ns }
+            } else {
+                DelayKind::QueuedLink { min_ns }
+            }
+        }
+        (_, Some(split)) => {
+            let queue_p50_ns = split.receive_queue.p50_ns();
+            let read_to_write_p50_ns = split.read_to_write.p50_ns();
+            if 2 * queue_p50_ns >= p50_ns {
+                DelayKind::HopReceiveQueue { queue_p50_ns }
+            } else if 2 * read_to_write_p50_ns >= p50_ns {
+                DelayKind::HopWaitingToWrite { read_to_write_p50_ns }
+            } else {
+                DelayKind::HopMixed
+            }
+        }
+        (_, None) => DelayKind::HopMixed,
+    }
+}
+
+/// How much of the end-to-end mean is queueing: each subsegment's mean above its own minimum
+/// (what its fastest frame paid), summed, over the end-to-end mean. Near 0 for unloaded probes,
+/// near 1 for a bulk stream that fills every buffer.
+fn queueing_share(chain: &Chain) -> f64 {
+    let above_min: f64 = chain
+        .parts
+        .iter()
+        .filter(|series| series.count() > 0)
+        .map(|series| series.mean_ns() - series.histogram.min() as f64)
+        .sum();
+    let mean = chain.end_to_end.mean_ns();
+    if mean > 0.0 { (above_min / mean).clamp(0.0, 1.0) } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ReadStamp;
+    use crate::wire::{Direction, Frame, Header, Kind, PathEntry, Role, Stamp, emit_frame};
+
+    /// A → B → Z; each frame's A ⇄ B and B ⇄ Z round trips, and how long B held it down.
+    fn chain_of(frames: &[(u64, u64, u64)]) -> Chain {
+        let path = vec![
+            PathEntry::new(Role::Source, "A", None, None),
+            PathEntry::new(Role::Relay, "B", None, None),
+            PathEntry::new(Role::Echo, "Z", None, None),
+        ];
+        let mut chain = Chain::new(path).unwrap();
+        for (sequence, &(a_b_ns, b_z_ns, b_holds_ns)) in frames.iter().enumerate() {
+            let stamps = [
+                Stamp::new(0, Direction::Down, 0, 0),
+                Stamp::new(1, Direction::Down, 0, b_holds_ns),
+                Stamp::new(2, Direction::Turn, 0, 0),
+                Stamp::new(1, Direction::Up, b_holds_ns + b_z_ns, b_holds_ns + b_z_ns),
+            ];
+            let header = Header {
+                kind: Kind::Data,
+                record_count: 4,
+                sequence: sequence as u64,
+                payload_len: 0,
+            };
+            let mut bytes = vec![0; header.total_len()];
+            emit_frame(&mut bytes, &header, &[], &stamps, &[]);
+            let read = ReadStamp { read_ns: a_b_ns + b_holds_ns + b_z_ns, ..ReadStamp::default() };
+            chain.record(&Frame::new_checked(&bytes[..]).unwrap(), read);
+        }
+        chain
+    }
+
+    fn label(chain: &Chain, index: usize) -> &str {
+        &chain.parts[index].label
+    }
+
+    #[test]
+    fn test_named_just_above_the_ratio_and_not_just_below_or_at_a_tie() {
+        let above = chain_of(&[(10_000, 15_100, 0); 100]);
+        match Verdict::of(&above).unwrap() {
+            Verdict::Named { worst, kind: DelayKind::FixedLink { .. }, frames: 100, .. } => {
+                assert_eq!(label(&above, worst), "B ⇄ Z")
+            }
+            other => panic!("{other:?}"),
+        }
+        for b_z_ns in [14_900, 10_000] {
+            let chain = chain_of(&[(10_000, b_z_ns, 0); 100]);
+            assert!(
+                matches!(
+                    Verdict::of(&chain).unwrap(),
+                    Verdict::NoneStandsOut { doubt: Doubt::Close { .. }, .. }
+                ),
+                "B ⇄ Z at {b_z_ns} ns against 10 000 must not stand out"
+            );
+        }
+    }
+
+    #[test]
+    fn test_few_frames_are_flagged() {
+        assert_eq!(
+            Verdict::of(&chain_of(&[(10_000, 40_000, 0); 29])).unwrap().few_frames(),
+            Some(29)
+        );
+        assert_eq!(Verdict::of(&chain_of(&[(10_000, 40_000, 0); 30])).unwrap().few_frames(), None);
+    }
+
+    #[test]
+    fn test_a_lead_that_moved_during_the_run_is_unsteady() {
+        // B ⇄ Z is slow in the first 60 frames, A ⇄ B in the last 40: B ⇄ Z has the higher
+        // median by far, but not in the run's later slices.
+        let mut frames = vec![(10_000, 100_000, 0); 60];
+        frames.extend([(50_000, 10_000, 0); 40]);
+        let chain = chain_of(&frames);
+        match Verdict::of(&chain).unwrap() {
+            Verdict::NoneStandsOut {
+                highest, doubt: Doubt::Unsteady { agreeing, slices }, ..
+            } => {
+                assert_eq!(label(&chain, highest), "B ⇄ Z");
+                assert!(agreeing < slices && slices >= 8, "{agreeing} of {slices}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_a_queue_is_named_only_when_it_holds_most_of_the_delay() {
+        // B holds frames longer and longer (50 to 149 µs: a queue building in it). Beside a
+        // 60 µs link it holds 59% of the end-to-end median, beside a 10 µs one 83%.
+        let building = |b_z_ns: u64| -> Vec<(u64, u64, u64)> {
+            (0..100u64).map(|index| (10_000, b_z_ns, 50_000 + index * 1_000)).collect()
+        };
+        let spread = chain_of(&building(60_000));
+        match Verdict::of(&spread).unwrap() {
+            Verdict::NoneStandsOut { highest, doubt: Doubt::SpreadQueue { share, .. }, .. } => {
+                assert_eq!(label(&spread, highest), "B ↓ (relay)");
+                assert!(share < QUEUE_STANDS_OUT_SHARE, "{share}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let dominant = chain_of(&building(10_000));
+        match Verdict::of(&dominant).unwrap() {
+            Verdict::Named { worst, kind: DelayKind::HopWaitingToWrite { .. }, .. } => {
+                assert_eq!(label(&dominant, worst), "B ↓ (relay)")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
