@@ -135,6 +135,8 @@ pub struct Run {
     pub sent_payload_bytes: u64,
     /// Probe mode with an interval: how the schedule was kept.
     pub schedule: Option<Schedule>,
+    /// Frames came from stdin, in blocks of at most this size.
+    pub stdin_block_size: Option<usize>,
 }
 
 /// stdin or stdout, polled when the kernel allows it.
@@ -273,6 +275,7 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
         ..Schedule::default()
     });
 
+    let stdin_block_size = config.probe.is_none().then_some(config.block_size);
     let now_ns = clock::now_ns();
     let mut source = Source {
         config,
@@ -297,6 +300,7 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
             last_answer_ns: None,
             sent_payload_bytes: 0,
             schedule,
+            stdin_block_size,
         },
         fault: None,
         last_progress_ns: now_ns,

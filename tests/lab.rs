@@ -377,6 +377,41 @@ fn an_injected_link_delay_is_named_and_measured() {
     let _ = writeln!(std::io::stderr(), "lab accuracy test took {:.1?}", started.elapsed());
 }
 
+/// The users' own workflow in the default (bulk) mode: `deploy-chain.sh --bytes`, three runs on
+/// an idle lab and three with h1 ⇄ h2 delayed 3 ms each way. Every run: no negative sample
+/// (`parse_report` fails on one), all bytes back; idle: the same verdict each time; delayed:
+/// that link named each time.
+#[test]
+fn bulk_deploys_give_no_negative_sample_and_steady_verdicts() {
+    let Some(_lock) = lab_or_skip("bulk_deploys_give_no_negative_sample_and_steady_verdicts")
+    else {
+        return;
+    };
+    let lab = Lab::up(4);
+    let bulk = |options: &[&str]| -> Option<String> {
+        let mut options = options.to_vec();
+        options.extend(["--bytes", "5000000"]);
+        let run = Running::spawn(lab.deploy_command(&options, &lab.hops(), &[]));
+        let (status, stderr) = run.finish(RUN_TIMEOUT);
+        assert!(status.success(), "deploy-chain --bytes failed ({status}):\n{stderr}");
+        assert!(stderr.contains("missing 0,"), "{stderr}");
+        parse_report(&stderr).verdict_names().map(str::to_string)
+    };
+    let idle: Vec<Option<String>> = (0..3).map(|_| bulk(&[])).collect();
+    assert!(idle.iter().all(|verdict| *verdict == idle[0]), "idle lab: {idle:?}");
+    let (target, mechanism) = lab.impair(1, 3.0);
+    let forward = format!("1={target}");
+    let delayed: Vec<Option<String>> = (0..3).map(|_| bulk(&["--forward", &forward])).collect();
+    lab.clear(1);
+    assert!(
+        delayed.iter().all(|verdict| verdict.as_deref() == Some("h1 ⇄ h2")),
+        "h1 ⇄ h2 delayed ({}): {delayed:?}",
+        mechanism.trim()
+    );
+    let _ = writeln!(std::io::stderr(), "bulk lab verdicts: idle {idle:?}, delayed {delayed:?}");
+    lab.assert_no_leftovers("after six bulk runs");
+}
+
 /// Ctrl-C on the deployer: the source reports what came back, and every hop is stopped.
 #[test]
 fn ctrl_c_reports_and_stops_every_remote_hop() {

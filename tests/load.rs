@@ -236,7 +236,7 @@ fn a_hop_out_of_locked_memory_refuses_new_peers_and_serves_the_old() {
         }
     }
     let peer = refused.unwrap_or_else(|| panic!("16 connections served: {}", z.stderr()));
-    assert_one_line(&z, peer, "cannot set up the connection: cannot map a 1025 KiB buffer");
+    assert_one_line(&z, peer, "cannot set up the connection: cannot map a 1026 KiB buffer");
     assert!(!served.is_empty(), "not even one connection fits: {}", z.stderr());
 
     for (index, client) in served.iter_mut().enumerate() {

@@ -6,7 +6,7 @@ pub mod verdict;
 
 use std::fmt::Write;
 
-use crate::source::Run;
+use crate::source::{Run, Schedule};
 use crate::stats::{Chain, Series};
 use crate::wire::Role;
 use verdict::{DelayKind, Doubt, Verdict};
@@ -68,10 +68,36 @@ pub fn render(run: &Run) -> String {
             );
         }
     }
+    if let Some(schedule) = &run.schedule {
+        render_schedule(&mut out, schedule, sequencing.sent);
+    }
+    if let (Some(block_size), true) = (run.stdin_block_size, sequencing.sent > 0) {
+        let _ = writeln!(
+            out,
+            "frames from stdin: {} B of payload on average (blocks of at most {block_size} B)",
+            run.sent_payload_bytes / sequencing.sent,
+        );
+    }
     if let Some(chain) = &run.chain {
         render_verdict(&mut out, chain);
     }
     out
+}
+
+/// The probe schedule as asked and as kept.
+fn render_schedule(out: &mut String, schedule: &Schedule, sent: u64) {
+    let asked = 1e9 / schedule.interval.as_nanos().max(1) as f64;
+    let achieved = match schedule.achieved_per_second(sent) {
+        Some(rate) => format!("{rate:.0}/s"),
+        None => "- (too few probes)".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "probes: one every {} µs asked ({asked:.0}/s), {achieved} achieved; {} of {sent} late (left more than half an interval after their time; the latest {:.1} µs late)",
+        schedule.interval.as_nanos() as f64 / 1e3,
+        schedule.late,
+        schedule.worst_lateness_ns as f64 / 1e3
+    );
 }
 
 fn render_path(out: &mut String, run: &Run) {
@@ -252,7 +278,7 @@ fn render_verdict(out: &mut String, chain: &Chain) {
                     show(min_ns)
                 ),
                 DelayKind::HopReceiveQueue { queue_p50_ns } => format!(
-                    "frames wait in its receive queue (p50 {}): this hop reads slower than they arrive, it drains slowest (busy, or short of CPU)",
+                    "frames wait in its receive queue (p50 {}): this hop is slow to read them (waking up, busy, or short of CPU), it drains slowest",
                     show(queue_p50_ns)
                 ),
                 DelayKind::HopWaitingToWrite { read_to_write_p50_ns } => format!(
@@ -362,6 +388,7 @@ mod tests {
             last_answer_ns: Some(a_b_ns + b_z_ns),
             sent_payload_bytes: 0,
             schedule: None,
+            stdin_block_size: None,
         }
     }
 

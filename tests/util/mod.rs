@@ -197,7 +197,23 @@ pub struct SourceRun {
 /// `timeout`.
 #[track_caller]
 pub fn run_source(args: &[&str], input: &[u8], timeout: Duration) -> SourceRun {
-    let mut child = Command::new(MAIN_BIN)
+    run_source_under(&[], args, input, timeout)
+}
+
+/// As [`run_source`], with the binary started through `wrapper` (e.g. `taskset -c 0`).
+#[track_caller]
+pub fn run_source_under(
+    wrapper: &[&str],
+    args: &[&str],
+    input: &[u8],
+    timeout: Duration,
+) -> SourceRun {
+    let (program, before) = match wrapper.split_first() {
+        Some((program, rest)) => (*program, [rest, &[MAIN_BIN]].concat()),
+        None => (MAIN_BIN, Vec::new()),
+    };
+    let mut child = Command::new(program)
+        .args(before)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -252,6 +268,7 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 pub struct Row {
     pub label: String,
     pub count: u64,
+    pub min_ns: f64,
     pub p50_ns: f64,
     pub p99_ns: f64,
     pub mean_ns: f64,
@@ -269,6 +286,19 @@ pub struct Report {
 }
 
 impl Report {
+    /// The subsegment the verdict names, or `None` when it says none stands out.
+    #[track_caller]
+    pub fn verdict_names(&self) -> Option<&str> {
+        if self.verdict.starts_with("verdict: no subsegment stands out") {
+            return None;
+        }
+        let named = self
+            .verdict
+            .strip_prefix("verdict: ")
+            .and_then(|rest| rest.split_once(" adds the most delay").map(|(label, _)| label));
+        Some(named.unwrap_or_else(|| panic!("a verdict of neither kind: {}", self.verdict)))
+    }
+
     pub fn labels(&self) -> Vec<&str> {
         self.rows.iter().map(|row| row.label.as_str()).collect()
     }
@@ -282,9 +312,11 @@ impl Report {
     }
 }
 
-/// Parses the table the source prints on stderr; panics with the whole text if it is absent.
+/// Parses the table the source prints on stderr; panics with the whole text if it is absent,
+/// or if the report names a negative sample (a stamp before its bytes: always a bug).
 #[track_caller]
 pub fn parse_report(stderr: &str) -> Report {
+    assert!(!stderr.contains("bug: "), "the report found negative samples:\n{stderr}");
     let unit_line = stderr
         .lines()
         .find(|line| line.starts_with("delay per subsegment in "))
@@ -309,6 +341,7 @@ pub fn parse_report(stderr: &str) -> Report {
         let row = Row {
             label: fields[..numbers_at].join(" "),
             count: fields[numbers_at].parse().unwrap(),
+            min_ns: value(1),
             p50_ns: value(2),
             p99_ns: value(4),
             mean_ns: value(7),
