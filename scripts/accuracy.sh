@@ -12,13 +12,17 @@ readonly script_dir
 usage() {
     cat <<'EOF'
 usage: scripts/accuracy.sh [--hosts N] [--delays "0.1 1 10"] [--count 300] [--size 64]
-                           [--interval 2ms] [--mechanism auto|netem|tcp-delay] [--bin PATH]
+                           [--interval 2ms] [--bulk BYTES] [--mechanism auto|netem|tcp-delay]
+                           [--bin PATH]
 
 For every link hI⇄hI+1 of an N-host lab (default 4) and every delay D (ms, one way, default
 "0.1 1 10"), delays that link by D each way (so its round trip gains 2·D), measures with probes
 (--count, --size, one in flight, --interval apart), and prints a markdown table on stdout:
-the injected round trip, the link's estimated p50, the error, the link's p50 with nothing
-injected (baseline), and whether the verdict named that link. Progress goes to stderr.
+the injected round trip, the link's estimated p50, the error, the link's p50 with the delay
+element in place but 0 ms injected (what the link and the element cost by themselves), the
+tool's error (estimate − injected − that), whether it is within max(2%, 50 µs), and whether the
+verdict named that link. With --bulk BYTES the source sends BYTES as fast as the chain takes
+them (the default mode) instead of probes. Progress goes to stderr.
 Binaries: --bin (default: the newer of target/release and target/debug), and tcp-delay beside it
 (or $TCP_DELAY_BIN).
 EOF
@@ -30,6 +34,7 @@ count=300
 size=64
 interval=2ms
 mechanism=auto
+bulk=''
 bin=''
 while (($#)); do
     case $1 in
@@ -40,6 +45,7 @@ while (($#)); do
         --size) size=${2:?}; shift 2 ;;
         --interval) interval=${2:?}; shift 2 ;;
         --mechanism) mechanism=${2:?}; shift 2 ;;
+        --bulk) bulk=${2:?}; shift 2 ;;
         --bin) bin=${2:?}; shift 2 ;;
         *) echo "accuracy: unknown option '$1' (try --help)" >&2; exit 2 ;;
     esac
@@ -89,50 +95,57 @@ run_chain() {
     shift
     local hops=()
     for ((k = 1; k < hosts; k++)); do hops+=("h$k"); done
+    local load=(-- --count "$count" --size "$size" --window 1 --interval "$interval")
+    [[ -z $bulk ]] || load=(--bytes "$bulk")
     lab exec h0 "$script_dir/deploy-chain.sh" -F "$lab_dir/ssh_config" --bin "$bin" --source-name h0 "$@" \
-        "${hops[@]}" -- --count "$count" --size "$size" --window 1 --interval "$interval" 2>"$out" ||
+        "${hops[@]}" "${load[@]}" 2>"$out" >/dev/null ||
         { cat "$out" >&2; echo "accuracy: the chain failed" >&2; exit 1; }
 }
 
 lab up "$hosts" --prefix "$prefix"
 
-echo "accuracy: baseline (nothing injected)" >&2
-run_chain "$work/baseline"
-declare -a baseline
-for ((link = 0; link + 1 < hosts; link++)); do
-    baseline[link]=$(row_p50_us "$work/baseline" "h$link ⇄ h$((link + 1))")
-done
+# Injects $2 ms each way on link $1 and runs the chain into file $3; echoes the mechanism.
+run_impaired() {
+    local link=$1 delay=$2 out=$3 target
+    target=$(lab impair "h$link-h$((link + 1))" --delay "$delay" --mechanism "$mechanism" 2>"$work/impair")
+    run_chain "$out" --forward "$link=$target"
+    lab clear "h$link-h$((link + 1))"
+    if grep -q 'user-space delay element' "$work/impair"; then
+        echo "tcp-delay, the user-space delay element (no netem in this kernel)"
+    else
+        echo "netem"
+    fi
+}
 
 used=''
 rows=()
 for ((link = 0; link + 1 < hosts; link++)); do
     label="h$link ⇄ h$((link + 1))"
+    echo "accuracy: $label with the delay element at 0 ms" >&2
+    used=$(run_impaired "$link" 0 "$work/zero")
+    zero=$(row_p50_us "$work/zero" "$label")
     for delay in $delays; do
-        target=$(lab impair "h$link-h$((link + 1))" --delay "$delay" --mechanism "$mechanism" 2>"$work/impair")
-        if grep -q 'user-space delay element' "$work/impair"; then
-            used="tcp-delay, the user-space delay element (no netem in this kernel)"
-        else
-            used="netem"
-        fi
-        echo "accuracy: $label, $delay ms each way, by $used" >&2
-        run_chain "$work/run" --forward "$link=$target"
-        lab clear "h$link-h$((link + 1))"
+        echo "accuracy: $label, $delay ms each way" >&2
+        run_impaired "$link" "$delay" "$work/run" >/dev/null
         estimated=$(row_p50_us "$work/run" "$label")
         verdict=$(verdict_of "$work/run")
-        rows+=("$(awk -v label="$label" -v d="$delay" -v est="$estimated" -v base="${baseline[link]}" \
+        rows+=("$(awk -v label="$label" -v d="$delay" -v est="$estimated" -v zero="$zero" \
             -v verdict="$verdict" 'BEGIN {
-                injected = 2 * d * 1000; error = est - injected
-                printf "| %s | %g | %g | %.1f | %+.1f (%+.1f%%) | %.1f | %+.1f | %s |", label, d,
-                    injected, est, error, 100 * error / injected, base, error - base,
+                injected = 2 * d * 1000; error = est - injected; tool = error - zero
+                bound = (0.02 * injected > 50) ? 0.02 * injected : 50
+                printf "| %s | %g | %g | %.1f | %+.1f | %.1f | %+.1f (%+.2f%%) | %s | %s |",
+                    label, d, injected, est, error, zero, tool, 100 * tool / injected,
+                    (tool <= bound && tool >= -bound) ? "yes" : "NO",
                     (verdict == label) ? "correct" : "WRONG: " verdict
             }')")
     done
 done
 
-echo "lab: $hosts hosts, source on h0, chain h1..h$((hosts - 1)); delay by $used;" \
-    "probes: --count $count --size $size --window 1 --interval $interval;" \
+if [[ -n $bulk ]]; then measured_by="bulk: --bytes $bulk"; else
+    measured_by="probes: --count $count --size $size --window 1 --interval $interval"; fi
+echo "lab: $hosts hosts, source on h0, chain h1..h$((hosts - 1)); delay by $used; $measured_by;" \
     "kernel $(uname -r), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| link | one way (ms) | injected round trip (µs) | estimated p50 (µs) | error (µs) | baseline p50 (µs) | error − baseline (µs) | verdict |"
-echo "|---|---:|---:|---:|---:|---:|---:|---|"
+echo "| link | one way (ms) | injected round trip (µs) | estimated p50 (µs) | error (µs) | element at 0 ms, p50 (µs) | tool's error (µs) | within max(2%, 50 µs) | verdict |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|---|"
 printf '%s\n' "${rows[@]}"
