@@ -522,8 +522,8 @@ impl Connection {
                     let record_count =
                         Frame::new_unchecked(&self.pending.headers.data()[..headers_len])
                             .record_count();
-                    let header_len = HEADER_LEN + (record_count + 1) * RECORD_LEN + payload_len;
-                    if self.up.output.room() < header_len {
+                    let frame_len = HEADER_LEN + (record_count + 1) * RECORD_LEN + payload_len;
+                    if self.up.output.room() < frame_len {
                         break;
                     }
                     // The payload's hand-over to the server started (it was answered), so its
