@@ -18,10 +18,11 @@ usage: scripts/accuracy.sh [--hosts N] [--delays "0.1 1 10"] [--count 300] [--si
 For every link hI⇄hI+1 of an N-host lab (default 4) and every delay D (ms, one way, default
 "0.1 1 10"), delays that link by D each way (so its round trip gains 2·D), measures with probes
 (--count, --size, one in flight, --interval apart), and prints a markdown table on stdout:
-the injected round trip, the link's estimated p50, the error, the link's p50 with the delay
-element in place but 0 ms injected (what the link and the element cost by themselves), the
-tool's error (estimate − injected − that), whether it is within max(2%, 50 µs), and whether the
-verdict named that link. With --bulk BYTES the source sends BYTES as fast as the chain takes
+the injected round trip, the link's estimated p50 and its error, the link's p50 with nothing
+injected (bare) and with the delay element in place at 0 ms, how long the element really held
+the frames (its own log: p50 arrival → written, down plus up; with netem, the injected delay),
+the expected link round trip (bare + held), the tool's error (estimate − expected), whether it is
+within max(2%, 50 µs), and whether the verdict named that link. With --bulk BYTES the source sends BYTES as fast as the chain takes
 them (the default mode) instead of probes. Progress goes to stderr.
 Binaries: --bin (default: the newer of target/release and target/debug), and tcp-delay beside it
 (or $TCP_DELAY_BIN).
@@ -104,39 +105,64 @@ run_chain() {
 
 lab up "$hosts" --prefix "$prefix"
 
-# Injects $2 ms each way on link $1 and runs the chain into file $3; echoes the mechanism.
+# Injects $2 ms each way on link $1 and runs the chain into file $3; the element's log (how
+# long it held the frames) goes to $3.element.
 run_impaired() {
-    local link=$1 delay=$2 out=$3 target
+    local link=$1 delay=$2 out=$3 target log
+    log=$lab_dir/elements/h$link-h$((link + 1)).log
     target=$(lab impair "h$link-h$((link + 1))" --delay "$delay" --mechanism "$mechanism" 2>"$work/impair")
     run_chain "$out" --forward "$link=$target"
     lab clear "h$link-h$((link + 1))"
-    if grep -q 'user-space delay element' "$work/impair"; then
-        echo "tcp-delay, the user-space delay element (no netem in this kernel)"
-    else
-        echo "netem"
-    fi
+    if [[ -f $log ]]; then cp "$log" "$out.element"; else : >"$out.element"; fi
 }
 
-used=''
+# How long the element held frames, p50 down plus p50 up, in µs; with netem, the injected
+# round trip ($2 ms each way).
+held_us() {
+    if [[ $mechanism == netem ]]; then
+        awk -v d="$2" 'BEGIN { printf "%.1f\n", 2 * d * 1000 }'
+        return
+    fi
+    awk '/ held p50 / { for (i = 1; i <= NF; i++) if ($i == "p50") sum += $(i + 1) }
+         END { printf "%.1f\n", sum }' "$1"
+}
+
+echo "accuracy: bare links (nothing injected)" >&2
+run_chain "$work/bare"
+declare -a bare
+for ((link = 0; link + 1 < hosts; link++)); do
+    bare[link]=$(row_p50_us "$work/bare" "h$link ⇄ h$((link + 1))")
+done
+
+# The 0 ms runs need the same element as the delayed ones, so the mechanism is settled first.
+if [[ $mechanism == auto ]]; then
+    lab impair h0-h1 --delay 1 >/dev/null 2>"$work/impair"
+    lab clear h0-h1
+    if grep -q 'user-space delay element' "$work/impair"; then mechanism=tcp-delay; else mechanism=netem; fi
+fi
+if [[ $mechanism == netem ]]; then used=netem; else
+    used="tcp-delay, the user-space delay element (no netem in this kernel)"; fi
+
 rows=()
 for ((link = 0; link + 1 < hosts; link++)); do
     label="h$link ⇄ h$((link + 1))"
     echo "accuracy: $label with the delay element at 0 ms" >&2
-    used=$(run_impaired "$link" 0 "$work/zero")
+    run_impaired "$link" 0 "$work/zero"
     zero=$(row_p50_us "$work/zero" "$label")
     for delay in $delays; do
         echo "accuracy: $label, $delay ms each way" >&2
-        run_impaired "$link" "$delay" "$work/run" >/dev/null
+        run_impaired "$link" "$delay" "$work/run"
         estimated=$(row_p50_us "$work/run" "$label")
+        held=$(held_us "$work/run.element" "$delay")
         verdict=$(verdict_of "$work/run")
         rows+=("$(awk -v label="$label" -v d="$delay" -v est="$estimated" -v zero="$zero" \
-            -v verdict="$verdict" 'BEGIN {
-                injected = 2 * d * 1000; error = est - injected; tool = error - zero
+            -v bare="${bare[link]}" -v held="$held" -v verdict="$verdict" 'BEGIN {
+                injected = 2 * d * 1000; expected = bare + held; tool = est - expected
                 bound = (0.02 * injected > 50) ? 0.02 * injected : 50
-                printf "| %s | %g | %g | %.1f | %+.1f | %.1f | %+.1f (%+.2f%%) | %s | %s |",
-                    label, d, injected, est, error, zero, tool, 100 * tool / injected,
-                    (tool <= bound && tool >= -bound) ? "yes" : "NO",
-                    (verdict == label) ? "correct" : "WRONG: " verdict
+                printf "| %s | %g | %g | %.1f | %+.1f | %.1f | %.1f | %.1f | %.1f | %+.1f (%+.2f%%) | %s | %s |",
+                    label, d, injected, est, est - injected, bare, zero, held, expected, tool,
+                    100 * tool / injected, (tool <= bound && tool >= -bound) ? "yes" : "NO",
+                    (verdict == label) ? "correct" : "WRONG: " (verdict == "" ? "none named" : verdict)
             }')")
     done
 done
@@ -146,6 +172,6 @@ if [[ -n $bulk ]]; then measured_by="bulk: --bytes $bulk"; else
 echo "lab: $hosts hosts, source on h0, chain h1..h$((hosts - 1)); delay by $used; $measured_by;" \
     "kernel $(uname -r), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| link | one way (ms) | injected round trip (µs) | estimated p50 (µs) | error (µs) | element at 0 ms, p50 (µs) | tool's error (µs) | within max(2%, 50 µs) | verdict |"
-echo "|---|---:|---:|---:|---:|---:|---:|---|---|"
+echo "| link | one way (ms) | injected round trip (µs) | estimated p50 (µs) | error (µs) | bare link p50 (µs) | element at 0 ms, p50 (µs) | element held, p50 down + up (µs) | expected (µs) | tool's error (µs) | within max(2%, 50 µs) | verdict |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
 printf '%s\n' "${rows[@]}"

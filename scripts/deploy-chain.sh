@@ -285,9 +285,12 @@ if [[ -z $remote_bin ]] || $keep; then
         if [[ -z $remote_bin ]]; then
             # shellcheck disable=SC2016 # expanded by the remote shell
             install+='cat >"$d/subsegment-tcp-speeds" && chmod 0755 "$d/subsegment-tcp-speeds" && "$d/subsegment-tcp-speeds" --version >/dev/null'
-            ssh_to "$k" -- "$install" <"$local_bin" >"$work/copy.$k" 2>&1 &
+            # stderr apart: a remote shell's start-up files may print there (a shell profile
+            # running `pyenv rehash` does, when several sessions start at once), and the
+            # directory is the first line of stdout.
+            ssh_to "$k" -- "$install" <"$local_bin" >"$work/copy.$k" 2>"$work/copy-errors.$k" &
         else
-            ssh_to "$k" -n -- "${install% && }" >"$work/copy.$k" 2>&1 &
+            ssh_to "$k" -n -- "${install% && }" >"$work/copy.$k" 2>"$work/copy-errors.$k" &
         fi
         copy_pid[k]=$!
         started_pids+=("$!")
@@ -298,7 +301,7 @@ if [[ -z $remote_bin ]] || $keep; then
         dir=$(head -n 1 "$work/copy.$k")
         if [[ $dir == /tmp/ssts-deploy.* ]]; then remote_dir[k]=$dir; fi
         if $failed; then
-            die "copying the binary to ${hosts[k - 1]} failed: $(tail -n +2 "$work/copy.$k" | tr '\n' ' ')"
+            die "copying the binary to ${hosts[k - 1]} failed: $(tr '\n' ' ' <"$work/copy-errors.$k")"
         fi
         if [[ -z $remote_bin ]]; then hop_bin[k]=$dir/subsegment-tcp-speeds; fi
     done

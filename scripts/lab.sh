@@ -28,7 +28,8 @@ usage: scripts/lab.sh [--dir DIR] COMMAND ...
                            tcp-delay runs in hJ on hJ's address, port Q (default P+1), in front
                            of port P (default 9000). Says on stderr which one was used, and
                            prints on stdout the ADDR:PORT the left end must send to, so that
-                           traffic to hJ's port P crosses the impairment.
+                           traffic to hJ's port P crosses the impairment. With --mechanism
+                           tcp-delay the element is placed even at --delay 0 (its own cost).
   clear LINK               remove LINK's impairment
   exec HOST CMD...         run CMD inside HOST's namespace
   addr HOST                print HOST's address
@@ -369,6 +370,8 @@ cmd_impair() {
     local delayed=false
     awk -v d="$delay" -v j="$jitter" 'BEGIN { exit !(d > 0 || j > 0) }' && delayed=true
 
+    # Asked for by name, the element is placed even at 0 ms: what it costs by itself.
+    [[ $mechanism == tcp-delay ]] && delayed=true
     if [[ $mechanism == auto ]]; then
         if have_netem "$left"; then mechanism=netem; else mechanism=tcp-delay; fi
     fi

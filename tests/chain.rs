@@ -62,6 +62,17 @@ fn ten_megabytes_come_back_byte_identical_with_a_full_report() {
         );
     }
     assert_parts_add_up(&report);
+    // parse_report has failed on any negative sample. A link's round trip crosses two kernels'
+    // TCP stacks, so even its fastest frame takes time; and no link can take longer than the
+    // whole round trip it is part of.
+    for row in report.rows.iter().filter(|row| row.label.contains(" ⇄ ")) {
+        assert!(row.min_ns > 0.0, "{row:?}\n{}", run.stderr);
+        assert!(
+            row.p50_ns > 0.0 && row.p50_ns <= report.end_to_end.p50_ns + report.rounding_ns,
+            "{row:?}\n{}",
+            run.stderr
+        );
+    }
 }
 
 /// The subsegment means must add up to the end-to-end mean: the same stamps, exactly split.

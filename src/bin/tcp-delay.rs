@@ -11,17 +11,28 @@
 //! the way bytes on a long wire do (a chunk read at `t` leaves at `t + delay`, however many are
 //! queued ahead of it), and the bounded queue lets a slow receiver push back on the sender
 //! through TCP flow control. Errors end one connection, never the process.
+//!
+//! It also measures itself, so that an accuracy run can tell its cost from the measuring
+//! tool's error: each chunk's arrival is the kernel's receive timestamp of its last byte (the
+//! read itself where the kernel gives none), and when a direction ends it logs how long its
+//! chunks were held, arrival → written, beside the delay asked for.
 
 use lexopt::ValueExt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use subsegment_tcp_speeds::log_line;
+
+use hdrhistogram::Histogram;
+use subsegment_tcp_speeds::{clock, log_line, net};
+
+/// One chunk in flight: when it may leave, when its last byte reached this host, its bytes.
+type Chunk = (Instant, Instant, Vec<u8>);
 
 const HELP: &str = "\
 Usage: tcp-delay --listen ADDR --forward-to ADDR --delay-ms MS [--jitter-ms MS] [--rate-mbit N]
@@ -182,8 +193,10 @@ fn relay(
     };
     let writer = {
         let (from, to, failed) = (Arc::clone(from), Arc::clone(to), Arc::clone(failed));
+        let asked = args.delay;
         thread::spawn(move || {
-            write_side(&to, arrivals).or_else(|err| abort(&from, &to, &failed, direction, err))
+            write_side(&to, arrivals, direction, asked)
+                .or_else(|err| abort(&from, &to, &failed, direction, err))
         })
     };
     vec![reader, writer]
@@ -191,31 +204,57 @@ fn relay(
 
 /// Reads chunks and queues each with its release instant; dropping `queue` at EOF tells the
 /// writer to half-close once it has delivered everything.
-fn read_side(
-    from: &TcpStream,
-    queue: SyncSender<(Instant, Vec<u8>)>,
-    mut schedule: Schedule,
-) -> io::Result<()> {
+fn read_side(from: &TcpStream, queue: SyncSender<Chunk>, mut schedule: Schedule) -> io::Result<()> {
     let mut buf = vec![0; READ_CHUNK_BYTES];
+    // Without kernel stamps the arrival is the read: the element then looks cheaper than it is.
+    let stamped = net::enable_receive_timestamps(from.as_raw_fd()).is_ok();
     loop {
-        let len = match (&*from).read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(len) => len,
+        let (len, kernel_ns) = match net::receive(from.as_raw_fd(), &mut buf) {
+            Ok((0, _)) => return Ok(()),
+            Ok(read) => read,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(err),
         };
-        let release = schedule.release(Instant::now(), len);
-        if queue.send((release, buf[..len].to_vec())).is_err() {
+        let (realtime_ns, read_at) = (clock::realtime_ns(), Instant::now());
+        // A wait of a second or more (or a negative one) is a clock step, not a queue.
+        let waited = kernel_ns
+            .filter(|_| stamped)
+            .and_then(|kernel_ns| realtime_ns.checked_sub(kernel_ns))
+            .filter(|wait_ns| *wait_ns < 1_000_000_000)
+            .map_or(Duration::ZERO, Duration::from_nanos);
+        let arrived = read_at.checked_sub(waited).unwrap_or(read_at);
+        let release = schedule.release(read_at, len);
+        if queue.send((release, arrived, buf[..len].to_vec())).is_err() {
             return Ok(()); // The writer failed and has already reported it.
         }
     }
 }
 
-/// Writes each chunk at its release instant, then half-closes `to`.
-fn write_side(to: &TcpStream, arrivals: Receiver<(Instant, Vec<u8>)>) -> io::Result<()> {
-    for (release, chunk) in arrivals {
+/// Writes each chunk at its release instant, then half-closes `to` and says how long the
+/// chunks were held.
+fn write_side(
+    to: &TcpStream,
+    arrivals: Receiver<Chunk>,
+    direction: &str,
+    asked: Duration,
+) -> io::Result<()> {
+    let mut held = Histogram::<u64>::new_with_max(3_600_000_000_000, 3).expect("valid bounds");
+    for (release, arrived, chunk) in arrivals {
         wait_until(release);
         (&*to).write_all(&chunk)?;
+        held.saturating_record(arrived.elapsed().as_nanos() as u64);
+    }
+    if !held.is_empty() {
+        let us = |ns: u64| ns as f64 / 1e3;
+        log_line!(
+            "tcp-delay: {direction}: {} chunks held p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs \
+             (arrival → written; asked {} µs)",
+            held.len(),
+            us(held.value_at_quantile(0.5)),
+            us(held.value_at_quantile(0.99)),
+            held.mean() / 1e3,
+            asked.as_secs_f64() * 1e6
+        );
     }
     match to.shutdown(Shutdown::Write) {
         // The peer may already have closed entirely; nothing is lost by that.

@@ -288,6 +288,12 @@ fn render_verdict(out: &mut String, chain: &Chain) {
                 DelayKind::HopMixed => {
                     "neither its receive queue nor its wait to write holds most of it".to_string()
                 }
+                DelayKind::Floor { min_ns, share, queueing_share } => format!(
+                    "no median stands out, but every frame paid at least {} here ({:.0}% of the fastest round trip): the largest fixed delay, under {:.0}% of queueing spread over the chain",
+                    show(min_ns),
+                    share * 100.0,
+                    queueing_share * 100.0
+                ),
             };
             let _ = writeln!(
                 out,

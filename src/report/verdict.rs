@@ -12,6 +12,11 @@
 //!   only a queue that holds most of the delay is in front of a real bottleneck;
 //! - enough frames came back ([`MIN_FRAMES`]); with fewer the verdict says so.
 //!
+//! When no median stands out that way (a bulk stream whose queues spread over the chain), a
+//! subsegment is still named for its **floor** if every frame, the fastest included, paid at
+//! least [`FLOOR_SHARE`] of the fastest round trip there, and that minimum is
+//! [`STANDS_OUT_RATIO`] times every other subsegment's: a fixed cost under the queues.
+//!
 //! What kind of delay, from same-host stamps only:
 //! - a link whose minimum is at least half its median is a **fixed delay**: every frame pays
 //!   it (a long path, a slow element on the wire); otherwise its delay is mostly **queueing** in
@@ -30,6 +35,8 @@ pub const MIN_FRAMES: u64 = 30;
 pub const AGREEING_SLICES: f64 = 0.875;
 /// Share of the end-to-end median a queue must hold to be named as the bottleneck's.
 pub const QUEUE_STANDS_OUT_SHARE: f64 = 2.0 / 3.0;
+/// Share of the fastest round trip a subsegment's minimum must be to be named for its floor.
+pub const FLOOR_SHARE: f64 = 0.5;
 
 /// What kind of delay a subsegment adds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,12 +51,15 @@ pub enum DelayKind {
     HopWaitingToWrite { read_to_write_p50_ns: u64 },
     /// A hop whose time is neither mostly queue nor mostly read → write.
     HopMixed,
+    /// No median stood out, but every frame paid at least `min_ns` here, `share` of the
+    /// fastest round trip; `queueing_share` of the end-to-end mean is queueing on top.
+    Floor { min_ns: u64, share: f64, queueing_share: f64 },
 }
 
 impl DelayKind {
     /// Whether the delay is frames waiting behind others rather than a cost every frame pays.
     pub fn is_queueing(&self) -> bool {
-        !matches!(self, DelayKind::FixedLink { .. } | DelayKind::HopMixed)
+        !matches!(self, DelayKind::FixedLink { .. } | DelayKind::HopMixed | DelayKind::Floor { .. })
     }
 }
 
@@ -76,6 +86,19 @@ pub enum Verdict {
 impl Verdict {
     /// `None` when no subsegment has samples.
     pub fn of(chain: &Chain) -> Option<Verdict> {
+        match Verdict::by_median(chain)? {
+            Verdict::NoneStandsOut { queueing_share, frames, .. }
+                if let Some((worst, kind)) = floor_of(chain, queueing_share) =>
+            {
+                let share =
+                    chain.parts[worst].p50_ns() as f64 / chain.end_to_end.p50_ns().max(1) as f64;
+                Some(Verdict::Named { worst, share, kind, frames })
+            }
+            verdict => Some(verdict),
+        }
+    }
+
+    fn by_median(chain: &Chain) -> Option<Verdict> {
         let parts = &chain.parts;
         let worst = (0..parts.len())
             .filter(|&index| parts[index].count() > 0)
@@ -131,6 +154,21 @@ fn agreeing_slices(parts: &[Series], worst: usize) -> (usize, usize) {
         })
         .count();
     (agreeing, slices)
+}
+
+/// The subsegment every frame paid most for, when that floor is most of the fastest round trip
+/// and stands out from every other floor.
+fn floor_of(chain: &Chain, queueing_share: f64) -> Option<(usize, DelayKind)> {
+    let parts = &chain.parts;
+    let floor = |index: usize| parts[index].histogram.min();
+    let highest = (0..parts.len())
+        .filter(|&index| parts[index].count() > 0)
+        .max_by_key(|&index| floor(index))?;
+    let min_ns = floor(highest);
+    let next_ns = (0..parts.len()).filter(|&index| index != highest).map(floor).max().unwrap_or(0);
+    let share = min_ns as f64 / chain.end_to_end.histogram.min().max(1) as f64;
+    (share >= FLOOR_SHARE && min_ns as f64 >= STANDS_OUT_RATIO * next_ns as f64)
+        .then_some((highest, DelayKind::Floor { min_ns, share, queueing_share }))
 }
 
 fn kind_of(series: &Series) -> DelayKind {
@@ -282,5 +320,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn test_a_floor_under_spread_queues_is_named_and_a_shared_floor_is_not() {
+        // B ⇄ Z costs 2 000 ns plus a growing queue, B a growing queue from 0: no median stands
+        // out (7 000 against 5 000), but every frame paid 2 000 on B ⇄ Z, 95% of the fastest
+        // round trip (2 100).
+        let frames: Vec<(u64, u64, u64)> =
+            (0..100u64).map(|index| (100, 2_000 + index * 100, index * 100)).collect();
+        let chain = chain_of(&frames);
+        match Verdict::of(&chain).unwrap() {
+            Verdict::Named { worst, kind: DelayKind::Floor { min_ns, share, .. }, .. } => {
+                assert_eq!(label(&chain, worst), "B ⇄ Z");
+                assert!((2_000..2_010).contains(&min_ns), "{min_ns}");
+                assert!(share > 0.9, "{share}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same with A ⇄ B paying 1 500 too: no floor stands out.
+        let frames: Vec<(u64, u64, u64)> =
+            (0..100u64).map(|index| (1_500, 2_000 + index * 100, index * 100)).collect();
+        assert!(matches!(Verdict::of(&chain_of(&frames)).unwrap(), Verdict::NoneStandsOut { .. }));
     }
 }
