@@ -15,7 +15,10 @@
 //! answers are checked against the pattern instead of written out. The schedule is absolute
 //! (probe i is due at start + i × interval, on a timerfd, so it never drifts); a probe held back
 //! (by `--window`, or a late wake-up) goes as soon as it can and counts as late when that is
-//! more than half an interval after its time. `--window` caps the frames in flight either way;
+//! more than half an interval after its time. The first [`UNLOADED_FRAMES`] frames of every run
+//! go one at a time, so that even a bulk run has each subsegment's unloaded floor (its
+//! minimum), which is what tells a slow link from a queue. `--window` caps the frames in flight
+//! either way;
 //! `--window 1` is a ping-pong. The socket to the first hop is a [`crate::core::Peer`], stamped
 //! by the same rule as every hop's.
 
@@ -47,6 +50,8 @@ const PROBE_TIMER: Token = Token(3);
 const SEND_BUFFER_LEN: usize = 256 * 1024 + MAX_FRAME_LEN;
 /// Answer payloads waiting for stdout.
 const STDOUT_BUFFER_LEN: usize = 256 * 1024 + MAX_FRAME_LEN;
+/// Frames sent one at a time at the start of every run (see `Source::window`).
+pub const UNLOADED_FRAMES: u64 = 3;
 /// Where the payload starts in a frame built by the source (one record: its own).
 const PAYLOAD_AT: usize = HEADER_LEN + RECORD_LEN;
 
@@ -410,7 +415,14 @@ impl Source {
         !self.stdin.closed
             && self.fault.is_none()
             && self.send.room() >= self.frame_room()
-            && self.config.window.is_none_or(|window| self.run.sequencing.in_flight() < window)
+            && self.window().is_none_or(|window| self.run.sequencing.in_flight() < window)
+    }
+
+    /// Frames allowed in flight now: one at a time for the first [`UNLOADED_FRAMES`], so that
+    /// every subsegment has samples with no queue in front of them (its floor, which tells a
+    /// slow link from a queue in bulk mode), then `--window`.
+    fn window(&self) -> Option<u64> {
+        if self.run.sequencing.answered < UNLOADED_FRAMES { Some(1) } else { self.config.window }
     }
 
     fn frame_room(&self) -> usize {

@@ -6,18 +6,28 @@
 //! Every process is pinned with `taskset`: concurrency bugs of the stamping (a stamp taken
 //! before bytes that the peer was still writing on the other CPU) only show with the source
 //! and the hops on different CPUs, so each bulk test runs split, and once all on one CPU.
-//! These tests judge verdicts and timing, so the test profile is optimised (Cargo.toml).
+//! These tests judge verdicts and timing, so the test profile is optimised (Cargo.toml), and
+//! they run one at a time: a verdict "on an idle chain" must not share the CPUs with the
+//! other tests' chains.
 
 mod util;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use util::{MAIN_BIN, Proc, parse_report, random_bytes, run_source_under, spawn_listening};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Held for the whole of a test; a failed test poisons nothing for the next.
+fn alone() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// B (relay) → Z (echo) on loopback, each pinned to a CPU; returns the processes and B.
 fn chain(b_cpu: &str, z_cpu: &str, b_forwards_to: Option<SocketAddr>) -> (Vec<Proc>, SocketAddr) {
@@ -71,6 +81,7 @@ fn assert_same_verdict(verdicts: &[Option<String>], what: &str) {
 
 #[test]
 fn bulk_mode_on_two_cpus_gives_no_negative_sample_and_the_same_verdict_five_times() {
+    let _alone = alone();
     if cpus() < 2 {
         eprintln!("skipped: needs 2 CPUs");
         return;
@@ -86,6 +97,7 @@ fn bulk_mode_on_two_cpus_gives_no_negative_sample_and_the_same_verdict_five_time
 
 #[test]
 fn bulk_mode_on_one_cpu_gives_no_negative_sample() {
+    let _alone = alone();
     let (_hops, b) = chain("0", "0", None);
     let verdicts = bulk_runs(b, "0", &random_bytes(2_000_000, 3), 3);
     assert_same_verdict(&verdicts, "one CPU");
@@ -93,6 +105,7 @@ fn bulk_mode_on_one_cpu_gives_no_negative_sample() {
 
 #[test]
 fn a_link_delayed_three_milliseconds_each_way_is_named_in_bulk_mode_every_time() {
+    let _alone = alone();
     let (z, z_addr) = spawn_listening(
         "taskset",
         &["-c", "0", MAIN_BIN, "--listen", "127.0.0.1:0", "--name", "Z"],
@@ -111,6 +124,7 @@ fn a_link_delayed_three_milliseconds_each_way_is_named_in_bulk_mode_every_time()
 
 #[test]
 fn probes_keep_an_absolute_schedule_and_report_the_rate_achieved() {
+    let _alone = alone();
     let (_hops, b) = chain("0", "0", None);
     let b = b.to_string();
     // 300 probes 1 ms apart: the schedule spans 299 ms whatever a single wake-up costs.
@@ -170,6 +184,7 @@ fn mean_frame_from(b: SocketAddr, feed: &str, block: &str) -> u64 {
 
 #[test]
 fn frames_from_stdin_are_full_blocks_unless_stdin_has_nothing_more_ready() {
+    let _alone = alone();
     let (_hops, b) = chain("0", "0", None);
     // A file: every read fills the block (but the last).
     let file = std::env::temp_dir().join(format!("ssts-blocks-{}", std::process::id()));
@@ -177,10 +192,20 @@ fn frames_from_stdin_are_full_blocks_unless_stdin_has_nothing_more_ready() {
     let from_file = mean_frame_from(b, &format!("cat {}", file.display()), "65536");
     std::fs::remove_file(&file).unwrap();
     assert_eq!(from_file, 65536, "a file gives full blocks");
-    // A fast producer through a pipe: frames far larger than one pipe write (head writes at
-    // most a few KiB at a time, and the pipe holds 64 KiB).
-    let fast = mean_frame_from(b, "head -c 4000000 /dev/zero", "65536");
-    assert!(fast > 32768, "a fast producer gives (nearly) full blocks: mean {fast} B");
+    // A pipe holding 60,000 bytes before the source reads: 14 blocks of 4,096 and the rest.
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    writer.write_all(&random_bytes(60_000, 6)).unwrap();
+    drop(writer);
+    let b_text = b.to_string();
+    let output = Command::new(MAIN_BIN)
+        .args(["-f", &b_text, "-n", "A", "-b", "4096"])
+        .stdin(reader)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("sent 15, answered 15"), "full blocks from a full pipe:\n{stderr}");
     // A producer that pauses: each 100-byte line goes at once, not held for a full block.
     let started = Instant::now();
     let paused =

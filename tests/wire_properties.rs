@@ -565,3 +565,26 @@ proptest! {
         prop_assert_eq!(PathEntry::parse_all(&looped), Err(WireError::TooManyHops));
     }
 }
+
+/// The fuzz target's seeds (`fuzz/seeds/`) are frames of the current version: a version bump
+/// that forgot them would leave the fuzzer starting from inputs refused at the first byte.
+#[test]
+fn fuzz_seeds_are_frames_of_this_version() {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    for (name, kind) in
+        [("data.bin", Kind::Data), ("path.bin", Kind::Path), ("fault.bin", Kind::Fault)]
+    {
+        let bytes = std::fs::read(seeds.join(name)).unwrap();
+        let frame = next_frame(&bytes).unwrap().unwrap_or_else(|| panic!("{name}: incomplete"));
+        assert_eq!((frame.kind(), frame.total_len()), (kind, bytes.len()), "{name}");
+    }
+    let stream = std::fs::read(seeds.join("stream.bin")).unwrap();
+    let mut rest = &stream[..];
+    let mut whole = 0;
+    while let Some(frame) = next_frame(rest).unwrap() {
+        rest = &rest[frame.total_len()..];
+        whole += 1;
+    }
+    assert_eq!(whole, 2, "stream.bin: two whole frames, then half of one");
+    assert!(!rest.is_empty() && frame_len(rest).unwrap().is_some_and(|len| len > rest.len()));
+}

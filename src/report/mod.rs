@@ -274,7 +274,7 @@ fn render_verdict(out: &mut String, chain: &Chain) {
                     show(min_ns)
                 ),
                 DelayKind::QueuedLink { min_ns } => format!(
-                    "mostly queueing: its fastest frame took {}, the rest waited in the sending kernel's queue (the next hop's receive window or the link's rate held them back)",
+                    "mostly queueing: its fastest frame took {}, the rest waited in queues on the link (the sending kernel's, or a device's on the wire: the link's rate or the next hop's receive window held them back)",
                     show(min_ns)
                 ),
                 DelayKind::HopReceiveQueue { queue_p50_ns } => format!(
