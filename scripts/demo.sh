@@ -28,6 +28,7 @@ delay_bin=target/release/tcp-delay
 
 work=$(mktemp -d)
 pids=()
+# shellcheck disable=SC2317 # run by the trap below
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true

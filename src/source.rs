@@ -103,7 +103,7 @@ impl Schedule {
         start_ns + index * self.interval.as_nanos() as u64
     }
 
-    /// Books probe `index` leaving at `sent_ns` (its time was `due_ns`).
+    /// Books a probe due at `due_ns` that left at `sent_ns`.
     pub fn sent(&mut self, due_ns: u64, sent_ns: u64) {
         let lateness_ns = sent_ns.saturating_sub(due_ns);
         if lateness_ns > self.interval.as_nanos() as u64 / 2 {
@@ -271,14 +271,13 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
     PathEntry::new(Role::Source, &config.name, upstream.stream.local_addr().ok(), None)
         .emit(&mut announcement);
     send.push(&wire::control_frame(Kind::Path, &announcement));
-    let probe_timer = match config.probe {
-        Some(probe) if !probe.interval.is_zero() => Some(ProbeTimer::new(&poll)?),
-        _ => None,
+    let (probe_timer, schedule) = match config.probe {
+        Some(probe) if !probe.interval.is_zero() => (
+            Some(ProbeTimer::new(&poll)?),
+            Some(Schedule { interval: probe.interval, ..Schedule::default() }),
+        ),
+        _ => (None, None),
     };
-    let schedule = probe_timer.as_ref().map(|_| Schedule {
-        interval: config.probe.map_or(Duration::ZERO, |p| p.interval),
-        ..Schedule::default()
-    });
 
     let stdin_block_size = config.probe.is_none().then_some(config.block_size);
     let now_ns = clock::now_ns();
@@ -706,5 +705,30 @@ impl Source {
             self.run.sequencing.missing(),
             self.run.sequencing.sent
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_the_schedule_is_absolute_so_lateness_never_accumulates() {
+        let mut schedule = Schedule { interval: Duration::from_micros(250), ..Schedule::default() };
+        let start_ns = 1_000_000;
+        // Every probe leaves 100 µs late (under half an interval): on time, and probe 1 000
+        // is still due at start + 1 000 intervals, not 1 000 × 350 µs.
+        for index in 0..1_000u64 {
+            let due_ns = schedule.due_ns(start_ns, index);
+            assert_eq!(due_ns, start_ns + index * 250_000);
+            schedule.sent(due_ns, due_ns + 100_000);
+        }
+        assert_eq!(schedule.due_ns(start_ns, 1_000), start_ns + 250_000_000);
+        assert_eq!((schedule.late, schedule.worst_lateness_ns), (0, 100_000));
+        assert_eq!(schedule.achieved_per_second(1_000).map(f64::round), Some(4_000.0));
+        // One probe held back 2 ms (by the window) is late; the next are due as before.
+        schedule.sent(schedule.due_ns(start_ns, 1_000), schedule.due_ns(start_ns, 1_008));
+        assert_eq!((schedule.late, schedule.worst_lateness_ns), (1, 2_000_000));
+        assert_eq!(Schedule::default().achieved_per_second(1), None);
     }
 }

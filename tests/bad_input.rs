@@ -420,12 +420,23 @@ fn a_peer_that_never_reads_is_held_back_and_costs_others_nothing() {
         rss_kib < NEVER_READER_RSS_BOUND_KIB,
         "relay VmRSS {rss_kib} KiB with a never-reading peer"
     );
-    // The stalled connection must cost nothing while it waits: the relay's CPU time during the
-    // probe is what 200 round trips need, nowhere near a spinning core (half the wall time).
+    // The stalled connection must cost nothing while it waits. Over the probe the relay's CPU
+    // time is what 200 round trips need; then, over a whole second with only the stalled
+    // connection, a spinning relay would take about 100 ticks (some 60 beside two CPU hogs),
+    // one that sleeps until the peer reads next to none.
     let wall_ticks = (probe_took.as_millis() / 10) as u64;
     assert!(
         busy_ticks * 2 <= wall_ticks.max(10),
         "the relay used {busy_ticks} ticks of CPU in {wall_ticks} ticks of wall time"
+    );
+    let ticks_before = frames::cpu_ticks(relay_pid);
+    thread::sleep(Duration::from_secs(1));
+    let idle_ticks = frames::cpu_ticks(relay_pid) - ticks_before;
+    assert!(idle_ticks <= 20, "the relay used {idle_ticks} ticks of CPU in a second of waiting");
+    assert!(
+        !bench.relay.stderr().lines().any(|line| mentions(line, peer)),
+        "the flood ended before the second was over; it measured nothing: {}",
+        bench.relay.stderr()
     );
 
     drop(flooder);

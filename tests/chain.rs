@@ -62,11 +62,12 @@ fn ten_megabytes_come_back_byte_identical_with_a_full_report() {
         );
     }
     assert_parts_add_up(&report);
-    // parse_report has failed on any negative sample. A link's round trip crosses two kernels'
-    // TCP stacks, so even its fastest frame takes time; and no link can take longer than the
-    // whole round trip it is part of.
+    // parse_report has failed on any negative sample. The fastest round trip (one of the
+    // first frames, which go one at a time) takes time; every link's median is some of it, and
+    // never more than the whole round trip it is part of. (A link's own minimum, a few µs on
+    // loopback, prints as 0.00 once the table is in ms.)
+    assert!(report.end_to_end.min_ns > 0.0, "{}", run.stderr);
     for row in report.rows.iter().filter(|row| row.label.contains(" ⇄ ")) {
-        assert!(row.min_ns > 0.0, "{row:?}\n{}", run.stderr);
         assert!(
             row.p50_ns > 0.0 && row.p50_ns <= report.end_to_end.p50_ns + report.rounding_ns,
             "{row:?}\n{}",
@@ -145,10 +146,9 @@ fn garbage_closes_only_its_own_connection() {
     let (hops, b_addr) = chain_b_c_z(&[]);
     let mut stray = util::connect(b_addr);
     stray.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    stray.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut answer = Vec::new();
-    let closed = stray.read_to_end(&mut answer);
-    assert!(closed.is_ok() || answer.is_empty(), "the relay must close the stray connection");
+    // A read timeout fails here: the relay must close (or reset) the stray connection itself.
+    let answer = util::frames::expect_closed(&mut stray, Duration::from_secs(5));
+    assert!(answer.is_empty(), "the relay answered a stray HTTP request: {answer:?}");
 
     let input = random_bytes(200_000, 3);
     let run = run_source(&["-f", &b_addr.to_string(), "-n", "A"], &input, RUN_TIMEOUT);
