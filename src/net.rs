@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use mio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -38,6 +38,10 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    // Accepted sockets inherit the option, so even the bytes a peer sends before the accept
+    // (its path announcement, often its first frames) carry the kernel's receive timestamp.
+    // Refused, each accepted socket asks again and says so (see `core::Peer::new`).
+    let _ = enable_receive_timestamps(socket.as_raw_fd());
     socket.listen(1024)?;
     Ok(TcpListener::from_std(socket.into()))
 }

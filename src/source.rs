@@ -254,7 +254,7 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
     let stream = net::connect(target).map_err(|error| {
         io::Error::new(error.kind(), format!("cannot reach first hop {text} ({target}): {error}"))
     })?;
-    let mut upstream = Peer::new(stream, target, clock::now_ns(), &config.name);
+    let mut upstream = Peer::new(stream, target, &config.name);
     poll.registry().register(
         &mut upstream.stream,
         UPSTREAM,

@@ -34,7 +34,7 @@ pub struct Peer {
 impl Peer {
     /// Wraps a connected (or connecting) socket and asks the kernel for receive timestamps;
     /// `who` names this process in the one line said if the kernel refuses them.
-    pub fn new(stream: TcpStream, addr: SocketAddr, opened_ns: u64, who: &str) -> Peer {
+    pub fn new(stream: TcpStream, addr: SocketAddr, who: &str) -> Peer {
         let kernel = match net::enable_receive_timestamps(stream.as_raw_fd()) {
             Ok(()) => KernelStamps::On,
             Err(error) => {
@@ -56,7 +56,7 @@ impl Peer {
             hung_up: false,
             read_closed: false,
             write_shut: false,
-            receive_times: ReceiveTimes::new(kernel, opened_ns),
+            receive_times: ReceiveTimes::new(kernel),
         }
     }
 

@@ -257,26 +257,32 @@ pub enum KernelStamps {
     Refused,
 }
 
+/// Longest believable wait before a socket's first read: its first bytes may have arrived
+/// before the hop accepted the connection (they wait in the accept queue), for as long as the
+/// accept took, which no read of ours has seen.
+const FIRST_READ_LONGEST_NS: u64 = 1_000_000_000;
+
 /// Judges one socket's kernel receive timestamps and turns them into receive-queue waits.
 ///
 /// The kernel stamps CLOCK_REALTIME; the wait is (CLOCK_REALTIME right after the read) − (the
 /// kernel's stamp of the last byte read): a duration, comparable with nothing of another host.
-/// It is impossible when negative, or longer than the bytes can have been queued: the queue
-/// was seen empty by an earlier read, and bytes read now arrived after that read began.
+/// It is impossible when negative, or longer than the bytes can have been queued: once a read
+/// has found the queue empty, bytes read later arrived after that read began; before any has,
+/// [`FIRST_READ_LONGEST_NS`] bounds it.
 #[derive(Debug, Clone)]
 pub struct ReceiveTimes {
     pub kernel: KernelStamps,
-    /// CLOCK_MONOTONIC_RAW at the start of the last read that found the queue empty (or of the
-    /// connection): nothing read later can have arrived before it.
-    queue_seen_empty_ns: u64,
+    /// CLOCK_MONOTONIC_RAW at the start of the last read that found the queue empty: nothing
+    /// read later can have arrived before it. `None` until a read has.
+    queue_seen_empty_ns: Option<u64>,
     /// Reads whose kernel stamp was impossible, and those with a believable one.
     pub rejected: u64,
     pub kernel_stamped: u64,
 }
 
 impl ReceiveTimes {
-    pub fn new(kernel: KernelStamps, opened_ns: u64) -> ReceiveTimes {
-        ReceiveTimes { kernel, queue_seen_empty_ns: opened_ns, rejected: 0, kernel_stamped: 0 }
+    pub fn new(kernel: KernelStamps) -> ReceiveTimes {
+        ReceiveTimes { kernel, queue_seen_empty_ns: None, rejected: 0, kernel_stamped: 0 }
     }
 
     /// The stamp of one read: it started at `started_ns` and returned at `read_ns` (RAW) /
@@ -294,7 +300,9 @@ impl ReceiveTimes {
             ReadStamp { read_ns, receive: ReceiveClock::AfterRead, receive_wait_ns: 0 };
         let stamp = match (self.kernel, kernel_ns) {
             (KernelStamps::On, Some(kernel_ns)) => {
-                let longest_ns = read_ns.saturating_sub(self.queue_seen_empty_ns);
+                let longest_ns = self
+                    .queue_seen_empty_ns
+                    .map_or(FIRST_READ_LONGEST_NS, |empty_ns| read_ns.saturating_sub(empty_ns));
                 match realtime_ns.checked_sub(kernel_ns) {
                     Some(wait_ns) if wait_ns <= longest_ns => {
                         self.kernel_stamped += 1;
@@ -313,14 +321,14 @@ impl ReceiveTimes {
             _ => after_read,
         };
         if emptied {
-            self.queue_seen_empty_ns = started_ns;
+            self.queue_seen_empty_ns = Some(started_ns);
         }
         stamp
     }
 
     /// A read that found nothing (WouldBlock) started at `started_ns`.
     pub fn saw_empty(&mut self, started_ns: u64) {
-        self.queue_seen_empty_ns = started_ns;
+        self.queue_seen_empty_ns = Some(started_ns);
     }
 }
 
@@ -480,13 +488,16 @@ mod tests {
 
     #[test]
     fn test_kernel_waits_are_kept_when_possible_and_rejected_when_not() {
-        let mut times = ReceiveTimes::new(KernelStamps::On, 1_000);
-        // Realtime 5 000 050, kernel stamp 5 000 000: waited 50 ns, well within the 9 000 ns
-        // since the connection opened.
-        let stamp = times.stamp(9_900, 10_000, 5_000_050, Some(5_000_000), true);
+        let mut times = ReceiveTimes::new(KernelStamps::On);
+        // The first read: bytes that waited 2 ms (in the accept queue, say) are believed.
+        let stamp = times.stamp(9_900, 10_000, 7_000_050, Some(5_000_050), true);
         assert_eq!(
             stamp,
-            ReadStamp { read_ns: 10_000, receive: ReceiveClock::Kernel, receive_wait_ns: 50 }
+            ReadStamp {
+                read_ns: 10_000,
+                receive: ReceiveClock::Kernel,
+                receive_wait_ns: 2_000_000
+            }
         );
         // The queue was seen empty at 9 900; a wait of 200 ns at 10 050 is impossible.
         let stamp = times.stamp(10_040, 10_050, 6_000_200, Some(6_000_000), false);
@@ -499,7 +510,11 @@ mod tests {
         let stamp = times.stamp(10_080, 10_090, 0, None, true);
         assert_eq!(stamp, at(10_090));
         assert_eq!((times.kernel_stamped, times.rejected), (1, 2));
-        let mut refused = ReceiveTimes::new(KernelStamps::Refused, 0);
+        // Before any read has seen the queue empty, a wait over a second is a clock step.
+        let mut first = ReceiveTimes::new(KernelStamps::On);
+        let stamp = first.stamp(0, 10, 2_000_000_000, Some(500_000_000), false);
+        assert_eq!(stamp.receive, ReceiveClock::KernelRejected);
+        let mut refused = ReceiveTimes::new(KernelStamps::Refused);
         assert_eq!(refused.stamp(0, 10, 100, Some(50), true), at(10));
     }
 }

@@ -11,7 +11,6 @@ use mio::Interest;
 
 use super::{HopConfig, Side, next_hop_text, token_of};
 use crate::buffer::Buffer;
-use crate::clock;
 use crate::core::{Inbound, Outbound, Peer, ReadStamp};
 use crate::net;
 use crate::wire::{
@@ -201,7 +200,7 @@ impl Connection {
 
     fn start_connect(&mut self, registry: &mio::Registry, target: SocketAddr, config: &HopConfig) {
         let started = net::connect(target).and_then(|stream| {
-            let mut downstream = Peer::new(stream, target, clock::now_ns(), &config.name);
+            let mut downstream = Peer::new(stream, target, &config.name);
             let token = token_of(self.slot, Side::Downstream);
             registry.register(
                 &mut downstream.stream,

@@ -277,7 +277,7 @@ impl Hop {
             self.connections.push(None);
             self.connections.len() - 1
         });
-        let mut upstream = Peer::new(stream, addr, clock::now_ns(), &self.config.name);
+        let mut upstream = Peer::new(stream, addr, &self.config.name);
         let token = token_of(slot, Side::Upstream);
         if let Err(error) =
             registry.register(&mut upstream.stream, token, Interest::READABLE | Interest::WRITABLE)
