@@ -283,6 +283,28 @@ fn a_relay_with_the_knobs_carries_the_chain_and_says_what_it_could_not_do() {
     let fifo = after_name.split_whitespace().nth(41 - 3) == Some("1");
     let refused = b.stderr().contains("cannot switch to SCHED_FIFO");
     assert!(fifo != refused, "SCHED_FIFO: {fifo}; stderr:\n{}", b.stderr());
+    // --cpu 0: the kernel allows it CPU 0 alone. --mlock: locked pages, or a warning why not.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", b.id())).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find(|line| line.starts_with(name)).unwrap_or_default();
+        line[name.len()..].trim().to_string()
+    };
+    assert_eq!(field("Cpus_allowed_list:"), "0", "{status}");
+    let locked_kib: u64 = field("VmLck:").trim_end_matches("kB").trim().parse().unwrap();
+    let lock_refused = b.stderr().contains("cannot lock memory");
+    assert!((locked_kib > 0) != lock_refused, "VmLck {locked_kib} kB; stderr:\n{}", b.stderr());
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root may switch to SCHED_FIFO; without CAP_SYS_NICE the same request must be refused
+        // with the warning, and the relay must still serve.
+        let no_nice = ["--inh-caps=-sys_nice", "--bounding-set=-sys_nice", MAIN_BIN];
+        let mut args = no_nice.to_vec();
+        args.extend(["-l", "127.0.0.1:0", "-f", &z_addr, "-n", "N", "--realtime"]);
+        let (plain, plain_addr) = spawn_listening("setpriv", &args);
+        let run = run_source(&["-f", &plain_addr.to_string(), "--count", "20"], b"", RUN_TIMEOUT);
+        assert!(run.status.is_some_and(|status| status.success()), "{}", run.stderr);
+        assert!(plain.stderr().contains("cannot switch to SCHED_FIFO"), "{}", plain.stderr());
+    }
 
     let (spinner, _) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "--busy-poll"]);
     assert!(spinner.stderr().contains("--busy-poll without --cpu"), "{}", spinner.stderr());

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{DELAY_BIN, MAIN_BIN, Report, parse_report};
+use util::{DELAY_BIN, MAIN_BIN, Report, parse_report, say_skipped};
 
 /// Probes with one frame in flight, so that queueing does not add to the delay being measured.
 const PROBES: [&str; 8] = ["--count", "300", "--size", "64", "--window", "1", "--interval", "2ms"];
@@ -38,12 +38,6 @@ static LABS_MADE: AtomicUsize = AtomicUsize::new(0);
 
 fn scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
-}
-
-/// Says that `test` was skipped and why, on the real stderr: `eprintln!` would be captured by
-/// the test harness and never shown for a passing test.
-fn say_skipped(test: &str, why: &str) {
-    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
 }
 
 /// The lock for a lab, or `None` (after saying so) when this machine cannot build one.

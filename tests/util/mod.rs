@@ -128,6 +128,12 @@ fn drain_lines(pipe: ChildStderr, collected: Arc<Mutex<String>>, lines: mpsc::Se
     });
 }
 
+/// Says on the real stderr that `test` was skipped and why: the test harness swallows
+/// `eprintln!` of passing tests, and a skip must be seen where it happens (CI logs included).
+pub fn say_skipped(test: &str, why: &str) {
+    let _ = writeln!(io::stderr(), "{test}: skipped: {why}");
+}
+
 /// A `tcp-delay` on 127.0.0.1:0 forwarding to `listen_to` with `delay_ms` each way.
 #[track_caller]
 pub fn delay(listen_to: SocketAddr, delay_ms: u32) -> (Proc, SocketAddr) {
