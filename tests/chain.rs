@@ -179,6 +179,50 @@ fn a_stripping_relay_serves_a_plain_tcp_echo_server() {
     assert_parts_add_up(&report);
 }
 
+/// A plain server that answers every read with twice its bytes: answers run ahead of the
+/// frames sent, and the surplus comes back as unsolicited. No sample may go negative, and
+/// probes of no bytes at all are answered at once instead of waiting for bytes that never
+/// come (they used to hang until the timeout, which then blamed the server). Answers that
+/// arrive before their payload has left the relay are unit-tested in `hop/connection.rs`.
+#[test]
+fn a_stripping_relay_copes_with_a_server_answering_more_than_asked_and_with_empty_probes() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap().to_string();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(count @ 1..) = stream.read(&mut chunk) {
+                    let doubled = [&chunk[..count], &chunk[..count]].concat();
+                    if stream.write_all(&doubled).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let args = ["--listen", "127.0.0.1:0", "--forward-to", &server, "--name", "C", "-r"];
+    let (c, c_addr) = spawn_listening(MAIN_BIN, &args);
+    let c_text = c_addr.to_string();
+    for probes in [
+        ["--count", "300", "--size", "64", "--window", "8"],
+        ["--count", "40", "--size", "0", "--window", "4"],
+    ] {
+        let mut args = vec!["-f", c_text.as_str(), "-n", "A", "-t", "5"];
+        args.extend(probes);
+        let run = run_source(&args, b"", RUN_TIMEOUT);
+        assert_eq!(
+            run.status.map(|status| status.code()),
+            Some(Some(0)),
+            "{probes:?}: {}",
+            run.stderr
+        );
+        parse_report(&run.stderr); // fails on any negative sample
+    }
+    drop(c);
+}
+
 #[test]
 fn an_echo_end_with_r_answers_plain_bytes() {
     let (_z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "-r", "--name", "Z"]);

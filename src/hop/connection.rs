@@ -11,6 +11,7 @@ use mio::Interest;
 
 use super::{HopConfig, Side, next_hop_text, token_of};
 use crate::buffer::Buffer;
+use crate::clock;
 use crate::core::{Inbound, Outbound, Peer, ReadStamp};
 use crate::net;
 use crate::wire::{
@@ -52,7 +53,45 @@ enum Speech {
 /// their headers and records (this hop's down record included) and payload lengths.
 struct PendingAnswers {
     headers: Buffer,
-    frames: VecDeque<(usize, usize)>,
+    frames: VecDeque<PendingFrame>,
+    /// Write stamps still to come for payloads whose frames were answered before their
+    /// hand-over started: dropped as they come, so later frames keep their own.
+    stale_stamps: usize,
+    /// Answers that came before their frame's payload had been handed over (the server sent
+    /// more than it was asked): their last link is counted as 0, and the close line says so.
+    answered_before_sent: u64,
+}
+
+/// One frame sent to the plain server and not answered yet.
+struct PendingFrame {
+    headers_len: usize,
+    payload_len: usize,
+    /// When the payload's hand-over to the server started; `None` until it has. An empty
+    /// payload has nothing to hand over and counts as sent when it is read.
+    sent_ns: Option<u64>,
+}
+
+impl PendingAnswers {
+    /// Gives the payloads whose hand-over has started their write stamps, in order.
+    fn collect_sent(&mut self, output: &mut Outbound) {
+        while let Some(sent_ns) = output.take_detached() {
+            if self.stale_stamps > 0 {
+                self.stale_stamps -= 1;
+                continue;
+            }
+            let waiting = self.frames.iter_mut().find(|frame| frame.sent_ns.is_none());
+            debug_assert!(waiting.is_some(), "a write stamp for a payload never queued");
+            if let Some(frame) = waiting {
+                frame.sent_ns = Some(sent_ns);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.headers.consume(self.headers.len());
+        self.stale_stamps = 0;
+    }
 }
 
 pub(super) struct Connection {
@@ -115,6 +154,8 @@ impl Connection {
             pending: PendingAnswers {
                 headers: Buffer::with_capacity(if stripping { PENDING_HEADERS_LEN } else { 0 })?,
                 frames: VecDeque::new(),
+                stale_stamps: 0,
+                answered_before_sent: 0,
             },
             failure: None,
             fault_queued: false,
@@ -257,8 +298,7 @@ impl Connection {
         let failure = format!("next hop {}: {what}", next_hop_text(config));
         self.failure = Some(failure);
         self.down.output.clear();
-        self.pending.frames.clear();
-        self.pending.headers.consume(self.pending.headers.len());
+        self.pending.clear();
     }
 
     /// Queues the FAULT frame once the path is known (so the source can name the hop).
@@ -506,18 +546,29 @@ impl Connection {
     fn frame_plain_answers(&mut self) -> bool {
         let mut progress = false;
         let hop = self.hop.unwrap_or(0);
+        self.pending.collect_sent(&mut self.down.output);
         loop {
             let available = self.up.input.len();
-            if available == 0 {
+            let front = self
+                .pending
+                .frames
+                .front()
+                .map(|frame| (frame.headers_len, frame.payload_len, frame.sent_ns));
+            if available == 0 && !matches!(front, Some((_, 0, _))) {
                 break;
             }
-            let moved = match self.pending.frames.front() {
-                Some(&(headers_len, payload_len)) => {
+            let moved = match front {
+                Some((headers_len, payload_len, sent_ns)) => {
                     if available < payload_len {
                         break;
                     }
-                    let stamp =
-                        unwritten(hop, Direction::Up, self.up.input.stamp_of_head(payload_len));
+                    // An empty answer is owed no bytes: it is complete the moment it is due.
+                    let read = if payload_len == 0 {
+                        ReadStamp { read_ns: clock::now_ns(), ..ReadStamp::default() }
+                    } else {
+                        self.up.input.stamp_of_head(payload_len)
+                    };
+                    let stamp = unwritten(hop, Direction::Up, read);
                     let record_count =
                         Frame::new_unchecked(&self.pending.headers.data()[..headers_len])
                             .record_count();
@@ -525,9 +576,14 @@ impl Connection {
                     if self.up.output.room() < frame_len {
                         break;
                     }
-                    // The payload's hand-over to the server started (it was answered), so its
-                    // write stamp is known now; the down record gets it before going up.
-                    let sent_ns = self.down.output.take_detached().unwrap_or(stamp.read_ns);
+                    let sent_ns = sent_ns.unwrap_or_else(|| {
+                        // Answered before its payload was handed over: the server sent bytes
+                        // unasked. The link is counted as 0 rather than as a negative time,
+                        // and the payload's own write stamp, still to come, is dropped.
+                        self.pending.answered_before_sent += 1;
+                        self.pending.stale_stamps += 1;
+                        stamp.arrival_ns().unwrap_or(stamp.read_ns)
+                    });
                     let stored = &mut self.pending.headers.data_mut()[..headers_len];
                     wire::patch_write_stamp(
                         &mut stored[wire::write_stamp_offset(record_count - 1)..],
@@ -643,6 +699,11 @@ impl Connection {
         Ok(false)
     }
 
+    /// Answers a stripping relay framed before their payload had reached the server.
+    pub(super) fn answered_before_sent(&self) -> u64 {
+        self.pending.answered_before_sent
+    }
+
     /// Whether the connection holds work that should make progress within the timeout.
     pub(super) fn outstanding(&self) -> bool {
         !self.down.input.is_empty()
@@ -752,11 +813,62 @@ fn strip_into<T: AsRef<[u8]>>(
     let tail = pending.headers.tail(headers_len).expect("room checked");
     let written = wire::emit_frame(tail, &header, &frame.headers()[HEADER_LEN..], &[stamp], &[]);
     pending.headers.commit(written);
-    pending.frames.push_back((written, frame.payload_len()));
-    output.push_detached(frame.payload())
+    let payload_len = frame.payload_len();
+    // An empty payload has nothing to hand over: sent as it is read.
+    let sent_ns = (payload_len == 0).then_some(stamp.read_ns);
+    pending.frames.push_back(PendingFrame { headers_len: written, payload_len, sent_ns });
+    payload_len == 0 || output.push_detached(frame.payload())
 }
 /// The path entry for a next hop this relay could not reach.
 fn unreached_entry(config: &HopConfig) -> PathEntry {
     let target = config.forward_to.as_ref().map(|(addr, _)| *addr);
     PathEntry::new(Role::Unreached, &next_hop_text(config), target, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(lens: &[usize]) -> PendingAnswers {
+        let frames = lens
+            .iter()
+            .map(|&payload_len| PendingFrame {
+                headers_len: 0,
+                payload_len,
+                sent_ns: (payload_len == 0).then_some(1),
+            })
+            .collect();
+        PendingAnswers {
+            headers: Buffer::with_capacity(0).unwrap(),
+            frames,
+            stale_stamps: 0,
+            answered_before_sent: 0,
+        }
+    }
+
+    #[test]
+    fn test_write_stamps_reach_their_own_frames_even_after_an_early_answer() {
+        let mut output = Outbound::with_capacity(64).unwrap();
+        for payload in [&b"aaaa"[..], b"bbbb", b"cccc"] {
+            assert!(output.push_detached(payload));
+        }
+        // Frames a, an empty one, b, c.
+        let mut pending = pending(&[4, 0, 4, 4]);
+        output.written(4, 100); // a's hand-over
+        pending.collect_sent(&mut output);
+        let sent: Vec<_> = pending.frames.iter().map(|frame| frame.sent_ns).collect();
+        assert_eq!(sent, [Some(100), Some(1), None, None]);
+        // a and the empty frame are answered; then b is answered before its payload left (the
+        // server sent more than asked), as the relay does it: its stamp, to come, is stale.
+        pending.frames.pop_front();
+        pending.frames.pop_front();
+        pending.frames.pop_front();
+        pending.stale_stamps += 1;
+        output.written(4, 300); // b's hand-over
+        output.written(4, 400); // c's
+        pending.collect_sent(&mut output);
+        // c gets its own stamp, not b's.
+        assert_eq!(pending.frames.front().map(|frame| frame.sent_ns), Some(Some(400)));
+        assert_eq!(pending.stale_stamps, 0);
+    }
 }

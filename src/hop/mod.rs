@@ -367,10 +367,17 @@ impl Hop {
         self.busy.retain(|&busy| busy != slot);
         let seconds = (clock::now_ns() - connection.opened_ns) as f64 / 1e9;
         // One line per connection: a fault this hop reported or passed on is its reason too.
+        let early = match connection.answered_before_sent() {
+            0 => String::new(),
+            count => format!(
+                "; {count} answers came before their frame reached the server (it sent more \
+                 than it was asked), their last link counted as 0"
+            ),
+        };
         let reason = reason.or(connection.failure).or(connection.passed_fault);
         let ending = match reason {
-            None => String::new(),
-            Some(reason) => format!("; closed: {reason}"),
+            None => early,
+            Some(reason) => format!("{early}; closed: {reason}"),
         };
         log_line!(
             "{}: connection from {} ended after {seconds:.3} s: {} frames / {} B down, {} frames / {} B up{ending}",
