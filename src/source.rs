@@ -89,7 +89,13 @@ pub enum Ending {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Schedule {
     pub interval: Duration,
-    /// CLOCK_MONOTONIC of the first and the last probe sent.
+    /// CLOCK_MONOTONIC at which the schedule started, and the first probe on it. The probes
+    /// before it (the run's unloaded start) go one at a time as their answers come back, so
+    /// the schedule starts after them instead of owing them a burst.
+    pub origin: Option<(u64, u64)>,
+    /// Probes sent on the schedule.
+    pub booked: u64,
+    /// CLOCK_MONOTONIC of the first and the last probe sent on it.
     pub first_sent_ns: Option<u64>,
     pub last_sent_ns: u64,
     /// Probes that left more than half an interval after their time.
@@ -98,13 +104,21 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// Probe `index`'s time: the schedule is absolute, so lateness never accumulates.
-    pub fn due_ns(&self, start_ns: u64, index: u64) -> u64 {
-        start_ns + index * self.interval.as_nanos() as u64
+    /// Starts the schedule at `now_ns` with probe `index`, unless it has started.
+    pub fn start(&mut self, now_ns: u64, index: u64) {
+        self.origin.get_or_insert((now_ns, index));
+    }
+
+    /// Probe `index`'s time, once the schedule has started: absolute, so lateness never
+    /// accumulates.
+    pub fn due_ns(&self, index: u64) -> Option<u64> {
+        let (start_ns, first) = self.origin?;
+        Some(start_ns + index.checked_sub(first)? * self.interval.as_nanos() as u64)
     }
 
     /// Books a probe due at `due_ns` that left at `sent_ns`.
     pub fn sent(&mut self, due_ns: u64, sent_ns: u64) {
+        self.booked += 1;
         let lateness_ns = sent_ns.saturating_sub(due_ns);
         if lateness_ns > self.interval.as_nanos() as u64 / 2 {
             self.late += 1;
@@ -114,10 +128,10 @@ impl Schedule {
         self.last_sent_ns = sent_ns;
     }
 
-    /// Probes per second achieved over `sent` probes, when there is a span to divide by.
-    pub fn achieved_per_second(&self, sent: u64) -> Option<f64> {
+    /// Probes per second achieved on the schedule, when there is a span to divide by.
+    pub fn achieved_per_second(&self) -> Option<f64> {
         let span_ns = self.last_sent_ns.checked_sub(self.first_sent_ns?)?;
-        (sent > 1 && span_ns > 0).then(|| (sent - 1) as f64 * 1e9 / span_ns as f64)
+        (self.booked > 1 && span_ns > 0).then(|| (self.booked - 1) as f64 * 1e9 / span_ns as f64)
     }
 }
 
@@ -178,8 +192,6 @@ impl Stdio {
 /// The probe schedule's timer: a timerfd on CLOCK_MONOTONIC, armed for the next probe's time.
 struct ProbeTimer {
     fd: OwnedFd,
-    /// CLOCK_MONOTONIC of probe 0's time.
-    start_ns: u64,
 }
 
 impl ProbeTimer {
@@ -198,7 +210,7 @@ impl ProbeTimer {
             PROBE_TIMER,
             Interest::READABLE,
         )?;
-        Ok(ProbeTimer { fd, start_ns: clock::monotonic_ns() })
+        Ok(ProbeTimer { fd })
     }
 
     /// Wakes the loop at `due_ns` (CLOCK_MONOTONIC, absolute); at once if that has passed.
@@ -447,9 +459,12 @@ impl Source {
         let mut progress = false;
         while self.wants_stdin() {
             let sent = self.run.sequencing.sent;
-            if let (Some(timer), Some(schedule)) = (&self.probe_timer, &mut self.run.schedule) {
-                let due_ns = schedule.due_ns(timer.start_ns, sent);
+            if let (Some(timer), Some(schedule), true) =
+                (&self.probe_timer, &mut self.run.schedule, sent >= UNLOADED_FRAMES)
+            {
                 let now_ns = clock::monotonic_ns();
+                schedule.start(now_ns, sent);
+                let due_ns = schedule.due_ns(sent).expect("the schedule has started");
                 if now_ns < due_ns {
                     timer.arm(due_ns);
                     break;
@@ -715,20 +730,25 @@ mod tests {
     #[test]
     fn test_the_schedule_is_absolute_so_lateness_never_accumulates() {
         let mut schedule = Schedule { interval: Duration::from_micros(250), ..Schedule::default() };
+        assert_eq!(schedule.due_ns(3), None, "not started: the unloaded probes are unscheduled");
         let start_ns = 1_000_000;
-        // Every probe leaves 100 µs late (under half an interval): on time, and probe 1 000
+        schedule.start(start_ns, 3);
+        schedule.start(start_ns + 999, 4); // started once only
+        // Every probe leaves 100 µs late (under half an interval): on time, and probe 1 003
         // is still due at start + 1 000 intervals, not 1 000 × 350 µs.
-        for index in 0..1_000u64 {
-            let due_ns = schedule.due_ns(start_ns, index);
-            assert_eq!(due_ns, start_ns + index * 250_000);
+        for index in 3..1_003u64 {
+            let due_ns = schedule.due_ns(index).unwrap();
+            assert_eq!(due_ns, start_ns + (index - 3) * 250_000);
             schedule.sent(due_ns, due_ns + 100_000);
         }
-        assert_eq!(schedule.due_ns(start_ns, 1_000), start_ns + 250_000_000);
+        assert_eq!(schedule.due_ns(1_003), Some(start_ns + 250_000_000));
         assert_eq!((schedule.late, schedule.worst_lateness_ns), (0, 100_000));
-        assert_eq!(schedule.achieved_per_second(1_000).map(f64::round), Some(4_000.0));
+        assert_eq!(schedule.achieved_per_second().map(f64::round), Some(4_000.0));
         // One probe held back 2 ms (by the window) is late; the next are due as before.
-        schedule.sent(schedule.due_ns(start_ns, 1_000), schedule.due_ns(start_ns, 1_008));
+        let due_ns = schedule.due_ns(1_003).unwrap();
+        schedule.sent(due_ns, schedule.due_ns(1_011).unwrap());
         assert_eq!((schedule.late, schedule.worst_lateness_ns), (1, 2_000_000));
-        assert_eq!(Schedule::default().achieved_per_second(1), None);
+        assert_eq!(schedule.due_ns(1_004), Some(start_ns + 250_250_000));
+        assert_eq!(Schedule::default().achieved_per_second(), None);
     }
 }

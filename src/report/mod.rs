@@ -69,7 +69,7 @@ pub fn render(run: &Run) -> String {
         }
     }
     if let Some(schedule) = &run.schedule {
-        render_schedule(&mut out, schedule, sequencing.sent);
+        render_schedule(&mut out, schedule);
     }
     if let (Some(block_size), true) = (run.stdin_block_size, sequencing.sent > 0) {
         let _ = writeln!(
@@ -85,16 +85,18 @@ pub fn render(run: &Run) -> String {
 }
 
 /// The probe schedule as asked and as kept.
-fn render_schedule(out: &mut String, schedule: &Schedule, sent: u64) {
+fn render_schedule(out: &mut String, schedule: &Schedule) {
     let asked = 1e9 / schedule.interval.as_nanos().max(1) as f64;
-    let achieved = match schedule.achieved_per_second(sent) {
+    let achieved = match schedule.achieved_per_second() {
         Some(rate) => format!("{rate:.0}/s"),
         None => "- (too few probes)".to_string(),
     };
     let _ = writeln!(
         out,
-        "probes: one every {} µs asked ({asked:.0}/s), {achieved} achieved; {} of {sent} late (left more than half an interval after their time; the latest {:.1} µs late)",
+        "probes: one every {} µs asked ({asked:.0}/s), {achieved} achieved over the {} on the schedule (the first {} went one at a time); {} late (left more than half an interval after their time; the latest {:.1} µs late)",
         schedule.interval.as_nanos() as f64 / 1e3,
+        schedule.booked,
+        crate::source::UNLOADED_FRAMES,
         schedule.late,
         schedule.worst_lateness_ns as f64 / 1e3
     );
