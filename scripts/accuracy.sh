@@ -88,7 +88,7 @@ row_p50_us() {
             exit
         }' "$1"
 }
-verdict_of() { sed -n 's/^verdict: \(.*\) adds the most delay.*/\1/p' "$1"; }
+verdict_of() { sed -nE 's/^verdict: (.*) (adds the most delay|has the largest fixed delay).*/\1/p' "$1"; }
 
 # Runs the chain once; the source's and hops' stderr go to file $1. Extra deploy options follow.
 run_chain() {

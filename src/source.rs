@@ -156,6 +156,8 @@ pub struct Run {
     pub schedule: Option<Schedule>,
     /// Frames came from stdin, in blocks of at most this size.
     pub stdin_block_size: Option<usize>,
+    /// Frames could be in flight together (no `--window 1`).
+    pub loaded: bool,
 }
 
 /// stdin or stdout, polled when the kernel allows it.
@@ -292,6 +294,7 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
     };
 
     let stdin_block_size = config.probe.is_none().then_some(config.block_size);
+    let loaded = config.window != Some(1);
     let now_ns = clock::now_ns();
     let mut source = Source {
         config,
@@ -317,6 +320,7 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
             sent_payload_bytes: 0,
             schedule,
             stdin_block_size,
+            loaded,
         },
         fault: None,
         last_progress_ns: now_ns,

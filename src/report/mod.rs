@@ -79,7 +79,7 @@ pub fn render(run: &Run) -> String {
         );
     }
     if let Some(chain) = &run.chain {
-        render_verdict(&mut out, chain);
+        render_verdict(&mut out, chain, run.loaded);
     }
     out
 }
@@ -261,7 +261,9 @@ fn render_row(out: &mut String, series: &Series, unit: &Unit, share: &str) {
     );
 }
 
-fn render_verdict(out: &mut String, chain: &Chain) {
+/// `loaded`: frames could be in flight together (no `--window 1`), so delay above the
+/// floors is queueing.
+fn render_verdict(out: &mut String, chain: &Chain, loaded: bool) {
     let Some(verdict) = Verdict::of(chain) else { return };
     let unit = Unit::for_chain(chain);
     let show = |ns: u64| format!("{} {}", unit.show(ns as f64), unit.name);
@@ -271,10 +273,19 @@ fn render_verdict(out: &mut String, chain: &Chain) {
         Verdict::Named { worst, share, kind, .. } => {
             let series = &parts[*worst];
             let what = match *kind {
-                DelayKind::FixedLink { min_ns } => format!(
-                    "a fixed delay: every frame paid at least {} (its minimum), so the link itself is slow",
-                    show(min_ns)
-                ),
+                DelayKind::FixedLink { min_ns, read_timed_end } => {
+                    let hedge = match read_timed_end {
+                        Some(end) => format!(
+                            " (or {} reads late: some of its arrivals were taken at its reads, without kernel timestamps, so its wake-ups count in this link)",
+                            chain.path.get(end).map_or("a hop", |entry| entry.name.as_str())
+                        ),
+                        None => String::new(),
+                    };
+                    format!(
+                        "a fixed delay: every frame paid at least {} (its minimum), so the link itself is slow{hedge}",
+                        show(min_ns)
+                    )
+                }
                 DelayKind::QueuedLink { min_ns } => format!(
                     "mostly queueing: its fastest frame took {}, the rest waited in queues on the link (the sending kernel's, or a device's on the wire: the link's rate or the next hop's receive window held them back)",
                     show(min_ns)
@@ -290,21 +301,32 @@ fn render_verdict(out: &mut String, chain: &Chain) {
                 DelayKind::HopMixed => {
                     "neither its receive queue nor its wait to write holds most of it".to_string()
                 }
-                DelayKind::Floor { min_ns, share, queueing_share } => format!(
-                    "no median stands out, but every frame paid at least {} here ({:.0}% of the fastest round trip): the largest fixed delay, under {:.0}% of queueing spread over the chain",
-                    show(min_ns),
-                    share * 100.0,
-                    queueing_share * 100.0
-                ),
+                DelayKind::Floor { .. } => String::new(),
             };
-            let _ = writeln!(
-                out,
-                "verdict: {} adds the most delay: p50 {}, {:.1}% of the end-to-end p50 ({}); {what}",
-                series.label,
-                show(series.p50_ns()),
-                share * 100.0,
-                show(end_to_end_p50),
-            );
+            if let DelayKind::Floor { min_ns, share: floor_share, queueing_share } = *kind {
+                let _ = writeln!(
+                    out,
+                    "verdict: {} has the largest fixed delay: every frame paid at least {} there ({:.0}% of the fastest round trip); no median stands out over the {:.0}% of the end-to-end mean above the subsegments' floors{}",
+                    series.label,
+                    show(min_ns),
+                    floor_share * 100.0,
+                    queueing_share * 100.0,
+                    if loaded {
+                        " (queueing: the stream's bytes wait in many buffers)"
+                    } else {
+                        ""
+                    }
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "verdict: {} adds the most delay: p50 {}, {:.1}% of the end-to-end p50 ({}); {what}",
+                    series.label,
+                    show(series.p50_ns()),
+                    share * 100.0,
+                    show(end_to_end_p50),
+                );
+            }
         }
         Verdict::NoneStandsOut { highest, doubt, queueing_share, .. } => {
             let series = &parts[*highest];
@@ -332,12 +354,14 @@ fn render_verdict(out: &mut String, chain: &Chain) {
             };
             let _ = writeln!(
                 out,
-                "verdict: no subsegment stands out: {why}; {:.0}% of the end-to-end mean is queueing (time above each subsegment's minimum){}",
+                "verdict: no subsegment stands out: {why}; {:.0}% of the end-to-end mean is above the subsegments' floors (their fastest frames): {}",
                 queueing_share * 100.0,
-                if *queueing_share >= 0.5 {
-                    ", as when a bulk stream fills every buffer: --window 1 measures unloaded latency"
+                if !loaded {
+                    "with one frame in flight, that is wake-up variance"
+                } else if *queueing_share >= 0.5 {
+                    "queueing, as when a bulk stream fills every buffer; --window 1 measures unloaded latency"
                 } else {
-                    ""
+                    "queueing and wake-up variance"
                 }
             );
         }
@@ -397,6 +421,7 @@ mod tests {
             sent_payload_bytes: 0,
             schedule: None,
             stdin_block_size: None,
+            loaded: false,
         }
     }
 

@@ -26,6 +26,7 @@
 //!   what drains slowest is further down), whichever holds most of its median.
 
 use crate::stats::{Chain, Part, Series};
+use crate::wire::ReceiveClock;
 
 /// The verdict names a subsegment only when its median is at least this many times the next.
 pub const STANDS_OUT_RATIO: f64 = 1.5;
@@ -45,7 +46,12 @@ pub const FLOOR_SHARE: f64 = 0.5;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DelayKind {
     /// A link that every frame pays about the same for: its minimum.
-    FixedLink { min_ns: u64 },
+    FixedLink {
+        min_ns: u64,
+        /// A hop at either end of the link whose arrivals were (some of them) taken at its
+        /// reads, without a kernel timestamp: its wake-ups then count in the link.
+        read_timed_end: Option<usize>,
+    },
     /// A link whose median is far above its minimum: bytes queued in the sender's kernel.
     QueuedLink { min_ns: u64 },
     /// A hop whose frames mostly wait in its receive queue: it drains slowest.
@@ -126,7 +132,7 @@ impl Verdict {
             return Some(Verdict::NoneStandsOut { highest: worst, doubt, queueing_share, frames });
         }
         let share = worst_p50 as f64 / end_to_end_p50;
-        let kind = kind_of(&parts[worst]);
+        let kind = kind_of(chain, worst);
         if kind.is_queueing() && share < QUEUE_STANDS_OUT_SHARE {
             let doubt = Doubt::SpreadQueue { share, kind };
             return Some(Verdict::NoneStandsOut { highest: worst, doubt, queueing_share, frames });
@@ -174,13 +180,22 @@ fn floor_of(chain: &Chain, queueing_share: f64) -> Option<(usize, DelayKind)> {
         .then_some((highest, DelayKind::Floor { min_ns, share, queueing_share }))
 }
 
-fn kind_of(series: &Series) -> DelayKind {
+fn kind_of(chain: &Chain, index: usize) -> DelayKind {
+    let series = &chain.parts[index];
     let p50_ns = series.p50_ns();
     match (&series.part, &series.split) {
-        (Part::Link(_), _) => {
+        (Part::Link(hop), _) => {
             let min_ns = series.histogram.min();
+            let read_timed = |end: usize| {
+                chain.receive_clocks.get(end).is_some_and(|counts| {
+                    counts[ReceiveClock::AfterRead as usize]
+                        + counts[ReceiveClock::KernelRejected as usize]
+                        > 0
+                })
+            };
+            let read_timed_end = [*hop + 1, *hop].into_iter().find(|&end| read_timed(end));
             if 2 * min_ns >= p50_ns {
-                DelayKind::FixedLink { min_ns }
+                DelayKind::FixedLink { min_ns, read_timed_end }
             } else {
                 DelayKind::QueuedLink { min_ns }
             }
