@@ -116,6 +116,9 @@ pub struct HopSplit {
     /// Read → write: processing, and waiting for room to write (the next link's send buffer,
     /// or this hop's output buffer behind it).
     pub read_to_write: Series,
+    /// Frames whose read the hop had held back because its own output was full: their
+    /// receive-queue time is backpressure from further on, not a slow reader.
+    pub held_back: u64,
 }
 
 impl Series {
@@ -138,6 +141,7 @@ impl Series {
         self.split = Some(Box::new(HopSplit {
             receive_queue: Series::new(self.part, format!("{} receive queue", self.label)),
             read_to_write: Series::new(self.part, format!("{} read → write", self.label)),
+            held_back: 0,
         }));
         self
     }
@@ -310,6 +314,7 @@ impl Chain {
                         Part::Link(_) => None,
                     };
                     if let (Some(split), Some(stamp)) = (series.split.as_mut(), stamp) {
+                        split.held_back += u64::from(stamp.held_back);
                         let wait_ns = i64::try_from(stamp.receive_wait_ns).unwrap_or(i64::MAX);
                         split.receive_queue.add(wait_ns, sequence);
                         let read_to_write = i128::from(stamp.write_ns) - i128::from(stamp.read_ns);
@@ -523,8 +528,12 @@ mod tests {
             stamp(2, Direction::Turn, 9_000_000, 9_000_050),
             stamp(1, Direction::Up, 540_300, 540_500),
         ]);
-        let source_read =
-            ReadStamp { read_ns: 51_500, receive: ReceiveClock::Kernel, receive_wait_ns: 700 };
+        let source_read = ReadStamp {
+            read_ns: 51_500,
+            receive: ReceiveClock::Kernel,
+            receive_wait_ns: 700,
+            held_back: false,
+        };
         chain.record(&Frame::new_checked(&bytes[..]).unwrap(), source_read);
         let means: Vec<f64> = chain.parts.iter().map(Series::mean_ns).collect();
         // A⇄B loses B's 2 000 ns of queue and A's 700 ns; B ↓ gains the 2 000.

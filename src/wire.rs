@@ -12,17 +12,19 @@
 //! All integers are big-endian. A stamp record (version 2) is
 //!
 //! ```text
-//!  0     1           2               3          8         16         24                 32
-//!  +-----+-----------+---------------+----------+---------+----------+------------------+
-//!  | hop | direction | receive clock | reserved | read_ns | write_ns | receive_wait_ns  |
-//!  +-----+-----------+---------------+----------+---------+----------+------------------+
+//!  0     1           2               3       4          8         16         24                 32
+//!  +-----+-----------+---------------+-------+----------+---------+----------+------------------+
+//!  | hop | direction | receive clock | flags | reserved | read_ns | write_ns | receive_wait_ns  |
+//!  +-----+-----------+---------------+-------+----------+---------+----------+------------------+
 //! ```
 //!
 //! `read_ns` and `write_ns` are that hop's CLOCK_MONOTONIC_RAW times right after the read call
 //! that completed the frame and right before the write call that started handing it to the
 //! kernel; `receive_wait_ns` is how long the frame's last bytes had waited in the hop's receive
 //! queue before that read, from the kernel's receive timestamp (zero when the kernel gave none,
-//! which `receive clock` says). Records are only ever compared with records of the same hop, so
+//! which `receive clock` says). Flag bit 0, *held back*: the hop had stopped reading this
+//! socket because its own output was full, so the wait is backpressure from further on, not a
+//! slow reader. Records are only ever compared with records of the same hop, so
 //! hosts need no clock synchronisation. Version 1 had 20-byte records without the receive
 //! clock and wait; a version-1 hop refuses version-2 frames (and the reverse) with a line
 //! naming both versions.
@@ -66,7 +68,8 @@ mod field {
         pub const HOP: usize = 0;
         pub const DIRECTION: usize = 1;
         pub const RECEIVE_CLOCK: usize = 2;
-        pub const RESERVED: Range<usize> = 3..8;
+        pub const FLAGS: usize = 3;
+        pub const RESERVED: Range<usize> = 4..8;
         pub const READ_NS: Range<usize> = 8..16;
         pub const WRITE_NS: Range<usize> = 16..24;
         pub const RECEIVE_WAIT_NS: Range<usize> = 24..32;
@@ -142,6 +145,9 @@ impl ReceiveClock {
         }
     }
 }
+
+/// Record flag: the frame's bytes waited because the hop's own output was full.
+pub const RECORD_HELD_BACK: u8 = 1;
 
 /// Why bytes from a peer are not a frame of ours.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +268,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
             if Direction::from_byte(record[field::record::DIRECTION]).is_none()
                 || usize::from(record[field::record::HOP]) >= MAX_HOPS
                 || record[field::record::RESERVED].iter().any(|&byte| byte != 0)
+                || record[field::record::FLAGS] & !RECORD_HELD_BACK != 0
                 || clock.is_none()
                 || (waited && clock != Some(ReceiveClock::Kernel))
             {
@@ -328,6 +335,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
             receive: ReceiveClock::from_byte(bytes[field::record::RECEIVE_CLOCK])
                 .unwrap_or_default(),
             receive_wait_ns: read_u64(&bytes[field::record::RECEIVE_WAIT_NS]),
+            held_back: bytes[field::record::FLAGS] & RECORD_HELD_BACK != 0,
         }
     }
 
@@ -360,6 +368,8 @@ pub struct Stamp {
     pub receive: ReceiveClock,
     /// Zero unless `receive` is [`ReceiveClock::Kernel`].
     pub receive_wait_ns: u64,
+    /// The hop had stopped reading because its own output was full ([`RECORD_HELD_BACK`]).
+    pub held_back: bool,
 }
 
 impl Stamp {
@@ -372,6 +382,7 @@ impl Stamp {
             write_ns,
             receive: ReceiveClock::AfterRead,
             receive_wait_ns: 0,
+            held_back: false,
         }
     }
 
@@ -385,6 +396,7 @@ impl Stamp {
         out[field::record::HOP] = self.hop;
         out[field::record::DIRECTION] = self.direction as u8;
         out[field::record::RECEIVE_CLOCK] = self.receive as u8;
+        out[field::record::FLAGS] = if self.held_back { RECORD_HELD_BACK } else { 0 };
         out[field::record::RESERVED].fill(0);
         out[field::record::READ_NS].copy_from_slice(&self.read_ns.to_be_bytes());
         out[field::record::WRITE_NS].copy_from_slice(&self.write_ns.to_be_bytes());
@@ -641,6 +653,7 @@ mod tests {
     const STAMP: Stamp = Stamp {
         receive: ReceiveClock::Kernel,
         receive_wait_ns: 3,
+        held_back: true,
         ..Stamp::new(1, Direction::Up, 7, 9)
     };
 
@@ -652,7 +665,7 @@ mod tests {
             b'S', b'S', b'T', b'S', 2, 1, 1, 0,
             0, 0, 0, 0, 0, 0, 0x01, 0x02,
             0, 0, 0, 2,
-            1, 1, 1, 0, 0, 0, 0, 0,
+            1, 1, 1, 1, 0, 0, 0, 0,
             0, 0, 0, 0, 0, 0, 0, 7,
             0, 0, 0, 0, 0, 0, 0, 9,
             0, 0, 0, 0, 0, 0, 0, 3,
@@ -751,6 +764,7 @@ mod tests {
         assert_eq!(Frame::new_checked(&bytes[..]).unwrap_err(), WireError::BadRecord { index: 0 });
         for (at, byte) in [
             (field::record::RECEIVE_CLOCK, 3),
+            (field::record::FLAGS, 2),
             (field::record::RESERVED.start, 1),
             (field::record::RESERVED.end - 1, 0x80),
         ] {

@@ -76,10 +76,11 @@ fn stamp() -> impl Strategy<Value = Stamp> {
         Just((ReceiveClock::AfterRead, 0)),
         Just((ReceiveClock::KernelRejected, 0)),
     ];
-    (0..MAX_HOPS as u8, direction(), any::<u64>(), any::<u64>(), receive).prop_map(
-        |(hop, direction, read_ns, write_ns, (receive, receive_wait_ns))| Stamp {
+    (0..MAX_HOPS as u8, direction(), any::<u64>(), any::<u64>(), receive, any::<bool>()).prop_map(
+        |(hop, direction, read_ns, write_ns, (receive, receive_wait_ns), held_back)| Stamp {
             receive,
             receive_wait_ns,
+            held_back,
             ..Stamp::new(hop, direction, read_ns, write_ns)
         },
     )

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use mio::net::TcpStream;
 
 use super::READ_CHUNK;
-use super::stamping::{Inbound, KernelStamps, Outbound, ReceiveTimes};
+use super::stamping::{Inbound, KernelStamps, Outbound, ReadStamp, ReceiveTimes};
 use crate::clock;
 use crate::log_line;
 use crate::net::{self, Io};
@@ -90,13 +90,17 @@ impl Peer {
                     // FIN has been signalled: it may sit behind these bytes, and no further
                     // edge would announce it.
                     let emptied = count < want;
-                    let stamp = self.receive_times.stamp(
+                    let timed = self.receive_times.stamp(
                         started_ns,
                         read_ns,
                         realtime_ns,
                         kernel_ns,
                         emptied,
                     );
+                    let stamp = ReadStamp { held_back: into.held_back(), ..timed };
+                    if emptied {
+                        into.queue_emptied();
+                    }
                     into.received(count, stamp);
                     progress = true;
                     self.readable = !emptied || self.hung_up;
@@ -104,6 +108,7 @@ impl Peer {
                 Io::Closed => self.read_closed = true,
                 Io::WouldBlock => {
                     self.receive_times.saw_empty(started_ns);
+                    into.queue_emptied();
                     self.readable = false;
                 }
                 Io::Failed(error) => return Err(error),

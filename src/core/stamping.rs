@@ -20,6 +20,8 @@ pub struct ReadStamp {
     pub read_ns: u64,
     pub receive: ReceiveClock,
     pub receive_wait_ns: u64,
+    /// The bytes waited because the reader had stopped reading (its output was full).
+    pub held_back: bool,
 }
 
 /// Bytes read from one socket, each run of them tagged with the stamp of the read call that
@@ -31,6 +33,9 @@ pub struct Inbound {
     consumed: u64,
     /// `(stream position just past the read's last byte, its stamp)`, oldest first.
     marks: VecDeque<(u64, ReadStamp)>,
+    /// Reading was stopped for backpressure: reads until the queue is next found empty bring
+    /// bytes that waited for that, not for a slow reader.
+    held_back: bool,
 }
 
 impl Inbound {
@@ -39,6 +44,7 @@ impl Inbound {
             buffer: Buffer::with_capacity(capacity)?,
             consumed: 0,
             marks: VecDeque::new(),
+            held_back: false,
         })
     }
 
@@ -100,6 +106,21 @@ impl Inbound {
         while self.marks.front().is_some_and(|(end, _)| *end <= self.consumed) {
             self.marks.pop_front();
         }
+    }
+
+    /// The reader stops reading this socket because its output is full (backpressure).
+    pub fn hold_back(&mut self) {
+        self.held_back = true;
+    }
+
+    /// Whether reads now bring bytes that waited for backpressure.
+    pub fn held_back(&self) -> bool {
+        self.held_back
+    }
+
+    /// A read found the queue empty: whatever waited for backpressure has been read.
+    pub fn queue_emptied(&mut self) {
+        self.held_back = false;
     }
 
     /// Drops everything buffered (a connection giving up on this direction).
@@ -296,8 +317,7 @@ impl ReceiveTimes {
         kernel_ns: Option<u64>,
         emptied: bool,
     ) -> ReadStamp {
-        let after_read =
-            ReadStamp { read_ns, receive: ReceiveClock::AfterRead, receive_wait_ns: 0 };
+        let after_read = ReadStamp { read_ns, ..ReadStamp::default() };
         let stamp = match (self.kernel, kernel_ns) {
             (KernelStamps::On, Some(kernel_ns)) => {
                 let longest_ns = self
@@ -310,6 +330,7 @@ impl ReceiveTimes {
                             read_ns,
                             receive: ReceiveClock::Kernel,
                             receive_wait_ns: wait_ns,
+                            held_back: false,
                         }
                     }
                     _ => {
@@ -496,7 +517,8 @@ mod tests {
             ReadStamp {
                 read_ns: 10_000,
                 receive: ReceiveClock::Kernel,
-                receive_wait_ns: 2_000_000
+                receive_wait_ns: 2_000_000,
+                held_back: false,
             }
         );
         // The queue was seen empty at 9 900; a wait of 200 ns at 10 050 is impossible.

@@ -414,6 +414,7 @@ impl Connection {
             };
             if !moved {
                 self.down.stalled = true;
+                self.down.input.hold_back();
                 break;
             }
             if kind == Kind::Data {
@@ -525,6 +526,7 @@ impl Connection {
             };
             if !moved {
                 self.up.stalled = true;
+                self.up.input.hold_back();
                 break;
             }
             if frame.kind() == Kind::Data {
@@ -781,6 +783,7 @@ fn unwritten(hop: u8, direction: Direction, read: ReadStamp) -> Stamp {
     Stamp {
         receive: read.receive,
         receive_wait_ns: read.receive_wait_ns,
+        held_back: read.held_back,
         ..Stamp::new(hop, direction, read.read_ns, 0)
     }
 }

@@ -197,20 +197,28 @@ fn render_table(out: &mut String, chain: &Chain) {
 fn render_split(out: &mut String, chain: &Chain, unit: &Unit) {
     let _ = writeln!(
         out,
-        "hops split by their own stamps ({}; receive queue: arrival → read, from the kernel's receive timestamps; read → write: processing and waiting for room to write):",
+        "hops split by their own stamps ({}; receive queue: arrival → read, from the kernel's receive timestamps; read → write: processing and waiting for room to write; held back: frames read late because the hop's own output was full):",
         unit.name
     );
     let _ = writeln!(
         out,
-        "  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "hop", "queue p50", "queue p99", "queue mean", "r→w p50", "r→w p99", "r→w mean"
+        "  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "hop",
+        "queue p50",
+        "queue p99",
+        "queue mean",
+        "r→w p50",
+        "r→w p99",
+        "r→w mean",
+        "held back"
     );
     for series in &chain.parts {
         let Some(split) = &series.split else { continue };
         let (queue, held) = (&split.receive_queue, &split.read_to_write);
+        let held_back = split.held_back as f64 / series.count().max(1) as f64 * 100.0;
         let _ = writeln!(
             out,
-            "  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9.1}%",
             series.label,
             unit.show(queue.p50_ns() as f64),
             unit.show(queue.histogram.value_at_quantile(0.99) as f64),
@@ -218,6 +226,7 @@ fn render_split(out: &mut String, chain: &Chain, unit: &Unit) {
             unit.show(held.p50_ns() as f64),
             unit.show(held.histogram.value_at_quantile(0.99) as f64),
             unit.show(held.mean_ns()),
+            held_back,
         );
     }
     let source = &chain.source_receive_queue;
@@ -293,6 +302,11 @@ fn render_verdict(out: &mut String, chain: &Chain, loaded: bool) {
                 DelayKind::HopReceiveQueue { queue_p50_ns } => format!(
                     "frames wait in its receive queue (p50 {}): this hop is slow to read them (waking up, busy, or short of CPU), it drains slowest",
                     show(queue_p50_ns)
+                ),
+                DelayKind::HopHeldBack { queue_p50_ns, held_back_share } => format!(
+                    "frames wait in its receive queue (p50 {}), but {:.0}% of them because this hop had stopped reading, its own output full: what drains slowest is further on",
+                    show(queue_p50_ns),
+                    held_back_share * 100.0
                 ),
                 DelayKind::HopWaitingToWrite { read_to_write_p50_ns } => format!(
                     "frames wait in this hop for room to write (read → write p50 {}): what drains slowest is further on",

@@ -22,8 +22,15 @@
 //!   it (a long path, a slow element on the wire); otherwise its delay is mostly **queueing** in
 //!   the sending kernel (the next hop's receive window or the link's rate holds bytes back);
 //! - a hop's residence is its **receive queue** (bytes waiting for the hop to read them: the
-//!   hop drains slowest) or **read → write** (the frame waiting in the hop for room to write:
-//!   what drains slowest is further down), whichever holds most of its median.
+//!   hop drains slowest, unless most of those frames were *held back*, read late because the
+//!   hop's own output was full: then what drains slowest is further on) or **read → write**
+//!   (the frame waiting in the hop for room to write: what drains slowest is further on),
+//!   whichever holds most of its median.
+//!
+//! Every frame that one read completes gets the arrival of that read's last byte: a little
+//! late for the frames before it, never early. In bulk mode, with many frames per read, that
+//! moves some receive-queue time from the hop to the link before it, so it leans towards
+//! naming the link.
 
 use crate::stats::{Chain, Part, Series};
 use crate::wire::ReceiveClock;
@@ -56,6 +63,9 @@ pub enum DelayKind {
     QueuedLink { min_ns: u64 },
     /// A hop whose frames mostly wait in its receive queue: it drains slowest.
     HopReceiveQueue { queue_p50_ns: u64 },
+    /// A hop whose frames mostly wait in its receive queue because it had stopped reading, its
+    /// own output full: what drains slowest is further on.
+    HopHeldBack { queue_p50_ns: u64, held_back_share: f64 },
     /// A hop whose frames mostly wait between read and write: the next element drains slower.
     HopWaitingToWrite { read_to_write_p50_ns: u64 },
     /// A hop whose time is neither mostly queue nor mostly read → write.
@@ -203,7 +213,10 @@ fn kind_of(chain: &Chain, index: usize) -> DelayKind {
         (_, Some(split)) => {
             let queue_p50_ns = split.receive_queue.p50_ns();
             let read_to_write_p50_ns = split.read_to_write.p50_ns();
-            if 2 * queue_p50_ns >= p50_ns {
+            let held_back_share = split.held_back as f64 / series.count().max(1) as f64;
+            if 2 * queue_p50_ns >= p50_ns && held_back_share >= 0.5 {
+                DelayKind::HopHeldBack { queue_p50_ns, held_back_share }
+            } else if 2 * queue_p50_ns >= p50_ns {
                 DelayKind::HopReceiveQueue { queue_p50_ns }
             } else if 2 * read_to_write_p50_ns >= p50_ns {
                 DelayKind::HopWaitingToWrite { read_to_write_p50_ns }
@@ -237,6 +250,12 @@ mod tests {
 
     /// A → B → Z; each frame's A ⇄ B and B ⇄ Z round trips, and how long B held it down.
     fn chain_of(frames: &[(u64, u64, u64)]) -> Chain {
+        chain_with(frames, |_| (0, false))
+    }
+
+    /// As [`chain_of`], with part of B's hold (down) spent in its receive queue, maybe held
+    /// back, as `queue(frame index)` says.
+    fn chain_with(frames: &[(u64, u64, u64)], queue: impl Fn(usize) -> (u64, bool)) -> Chain {
         let path = vec![
             PathEntry::new(Role::Source, "A", None, None),
             PathEntry::new(Role::Relay, "B", None, None),
@@ -244,9 +263,16 @@ mod tests {
         ];
         let mut chain = Chain::new(path).unwrap();
         for (sequence, &(a_b_ns, b_z_ns, b_holds_ns)) in frames.iter().enumerate() {
+            let (wait_ns, held_back) = queue(sequence);
+            let b_down = Stamp {
+                receive: ReceiveClock::Kernel,
+                receive_wait_ns: wait_ns,
+                held_back,
+                ..Stamp::new(1, Direction::Down, wait_ns, b_holds_ns)
+            };
             let stamps = [
                 Stamp::new(0, Direction::Down, 0, 0),
-                Stamp::new(1, Direction::Down, 0, b_holds_ns),
+                b_down,
                 Stamp::new(2, Direction::Turn, 0, 0),
                 Stamp::new(1, Direction::Up, b_holds_ns + b_z_ns, b_holds_ns + b_z_ns),
             ];
@@ -360,5 +386,26 @@ mod tests {
         let frames: Vec<(u64, u64, u64)> =
             (0..100u64).map(|index| (1_500, 2_000 + index * 100, index * 100)).collect();
         assert!(matches!(Verdict::of(&chain_of(&frames)).unwrap(), Verdict::NoneStandsOut { .. }));
+    }
+
+    #[test]
+    fn test_a_receive_queue_is_the_hop_s_unless_it_was_held_back() {
+        // B holds frames 50 to 149 µs, nearly all of it in its receive queue, beside 5 µs links.
+        let frames: Vec<(u64, u64, u64)> =
+            (0..100u64).map(|index| (5_000, 5_000, 50_000 + index * 1_000)).collect();
+        let queue = |index: usize| 45_000 + index as u64 * 1_000;
+        let slow_reader = chain_with(&frames, |index| (queue(index), false));
+        assert!(matches!(
+            Verdict::of(&slow_reader).unwrap(),
+            Verdict::Named { kind: DelayKind::HopReceiveQueue { .. }, .. }
+        ));
+        // The same waits, but B had stopped reading for 60 of the frames: backpressure.
+        let held = chain_with(&frames, |index| (queue(index), index % 5 < 3));
+        match Verdict::of(&held).unwrap() {
+            Verdict::Named { kind: DelayKind::HopHeldBack { held_back_share, .. }, .. } => {
+                assert!((held_back_share - 0.6).abs() < 1e-9, "{held_back_share}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -292,16 +292,18 @@ pub struct Report {
 }
 
 impl Report {
-    /// The subsegment the verdict names, or `None` when it says none stands out.
+    /// The subsegment the verdict names (for its median or for its floor), or `None` when it
+    /// says none stands out.
     #[track_caller]
     pub fn verdict_names(&self) -> Option<&str> {
         if self.verdict.starts_with("verdict: no subsegment stands out") {
             return None;
         }
-        let named = self
-            .verdict
-            .strip_prefix("verdict: ")
-            .and_then(|rest| rest.split_once(" adds the most delay").map(|(label, _)| label));
+        let named = self.verdict.strip_prefix("verdict: ").and_then(|rest| {
+            [" adds the most delay", " has the largest fixed delay"]
+                .into_iter()
+                .find_map(|verb| rest.split_once(verb).map(|(label, _)| label))
+        });
         Some(named.unwrap_or_else(|| panic!("a verdict of neither kind: {}", self.verdict)))
     }
 
