@@ -58,29 +58,30 @@ pub const MAX_SLICES: usize = 16;
 /// during the run, so a verdict can be held to what every part of the run agrees on.
 #[derive(Debug, Clone)]
 pub struct Slices {
-    frames_per_slice: u64,
+    /// Each slice holds `1 << shift` consecutive frames.
+    shift: u32,
     /// `(sum_ns, count)` per slice.
     sums: [(i128, u64); MAX_SLICES],
 }
 
 impl Default for Slices {
     fn default() -> Slices {
-        Slices { frames_per_slice: 1, sums: [(0, 0); MAX_SLICES] }
+        Slices { shift: 0, sums: [(0, 0); MAX_SLICES] }
     }
 }
 
 impl Slices {
     /// Adds a sample of the run's `frame_index`-th answered frame.
     fn add(&mut self, frame_index: u64, sample_ns: i64) {
-        while frame_index / self.frames_per_slice >= MAX_SLICES as u64 {
+        while frame_index >> self.shift >= MAX_SLICES as u64 {
             for slice in 0..MAX_SLICES / 2 {
                 let (a, b) = (self.sums[2 * slice], self.sums[2 * slice + 1]);
                 self.sums[slice] = (a.0 + b.0, a.1 + b.1);
             }
             self.sums[MAX_SLICES / 2..].fill((0, 0));
-            self.frames_per_slice *= 2;
+            self.shift += 1;
         }
-        let slot = &mut self.sums[(frame_index / self.frames_per_slice) as usize];
+        let slot = &mut self.sums[(frame_index >> self.shift) as usize];
         slot.0 += i128::from(sample_ns);
         slot.1 += 1;
     }
@@ -205,8 +206,10 @@ pub struct Chain {
     pub source_receive_queue: Series,
     /// Per hop, the records by how their arrival was known, indexed by [`ReceiveClock`].
     pub receive_clocks: Vec<[u64; 3]>,
-    /// One frame's samples, one per part: kept so that recording a frame allocates nothing.
+    /// One frame's samples, one per part, and its stamps by hop: kept so that recording a
+    /// frame allocates and clears nothing it does not use.
     samples: Vec<i64>,
+    stamps: Box<Stamps>,
 }
 
 /// One answered frame's stamps, by hop.
@@ -274,13 +277,19 @@ impl Chain {
             source_receive_queue: Series::new(Part::Link(0), source_label),
             receive_clocks: vec![[0; 3]; hops],
             samples: Vec::new(),
+            stamps: Box::default(),
         })
     }
 
     /// Adds one answered frame; `source_read` is the source's own stamp of its arrival.
     pub fn record<T: AsRef<[u8]>>(&mut self, frame: &Frame<T>, source_read: ReadStamp) {
-        let mut stamps = Stamps::default();
-        for stamp in frame.records() {
+        let mut stamps = std::mem::take(&mut self.stamps);
+        // Only the path's hops are read; records of hops past it are ignored.
+        let hops = self.path.len().min(MAX_HOPS);
+        for slots in [&mut stamps.down, &mut stamps.up, &mut stamps.turn] {
+            slots[..hops].fill(None);
+        }
+        for stamp in frame.records().filter(|stamp| usize::from(stamp.hop) < hops) {
             let slot = match stamp.direction {
                 Direction::Down => &mut stamps.down,
                 Direction::Up => &mut stamps.up,
@@ -336,6 +345,7 @@ impl Chain {
             _ => self.malformed += 1,
         }
         self.samples = samples;
+        self.stamps = stamps;
     }
 
     /// Negative samples over all subsegments and the end-to-end row.

@@ -25,3 +25,6 @@ pub use stamping::{Inbound, Outbound, ReadStamp};
 
 /// Reads are capped so that a connection carrying small frames touches little of its buffer.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// Writes are capped so that the frames one write call could start, whose write stamps are
+/// patched right before it, are a bounded number (see `Outbound::prepare_write`).
+pub const WRITE_CHUNK: usize = 256 * 1024;

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use mio::net::TcpStream;
 
-use super::READ_CHUNK;
 use super::stamping::{Inbound, KernelStamps, Outbound, ReadStamp, ReceiveTimes};
+use super::{READ_CHUNK, WRITE_CHUNK};
 use crate::clock;
 use crate::log_line;
 use crate::net::{self, Io};
@@ -123,11 +123,12 @@ impl Peer {
         let mut progress = false;
         while self.writable && !from.is_empty() {
             let write_ns = if from.has_unstarted() { clock::now_ns() } else { 0 };
-            from.stamp_unstarted(write_ns);
-            match net::classify(|| self.stream.write(from.data())) {
+            let chunk = from.prepare_write(write_ns, WRITE_CHUNK);
+            let chunk_len = chunk.len();
+            match net::classify(|| self.stream.write(chunk)) {
                 Io::Done(count) => {
                     // A short write filled the socket's buffer: wait for the next edge.
-                    self.writable = count == from.len();
+                    self.writable = count == chunk_len;
                     from.written(count, write_ns);
                     progress = true;
                 }

@@ -223,16 +223,21 @@ impl Outbound {
         true
     }
 
-    /// Right before a write call: every frame not yet started gets `write_ns`.
-    pub fn stamp_unstarted(&mut self, write_ns: u64) {
-        let consumed = self.consumed;
+    /// Right before a write call of at most `max_len` bytes: every frame that call could start
+    /// gets `write_ns`, and the bytes to write are returned. Bounding the call bounds the
+    /// patching: frames past it cannot be started by it and are patched before the call that
+    /// can, so a deep buffer of small frames is not walked again before every write.
+    pub fn prepare_write(&mut self, write_ns: u64, max_len: usize) -> &[u8] {
+        let len = self.buffer.len().min(max_len);
+        let (consumed, end) = (self.consumed, self.consumed + len as u64);
         let data = self.buffer.data_mut();
-        for frame in &self.unstarted {
+        for frame in self.unstarted.iter().take_while(|frame| frame.start < end) {
             if let StampAt::Inline(at) = frame.stamp_at {
                 let at = (at - consumed) as usize;
                 wire::patch_write_stamp(&mut data[at..], write_ns);
             }
         }
+        &self.buffer.data()[..len]
     }
 
     /// Whether a write now would start some frame's hand-over (so a stamp must be taken).
@@ -466,7 +471,7 @@ mod tests {
         // and nothing of c (the socket filled); write 3 at t=300 takes c.
         for (count, write_ns) in [(a.len() + 5, 100), (b.len() - 5, 200), (c.len(), 300)] {
             assert!(outbound.has_unstarted());
-            outbound.stamp_unstarted(write_ns);
+            outbound.prepare_write(write_ns, usize::MAX);
             sent.extend_from_slice(&outbound.data()[..count]);
             outbound.written(count, write_ns);
         }
@@ -483,12 +488,27 @@ mod tests {
     }
 
     #[test]
+    fn test_a_bounded_write_patches_only_the_frames_it_can_start() {
+        let (a, b) = (frame(1, 20), frame(2, 20));
+        let mut outbound = Outbound::with_capacity(1 << 16).unwrap();
+        queue(&mut outbound, &a);
+        queue(&mut outbound, &b);
+        // A call of a.len() bytes can start a only: b keeps its placeholder until its own call.
+        assert_eq!(outbound.prepare_write(100, a.len()).len(), a.len());
+        assert_eq!(written_stamp(&outbound.data()[..a.len()]), 100);
+        assert_eq!(written_stamp(&outbound.data()[a.len()..]), 0);
+        outbound.written(a.len(), 100);
+        assert_eq!(outbound.prepare_write(200, a.len()).len(), b.len());
+        assert_eq!(written_stamp(outbound.data()), 200);
+    }
+
+    #[test]
     fn test_a_write_that_would_block_leaves_the_stamp_to_the_next_one() {
         let a = frame(1, 5);
         let mut outbound = Outbound::with_capacity(1 << 16).unwrap();
         queue(&mut outbound, &a);
-        outbound.stamp_unstarted(100); // then the write says WouldBlock: nothing written
-        outbound.stamp_unstarted(250);
+        outbound.prepare_write(100, usize::MAX); // then the write says WouldBlock: nothing written
+        outbound.prepare_write(250, usize::MAX);
         assert_eq!(written_stamp(outbound.data()), 250);
         outbound.written(a.len(), 250);
         assert!(!outbound.has_unstarted());
