@@ -34,6 +34,8 @@ usage: scripts/bench.sh [--quick] [options]
   --sizes "64 512"      probe payload sizes in bytes
   --bytes N             throughput bytes through two hops, K/M/G suffixes (full 1G, quick 256M)
   --throughput-reps R   throughput repetitions (full 3, quick 1)
+  --block BYTES         the source's -s in the throughput runs (65536; 512, the default block,
+                        shows what each frame costs)
   --check-bytes N       random bytes for the once-per-variant integrity check (full 64M, quick 16M)
   --syscall-frames N    round trips counted for syscalls per frame (full 20000, quick 5000)
   --idle N              idle connections for the memory measure (1000)
@@ -83,6 +85,7 @@ idle_conns=1000
 busy_conns=100
 placements=one,split
 sections=latency,knobs,integrity,throughput,syscalls,rss
+throughput_block=65536
 busy_poll_args=''
 outdir=target/bench
 install=true
@@ -104,6 +107,7 @@ while (($#)); do
         --sizes) need_value "$@"; sizes=$2; shift ;;
         --bytes) need_value "$@"; bytes=$2; shift ;;
         --throughput-reps) need_value "$@"; throughput_reps=$2; shift ;;
+        --block) need_value "$@"; throughput_block=$2; shift ;;
         --check-bytes) need_value "$@"; check_bytes=$2; shift ;;
         --syscall-frames) need_value "$@"; syscall_frames=$2; shift ;;
         --knob-frames) need_value "$@"; knob_frames=$2; shift ;;
@@ -126,7 +130,8 @@ done
 bytes=$(numfmt --from=iec "$bytes")
 check_bytes=$(numfmt --from=iec "$check_bytes")
 for number in "$reps" "$frames" "$warmup" "$bytes" "$throughput_reps" "$check_bytes" \
-    "$syscall_frames" "$knob_frames" "$knob_reps" "$idle_conns" "$busy_conns" "$busy_seconds"; do
+    "$syscall_frames" "$knob_frames" "$knob_reps" "$idle_conns" "$busy_conns" "$busy_seconds" \
+    "$throughput_block"; do
     [[ $number =~ ^[0-9]+$ ]] || { echo "bench.sh: '$number' is not a whole number" >&2; exit 2; }
 done
 read -r -a size_list <<<"$sizes"
@@ -616,7 +621,7 @@ run_stream() {
         entry=$echo_addr
     fi
     others_mark
-    timeout --foreground -k 5 600 taskset -c "$client_cpu" "$bin" --forward-to "$entry" --name source -s 65536 \
+    timeout --foreground -k 5 600 taskset -c "$client_cpu" "$bin" --forward-to "$entry" --name source -s "$throughput_block" \
         <"$input" >"$output" 2>"$log" || rc=$?
     local others_pct
     others_pct=$(others_share)
@@ -673,7 +678,7 @@ if wants throughput; then
         >"$raw/throughput.tsv"
     # A sparse file: reading it costs no disk and no extra process in the pipeline.
     truncate -s "$bytes" "$tmp/zero.bin"
-    echo "bench.sh: throughput, $bytes bytes, -s 65536, $throughput_reps repetitions" >&2
+    echo "bench.sh: throughput, $bytes bytes, -s $throughput_block, $throughput_reps repetitions" >&2
     for ((rep = 1; rep <= throughput_reps; rep++)); do
         for placement in "${placement_list[@]}"; do
             mapfile -t variants < <(stream_variants "$placement")
@@ -687,7 +692,7 @@ if wants throughput; then
                 else
                     got=0 seconds=0 mb_per_s=0 cpu_s=0 others_pct=0 status=$stream_error
                 fi
-                printf '%s\t%s\t%s\t%s\t65536\t%s\t%s\t%s\t%s\t%s\t%s\n' "$placement" "$kind" "$hops" "$rep" \
+                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$placement" "$kind" "$hops" "$rep" "$throughput_block" \
                     "$got" "$seconds" "$mb_per_s" "$cpu_s" "$others_pct" "$status" >>"$raw/throughput.tsv"
                 printf '  %-5s %-8s x%s  rep %s  %s MB/s, hop CPU %s s, other work %s%%  %s\n' "$placement" "$kind" \
                     "$hops" "$rep" "$mb_per_s" "$cpu_s" "$others_pct" "$([[ $status == ok ]] || echo "$status")" >&2
