@@ -394,11 +394,6 @@ impl Chain {
         }
         true
     }
-
-    /// The subsegment with the highest median: the verdict.
-    pub fn worst(&self) -> Option<&Series> {
-        self.parts.iter().filter(|series| series.count() > 0).max_by_key(|series| series.p50_ns())
-    }
 }
 
 /// `later - earlier`, or `None` when a stamp is missing or the difference is beyond any delay
@@ -517,7 +512,6 @@ mod tests {
         assert_eq!(means, [10_000.0, 300.0, 200.0, 39_950.0, 50.0]);
         assert_eq!(chain.end_to_end.mean_ns(), 50_500.0);
         assert_eq!(means.iter().sum::<f64>(), chain.end_to_end.mean_ns());
-        assert_eq!(chain.worst().unwrap().label, "B ⇄ Z");
         assert_eq!(chain.negative_count(), 0);
     }
 

@@ -19,8 +19,10 @@
 //!
 //! What kind of delay, from same-host stamps only:
 //! - a link whose minimum is at least half its median is a **fixed delay**: every frame pays
-//!   it (a long path, a slow element on the wire); otherwise its delay is mostly **queueing** in
-//!   the sending kernel (the next hop's receive window or the link's rate holds bytes back);
+//!   it (a long path, a slow element on the wire; hedged when an end's arrivals were taken at
+//!   its reads); otherwise its delay is mostly **queueing** on the link, in the sending
+//!   kernel or a device on the wire (the link's rate or the next hop's receive window holds
+//!   bytes back);
 //! - a hop's residence is its **receive queue** (bytes waiting for the hop to read them: the
 //!   hop drains slowest, unless most of those frames were *held back*, read late because the
 //!   hop's own output was full: then what drains slowest is further on) or **read → write**
