@@ -43,26 +43,6 @@ fn echo_through(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     echoed
 }
 
-/// The element's own account of one connection, once both directions have ended: the p50 of
-/// how long each held its chunks, in ms.
-fn held_p50s_ms(proc: &util::Proc) -> Vec<f64> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stderr = proc.stderr();
-        let p50s: Vec<f64> = stderr
-            .lines()
-            .filter_map(|line| line.split(" held p50 ").nth(1))
-            .filter_map(|rest| rest.split(" µs").next()?.parse::<f64>().ok())
-            .map(|us| us / 1e3)
-            .collect();
-        if p50s.len() == 2 {
-            return p50s;
-        }
-        assert!(Instant::now() < deadline, "no account of what was held:\n{stderr}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn round_trip_gains_twice_the_one_way_delay() {
     let (echo, _server) = plain_echo_server();
@@ -75,7 +55,7 @@ fn round_trip_gains_twice_the_one_way_delay() {
     drop(stream);
     // Never early: each way at least the 20 ms asked. Late by what the element itself says it
     // held beyond that (a busy machine wakes it late), plus this test's own wake-ups.
-    let held = held_p50s_ms(&proc);
+    let held: Vec<f64> = util::element_held_p50s_ns(&proc).iter().map(|ns| ns / 1e6).collect();
     assert!(held.iter().all(|&ms| ms >= 20.0), "held {held:?} ms");
     assert!(
         median_ms >= 40.0 && median_ms <= held.iter().sum::<f64>() + 10.0,

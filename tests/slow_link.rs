@@ -4,8 +4,7 @@
 mod util;
 
 use std::net::SocketAddr;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use util::{MAIN_BIN, Proc, parse_report, run_source, spawn_listening};
 
@@ -36,7 +35,7 @@ fn a_slowed_link_is_named_and_measured() {
     // busy machine may have preempted it), so it bounds the link from above.
     let p50_ns = report.row("B ⇄ C").p50_ns;
     assert!(p50_ns >= 40e6 - report.rounding_ns, "B ⇄ C p50 {p50_ns} ns, under the 40 ms asked");
-    let held_ns = element_held_p50_ns(&delay);
+    let held_ns: f64 = util::element_held_p50s_ns(&delay).iter().sum();
     let tolerance_ns = (0.02 * held_ns).max(1e6);
     assert!(
         p50_ns <= held_ns + tolerance_ns,
@@ -48,23 +47,4 @@ fn a_slowed_link_is_named_and_measured() {
         (parts_sum_ns - report.end_to_end.mean_ns).abs() <= tolerance_ns,
         "parts do not add up"
     );
-}
-
-/// Waits for the element's two "held" lines (written as each direction ends) and adds their
-/// p50s, in ns.
-fn element_held_p50_ns(element: &Proc) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stderr = element.stderr();
-        let p50s: Vec<f64> = stderr
-            .lines()
-            .filter_map(|line| line.split(" held p50 ").nth(1))
-            .filter_map(|rest| rest.split(" µs").next()?.parse().ok())
-            .collect();
-        if p50s.len() == 2 {
-            return p50s.iter().sum::<f64>() * 1e3;
-        }
-        assert!(Instant::now() < deadline, "the element did not say what it held:\n{stderr}");
-        thread::sleep(Duration::from_millis(20));
-    }
 }

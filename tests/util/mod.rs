@@ -134,6 +134,28 @@ pub fn say_skipped(test: &str, why: &str) {
     let _ = writeln!(io::stderr(), "{test}: skipped: {why}");
 }
 
+/// What a `tcp-delay` says it held its chunks, once both directions of its one connection
+/// have ended: the p50 of each direction (arrival → written), in ns, waiting up to 20 s for
+/// the two lines.
+#[track_caller]
+pub fn element_held_p50s_ns(element: &Proc) -> Vec<f64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stderr = element.stderr();
+        let p50s: Vec<f64> = stderr
+            .lines()
+            .filter_map(|line| line.split(" held p50 ").nth(1))
+            .filter_map(|rest| rest.split(" µs").next()?.parse::<f64>().ok())
+            .map(|us| us * 1e3)
+            .collect();
+        if p50s.len() == 2 {
+            return p50s;
+        }
+        assert!(Instant::now() < deadline, "the element did not say what it held:\n{stderr}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A `tcp-delay` on 127.0.0.1:0 forwarding to `listen_to` with `delay_ms` each way.
 #[track_caller]
 pub fn delay(listen_to: SocketAddr, delay_ms: u32) -> (Proc, SocketAddr) {
