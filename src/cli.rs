@@ -6,14 +6,23 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::net::{self, Cidr};
+use crate::report::sla::SlaSpec;
+use crate::report::{Parameters, Presentation, Units};
 use crate::source::Probe;
+use crate::stats::Symbols;
 use crate::tuning::Tuning;
 use crate::wire::MAX_PAYLOAD;
 
+/// A continuous run's probe spacing when `--interval` is not given: never a flood by default.
+pub const CONTINUOUS_INTERVAL: Duration = Duration::from_millis(100);
+/// A continuous run's `--report-interval` when it is not given.
+pub const CONTINUOUS_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
 pub const USAGE: &str =
     "usage: subsegment-tcp-speeds [-t SECS] [-l ADDR] [-f ADDR] [-s BYTES] [-r] [-n NAME]
-       [-w FRAMES] [-c N [--size BYTES] [-i DURATION]] [--allow CIDR] [--max-conns N]
-       [--busy-poll] [--cpu N] [--realtime] [--mlock]";
+       [-w FRAMES] [-c N [--size BYTES] [-i DURATION]] [--duration D] [--json PATH]
+       [--jsonl PATH] [--report-interval D] [--samples PATH] [--sla SPEC] [--units U]
+       [--ascii] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]";
 
 pub const HELP: &str = "\
 subsegment-tcp-speeds: find which subsegment of a TCP chain (a link, or a relay host) adds the
@@ -60,8 +69,26 @@ source only:
   -c, --count N                 probe mode: send N generated frames instead of stdin; answers
                                 are checked and counted but not written to stdout
       --size BYTES              probe payload size (default: the block size)
+                                --count 0: probes until interrupted (Ctrl-C, SIGTERM) or
+                                until --duration: a continuous run, for monitoring
   -i, --interval DURATION       probe spacing: 250us, 1ms, 0.5s; a bare number is seconds
-                                (default 0: back to back)
+                                (default 0: back to back; 100ms in a continuous run)
+      --duration DURATION       stop sending after DURATION (probes, or stdin), then report
+      --json PATH               write the whole report as one JSON document at the end
+                                (- = stdout, in probe mode only: stdin runs write payload there)
+      --jsonl PATH              continuous runs: one JSON line per report interval, then the
+                                summary (the --json document) as the last line
+      --report-interval DURATION
+                                continuous runs: statistics per interval (default 10s), one
+                                line on stderr and one --jsonl record each
+      --samples PATH            one CSV line per answered frame: sequence, send time (Unix ns),
+                                end-to-end and every subsegment in ns
+      --sla SPEC                SUBSEGMENT:STAT<VALUE, repeatable, e.g. 1-2:p99<500us,
+                                B-C:p50<2ms, link:max<10ms, end-to-end:loss<0.1%; exit 3 when
+                                one is breached (see the README's exit codes)
+      --units us|ms             the text report's unit (default: µs, or ms when the median round
+                                trip is 10 ms or more)
+      --ascii                   the text report in ASCII (also in a locale that is not UTF-8)
   -h, --help                    this text
   -V, --version                 the version
 
@@ -95,6 +122,23 @@ pub struct Options {
     /// Relays and the echoing end accept only peers in these blocks (all when empty).
     pub allow: Vec<Cidr>,
     pub max_conns: Option<usize>,
+    /// The source's outputs and thresholds.
+    pub outputs: Outputs,
+    pub slas: Vec<SlaSpec>,
+    pub presentation: Presentation,
+    /// Stop sending after this long.
+    pub duration: Option<Duration>,
+    /// Continuous runs: statistics per interval.
+    pub report_interval: Option<Duration>,
+}
+
+/// Where the source writes what it found, besides the text report on stderr.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outputs {
+    /// `-` is stdout.
+    pub json: Option<String>,
+    pub jsonl: Option<String>,
+    pub samples: Option<String>,
 }
 
 #[derive(Debug)]
@@ -120,6 +164,12 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut tuning = Tuning::default();
     let mut allow = Vec::new();
     let mut max_conns = None;
+    let mut outputs = Outputs::default();
+    let mut slas = Vec::new();
+    let mut units = Units::Auto;
+    let mut ascii = false;
+    let mut duration = None;
+    let mut report_interval = None;
 
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next()? {
@@ -127,7 +177,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
             Short('t') | Long("timeout") => {
                 let seconds: f64 = number(&mut parser, "--timeout")?;
                 if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
-                    return Err("--timeout must be between 0 and 86400 seconds".into());
+                    return Err("--timeout must be more than 0 and at most 86400 seconds".into());
                 }
                 timeout = Duration::from_secs_f64(seconds);
             }
@@ -150,7 +200,13 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 }
             }
             Short('r') | Long("remove-perf-headers") => remove_perf_headers = true,
-            Short('n') | Long("name") => name = Some(parser.value()?.string()?),
+            Short('n') | Long("name") => {
+                let text = parser.value()?.string()?;
+                if text.is_empty() || text.chars().any(char::is_control) {
+                    return Err("--name must be non-empty and without control characters".into());
+                }
+                name = Some(text);
+            }
             Short('w') | Long("window") => {
                 let frames: u64 = number(&mut parser, "--window")?;
                 if frames == 0 {
@@ -161,11 +217,38 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
             Short('c') | Long("count") => count = Some(number(&mut parser, "--count")?),
             Long("size") => size = Some(number(&mut parser, "--size")?),
             Short('i') | Long("interval") => {
-                interval = Some(
-                    parse_duration(&parser.value()?.string()?)
-                        .map_err(|error| format!("--interval: {error}"))?,
-                );
+                interval = Some(duration_of(&mut parser, "--interval")?)
             }
+            Long("duration") => {
+                let value = duration_of(&mut parser, "--duration")?;
+                if value.is_zero() {
+                    return Err("--duration must be more than 0".into());
+                }
+                duration = Some(value);
+            }
+            Long("report-interval") => {
+                let value = duration_of(&mut parser, "--report-interval")?;
+                if value < Duration::from_millis(10) {
+                    return Err("--report-interval must be at least 10ms".into());
+                }
+                report_interval = Some(value);
+            }
+            Long("json") => outputs.json = Some(path_of(&mut parser, "--json")?),
+            Long("jsonl") => outputs.jsonl = Some(path_of(&mut parser, "--jsonl")?),
+            Long("samples") => outputs.samples = Some(path_of(&mut parser, "--samples")?),
+            Long("sla") => {
+                let text = parser.value()?.string()?;
+                slas.push(SlaSpec::parse(&text).map_err(|error| format!("--sla {error}"))?);
+            }
+            Long("units") => {
+                units = match parser.value()?.string()?.as_str() {
+                    "us" | "µs" => Units::Microseconds,
+                    "ms" => Units::Milliseconds,
+                    "auto" => Units::Auto,
+                    other => return Err(format!("--units: '{other}' (use us, ms or auto)").into()),
+                }
+            }
+            Long("ascii") => ascii = true,
             Long("busy-poll") => tuning.busy_poll = true,
             Long("cpu") => tuning.cpu = Some(number(&mut parser, "--cpu")?),
             Long("realtime") => tuning.realtime = true,
@@ -201,16 +284,44 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
             return Err("--interval needs --count (probe mode)".into());
         }
         (None, None) => None,
-        (Some(0), _) => return Err("--count must be at least 1".into()),
         (Some(count), size) => {
             let size = size.unwrap_or(block_size);
             if size > MAX_PAYLOAD {
                 return Err(format!("--size must be at most {MAX_PAYLOAD} bytes").into());
             }
-            Some(Probe { count, size, interval: interval.unwrap_or(Duration::ZERO) })
+            let count = (count > 0).then_some(count);
+            let default_interval =
+                if count.is_none() { CONTINUOUS_INTERVAL } else { Duration::ZERO };
+            Some(Probe { count, size, interval: interval.unwrap_or(default_interval) })
         }
         (None, Some(_)) => return Err("--size needs --count (probe mode)".into()),
     };
+    let continuous = probe.is_some_and(|probe| probe.count.is_none());
+    if report_interval.is_some() && !continuous {
+        return Err("--report-interval is for continuous runs (--count 0)".into());
+    }
+    if outputs.jsonl.is_some() && !continuous {
+        return Err("--jsonl is for continuous runs (--count 0); use --json for one report".into());
+    }
+    let report_interval = continuous.then(|| report_interval.unwrap_or(CONTINUOUS_REPORT_INTERVAL));
+    let stdout_outputs = [&outputs.json, &outputs.jsonl, &outputs.samples];
+    if probe.is_none() && stdout_outputs.iter().any(|output| output.as_deref() == Some("-")) {
+        return Err("--json -, --jsonl - and --samples - need probe mode (--count): a stdin run writes its payload to stdout".into());
+    }
+    if stdout_outputs.iter().filter(|output| output.as_deref() == Some("-")).count() > 1 {
+        return Err("only one of --json, --jsonl and --samples can write to stdout".into());
+    }
+    let source_only = !slas.is_empty()
+        || outputs != Outputs::default()
+        || duration.is_some()
+        || ascii
+        || units != Units::Auto;
+    if mode != Mode::Source && source_only {
+        return Err(
+            "--json, --jsonl, --samples, --sla, --duration, --units and --ascii are for the source"
+                .into(),
+        );
+    }
     if mode != Mode::Source && (probe.is_some() || window.is_some()) {
         return Err("--window, --count, --size and --interval are for the source".into());
     }
@@ -230,7 +341,71 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         tuning,
         allow,
         max_conns,
+        outputs,
+        slas,
+        presentation: Presentation {
+            units,
+            symbols: if ascii || !locale_is_utf8() { Symbols::Ascii } else { Symbols::Unicode },
+        },
+        duration,
+        report_interval,
     })))
+}
+
+impl Options {
+    /// What shaped the run, for the report.
+    pub fn parameters(&self) -> Parameters {
+        let (addr, text) = self
+            .forward_to
+            .clone()
+            .unwrap_or_else(|| ("0.0.0.0:0".parse().expect("an address"), String::new()));
+        let nanos = |duration: Duration| duration.as_nanos() as u64;
+        Parameters {
+            name: self.name.clone(),
+            forward_to: text,
+            forward_to_addr: addr.to_string(),
+            input: if self.probe.is_some() { "probes" } else { "stdin" },
+            block_size: self.block_size,
+            probe_count: self.probe.map(|probe| probe.count.unwrap_or(0)),
+            probe_size: self.probe.map(|probe| probe.size),
+            interval_ns: self.probe.map(|probe| nanos(probe.interval)),
+            window: self.window,
+            timeout_ns: nanos(self.timeout),
+            duration_ns: self.duration.map(nanos),
+            report_interval_ns: self.report_interval.map(nanos),
+            continuous: self.probe.is_some_and(|probe| probe.count.is_none()),
+            sla: self.slas.iter().map(|spec| spec.text.clone()).collect(),
+            tags: Default::default(),
+            units: self.presentation.units.name(),
+            busy_poll: self.tuning.busy_poll,
+            cpu: self.tuning.cpu,
+            realtime: self.tuning.realtime,
+            mlock: self.tuning.mlock,
+        }
+    }
+}
+
+/// Whether the locale (LC_ALL, else LC_CTYPE, else LANG; none is the C locale) is UTF-8.
+fn locale_is_utf8() -> bool {
+    let locale = ["LC_ALL", "LC_CTYPE", "LANG"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    locale.contains("utf-8") || locale.contains("utf8")
+}
+
+fn duration_of(parser: &mut lexopt::Parser, option: &str) -> Result<Duration, lexopt::Error> {
+    let text = lexopt::ValueExt::string(parser.value()?)?;
+    parse_duration(&text).map_err(|error| format!("{option}: {error}").into())
+}
+
+fn path_of(parser: &mut lexopt::Parser, option: &str) -> Result<String, lexopt::Error> {
+    let text = lexopt::ValueExt::string(parser.value()?)?;
+    if text.is_empty() {
+        return Err(format!("{option} needs a file path, or - for stdout").into());
+    }
+    Ok(text)
 }
 
 /// The option's value as a number, or an error that names the option.
@@ -328,6 +503,53 @@ mod tests {
         assert!(parse(&["-f", "127.0.0.1:9", "-c", "-3"]).unwrap_err().contains("--count"));
         assert!(parse(&["-f", "127.0.0.1:9", "-t", "abc"]).unwrap_err().contains("--timeout"));
         assert!(parse(&["-f", "127.0.0.1:9", "-c", "1", "-i", "3h"]).unwrap_err().contains("unit"));
+        assert!(parse(&["-f", "127.0.0.1:9", "-t", "0"]).unwrap_err().contains("more than 0"));
+        assert!(parse(&["-f", "127.0.0.1:9", "-n", ""]).unwrap_err().contains("non-empty"));
+        assert!(parse(&["-l", ":9", "-n", "a\tb"]).unwrap_err().contains("control"));
+    }
+
+    #[test]
+    fn test_continuous_runs_and_outputs() {
+        let options = parse(&["-f", "127.0.0.1:9", "-c", "0", "--jsonl", "-"]).unwrap();
+        let probe = options.probe.unwrap();
+        assert_eq!((probe.count, probe.interval), (None, CONTINUOUS_INTERVAL));
+        assert_eq!(options.report_interval, Some(CONTINUOUS_REPORT_INTERVAL));
+        assert_eq!(options.outputs.jsonl.as_deref(), Some("-"));
+        let options =
+            parse(&["-f", "127.0.0.1:9", "-c", "0", "-i", "1ms", "--report-interval", "2s"]);
+        let options = options.unwrap();
+        assert_eq!(options.probe.unwrap().interval, Duration::from_millis(1));
+        assert_eq!(options.report_interval, Some(Duration::from_secs(2)));
+        let options =
+            parse(&["-f", "127.0.0.1:9", "--duration", "5s", "--json", "r.json"]).unwrap();
+        assert_eq!(options.duration, Some(Duration::from_secs(5)));
+        assert_eq!(options.report_interval, None, "a stdin run has no intervals");
+        for (args, says) in [
+            (&["--json", "-"][..], "need probe mode"),
+            (&["--samples", "-"], "need probe mode"),
+            (&["-c", "5", "--json", "-", "--samples", "-"], "only one of"),
+            (&["--jsonl", "x"], "continuous runs"),
+            (&["-c", "5", "--report-interval", "1s"], "continuous runs"),
+            (&["-c", "0", "--report-interval", "1ms"], "at least 10ms"),
+            (&["--duration", "0"], "more than 0"),
+            (&["--json", ""], "needs a file path"),
+            (&["--units", "s"], "use us, ms or auto"),
+            (&["--sla", "1-2:p95<1ms"], "--sla '1-2:p95<1ms': unknown statistic"),
+        ] {
+            let args: Vec<&str> = ["-f", "127.0.0.1:9"].iter().chain(args).copied().collect();
+            let error = parse(&args).unwrap_err();
+            assert!(error.contains(says), "{args:?}: {error}");
+        }
+        assert!(
+            parse(&["-l", ":9", "--sla", "1-2:p99<1ms"]).unwrap_err().contains("for the source")
+        );
+        let options =
+            parse(&["-f", "127.0.0.1:9", "-c", "1", "--json", "-", "--ascii", "--units", "ms"]);
+        let presentation = options.unwrap().presentation;
+        assert_eq!(
+            presentation,
+            Presentation { units: Units::Milliseconds, symbols: Symbols::Ascii }
+        );
     }
 
     #[test]
@@ -337,7 +559,7 @@ mod tests {
         let options = options.unwrap();
         assert_eq!(options.window, Some(1));
         let interval = Duration::from_micros(250);
-        assert_eq!(options.probe, Some(Probe { count: 100, size: 64, interval }));
+        assert_eq!(options.probe, Some(Probe { count: Some(100), size: 64, interval }));
         let options = parse(&["-f", "127.0.0.1:9", "-c", "3", "-s", "99"]).unwrap();
         assert_eq!(options.probe.unwrap().size, 99, "the block size is the default probe size");
         assert_eq!(parse_duration("1.5ms"), Ok(Duration::from_micros(1500)));

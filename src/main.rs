@@ -1,11 +1,14 @@
-//! subsegment-tcp-speeds: parses the command line and runs the source, a relay or the echoing
-//! end. Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 interrupted.
+//! subsegment-tcp-speeds: parses the command line, runs the source, a relay or the echoing end,
+//! and picks the exit code (the README's table): 2 usage error, 1 runtime failure, 3 an SLA
+//! breached, 0 success; 130 for a one-shot run interrupted by Ctrl-C.
 
 use std::process::ExitCode;
 
 use subsegment_tcp_speeds::cli::{self, Command, Mode, Options};
-use subsegment_tcp_speeds::source::{self, Ending};
-use subsegment_tcp_speeds::{hop, log_line, report};
+use subsegment_tcp_speeds::output::{Destination, Writer};
+use subsegment_tcp_speeds::report::{self, Context, Report, Times};
+use subsegment_tcp_speeds::source::{self, Ending, Run};
+use subsegment_tcp_speeds::{clock, hop, log_line};
 
 fn main() -> ExitCode {
     let options = match cli::parse_args(std::env::args_os().skip(1)) {
@@ -32,6 +35,20 @@ fn main() -> ExitCode {
 
 fn run_source(options: Options) -> ExitCode {
     let name = options.name.clone();
+    let parameters = options.parameters();
+    let outputs = options.outputs.clone();
+    let continuous = parameters.continuous;
+    let mut writer = match Writer::start(
+        outputs.samples.as_deref(),
+        outputs.jsonl.as_deref(),
+        options.tuning.cpu,
+    ) {
+        Ok(writer) => writer,
+        Err(error) => {
+            log_line!("{name}: error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = source::SourceConfig {
         name: options.name,
         forward_to: options.forward_to.expect("the source has --forward-to"),
@@ -40,28 +57,91 @@ fn run_source(options: Options) -> ExitCode {
         window: options.window,
         probe: options.probe,
         busy_poll: options.tuning.busy_poll,
+        slas: options.slas.clone(),
+        duration: options.duration,
+        report_interval: options.report_interval,
+        symbols: options.presentation.symbols,
     };
-    let run = match source::run(config) {
-        Ok(run) => run,
-        Err(error) => {
-            log_line!("{name}: error: {error}");
-            return ExitCode::FAILURE;
-        }
+    let started_unix_ns = clock::realtime_ns();
+    let run = source::run(config, &mut writer).unwrap_or_else(|error| {
+        Run::ended(
+            Ending::Failed { message: error.to_string(), broken_link: None },
+            options.window != Some(1),
+        )
+    });
+    let times = Times { started_unix_ns, ended_unix_ns: clock::realtime_ns() };
+    let context = Context {
+        parameters: &parameters,
+        presentation: options.presentation,
+        slas: &options.slas,
+        times,
     };
+    let report = Report::build(&run, &context);
     // With nothing back at all (not even the path), a report would only be empty rows.
     if !(run.path.is_empty() && run.sequencing.answered == 0) {
-        eprint!("{}", report::render(&run));
+        eprint!("{}", report::text::render(&report));
     }
-    match &run.ending {
-        Ending::Complete => ExitCode::SUCCESS,
+    if writer.jsonl {
+        writer.send_waiting(Destination::Jsonl, report::json::summary_line(&report));
+    }
+    let dropped = writer.dropped;
+    let mut output_failed = false;
+    if let Err(error) = writer.finish() {
+        log_line!("{name}: error: writing the outputs: {error}");
+        output_failed = true;
+    }
+    if dropped.samples + dropped.jsonl + dropped.stderr > 0 {
+        log_line!(
+            "{name}: warning: the output thread fell behind: {} samples, {} JSON lines and {} interval lines dropped",
+            dropped.samples,
+            dropped.jsonl,
+            dropped.stderr
+        );
+    }
+    if let Some(path) = &outputs.json
+        && let Err(error) = write_document(path, &report::json::document(&report))
+    {
+        log_line!("{name}: error: writing {path}: {error}");
+        output_failed = true;
+    }
+    exit_code(&name, &run.ending, continuous, report.sla_breached(), output_failed)
+}
+
+fn write_document(path: &str, document: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if path == "-" {
+        let mut stdout = std::io::stdout().lock();
+        return stdout.write_all(document.as_bytes()).and_then(|()| stdout.flush());
+    }
+    std::fs::write(path, document)
+}
+
+/// The README's exit-code table: usage error (2) > runtime failure (1) > SLA breached (3) > 0;
+/// a one-shot run interrupted exits 130, a continuous one as if it had completed.
+fn exit_code(
+    name: &str,
+    ending: &Ending,
+    continuous: bool,
+    breached: bool,
+    output_failed: bool,
+) -> ExitCode {
+    let completed = if breached { ExitCode::from(3) } else { ExitCode::SUCCESS };
+    match ending {
+        Ending::UsageError(message) => {
+            log_line!("{name}: usage error: {message}");
+            ExitCode::from(2)
+        }
+        Ending::Failed { message, .. } | Ending::TimedOut(message) => {
+            log_line!("{name}: error: {message}");
+            ExitCode::FAILURE
+        }
+        _ if output_failed => ExitCode::FAILURE,
+        Ending::Interrupted if continuous => completed,
         Ending::Interrupted => {
             log_line!("{name}: interrupted; the report covers what came back so far");
             ExitCode::from(130)
         }
-        Ending::Failed(message) => {
-            log_line!("{name}: error: {message}");
-            ExitCode::FAILURE
-        }
+        Ending::Complete => completed,
     }
 }
 

@@ -22,6 +22,7 @@
 //! `--window 1` is a ping-pong. The socket to the first hop is a [`crate::core::Peer`], stamped
 //! by the same rule as every hop's.
 
+use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -35,7 +36,11 @@ use crate::clock;
 use crate::core::{Inbound, Outbound, Peer};
 use crate::log_line;
 use crate::net::{self, Io, NonBlocking};
-use crate::stats::{Chain, Sequencing};
+use crate::output::{Destination, Writer};
+use crate::report::interval::{Interval, IntervalFrames};
+use crate::report::sla::{self, SlaSpec};
+use crate::report::{Presentation, Unit, Units, json};
+use crate::stats::{Chain, Part, Sequencing, Symbols};
 use crate::tuning;
 use crate::wire::{
     self, Direction, Fault, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, PathEntry, RECORD_LEN, Role,
@@ -66,23 +71,38 @@ pub struct SourceConfig {
     pub probe: Option<Probe>,
     /// Spin on the poll instead of sleeping.
     pub busy_poll: bool,
+    /// Checked against the path as soon as it is known.
+    pub slas: Vec<SlaSpec>,
+    /// Stop sending after this long.
+    pub duration: Option<Duration>,
+    /// Continuous runs: statistics per interval, to the output thread.
+    pub report_interval: Option<Duration>,
+    pub symbols: Symbols,
 }
 
 /// Probe mode: `count` frames of `size` bytes, one every `interval` (0: back to back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
-    pub count: u64,
+    /// `None`: a continuous run, until interrupted or `--duration`.
+    pub count: Option<u64>,
     pub size: usize,
     pub interval: Duration,
 }
 
 /// How the run ended, for the report and the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     /// Every frame came back and the chain closed cleanly.
     Complete,
-    /// Interrupted by SIGINT: report what came back so far.
+    /// Interrupted by SIGINT or SIGTERM: report what came back so far.
     Interrupted,
-    Failed(String),
+    /// The chain broke; `broken_link` is the hop that reported the fault in-band (the link
+    /// below it broke), when one did.
+    Failed { message: String, broken_link: Option<usize> },
+    /// No progress for the timeout.
+    TimedOut(String),
+    /// The path showed the command line wrong (an `--sla` naming a subsegment it lacks).
+    UsageError(String),
 }
 
 /// How well the probes kept to their schedule.
@@ -158,6 +178,28 @@ pub struct Run {
     pub stdin_block_size: Option<usize>,
     /// Frames could be in flight together (no `--window 1`).
     pub loaded: bool,
+}
+
+impl Run {
+    /// A run with nothing sent yet that ended so; `loaded`: no `--window 1`.
+    pub fn ended(ending: Ending, loaded: bool) -> Run {
+        Run {
+            ending,
+            chain: None,
+            path: Vec::new(),
+            sequencing: Sequencing::default(),
+            payload_bytes: 0,
+            unsolicited_bytes: 0,
+            corrupted: 0,
+            unwritten_bytes: 0,
+            first_send_ns: None,
+            last_answer_ns: None,
+            sent_payload_bytes: 0,
+            schedule: None,
+            stdin_block_size: None,
+            loaded,
+        }
+    }
 }
 
 /// stdin or stdout, polled when the kernel allows it.
@@ -244,7 +286,7 @@ impl ProbeTimer {
     }
 }
 
-struct Source {
+struct Source<'a> {
     config: SourceConfig,
     upstream: Peer,
     connecting: bool,
@@ -259,14 +301,48 @@ struct Source {
     last_progress_ns: u64,
     /// Probe mode with an interval.
     probe_timer: Option<ProbeTimer>,
+    /// Why sending stopped before the input's end, if it did.
+    stop: Option<Stop>,
+    /// CLOCK_MONOTONIC_RAW at which `--duration` ends sending.
+    send_deadline_ns: Option<u64>,
+    intervals: Option<Intervals>,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC_RAW at the start: turns send stamps into Unix times
+    /// for `--samples` (for people and logs only; no delay is computed from it).
+    unix_offset_ns: i128,
+    /// An `--sla` that names a subsegment the path lacks.
+    usage_error: Option<String>,
+    writer: &'a mut Writer,
 }
 
-pub fn run(config: SourceConfig) -> io::Result<Run> {
+/// Why the source stopped sending before its input ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    DurationElapsed,
+    /// The first Ctrl-C or SIGTERM of a continuous run: the frames in flight still come back.
+    Signal,
+}
+
+/// A continuous run's report intervals: each has its own statistics.
+struct Intervals {
+    every_ns: u64,
+    /// CLOCK_MONOTONIC_RAW at which the current interval ends.
+    ends_ns: u64,
+    index: u64,
+    start_unix_ns: u64,
+    /// `None` until the path is known.
+    chain: Option<Chain>,
+    /// The run's counters when the interval started.
+    sent_before: u64,
+    answered_before: u64,
+}
+
+pub fn run(config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
     tuning::catch_stop_signals();
     let mut poll = Poll::new()?;
-    let (target, text) = config.forward_to.clone();
+    let target = config.forward_to.0;
     let stream = net::connect(target).map_err(|error| {
-        io::Error::new(error.kind(), format!("cannot reach first hop {text} ({target}): {error}"))
+        let first_hop = first_hop(&config.forward_to);
+        io::Error::new(error.kind(), format!("cannot reach first hop {first_hop}: {error}"))
     })?;
     let mut upstream = Peer::new(stream, target, &config.name);
     poll.registry().register(
@@ -296,6 +372,17 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
     let stdin_block_size = config.probe.is_none().then_some(config.block_size);
     let loaded = config.window != Some(1);
     let now_ns = clock::now_ns();
+    let unix_offset_ns = i128::from(clock::realtime_ns()) - i128::from(now_ns);
+    let intervals = config.report_interval.map(|every| Intervals {
+        every_ns: every.as_nanos() as u64,
+        ends_ns: now_ns + every.as_nanos() as u64,
+        index: 0,
+        start_unix_ns: clock::realtime_ns(),
+        chain: None,
+        sent_before: 0,
+        answered_before: 0,
+    });
+    let send_deadline_ns = config.duration.map(|duration| now_ns + duration.as_nanos() as u64);
     let mut source = Source {
         config,
         upstream,
@@ -306,31 +393,22 @@ pub fn run(config: SourceConfig) -> io::Result<Run> {
         receive: Inbound::with_capacity(MAX_FRAME_LEN)?,
         receive_stalled: false,
         to_stdout: Buffer::with_capacity(STDOUT_BUFFER_LEN)?,
-        run: Run {
-            ending: Ending::Complete,
-            chain: None,
-            path: Vec::new(),
-            sequencing: Sequencing::default(),
-            payload_bytes: 0,
-            unsolicited_bytes: 0,
-            corrupted: 0,
-            unwritten_bytes: 0,
-            first_send_ns: None,
-            last_answer_ns: None,
-            sent_payload_bytes: 0,
-            schedule,
-            stdin_block_size,
-            loaded,
-        },
+        run: Run { schedule, stdin_block_size, ..Run::ended(Ending::Complete, loaded) },
         fault: None,
         last_progress_ns: now_ns,
         probe_timer,
+        stop: None,
+        send_deadline_ns,
+        intervals,
+        unix_offset_ns,
+        usage_error: None,
+        writer,
     };
     source.ending_loop(&mut poll);
     Ok(source.run)
 }
 
-impl Source {
+impl Source<'_> {
     fn ending_loop(&mut self, poll: &mut Poll) {
         let mut events = Events::with_capacity(16);
         loop {
@@ -344,19 +422,37 @@ impl Source {
             // plenty); probes wake the loop through their timer.
             let wait_ns = timeout_ns.saturating_sub(waited_ns).max(1_000_000);
             let spin = always_ready || self.config.busy_poll;
+            let next_event_ns = [
+                self.send_deadline_ns.filter(|_| self.stop.is_none()),
+                self.intervals.as_ref().map(|intervals| intervals.ends_ns),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|at_ns| at_ns.saturating_sub(before_ns).max(1_000_000))
+            .min();
+            let wait_ns = next_event_ns.map_or(wait_ns, |next_ns| wait_ns.min(next_ns));
             let wait = if spin { Duration::ZERO } else { Duration::from_nanos(wait_ns) };
             if let Err(error) = poll.poll(&mut events, Some(wait))
                 && error.kind() != io::ErrorKind::Interrupted
             {
-                self.run.ending = Ending::Failed(format!("poll: {error}"));
+                self.run.ending = self.failed(format!("poll: {error}"));
                 return;
             }
             let now_ns = clock::now_ns();
-            if tuning::stop_requested() {
-                self.finish_stdout_after_interrupt(poll, &mut events);
-                self.run.ending = Ending::Interrupted;
-                return;
+            let continuous = self.config.probe.is_some_and(|probe| probe.count.is_none());
+            match tuning::stop_signals() {
+                0 => {}
+                1 if continuous => self.stop_sending(Stop::Signal),
+                _ => {
+                    self.finish_stdout_after_interrupt(poll, &mut events);
+                    self.run.ending = Ending::Interrupted;
+                    return;
+                }
             }
+            if self.send_deadline_ns.is_some_and(|deadline_ns| now_ns >= deadline_ns) {
+                self.stop_sending(Stop::DurationElapsed);
+            }
+            self.publish_interval_if_due(now_ns);
             for event in events.iter() {
                 match event.token() {
                     UPSTREAM => {
@@ -381,13 +477,20 @@ impl Source {
                     Ok(true) => self.last_progress_ns = now_ns,
                     Ok(false) => break,
                     Err(message) => {
-                        self.run.ending = Ending::Failed(message);
+                        self.run.ending = match self.usage_error.take() {
+                            Some(usage_error) => Ending::UsageError(usage_error),
+                            None => self.failed(message),
+                        };
                         return;
                     }
                 }
             }
             if let Some(ending) = self.finished() {
-                self.run.ending = ending;
+                self.run.ending = match (ending, self.stop) {
+                    (Ending::Complete, Some(Stop::Signal)) => Ending::Interrupted,
+                    (ending, _) => ending,
+                };
+                self.publish_interval(clock::now_ns());
                 return;
             }
             let waiting_for_producer = !self.stdin.closed
@@ -398,9 +501,97 @@ impl Source {
             if waiting_for_producer {
                 self.last_progress_ns = now_ns;
             } else if clock::now_ns().saturating_sub(self.last_progress_ns) >= timeout_ns {
-                self.run.ending = Ending::Failed(self.timeout_message());
+                self.run.ending = match &self.fault {
+                    Some(_) => self.failed(self.timeout_message()),
+                    None => Ending::TimedOut(self.timeout_message()),
+                };
                 return;
             }
+        }
+    }
+
+    /// The path is known: check the SLAs against it and start the statistics.
+    fn path_discovered(&mut self, path: Vec<PathEntry>) -> Result<(), String> {
+        let chain = Chain::new(path.clone());
+        if let Some(chain) = &chain {
+            let parts: Vec<Part> = chain.parts.iter().map(|series| series.part).collect();
+            let names: Vec<String> = path.iter().map(|entry| entry.name.clone()).collect();
+            for spec in &self.config.slas {
+                if let Err(error) = sla::resolve(&spec.target, &parts, &names) {
+                    let message = format!("--sla '{}': {error}", spec.text);
+                    self.usage_error = Some(message.clone());
+                    return Err(message);
+                }
+            }
+            if self.writer.samples {
+                let mut header = "sequence,sent_unix_ns,end_to_end_ns".to_string();
+                for series in &chain.parts {
+                    let _ = write!(header, ",{}_ns", series.part.id());
+                }
+                header.push('\n');
+                self.writer.send(Destination::Samples, header);
+            }
+        }
+        if let Some(intervals) = self.intervals.as_mut() {
+            intervals.chain = Chain::new(path.clone());
+        }
+        self.run.chain = chain;
+        self.run.path = path;
+        Ok(())
+    }
+
+    /// Ends sending (the input is left unread); the frames in flight still come back.
+    fn stop_sending(&mut self, stop: Stop) {
+        if self.stop.is_none() && !self.stdin.closed {
+            self.stop = Some(stop);
+            self.stdin.closed = true;
+        }
+    }
+
+    fn publish_interval_if_due(&mut self, now_ns: u64) {
+        if self.intervals.as_ref().is_some_and(|intervals| now_ns >= intervals.ends_ns) {
+            self.publish_interval(now_ns);
+        }
+    }
+
+    /// Hands the interval's statistics to the output thread and starts the next interval.
+    fn publish_interval(&mut self, now_ns: u64) {
+        let Some(intervals) = self.intervals.as_mut() else { return };
+        let end_unix_ns = clock::realtime_ns();
+        let sequencing = &self.run.sequencing;
+        let frames = IntervalFrames {
+            sent: sequencing.sent - intervals.sent_before,
+            answered: sequencing.answered - intervals.answered_before,
+            in_flight: sequencing.in_flight(),
+            lost: 0,
+        };
+        if let Some(chain) = intervals.chain.as_mut() {
+            let interval = Interval::build(
+                intervals.index,
+                (intervals.start_unix_ns, end_unix_ns),
+                chain,
+                frames,
+                &self.config.slas,
+                self.config.symbols,
+            );
+            let presentation = Presentation { units: Units::Auto, symbols: self.config.symbols };
+            let unit =
+                Unit::choose(presentation, interval.end_to_end.map_or(0, |stats| stats.p50_ns));
+            self.writer.send(
+                Destination::Stderr,
+                format!("{}: {}", self.config.name, interval.line(&unit)),
+            );
+            if self.writer.jsonl {
+                self.writer.send(Destination::Jsonl, json::line(&interval));
+            }
+            *chain = Chain::new(chain.path.clone()).expect("the path had a chain");
+        }
+        intervals.index += 1;
+        intervals.start_unix_ns = end_unix_ns;
+        intervals.sent_before = sequencing.sent;
+        intervals.answered_before = sequencing.answered;
+        while intervals.ends_ns <= now_ns {
+            intervals.ends_ns += intervals.every_ns;
         }
     }
 
@@ -480,7 +671,7 @@ impl Source {
                 *byte = index as u8;
             }
             self.append_frame(clock::now_ns(), probe.size);
-            if self.run.sequencing.sent == probe.count {
+            if Some(self.run.sequencing.sent) == probe.count {
                 self.stdin.closed = true;
             }
             progress = true;
@@ -505,8 +696,8 @@ impl Source {
                     return Ok(false);
                 }
                 Err(error) => {
-                    let (target, text) = &self.config.forward_to;
-                    return Err(format!("cannot reach first hop {text} ({target}): {error}"));
+                    let first_hop = first_hop(&self.config.forward_to);
+                    return Err(format!("cannot reach first hop {first_hop}: {error}"));
                 }
             }
         }
@@ -611,16 +802,29 @@ impl Source {
                         self.run.sequencing.answered_one(frame.sequence());
                         self.run.payload_bytes += frame.payload_len() as u64;
                         self.run.last_answer_ns = Some(read.read_ns);
-                        if let Some(chain) = self.run.chain.as_mut() {
+                        let end_to_end =
+                            self.run.chain.as_mut().and_then(|chain| chain.record(&frame, read));
+                        if let Some(chain) =
+                            self.intervals.as_mut().and_then(|intervals| intervals.chain.as_mut())
+                        {
                             chain.record(&frame, read);
+                        }
+                        if self.writer.samples {
+                            let chain = self.run.chain.as_ref();
+                            write_sample(
+                                self.writer,
+                                chain,
+                                self.unix_offset_ns,
+                                &frame,
+                                end_to_end,
+                            );
                         }
                     }
                 }
                 Kind::Path => {
                     let path = PathEntry::parse_all(frame.payload())
                         .map_err(|error| format!("bad path announcement: {error}"))?;
-                    self.run.chain = Chain::new(path.clone());
-                    self.run.path = path;
+                    self.path_discovered(path)?;
                 }
                 Kind::Fault => {
                     let fault = Fault::parse(frame.payload());
@@ -654,18 +858,17 @@ impl Source {
             return None;
         }
         if let Some(fault) = &self.fault {
-            return Some(Ending::Failed(self.describe_fault(fault)));
+            return Some(self.failed(self.describe_fault(fault)));
         }
         if !self.receive.is_empty() {
-            return Some(Ending::Failed(
-                self.broken("the chain closed in the middle of an answer"),
-            ));
+            return Some(self.failed(self.broken("the chain closed in the middle of an answer")));
         }
         let missing = self.run.sequencing.missing();
         if missing > 0 || !self.stdin.closed {
-            return Some(Ending::Failed(self.broken(&format!(
-                "the chain closed with {missing} of {} frames unanswered",
-                self.run.sequencing.sent
+            let sent = self.run.sequencing.sent;
+            return Some(self.failed(self.broken(&format!(
+                "the chain closed with {missing} of the {sent} {} sent unanswered",
+                if sent == 1 { "frame" } else { "frames" }
             ))));
         }
         Some(Ending::Complete)
@@ -677,17 +880,26 @@ impl Source {
         let name = |index: usize| self.run.path.get(index).map(|entry| entry.name.clone());
         let below = name(hop + 1).unwrap_or_else(|| "its next hop".to_string());
         let here = name(hop).unwrap_or_else(|| format!("hop {hop}"));
+        let sent = self.run.sequencing.sent;
         format!(
-            "subsegment {here} ⇄ {below} failed after {} of {} frames came back: {}",
-            self.run.sequencing.answered, self.run.sequencing.sent, fault.message
+            "subsegment {here} ⇄ {below} failed, {} of the {sent} {} sent answered: {}",
+            self.run.sequencing.answered,
+            if sent == 1 { "frame" } else { "frames" },
+            fault.message
         )
     }
 
+    /// A failure, naming the link below the hop that reported a fault in-band, if one did.
+    fn failed(&self, message: String) -> Ending {
+        Ending::Failed { message, broken_link: self.fault.as_ref().map(|fault| fault.hop.into()) }
+    }
+
     fn broken(&self, what: &str) -> String {
-        let (target, text) = &self.config.forward_to;
         match &self.fault {
             Some(fault) => self.describe_fault(fault),
-            None => format!("connection to first hop {text} ({target}): {what}"),
+            None => {
+                format!("connection to first hop {}: {what}", first_hop(&self.config.forward_to))
+            }
         }
     }
 
@@ -706,16 +918,14 @@ impl Source {
         if let Some(fault) = &self.fault {
             return self.describe_fault(fault);
         }
-        let (target, text) = &self.config.forward_to;
+        let first_hop = first_hop(&self.config.forward_to);
         if self.connecting {
-            return format!(
-                "cannot reach first hop {text} ({target}): timed out after {seconds} s"
-            );
+            return format!("cannot reach first hop {first_hop}: timed out after {seconds} s");
         }
         if self.run.path.is_empty() {
             // Not even the path announcement came back: nothing names a hop beyond the first.
             return format!(
-                "no answer through first hop {text} ({target}) for {seconds} s: the path \
+                "no answer through first hop {first_hop} for {seconds} s: the path \
                  announcement never came back (does every hop run subsegment-tcp-speeds?)"
             );
         }
@@ -725,6 +935,45 @@ impl Source {
             self.run.sequencing.sent
         )
     }
+}
+
+/// One `--samples` line: sequence, send time, end-to-end and each part, in ns (empty
+/// values for a frame whose stamps were incomplete).
+fn write_sample<T: AsRef<[u8]>>(
+    writer: &mut Writer,
+    chain: Option<&Chain>,
+    unix_offset_ns: i128,
+    frame: &wire::Frame<T>,
+    end_to_end: Option<i64>,
+) {
+    let sent_raw_ns = frame
+        .records()
+        .find(|stamp| stamp.hop == 0 && stamp.direction == Direction::Down)
+        .map(|stamp| stamp.write_ns);
+    let mut line = String::with_capacity(128);
+    let _ = write!(line, "{},", frame.sequence());
+    if let Some(sent_raw_ns) = sent_raw_ns {
+        let _ = write!(line, "{}", i128::from(sent_raw_ns) + unix_offset_ns);
+    }
+    match (end_to_end, chain) {
+        (Some(end_to_end), Some(chain)) => {
+            let _ = write!(line, ",{end_to_end}");
+            for sample in chain.last_samples() {
+                let _ = write!(line, ",{sample}");
+            }
+        }
+        _ => {
+            let parts = chain.map_or(0, |chain| chain.parts.len());
+            line.push_str(&",".repeat(parts + 1));
+        }
+    }
+    line.push('\n');
+    writer.send(Destination::Samples, line);
+}
+
+/// The first hop as the user wrote it, with the address it resolved to when that differs.
+fn first_hop((target, text): &(SocketAddr, String)) -> String {
+    if *text == target.to_string() { text.clone() } else { format!("{text} ({target})") }
 }
 
 #[cfg(test)]

@@ -41,6 +41,20 @@ pub enum Part {
     Turn(usize),
 }
 
+impl Part {
+    /// The stable ASCII id that scripts and `--sla` name the part by, from hop indices (host
+    /// names may hold anything): `0-1` for the link between hops 0 and 1, `1.down` / `1.up`
+    /// for a relay's residence, `3.echo` for the echoing end's turn.
+    pub fn id(&self) -> String {
+        match *self {
+            Part::Link(hop) => format!("{hop}-{}", hop + 1),
+            Part::ResidenceDown(hop) => format!("{hop}.down"),
+            Part::ResidenceUp(hop) => format!("{hop}.up"),
+            Part::Turn(hop) => format!("{hop}.echo"),
+        }
+    }
+}
+
 /// A sample below zero: impossible under the stamping rule, so a bug somewhere in the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Negative {
@@ -250,15 +264,7 @@ impl Chain {
                 Part::Link(last_stamped),
             ]),
         }
-        let label = |part: Part| match part {
-            Part::Link(hop) => {
-                let next = labels.get(hop + 1).map_or("?", String::as_str);
-                format!("{} ⇄ {next}", labels[hop])
-            }
-            Part::ResidenceDown(hop) => format!("{} ↓ (relay)", labels[hop]),
-            Part::ResidenceUp(hop) => format!("{} ↑ (relay)", labels[hop]),
-            Part::Turn(hop) => format!("{} (echo)", labels[hop]),
-        };
+        let label = |part: Part| part_label(part, &labels, Symbols::Unicode);
         let parts = parts
             .into_iter()
             .map(|part| match part {
@@ -282,7 +288,13 @@ impl Chain {
     }
 
     /// Adds one answered frame; `source_read` is the source's own stamp of its arrival.
-    pub fn record<T: AsRef<[u8]>>(&mut self, frame: &Frame<T>, source_read: ReadStamp) {
+    /// Returns its end-to-end sample when its stamps were complete; [`Chain::last_samples`]
+    /// then holds its sample per part.
+    pub fn record<T: AsRef<[u8]>>(
+        &mut self,
+        frame: &Frame<T>,
+        source_read: ReadStamp,
+    ) -> Option<i64> {
         let mut stamps = std::mem::take(&mut self.stamps);
         // Only the path's hops are read; records of hops past it are ignored.
         let hops = self.path.len().min(MAX_HOPS);
@@ -307,7 +319,7 @@ impl Chain {
         let complete = self.samples_into(&stamps, &mut samples);
         let end_to_end = sub(arrival(stamps.up[0]), written(stamps.down[0]));
         let sequence = frame.sequence();
-        match (complete, end_to_end) {
+        let recorded = match (complete, end_to_end) {
             (true, Some(end_to_end)) => {
                 debug_assert_eq!(
                     samples.iter().sum::<i64>(),
@@ -341,11 +353,23 @@ impl Chain {
                         counts[stamp.receive as usize] += 1;
                     }
                 }
+                Some(end_to_end)
             }
-            _ => self.malformed += 1,
-        }
+            _ => {
+                self.malformed += 1;
+                samples.clear();
+                None
+            }
+        };
         self.samples = samples;
         self.stamps = stamps;
+        recorded
+    }
+
+    /// The last recorded frame's sample per part, in the order of `parts` (empty when its
+    /// stamps were incomplete).
+    pub fn last_samples(&self) -> &[i64] {
+        &self.samples
     }
 
     /// Negative samples over all subsegments and the end-to-end row.
@@ -404,7 +428,7 @@ fn sub(later: Option<u64>, earlier: Option<u64>) -> Option<i64> {
 }
 
 /// Hop names for labels; a name used by two hops gets its hop index, so labels stay distinct.
-fn hop_labels(path: &[PathEntry]) -> Vec<String> {
+pub fn hop_labels(path: &[PathEntry]) -> Vec<String> {
     path.iter()
         .enumerate()
         .map(|(index, entry)| {
@@ -412,6 +436,29 @@ fn hop_labels(path: &[PathEntry]) -> Vec<String> {
             if shared { format!("{}#{index}", entry.name) } else { entry.name.clone() }
         })
         .collect()
+}
+
+/// How labels are written: with arrows, or in ASCII for terminals without UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Symbols {
+    #[default]
+    Unicode,
+    Ascii,
+}
+
+/// A part's label for people, from [`hop_labels`]: `B ⇄ C`, `B ↓ (relay)`, `Z (echo)`.
+pub fn part_label(part: Part, hop_labels: &[String], symbols: Symbols) -> String {
+    let name = |hop: usize| hop_labels.get(hop).map_or("?", String::as_str);
+    let (link, down, up) = match symbols {
+        Symbols::Unicode => ("⇄", "↓", "↑"),
+        Symbols::Ascii => ("-", "down", "up"),
+    };
+    match part {
+        Part::Link(hop) => format!("{} {link} {}", name(hop), name(hop + 1)),
+        Part::ResidenceDown(hop) => format!("{} {down} (relay)", name(hop)),
+        Part::ResidenceUp(hop) => format!("{} {up} (relay)", name(hop)),
+        Part::Turn(hop) => format!("{} (echo)", name(hop)),
+    }
 }
 
 /// Which sequence numbers came back, with memory bounded by the frames in flight.

@@ -156,6 +156,29 @@ fn realtime_spin_warning(throttle: (i64, i64), cpu: Option<usize>) -> Option<Str
     })
 }
 
+/// For a helper thread (an output writer): undoes what [`Tuning::apply`] gave the process for
+/// its loop, so the thread runs at normal priority and on any CPU but the loop's (`loop_cpu`),
+/// where it would delay the loop's wake-ups. Best effort: a thread that cannot move still works.
+pub fn leave_loop_settings(loop_cpu: Option<usize>) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: on Linux both calls with pid 0 act on the calling thread; the set is plain data
+    // and CPU_SET is only called below CPU_SETSIZE.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+        let online = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let mut any = false;
+        for cpu in (0..online.min(libc::CPU_SETSIZE as usize)).filter(|&cpu| Some(cpu) != loop_cpu)
+        {
+            libc::CPU_SET(cpu, &mut set);
+            any = true;
+        }
+        if any {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
 static STOP_SIGNALS: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn on_stop_signal(_: libc::c_int) {

@@ -664,12 +664,21 @@ impl Connection {
                     // The next hop ended its stream; everything whole has been passed up. Only
                     // an end after ours, with every frame and the path answered, is clean.
                     let unanswered = self.frames_down.saturating_sub(self.frames_up);
+                    let passed_on = format!(
+                        "{unanswered} of the {} {} passed on unanswered",
+                        self.frames_down,
+                        if self.frames_down == 1 { "frame" } else { "frames" }
+                    );
                     let what = if !self.up.input.is_empty() {
-                        Some(format!(
-                            "closed in the middle of a frame, {unanswered} frames unanswered"
-                        ))
-                    } else if !downstream.write_shut || unanswered > 0 {
-                        Some(format!("closed the connection early, {unanswered} frames unanswered"))
+                        Some(format!("closed in the middle of a frame, {passed_on}"))
+                    } else if unanswered > 0 {
+                        Some(format!("closed the connection early, {passed_on}"))
+                    } else if !downstream.write_shut {
+                        Some(
+                            "closed the connection before this hop had passed on the whole \
+                             stream (every frame passed on so far was answered)"
+                                .to_string(),
+                        )
                     } else if self.unanswered_path.is_some() {
                         Some("closed the connection without answering the path".to_string())
                     } else {

@@ -1,404 +1,673 @@
-//! The source's report, as text: the path, one row per subsegment, each hop's split, the
-//! sequence accounting, throughput, the probe schedule and the verdict. Formatting only; the
-//! numbers come from [`crate::stats`], the verdict from [`verdict`].
+//! The report as a value: what a run found (path, per-subsegment statistics, end-to-end,
+//! frames, throughput, schedule, verdict, SLA results, ending, parameters, times), built once
+//! from the source's [`Run`] and its statistics. Everything a renderer prints is decided here:
+//! the verdict and its words, the shares, the SLA results. [`text`] renders it for people,
+//! [`json`] for machines (the same value, serialised with serde); neither computes anything the
+//! other would need.
+//!
+//! All times are integer nanoseconds. Percentiles come from hdrhistogram at 3 significant
+//! digits (a p99 of 1 234 567 ns is exact to ±1 000 ns); `sum_ns`, `min_ns` and `max_ns` are
+//! exact, and `mean_ns` is the exact mean rounded to the nanosecond.
 
+pub mod interval;
+pub mod json;
+pub mod sla;
+pub mod text;
 pub mod verdict;
 
-use std::fmt::Write;
+use std::collections::BTreeMap;
 
-use crate::source::{Run, Schedule};
-use crate::stats::{Chain, Series};
-use crate::wire::Role;
+use serde::Serialize;
+
+use crate::source::{Ending, Run, Schedule, UNLOADED_FRAMES};
+use crate::stats::{self, Chain, Part, Series, Symbols};
+use crate::wire::{PathEntry, Role};
+use sla::{SlaResult, SlaSpec};
 use verdict::{DelayKind, Doubt, Verdict};
 
-/// Percentiles in the table, as (column title, quantile).
-const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];
-/// Runs shorter than this get no rates.
-const MIN_RATE_SECONDS: f64 = 0.01;
+/// The version of the JSON document. Within a version fields are only added; renaming or
+/// removing one, or changing its meaning, bumps it (and the README says so).
+pub const SCHEMA_VERSION: u32 = 1;
+/// Runs shorter than this get no rates: a rate would say more about one round trip.
+const MIN_RATE_NS: u64 = 10_000_000;
 
-pub fn render(run: &Run) -> String {
-    let mut out = String::new();
-    render_path(&mut out, run);
-    match &run.chain {
-        Some(chain) if chain.end_to_end.count() > 0 => render_table(&mut out, chain),
-        _ if run.sequencing.sent == 0 => out.push_str("no data was sent (the input was empty)\n"),
-        _ if run.sequencing.answered == 0 => out.push_str("no data frame came back\n"),
-        _ => out.push_str("no answered frame carried a complete set of stamps\n"),
-    }
-    let sequencing = &run.sequencing;
-    let _ = writeln!(
-        out,
-        "frames: sent {}, answered {}, missing {}, out of order {}, duplicated {}",
-        sequencing.sent,
-        sequencing.answered,
-        sequencing.missing(),
-        sequencing.out_of_order,
-        sequencing.duplicated
-    );
-    if run.unwritten_bytes > 0 {
-        let _ = writeln!(
-            out,
-            "unwritten: {} B of answered payload did not reach stdout before the interrupt gave up",
-            run.unwritten_bytes
-        );
-    }
-    if run.corrupted > 0 {
-        let _ =
-            writeln!(out, "corrupted: {} probe answers differ from what was sent", run.corrupted);
-    }
-    if run.unsolicited_bytes > 0 {
-        let _ = writeln!(
-            out,
-            "unsolicited: {} B sent by the plain server unasked",
-            run.unsolicited_bytes
-        );
-    }
-    if let (Some(first), Some(last)) = (run.first_send_ns, run.last_answer_ns) {
-        let seconds = last.saturating_sub(first) as f64 / 1e9;
-        // Below a few milliseconds a rate says more about one round trip than about throughput.
-        if seconds < MIN_RATE_SECONDS {
-            let _ = writeln!(out, "throughput: {} B of payload answered", run.payload_bytes);
-        } else {
-            let _ = writeln!(
-                out,
-                "throughput: {} B of payload answered in {seconds:.3} s: {:.2} MB/s, {:.0} frames/s",
-                run.payload_bytes,
-                run.payload_bytes as f64 / seconds / 1e6,
-                sequencing.answered as f64 / seconds
-            );
+/// Every option that shapes a run, as the source was given them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Parameters {
+    pub name: String,
+    /// The first hop as the user wrote it, and as it resolved.
+    pub forward_to: String,
+    pub forward_to_addr: String,
+    /// `stdin` or `probes`.
+    pub input: &'static str,
+    pub block_size: usize,
+    pub probe_count: Option<u64>,
+    pub probe_size: Option<usize>,
+    pub interval_ns: Option<u64>,
+    pub window: Option<u64>,
+    pub timeout_ns: u64,
+    pub duration_ns: Option<u64>,
+    pub report_interval_ns: Option<u64>,
+    pub continuous: bool,
+    pub sla: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+    pub units: &'static str,
+    pub busy_poll: bool,
+    pub cpu: Option<usize>,
+    pub realtime: bool,
+    pub mlock: bool,
+}
+
+/// The unit the text report shows times in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Units {
+    /// µs, or ms when the median round trip is 10 ms or more.
+    #[default]
+    Auto,
+    Microseconds,
+    Milliseconds,
+}
+
+impl Units {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Units::Auto => "auto",
+            Units::Microseconds => "us",
+            Units::Milliseconds => "ms",
         }
     }
-    if let Some(schedule) = &run.schedule {
-        render_schedule(&mut out, schedule);
-    }
-    if let (Some(block_size), true) = (run.stdin_block_size, sequencing.sent > 0) {
-        let _ = writeln!(
-            out,
-            "frames from stdin: {} B of payload on average (blocks of at most {block_size} B)",
-            run.sent_payload_bytes / sequencing.sent,
-        );
-    }
-    if let Some(chain) = &run.chain {
-        render_verdict(&mut out, chain, run.loaded);
-    }
-    out
 }
 
-/// The probe schedule as asked and as kept.
-fn render_schedule(out: &mut String, schedule: &Schedule) {
-    let asked = 1e9 / schedule.interval.as_nanos().max(1) as f64;
-    let achieved = match schedule.achieved_per_second() {
-        Some(rate) => format!("{rate:.0}/s"),
-        None => "- (too few probes)".to_string(),
-    };
-    let _ = writeln!(
-        out,
-        "probes: one every {} µs asked ({asked:.0}/s), {achieved} achieved over the {} on the schedule (the first {} went one at a time); {} late (left more than half an interval after their time; the latest {:.1} µs late)",
-        schedule.interval.as_nanos() as f64 / 1e3,
-        schedule.booked,
-        crate::source::UNLOADED_FRAMES,
-        schedule.late,
-        schedule.worst_lateness_ns as f64 / 1e3
-    );
+/// How the text (and the verdict's words) are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Presentation {
+    pub units: Units,
+    pub symbols: Symbols,
 }
 
-fn render_path(out: &mut String, run: &Run) {
-    let _ = writeln!(out, "path ({} hops):", run.path.len());
-    for (index, entry) in run.path.iter().enumerate() {
-        if entry.role == Role::Unreached {
-            let _ = writeln!(out, "  {index:>2}  {:<16} {}", entry.name, entry.role.describe());
-            continue;
-        }
-        let _ = writeln!(
-            out,
-            "  {index:>2}  {:<16} {:<22} reached at {:<22} from {}",
-            entry.name,
-            entry.role.describe(),
-            entry.local,
-            entry.peer
-        );
-    }
-}
-
-/// Microseconds, or milliseconds when the chain's median round trip is 10 ms or more.
-struct Unit {
-    name: &'static str,
-    ns: f64,
-    decimals: usize,
+/// A time unit for people, fixed for one report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Unit {
+    pub name: &'static str,
+    pub ns: f64,
+    pub decimals: usize,
 }
 
 impl Unit {
-    fn for_chain(chain: &Chain) -> Unit {
-        if chain.end_to_end.histogram.value_at_quantile(0.5) >= 10_000_000 {
-            Unit { name: "ms", ns: 1e6, decimals: 2 }
-        } else {
-            Unit { name: "µs", ns: 1e3, decimals: 1 }
+    pub fn choose(presentation: Presentation, end_to_end_p50_ns: u64) -> Unit {
+        let micro = match presentation.symbols {
+            Symbols::Unicode => "µs",
+            Symbols::Ascii => "us",
+        };
+        let milliseconds = Unit { name: "ms", ns: 1e6, decimals: 2 };
+        let microseconds = Unit { name: micro, ns: 1e3, decimals: 1 };
+        match presentation.units {
+            Units::Microseconds => microseconds,
+            Units::Milliseconds => milliseconds,
+            Units::Auto if end_to_end_p50_ns >= 10_000_000 => milliseconds,
+            Units::Auto => microseconds,
         }
     }
 
-    fn show(&self, ns: f64) -> String {
+    pub fn show(&self, ns: f64) -> String {
         format!("{:.*}", self.decimals, ns / self.ns)
     }
+
+    /// With the unit's name: `12.3 µs`.
+    pub fn show_with_name(&self, ns: u64) -> String {
+        format!("{} {}", self.show(ns as f64), self.name)
+    }
 }
 
-fn render_table(out: &mut String, chain: &Chain) {
-    let unit = Unit::for_chain(chain);
-    let _ = writeln!(
-        out,
-        "delay per subsegment in {} (links: round trip without the next hop's holding time; relays: one way):",
-        unit.name
-    );
-    let mut title = format!("  {:<26} {:>8} {:>9}", "subsegment", "count", "min");
-    for (name, _) in QUANTILES {
-        let _ = write!(title, " {name:>9}");
-    }
-    let _ = writeln!(
-        out,
-        "{title} {:>9} {:>9} {:>9} {:>9} {:>6}",
-        "max", "mean", "stdev", "jitter", "share"
-    );
-    let end_to_end_p50 = chain.end_to_end.histogram.value_at_quantile(0.5).max(1) as f64;
-    for series in &chain.parts {
-        let share = series.histogram.value_at_quantile(0.5) as f64 / end_to_end_p50 * 100.0;
-        render_row(out, series, &unit, &format!("{share:>5.1}%"));
-    }
-    let sum_ns: i128 = chain.parts.iter().map(|series| series.sum_ns).sum();
-    let count = chain.end_to_end.count().max(1) as f64;
-    let _ = writeln!(
-        out,
-        "  {:<26} {:>8} {:>59} {:>9}",
-        "sum of subsegments",
-        "",
-        "",
-        unit.show(sum_ns as f64 / count)
-    );
-    render_row(out, &chain.end_to_end, &unit, "");
-    render_split(out, chain, &unit);
-    for series in chain.parts.iter().chain([&chain.end_to_end]) {
-        if let Some(negative) = series.negative {
-            let _ = writeln!(
-                out,
-                "bug: {} samples of {} were negative and left out (the first: frame {}, {} ns); \
-                 stamps must never precede their bytes, please report this",
-                negative.count, series.label, negative.first_sequence, negative.first_ns
-            );
+#[derive(Debug, Clone, Serialize)]
+pub struct Tool {
+    pub name: &'static str,
+    pub version: &'static str,
+}
+
+/// When the run started and ended, by the wall clock (for people and logs; no delay is ever
+/// computed from it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Times {
+    pub started_unix_ns: u64,
+    pub ended_unix_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Every frame came back (or the continuous run's `--duration` ran out).
+    Complete,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    Failed,
+    TimedOut,
+    /// The command line was valid but the path showed it wrong (an `--sla` naming a
+    /// subsegment the path does not have).
+    UsageError,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndingReport {
+    pub reason: EndReason,
+    pub message: Option<String>,
+    /// For a failure in the chain: the id of the link that broke.
+    pub subsegment: Option<String>,
+}
+
+/// One hop of the path as it announced itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hop {
+    pub index: usize,
+    pub name: String,
+    /// source, relay, echo, egress (`-r` relay), ingress, server (a plain server behind an
+    /// egress), unreached (a relay's next hop that it could not reach).
+    pub role: &'static str,
+    /// The address the previous hop reached it at, and the address it saw that hop come from.
+    pub reached_at: Option<String>,
+    pub seen_from: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One series' statistics, integer nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Stats {
+    pub count: u64,
+    /// Exact: the subsegments' sums add up to the end-to-end sum.
+    pub sum_ns: u64,
+    pub min_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    pub mean_ns: u64,
+    pub stdev_ns: u64,
+    /// Mean absolute difference of consecutive samples.
+    pub jitter_ns: u64,
+}
+
+impl Stats {
+    pub fn of(series: &Series) -> Stats {
+        let histogram = &series.histogram;
+        if series.count() == 0 {
+            return Stats::default();
+        }
+        Stats {
+            count: series.count(),
+            sum_ns: u64::try_from(series.sum_ns).unwrap_or(u64::MAX),
+            min_ns: histogram.min(),
+            p50_ns: histogram.value_at_quantile(0.5),
+            p90_ns: histogram.value_at_quantile(0.9),
+            p99_ns: histogram.value_at_quantile(0.99),
+            p999_ns: histogram.value_at_quantile(0.999),
+            max_ns: histogram.max(),
+            mean_ns: series.mean_ns().round() as u64,
+            stdev_ns: histogram.stdev().round() as u64,
+            jitter_ns: series.jitter_ns().round() as u64,
         }
     }
-    if chain.malformed > 0 {
-        let _ = writeln!(
-            out,
-            "warning: {} answers had stamps that do not match the path",
-            chain.malformed
-        );
-    }
 }
 
-/// Each hop's residence in its two parts, and how its arrivals were known.
-fn render_split(out: &mut String, chain: &Chain, unit: &Unit) {
-    let _ = writeln!(
-        out,
-        "hops split by their own stamps ({}; receive queue: arrival → read, from the kernel's receive timestamps; read → write: processing and waiting for room to write; held back: frames read late because the hop's own output was full):",
-        unit.name
-    );
-    let _ = writeln!(
-        out,
-        "  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "hop",
-        "queue p50",
-        "queue p99",
-        "queue mean",
-        "r→w p50",
-        "r→w p99",
-        "r→w mean",
-        "held back"
-    );
-    for series in &chain.parts {
-        let Some(split) = &series.split else { continue };
-        let (queue, held) = (&split.receive_queue, &split.read_to_write);
-        let held_back = split.held_back as f64 / series.count().max(1) as f64 * 100.0;
-        let _ = writeln!(
-            out,
-            "  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9.1}%",
-            series.label,
-            unit.show(queue.p50_ns() as f64),
-            unit.show(queue.histogram.value_at_quantile(0.99) as f64),
-            unit.show(queue.mean_ns()),
-            unit.show(held.p50_ns() as f64),
-            unit.show(held.histogram.value_at_quantile(0.99) as f64),
-            unit.show(held.mean_ns()),
-            held_back,
-        );
-    }
-    let source = &chain.source_receive_queue;
-    let _ = writeln!(
-        out,
-        "  {:<26} {:>10} {:>10} {:>10}   (after the end-to-end round trip, so in no row above)",
-        source.label,
-        unit.show(source.p50_ns() as f64),
-        unit.show(source.histogram.value_at_quantile(0.99) as f64),
-        unit.show(source.mean_ns()),
-    );
-    let (after_read, kernel, rejected) = chain.receive_clock_totals();
-    let records = after_read + kernel + rejected;
-    if kernel < records {
-        let _ = writeln!(
-            out,
-            "receive clocks: {kernel} of {records} arrivals from kernel timestamps; {} taken at the read ({rejected} of them because the kernel's stamp was impossible), whose receive-queue time counts in the link before",
-            after_read + rejected
-        );
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubsegmentKind {
+    Link,
+    Relay,
+    Echo,
 }
 
-fn render_row(out: &mut String, series: &Series, unit: &Unit, share: &str) {
-    let histogram = &series.histogram;
-    let mut row = format!(
-        "  {:<26} {:>8} {:>9}",
-        series.label,
-        series.count(),
-        unit.show(histogram.min() as f64)
-    );
-    for (_, quantile) in QUANTILES {
-        let _ = write!(row, " {:>9}", unit.show(histogram.value_at_quantile(quantile) as f64));
-    }
-    let _ = writeln!(
-        out,
-        "{row} {:>9} {:>9} {:>9} {:>9} {share:>6}",
-        unit.show(histogram.max() as f64),
-        unit.show(series.mean_ns()),
-        unit.show(histogram.stdev()),
-        unit.show(series.jitter_ns()),
-    );
+/// One row of the table: a link, or a hop's residence in one direction.
+#[derive(Debug, Clone, Serialize)]
+pub struct Subsegment {
+    pub id: String,
+    pub kind: SubsegmentKind,
+    pub label: String,
+    /// Links: the hops at either end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Residences: the hop, and `down`, `up` or `turn`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hop: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<&'static str>,
+    #[serde(flatten)]
+    pub stats: Stats,
+    /// This subsegment's p50 over the end-to-end p50.
+    pub share: f64,
+    /// A hop's residence by its own stamps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+    #[serde(skip)]
+    pub part: Part,
 }
 
-/// `loaded`: frames could be in flight together (no `--window 1`), so delay above the
-/// floors is queueing.
-fn render_verdict(out: &mut String, chain: &Chain, loaded: bool) {
-    let Some(verdict) = Verdict::of(chain) else { return };
-    let unit = Unit::for_chain(chain);
-    let show = |ns: u64| format!("{} {}", unit.show(ns as f64), unit.name);
-    let parts = &chain.parts;
-    let end_to_end_p50 = chain.end_to_end.p50_ns();
-    match &verdict {
-        Verdict::Named { worst, share, kind, .. } => {
-            let series = &parts[*worst];
-            let what = match *kind {
-                DelayKind::FixedLink { min_ns, read_timed_end } => {
-                    let hedge = match read_timed_end {
-                        Some(end) => format!(
-                            " (or {} reads late: some of its arrivals were taken at its reads, without kernel timestamps, so its wake-ups count in this link)",
-                            chain.path.get(end).map_or("a hop", |entry| entry.name.as_str())
-                        ),
-                        None => String::new(),
-                    };
-                    format!(
-                        "a fixed delay: every frame paid at least {} (its minimum), so the link itself is slow{hedge}",
-                        show(min_ns)
-                    )
-                }
-                DelayKind::QueuedLink { min_ns } => format!(
-                    "mostly queueing: its fastest frame took {}, the rest waited in queues on the link (the sending kernel's, or a device's on the wire: the link's rate or the next hop's receive window held them back)",
-                    show(min_ns)
-                ),
-                DelayKind::HopReceiveQueue { queue_p50_ns } => format!(
-                    "frames wait in its receive queue (p50 {}): this hop is slow to read them (waking up, busy, or short of CPU), it drains slowest",
-                    show(queue_p50_ns)
-                ),
-                DelayKind::HopHeldBack { queue_p50_ns, held_back_share } => format!(
-                    "frames wait in its receive queue (p50 {}), but {:.0}% of them because this hop had stopped reading, its own output full: what drains slowest is further on",
-                    show(queue_p50_ns),
-                    held_back_share * 100.0
-                ),
-                DelayKind::HopWaitingToWrite { read_to_write_p50_ns } => format!(
-                    "frames wait in this hop for room to write (read → write p50 {}): what drains slowest is further on",
-                    show(read_to_write_p50_ns)
-                ),
-                DelayKind::HopMixed => {
-                    "neither its receive queue nor its wait to write holds most of it".to_string()
-                }
-                DelayKind::Floor { .. } => String::new(),
-            };
-            if let DelayKind::Floor { min_ns, share: floor_share, queueing_share } = *kind {
-                let _ = writeln!(
-                    out,
-                    "verdict: {} has the largest fixed delay: every frame paid at least {} there ({:.0}% of the fastest round trip); no median stands out over the {:.0}% of the end-to-end mean above the subsegments' floors{}",
-                    series.label,
-                    show(min_ns),
-                    floor_share * 100.0,
-                    queueing_share * 100.0,
-                    if loaded {
-                        " (queueing: the stream's bytes wait in many buffers)"
-                    } else {
-                        ""
-                    }
-                );
-            } else {
-                let _ = writeln!(
-                    out,
-                    "verdict: {} adds the most delay: p50 {}, {:.1}% of the end-to-end p50 ({}); {what}",
-                    series.label,
-                    show(series.p50_ns()),
-                    share * 100.0,
-                    show(end_to_end_p50),
-                );
+#[derive(Debug, Clone, Serialize)]
+pub struct Split {
+    /// Arrival → read, from the kernel's receive timestamps.
+    pub receive_queue: Stats,
+    /// Read → write: processing, and waiting for room to write.
+    pub read_to_write: Stats,
+    /// Frames read late because the hop's own output was full.
+    pub held_back: u64,
+}
+
+/// How the arrivals in the records were known.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReceiveClocks {
+    pub kernel: u64,
+    pub after_read: u64,
+    /// Taken at the read because the kernel's stamp was impossible.
+    pub kernel_rejected: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Frames {
+    pub sent: u64,
+    pub answered: u64,
+    pub missing: u64,
+    pub out_of_order: u64,
+    pub duplicated: u64,
+    /// Probe answers whose payload differs from what was sent.
+    pub corrupted: u64,
+    /// Answers whose stamps did not match the path.
+    pub malformed: u64,
+    /// Bytes a plain server sent unasked.
+    pub unsolicited_bytes: u64,
+    /// Answered payload that did not reach stdout before an interrupt gave up.
+    pub unwritten_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Throughput {
+    pub payload_bytes: u64,
+    /// From the first frame sent to the last answer.
+    pub duration_ns: u64,
+    /// `None` for runs under 10 ms.
+    pub bytes_per_second: Option<f64>,
+    pub frames_per_second: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ScheduleReport {
+    pub interval_ns: u64,
+    /// Probes sent on the schedule (the first few went one at a time, before it).
+    pub scheduled: u64,
+    pub unscheduled_first: u64,
+    pub achieved_per_second: Option<f64>,
+    /// Left more than half an interval after their time.
+    pub late: u64,
+    pub worst_lateness_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StdinReport {
+    pub block_size: usize,
+    pub sent_payload_bytes: u64,
+    pub mean_frame_payload_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerdictReport {
+    /// The id of the subsegment named, or `null` when none stands out.
+    pub subsegment: Option<String>,
+    /// What kind of delay was found: fixed_link, queued_link, hop_receive_queue,
+    /// hop_held_back, hop_waiting_to_write, hop_mixed, floor; or none_stands_out.
+    pub kind: &'static str,
+    /// Why none stands out: close, unsteady, spread_queue.
+    pub doubt: Option<&'static str>,
+    /// The named (or highest) subsegment's p50 over the end-to-end p50.
+    pub share: f64,
+    /// Share of the end-to-end mean above the subsegments' floors: queueing.
+    pub queueing_share: f64,
+    pub frames: u64,
+    pub text: String,
+    /// Set when the verdict rests on too few frames.
+    pub warning: Option<String>,
+}
+
+/// Samples below zero in one series: a bug in the chain's stamping.
+#[derive(Debug, Clone, Serialize)]
+pub struct NegativeSamples {
+    pub subsegment: String,
+    pub label: String,
+    pub count: u64,
+    pub first_sequence: u64,
+    pub first_ns: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub tool: Tool,
+    pub parameters: Parameters,
+    pub started_at: String,
+    pub started_unix_ns: u64,
+    pub ended_at: String,
+    pub ended_unix_ns: u64,
+    pub ending: EndingReport,
+    pub path: Vec<Hop>,
+    pub subsegments: Vec<Subsegment>,
+    pub end_to_end: Option<Stats>,
+    /// The source's own receive queue for answers: after the end-to-end round trip.
+    pub source_receive_queue: Option<Stats>,
+    pub receive_clocks: Option<ReceiveClocks>,
+    pub frames: Frames,
+    pub throughput: Option<Throughput>,
+    pub schedule: Option<ScheduleReport>,
+    pub stdin: Option<StdinReport>,
+    pub verdict: Option<VerdictReport>,
+    pub sla: Vec<SlaResult>,
+    /// Negative samples, which the stamping rule makes impossible: each one is a bug.
+    pub bugs: Vec<NegativeSamples>,
+    #[serde(skip)]
+    pub unit: Unit,
+    #[serde(skip)]
+    pub presentation: Presentation,
+    /// Frames could be in flight together (no `--window 1`).
+    #[serde(skip)]
+    pub loaded: bool,
+}
+
+/// What a report is built from besides the run.
+pub struct Context<'a> {
+    pub parameters: &'a Parameters,
+    pub presentation: Presentation,
+    pub slas: &'a [SlaSpec],
+    pub times: Times,
+}
+
+impl Report {
+    pub fn build(run: &Run, context: &Context) -> Report {
+        let chain = run.chain.as_ref().filter(|chain| chain.end_to_end.count() > 0);
+        let end_to_end_p50 = chain.map_or(0, |chain| chain.end_to_end.p50_ns());
+        let unit = Unit::choose(context.presentation, end_to_end_p50);
+        let symbols = context.presentation.symbols;
+        let labels = stats::hop_labels(&run.path);
+        let subsegments = chain.map_or_else(Vec::new, |chain| {
+            chain
+                .parts
+                .iter()
+                .map(|series| subsegment(series, &labels, symbols, end_to_end_p50))
+                .collect()
+        });
+        let sequencing = &run.sequencing;
+        let frames = Frames {
+            sent: sequencing.sent,
+            answered: sequencing.answered,
+            missing: sequencing.missing(),
+            out_of_order: sequencing.out_of_order,
+            duplicated: sequencing.duplicated,
+            corrupted: run.corrupted,
+            malformed: run.chain.as_ref().map_or(0, |chain| chain.malformed),
+            unsolicited_bytes: run.unsolicited_bytes,
+            unwritten_bytes: run.unwritten_bytes,
+        };
+        let throughput = match (run.first_send_ns, run.last_answer_ns) {
+            (Some(first), Some(last)) => {
+                let duration_ns = last.saturating_sub(first);
+                let rate = |amount: u64| {
+                    (duration_ns >= MIN_RATE_NS).then(|| amount as f64 * 1e9 / duration_ns as f64)
+                };
+                Some(Throughput {
+                    payload_bytes: run.payload_bytes,
+                    duration_ns,
+                    bytes_per_second: rate(run.payload_bytes),
+                    frames_per_second: rate(sequencing.answered),
+                })
             }
-        }
-        Verdict::NoneStandsOut { highest, doubt, queueing_share, .. } => {
-            let series = &parts[*highest];
-            let why = match *doubt {
-                Doubt::Close { runner_up, runner_up_p50_ns } => format!(
-                    "the highest p50 is {} ({}), within {}× of the next, {} ({})",
-                    series.label,
-                    show(series.p50_ns()),
-                    verdict::STANDS_OUT_RATIO,
-                    parts[runner_up].label,
-                    show(runner_up_p50_ns)
-                ),
-                Doubt::SpreadQueue { share, .. } => format!(
-                    "the highest p50 is {} ({}), {:.0}% of the end-to-end p50, and it is queueing; a queue is named as a bottleneck's only from {:.0}%",
-                    series.label,
-                    show(series.p50_ns()),
-                    share * 100.0,
-                    verdict::QUEUE_STANDS_OUT_SHARE * 100.0
-                ),
-                Doubt::Unsteady { agreeing, slices } => format!(
-                    "the highest p50 is {} ({}), but it was the highest in only {agreeing} of the run's {slices} slices",
-                    series.label,
-                    show(series.p50_ns()),
-                ),
-            };
-            let _ = writeln!(
-                out,
-                "verdict: no subsegment stands out: {why}; {:.0}% of the end-to-end mean is above the subsegments' floors (their fastest frames): {}",
-                queueing_share * 100.0,
-                if !loaded {
-                    "with one frame in flight, that is wake-up variance"
-                } else if *queueing_share >= 0.5 {
-                    "queueing, as when a bulk stream fills every buffer; --window 1 measures unloaded latency"
-                } else {
-                    "queueing and wake-up variance"
+            _ => None,
+        };
+        let verdict = chain.and_then(|chain| {
+            verdict_report(chain, &labels, symbols, unit, run.loaded, &subsegments)
+        });
+        let bugs = chain.map_or_else(Vec::new, |chain| {
+            chain
+                .parts
+                .iter()
+                .zip(&subsegments)
+                .map(|(series, row)| (series, row.id.clone(), row.label.clone()))
+                .chain([(&chain.end_to_end, "end-to-end".to_string(), "end-to-end".to_string())])
+                .filter_map(|(series, subsegment, label)| {
+                    let negative = series.negative?;
+                    Some(NegativeSamples {
+                        subsegment,
+                        label,
+                        count: negative.count,
+                        first_sequence: negative.first_sequence,
+                        first_ns: negative.first_ns,
+                    })
+                })
+                .collect()
+        });
+        let end_to_end = chain.map(|chain| Stats::of(&chain.end_to_end));
+        let mut report = Report {
+            schema_version: SCHEMA_VERSION,
+            tool: Tool { name: "subsegment-tcp-speeds", version: env!("CARGO_PKG_VERSION") },
+            parameters: context.parameters.clone(),
+            started_at: rfc3339(context.times.started_unix_ns),
+            started_unix_ns: context.times.started_unix_ns,
+            ended_at: rfc3339(context.times.ended_unix_ns),
+            ended_unix_ns: context.times.ended_unix_ns,
+            ending: ending_report(&run.ending),
+            path: run.path.iter().enumerate().map(|(index, entry)| hop(index, entry)).collect(),
+            subsegments,
+            end_to_end,
+            source_receive_queue: chain.map(|chain| Stats::of(&chain.source_receive_queue)),
+            receive_clocks: chain.map(|chain| {
+                let (after_read, kernel, kernel_rejected) = chain.receive_clock_totals();
+                ReceiveClocks { kernel, after_read, kernel_rejected }
+            }),
+            frames,
+            throughput,
+            schedule: run.schedule.as_ref().map(schedule_report),
+            stdin: run.stdin_block_size.filter(|_| sequencing.sent > 0).map(|block_size| {
+                StdinReport {
+                    block_size,
+                    sent_payload_bytes: run.sent_payload_bytes,
+                    mean_frame_payload_bytes: run.sent_payload_bytes / sequencing.sent,
                 }
-            );
+            }),
+            verdict,
+            sla: Vec::new(),
+            bugs,
+            unit,
+            presentation: context.presentation,
+            loaded: run.loaded,
+        };
+        report.sla = sla::evaluate(context.slas, &report);
+        report
+    }
+
+    /// Whether any SLA was breached.
+    pub fn sla_breached(&self) -> bool {
+        self.sla.iter().any(|result| result.breached)
+    }
+
+    pub fn subsegment(&self, id: &str) -> Option<&Subsegment> {
+        self.subsegments.iter().find(|row| row.id == id)
+    }
+}
+
+pub(crate) fn subsegment(
+    series: &Series,
+    labels: &[String],
+    symbols: Symbols,
+    end_to_end_p50: u64,
+) -> Subsegment {
+    let name = |hop: usize| labels.get(hop).cloned();
+    let (kind, from, to, hop, direction) = match series.part {
+        Part::Link(at) => (SubsegmentKind::Link, name(at), name(at + 1), None, None),
+        Part::ResidenceDown(at) => (SubsegmentKind::Relay, None, None, name(at), Some("down")),
+        Part::ResidenceUp(at) => (SubsegmentKind::Relay, None, None, name(at), Some("up")),
+        Part::Turn(at) => (SubsegmentKind::Echo, None, None, name(at), Some("turn")),
+    };
+    let stats = Stats::of(series);
+    Subsegment {
+        id: series.part.id(),
+        kind,
+        label: stats::part_label(series.part, labels, symbols),
+        from,
+        to,
+        hop,
+        direction,
+        stats,
+        share: stats.p50_ns as f64 / end_to_end_p50.max(1) as f64,
+        split: series.split.as_ref().map(|split| Split {
+            receive_queue: Stats::of(&split.receive_queue),
+            read_to_write: Stats::of(&split.read_to_write),
+            held_back: split.held_back,
+        }),
+        part: series.part,
+    }
+}
+
+fn hop(index: usize, entry: &PathEntry) -> Hop {
+    let address = |text: &str| (text != "-").then(|| text.to_string());
+    Hop {
+        index,
+        name: entry.name.clone(),
+        role: match entry.role {
+            Role::Source => "source",
+            Role::Relay => "relay",
+            Role::Echo => "echo",
+            Role::StrippingRelay => "egress",
+            Role::PlainServer => "server",
+            Role::Unreached => "unreached",
+        },
+        reached_at: address(&entry.local),
+        seen_from: address(&entry.peer),
+        tags: BTreeMap::new(),
+    }
+}
+
+fn ending_report(ending: &Ending) -> EndingReport {
+    let (reason, message, subsegment) = match ending {
+        Ending::Complete => (EndReason::Complete, None, None),
+        Ending::Interrupted => (EndReason::Interrupted, None, None),
+        Ending::Failed { message, broken_link } => {
+            (EndReason::Failed, Some(message.clone()), broken_link.map(|hop| Part::Link(hop).id()))
         }
+        Ending::TimedOut(message) => (EndReason::TimedOut, Some(message.clone()), None),
+        Ending::UsageError(message) => (EndReason::UsageError, Some(message.clone()), None),
+    };
+    EndingReport { reason, message, subsegment }
+}
+
+fn schedule_report(schedule: &Schedule) -> ScheduleReport {
+    ScheduleReport {
+        interval_ns: schedule.interval.as_nanos() as u64,
+        scheduled: schedule.booked,
+        unscheduled_first: UNLOADED_FRAMES,
+        achieved_per_second: schedule.achieved_per_second(),
+        late: schedule.late,
+        worst_lateness_ns: schedule.worst_lateness_ns,
     }
-    if let Some(frames) = verdict.few_frames() {
-        let _ = writeln!(
-            out,
-            "warning: the verdict rests on only {frames} frames; it needs {} or more to be relied on",
+}
+
+fn verdict_report(
+    chain: &Chain,
+    labels: &[String],
+    symbols: Symbols,
+    unit: Unit,
+    loaded: bool,
+    rows: &[Subsegment],
+) -> Option<VerdictReport> {
+    let verdict = Verdict::of(chain)?;
+    let part_labels: Vec<String> = rows.iter().map(|row| row.label.clone()).collect();
+    let text = verdict.describe(chain, &part_labels, labels, unit, loaded, symbols);
+    let warning = verdict.few_frames().map(|frames| {
+        format!(
+            "the verdict rests on only {frames} {}; it needs {} or more to be relied on",
+            plural(frames, "frame"),
             verdict::MIN_FRAMES
-        );
+        )
+    });
+    let report = match &verdict {
+        Verdict::Named { worst, share, kind, frames } => VerdictReport {
+            subsegment: Some(rows[*worst].id.clone()),
+            kind: kind_name(kind),
+            doubt: None,
+            share: *share,
+            queueing_share: match kind {
+                DelayKind::Floor { queueing_share, .. } => *queueing_share,
+                _ => verdict::queueing_share(chain),
+            },
+            frames: *frames,
+            text,
+            warning,
+        },
+        Verdict::NoneStandsOut { highest, doubt, queueing_share, frames } => VerdictReport {
+            subsegment: None,
+            kind: "none_stands_out",
+            doubt: Some(match doubt {
+                Doubt::Close { .. } => "close",
+                Doubt::Unsteady { .. } => "unsteady",
+                Doubt::SpreadQueue { .. } => "spread_queue",
+            }),
+            share: rows[*highest].share,
+            queueing_share: *queueing_share,
+            frames: *frames,
+            text,
+            warning,
+        },
+    };
+    Some(report)
+}
+
+fn kind_name(kind: &DelayKind) -> &'static str {
+    match kind {
+        DelayKind::FixedLink { .. } => "fixed_link",
+        DelayKind::QueuedLink { .. } => "queued_link",
+        DelayKind::HopReceiveQueue { .. } => "hop_receive_queue",
+        DelayKind::HopHeldBack { .. } => "hop_held_back",
+        DelayKind::HopWaitingToWrite { .. } => "hop_waiting_to_write",
+        DelayKind::HopMixed => "hop_mixed",
+        DelayKind::Floor { .. } => "floor",
     }
+}
+
+/// `1 frame`, `2 frames`.
+pub fn plural(count: u64, noun: &str) -> String {
+    if count == 1 { noun.to_string() } else { format!("{noun}s") }
+}
+
+/// Unix nanoseconds as RFC 3339 in UTC, to the microsecond: `2026-12-01T10:38:20.123456Z`.
+pub fn rfc3339(unix_ns: u64) -> String {
+    let seconds = unix_ns / 1_000_000_000;
+    let micros = (unix_ns % 1_000_000_000) / 1_000;
+    let days = (seconds / 86_400) as i64;
+    let of_day = seconds % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        of_day / 3_600,
+        of_day % 3_600 / 60,
+        of_day % 60
+    )
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::core::ReadStamp;
-    use crate::source::Ending;
     use crate::stats::Sequencing;
-    use crate::wire::{Direction, Frame, Header, Kind, PathEntry, Stamp, emit_frame};
+    use crate::wire::{Direction, Frame, Header, Kind, Stamp, emit_frame};
 
     /// A → B → Z with `frames` identical frames: A ⇄ B takes `a_b_ns`, B ⇄ Z `b_z_ns`.
-    pub(super) fn run_with_links(a_b_ns: u64, b_z_ns: u64, frames: u64) -> Run {
+    pub(crate) fn run_with_links(a_b_ns: u64, b_z_ns: u64, frames: u64) -> Run {
         let path = vec![
             PathEntry::new(Role::Source, "A", None, None),
             PathEntry::new(Role::Relay, "B", None, None),
@@ -439,25 +708,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn test_verdict_text_names_a_fixed_link_and_switches_units() {
-        let clear = render(&run_with_links(10_000, 40_000, 100));
-        assert!(clear.contains("verdict: B ⇄ Z adds the most delay: p50 40.0 µs"), "{clear}");
-        assert!(clear.contains("a fixed delay: every frame paid at least 40.0 µs"), "{clear}");
-        assert!(!clear.contains("warning"), "{clear}");
-        let long = render(&run_with_links(1_000_000, 12_000_000, 100));
-        assert!(long.contains("delay per subsegment in ms"), "{long}");
-        assert!(long.contains("p50 12.00 ms"), "{long}");
-        let close = render(&run_with_links(30_000, 40_000, 100));
-        assert!(close.contains("verdict: no subsegment stands out"), "{close}");
-        assert!(close.contains("within 1.5× of the next, A ⇄ B (30.0 µs)"), "{close}");
-        assert!(!close.contains("MB/s"), "a 70 µs run gets no rates: {close}");
+    pub(crate) fn report_of(run: &Run, presentation: Presentation, slas: &[SlaSpec]) -> Report {
+        let parameters = Parameters::default();
+        let context =
+            Context { parameters: &parameters, presentation, slas, times: Times::default() };
+        Report::build(run, &context)
     }
 
     #[test]
-    fn test_a_verdict_from_few_frames_says_so() {
-        let few = render(&run_with_links(10_000, 40_000, 5));
-        assert!(few.contains("verdict: B ⇄ Z adds the most delay"), "{few}");
-        assert!(few.contains("the verdict rests on only 5 frames; it needs 30"), "{few}");
+    fn test_rfc3339_in_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400_000_001_000), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(rfc3339(1_796_121_500_123_456_789), "2026-12-01T10:38:20.123456Z");
+    }
+
+    #[test]
+    fn test_ids_kinds_and_shares() {
+        let report = report_of(&run_with_links(10_000, 40_000, 100), Presentation::default(), &[]);
+        let ids: Vec<&str> = report.subsegments.iter().map(|row| row.id.as_str()).collect();
+        assert_eq!(ids, ["0-1", "1.down", "1.up", "1-2", "2.echo"]);
+        let link = report.subsegment("1-2").unwrap();
+        assert_eq!((link.from.as_deref(), link.to.as_deref()), (Some("B"), Some("Z")));
+        assert_eq!(link.stats.count, 100);
+        assert!((link.share - 0.8).abs() < 0.01, "{}", link.share);
+        let sum: u64 = report.subsegments.iter().map(|row| row.stats.sum_ns).sum();
+        assert_eq!(sum, report.end_to_end.unwrap().sum_ns);
+        let verdict = report.verdict.as_ref().unwrap();
+        assert_eq!((verdict.subsegment.as_deref(), verdict.kind), (Some("1-2"), "fixed_link"));
     }
 }

@@ -34,7 +34,8 @@
 //! moves some receive-queue time from the hop to the link before it, so it leans towards
 //! naming the link.
 
-use crate::stats::{Chain, Part, Series};
+use crate::report::Unit;
+use crate::stats::{Chain, Part, Series, Symbols};
 use crate::wire::ReceiveClock;
 
 /// The verdict names a subsegment only when its median is at least this many times the next.
@@ -160,6 +161,127 @@ impl Verdict {
     }
 }
 
+impl Verdict {
+    /// The verdict in words, for the report (the text and the JSON carry the same words).
+    /// `part_labels` label the chain's parts, `hop_labels` its hops; `loaded`: frames could be
+    /// in flight together (no `--window 1`), so delay above the floors is queueing.
+    pub fn describe(
+        &self,
+        chain: &Chain,
+        part_labels: &[String],
+        hop_labels: &[String],
+        unit: Unit,
+        loaded: bool,
+        symbols: Symbols,
+    ) -> String {
+        let show = |ns: u64| unit.show_with_name(ns);
+        let parts = &chain.parts;
+        let times = match symbols {
+            Symbols::Unicode => "×",
+            Symbols::Ascii => "x",
+        };
+        match self {
+            Verdict::Named {
+                worst,
+                kind: DelayKind::Floor { min_ns, share, queueing_share },
+                ..
+            } => {
+                format!(
+                    "{} has the largest fixed delay: every frame paid at least {} there ({:.0}% of the fastest round trip); no median stands out over the {:.0}% of the end-to-end mean above the subsegments' floors{}",
+                    part_labels[*worst],
+                    show(*min_ns),
+                    share * 100.0,
+                    queueing_share * 100.0,
+                    if loaded {
+                        " (queueing: the stream's bytes wait in many buffers)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+            Verdict::Named { worst, share, kind, .. } => {
+                let what = match *kind {
+                    DelayKind::FixedLink { min_ns, read_timed_end } => {
+                        let hedge = match read_timed_end {
+                            Some(end) => format!(
+                                " (or {} reads late: some of its arrivals were taken at its reads, without kernel timestamps, so its wake-ups count in this link)",
+                                hop_labels.get(end).map_or("a hop", String::as_str)
+                            ),
+                            None => String::new(),
+                        };
+                        format!(
+                            "a fixed delay: every frame paid at least {} (its minimum), so the link itself is slow{hedge}",
+                            show(min_ns)
+                        )
+                    }
+                    DelayKind::QueuedLink { min_ns } => format!(
+                        "mostly queueing: its fastest frame took {}, the rest waited in queues on the link (the sending kernel's, or a device's on the wire: the link's rate or the next hop's receive window held them back)",
+                        show(min_ns)
+                    ),
+                    DelayKind::HopReceiveQueue { queue_p50_ns } => format!(
+                        "frames wait in its receive queue (p50 {}): this hop is slow to read them (waking up, busy, or short of CPU), it drains slowest",
+                        show(queue_p50_ns)
+                    ),
+                    DelayKind::HopHeldBack { queue_p50_ns, held_back_share } => format!(
+                        "frames wait in its receive queue (p50 {}), but {:.0}% of them because this hop had stopped reading, its own output full: what drains slowest is further on",
+                        show(queue_p50_ns),
+                        held_back_share * 100.0
+                    ),
+                    DelayKind::HopWaitingToWrite { read_to_write_p50_ns } => format!(
+                        "frames wait in this hop for room to write (read {} write p50 {}): what drains slowest is further on",
+                        match symbols {
+                            Symbols::Unicode => "→",
+                            Symbols::Ascii => "->",
+                        },
+                        show(read_to_write_p50_ns)
+                    ),
+                    DelayKind::HopMixed | DelayKind::Floor { .. } => {
+                        "neither its receive queue nor its wait to write holds most of it"
+                            .to_string()
+                    }
+                };
+                format!(
+                    "{} adds the most delay: p50 {}, {:.1}% of the end-to-end p50 ({}); {what}",
+                    part_labels[*worst],
+                    show(parts[*worst].p50_ns()),
+                    share * 100.0,
+                    show(chain.end_to_end.p50_ns()),
+                )
+            }
+            Verdict::NoneStandsOut { highest, doubt, queueing_share, .. } => {
+                let label = &part_labels[*highest];
+                let p50 = show(parts[*highest].p50_ns());
+                let why = match *doubt {
+                    Doubt::Close { runner_up, runner_up_p50_ns } => format!(
+                        "the highest p50 is {label} ({p50}), within {STANDS_OUT_RATIO}{times} of the next, {} ({})",
+                        part_labels[runner_up],
+                        show(runner_up_p50_ns)
+                    ),
+                    Doubt::SpreadQueue { share, .. } => format!(
+                        "the highest p50 is {label} ({p50}), {:.0}% of the end-to-end p50, and it is queueing; a queue is named as a bottleneck's only from {:.0}%",
+                        share * 100.0,
+                        QUEUE_STANDS_OUT_SHARE * 100.0
+                    ),
+                    Doubt::Unsteady { agreeing, slices } => format!(
+                        "the highest p50 is {label} ({p50}), but it was the highest in only {agreeing} of the run's {slices} slices",
+                    ),
+                };
+                format!(
+                    "no subsegment stands out: {why}; {:.0}% of the end-to-end mean is above the subsegments' floors (their fastest frames): {}",
+                    queueing_share * 100.0,
+                    if !loaded {
+                        "with one frame in flight, that is wake-up variance"
+                    } else if *queueing_share >= 0.5 {
+                        "queueing, as when a bulk stream fills every buffer; --window 1 measures unloaded latency"
+                    } else {
+                        "queueing and wake-up variance"
+                    }
+                )
+            }
+        }
+    }
+}
+
 /// In how many slices of the run `worst` also had the highest mean, and how many slices there
 /// were (slices where some part has no sample are left out).
 fn agreeing_slices(parts: &[Series], worst: usize) -> (usize, usize) {
@@ -233,7 +355,7 @@ fn kind_of(chain: &Chain, index: usize) -> DelayKind {
 /// How much of the end-to-end mean is queueing: each subsegment's mean above its own minimum
 /// (what its fastest frame paid), summed, over the end-to-end mean. Near 0 for unloaded probes,
 /// near 1 for a bulk stream that fills every buffer.
-fn queueing_share(chain: &Chain) -> f64 {
+pub fn queueing_share(chain: &Chain) -> f64 {
     let above_min: f64 = chain
         .parts
         .iter()

@@ -1,0 +1,379 @@
+//! The report for people: the path, one row per subsegment, each hop's split, the frames,
+//! throughput, the probe schedule, the SLA results and the verdict. It prints what the
+//! [`Report`] holds and decides nothing; only column widths are worked out here.
+
+use std::fmt::Write;
+
+use super::{Report, Stats, Unit, plural};
+use crate::stats::Symbols;
+
+/// Percentiles in the table, as (column title, value).
+/// Reads one figure of a row's statistics.
+type Figure = fn(&Stats) -> u64;
+
+const QUANTILES: [(&str, Figure); 4] = [
+    ("p50", |stats| stats.p50_ns),
+    ("p90", |stats| stats.p90_ns),
+    ("p99", |stats| stats.p99_ns),
+    ("p99.9", |stats| stats.p999_ns),
+];
+/// The narrowest label column; wider when a label (a long host name) needs it.
+const MIN_LABEL_WIDTH: usize = 26;
+
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    render_path(&mut out, report);
+    let frames = &report.frames;
+    match &report.end_to_end {
+        Some(_) => render_table(&mut out, report),
+        None if frames.sent == 0 => out.push_str("no data was sent (the input was empty)\n"),
+        None if frames.answered == 0 => out.push_str("no data frame came back\n"),
+        None => out.push_str("no answered frame carried a complete set of stamps\n"),
+    }
+    let _ = writeln!(
+        out,
+        "frames: sent {}, answered {}, missing {}, out of order {}, duplicated {}",
+        frames.sent, frames.answered, frames.missing, frames.out_of_order, frames.duplicated
+    );
+    if frames.unwritten_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "unwritten: {} B of answered payload did not reach stdout before the interrupt gave up",
+            frames.unwritten_bytes
+        );
+    }
+    if frames.corrupted > 0 {
+        let _ = writeln!(
+            out,
+            "corrupted: {} probe {} from what was sent",
+            frames.corrupted,
+            if frames.corrupted == 1 { "answer differs" } else { "answers differ" }
+        );
+    }
+    if frames.unsolicited_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "unsolicited: {} B sent by the plain server unasked",
+            frames.unsolicited_bytes
+        );
+    }
+    if let Some(throughput) = &report.throughput {
+        match (throughput.bytes_per_second, throughput.frames_per_second) {
+            (Some(bytes), Some(frames)) => {
+                let _ = writeln!(
+                    out,
+                    "throughput: {} B of payload answered in {:.3} s: {:.2} MB/s, {frames:.0} frames/s",
+                    throughput.payload_bytes,
+                    throughput.duration_ns as f64 / 1e9,
+                    bytes / 1e6,
+                );
+            }
+            _ => {
+                let _ =
+                    writeln!(out, "throughput: {} B of payload answered", throughput.payload_bytes);
+            }
+        }
+    }
+    if let Some(schedule) = &report.schedule {
+        let asked = 1e9 / schedule.interval_ns.max(1) as f64;
+        let achieved = match schedule.achieved_per_second {
+            Some(rate) => format!("{rate:.0}/s"),
+            None => "- (too few probes)".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "probes: one every {} {} asked ({asked:.0}/s), {achieved} achieved over the {} on the schedule (the first {} went one at a time); {} late (left more than half an interval after their time; the latest {:.1} {} late)",
+            schedule.interval_ns as f64 / 1e3,
+            micro(report),
+            schedule.scheduled,
+            schedule.unscheduled_first,
+            schedule.late,
+            schedule.worst_lateness_ns as f64 / 1e3,
+            micro(report),
+        );
+    }
+    if let Some(stdin) = &report.stdin {
+        let _ = writeln!(
+            out,
+            "frames from stdin: {} B of payload on average (blocks of at most {} B)",
+            stdin.mean_frame_payload_bytes, stdin.block_size
+        );
+    }
+    render_sla(&mut out, report);
+    if let Some(verdict) = &report.verdict {
+        let _ = writeln!(out, "verdict: {}", verdict.text);
+        if let Some(warning) = &verdict.warning {
+            let _ = writeln!(out, "warning: {warning}");
+        }
+    }
+    out
+}
+
+fn micro(report: &Report) -> &'static str {
+    match report.presentation.symbols {
+        Symbols::Unicode => "µs",
+        Symbols::Ascii => "us",
+    }
+}
+
+fn arrow(report: &Report) -> &'static str {
+    match report.presentation.symbols {
+        Symbols::Unicode => "→",
+        Symbols::Ascii => "->",
+    }
+}
+
+fn render_path(out: &mut String, report: &Report) {
+    let name_width = report.path.iter().map(|hop| hop.name.chars().count()).max().unwrap_or(0);
+    let name_width = name_width.clamp(16, 64);
+    let _ =
+        writeln!(out, "path ({} {}):", report.path.len(), plural(report.path.len() as u64, "hop"));
+    for hop in &report.path {
+        let tags: String = hop.tags.iter().map(|(key, value)| format!(" {key}={value}")).collect();
+        if hop.role == "unreached" {
+            let _ =
+                writeln!(out, "  {:>2}  {:<name_width$} unreachable{tags}", hop.index, hop.name);
+            continue;
+        }
+        let role = match hop.role {
+            "egress" => "relay, strips headers",
+            "server" => "plain TCP server",
+            other => other,
+        };
+        let _ = writeln!(
+            out,
+            "  {:>2}  {:<name_width$} {role:<22} reached at {:<22} from {}{tags}",
+            hop.index,
+            hop.name,
+            hop.reached_at.as_deref().unwrap_or("-"),
+            hop.seen_from.as_deref().unwrap_or("-"),
+        );
+    }
+}
+
+/// The label column: as wide as the longest label needs.
+fn label_width(report: &Report) -> usize {
+    let source = report.path.first().map_or(0, |hop| hop.name.chars().count() + 24);
+    report
+        .subsegments
+        .iter()
+        .map(|row| row.label.chars().count())
+        .chain([source, MIN_LABEL_WIDTH])
+        .max()
+        .unwrap_or(MIN_LABEL_WIDTH)
+}
+
+fn render_table(out: &mut String, report: &Report) {
+    let unit = &report.unit;
+    let width = label_width(report);
+    let _ = writeln!(
+        out,
+        "delay per subsegment in {} (links: round trip without the next hop's holding time; relays: one way):",
+        unit.name
+    );
+    let mut title = format!("  {:<width$} {:>8} {:>9}", "subsegment", "count", "min");
+    for (name, _) in QUANTILES {
+        let _ = write!(title, " {name:>9}");
+    }
+    let _ = writeln!(
+        out,
+        "{title} {:>9} {:>9} {:>9} {:>9} {:>6}",
+        "max", "mean", "stdev", "jitter", "share"
+    );
+    for row in &report.subsegments {
+        let breached =
+            report.sla.iter().any(|result| result.breached && result.subsegment == row.id);
+        let mark = if breached { "  SLA breached" } else { "" };
+        render_row(
+            out,
+            &row.label,
+            &row.stats,
+            unit,
+            width,
+            &format!("{:>5.1}%{mark}", row.share * 100.0),
+        );
+    }
+    let end_to_end = report.end_to_end.unwrap_or_default();
+    let sum_ns: u64 = report.subsegments.iter().map(|row| row.stats.sum_ns).sum();
+    let _ = writeln!(
+        out,
+        "  {:<width$} {:>8} {:>59} {:>9}",
+        "sum of subsegments",
+        "",
+        "",
+        unit.show(sum_ns as f64 / end_to_end.count.max(1) as f64)
+    );
+    let breached =
+        report.sla.iter().any(|result| result.breached && result.subsegment == "end-to-end");
+    render_row(
+        out,
+        "end-to-end",
+        &end_to_end,
+        unit,
+        width,
+        if breached { "        SLA breached" } else { "" },
+    );
+    render_split(out, report, width);
+    for bug in &report.bugs {
+        let _ = writeln!(
+            out,
+            "bug: {} samples of {} were negative and left out (the first: frame {}, {} ns); \
+             stamps must never precede their bytes, please report this",
+            bug.count, bug.label, bug.first_sequence, bug.first_ns
+        );
+    }
+    if report.frames.malformed > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} {} stamps that do not match the path",
+            report.frames.malformed,
+            if report.frames.malformed == 1 { "answer had" } else { "answers had" }
+        );
+    }
+}
+
+/// Each hop's residence in its two parts, and how its arrivals were known.
+fn render_split(out: &mut String, report: &Report, width: usize) {
+    let unit = &report.unit;
+    let arrow = arrow(report);
+    let _ = writeln!(
+        out,
+        "hops split by their own stamps ({}; receive queue: arrival {arrow} read, from the kernel's receive timestamps; read {arrow} write: processing and waiting for room to write; held back: frames read late because the hop's own output was full):",
+        unit.name
+    );
+    let rw = |what: &str| format!("r{arrow}w {what}");
+    let _ = writeln!(
+        out,
+        "  {:<width$} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "hop",
+        "queue p50",
+        "queue p99",
+        "queue mean",
+        rw("p50"),
+        rw("p99"),
+        rw("mean"),
+        "held back"
+    );
+    let three = |stats: &Stats| {
+        format!(
+            "{:>10} {:>10} {:>10}",
+            unit.show(stats.p50_ns as f64),
+            unit.show(stats.p99_ns as f64),
+            unit.show(stats.mean_ns as f64)
+        )
+    };
+    for row in report.subsegments.iter().filter(|row| row.split.is_some()) {
+        let split = row.split.as_ref().expect("filtered");
+        let held_back = split.held_back as f64 / row.stats.count.max(1) as f64 * 100.0;
+        let _ = writeln!(
+            out,
+            "  {:<width$} {} {} {held_back:>9.1}%",
+            row.label,
+            three(&split.receive_queue),
+            three(&split.read_to_write),
+        );
+    }
+    if let Some(source) = &report.source_receive_queue {
+        let name = report.path.first().map_or("source", |hop| hop.name.as_str());
+        let _ = writeln!(
+            out,
+            "  {:<width$} {}   (after the end-to-end round trip, so in no row above)",
+            format!("{name} (source) receive queue"),
+            three(source),
+        );
+    }
+    if let Some(clocks) = &report.receive_clocks {
+        let records = clocks.kernel + clocks.after_read + clocks.kernel_rejected;
+        if clocks.kernel < records {
+            let _ = writeln!(
+                out,
+                "receive clocks: {} of {records} arrivals from kernel timestamps; {} taken at the read ({} of them because the kernel's stamp was impossible), whose receive-queue time counts in the link before",
+                clocks.kernel,
+                clocks.after_read + clocks.kernel_rejected,
+                clocks.kernel_rejected
+            );
+        }
+    }
+}
+
+fn render_row(
+    out: &mut String,
+    label: &str,
+    stats: &Stats,
+    unit: &Unit,
+    width: usize,
+    share: &str,
+) {
+    let mut row =
+        format!("  {label:<width$} {:>8} {:>9}", stats.count, unit.show(stats.min_ns as f64));
+    for (_, value) in QUANTILES {
+        let _ = write!(row, " {:>9}", unit.show(value(stats) as f64));
+    }
+    let _ = writeln!(
+        out,
+        "{row} {:>9} {:>9} {:>9} {:>9} {share:>6}",
+        unit.show(stats.max_ns as f64),
+        unit.show(stats.mean_ns as f64),
+        unit.show(stats.stdev_ns as f64),
+        unit.show(stats.jitter_ns as f64),
+    );
+}
+
+fn render_sla(out: &mut String, report: &Report) {
+    for result in &report.sla {
+        let label = report.subsegment(&result.subsegment).map(|row| row.label.as_str());
+        let _ = writeln!(out, "sla: {}", result.describe(&report.unit, label));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{report_of, run_with_links};
+    use super::super::{Presentation, Units};
+    use super::*;
+
+    #[test]
+    fn test_verdict_text_names_a_fixed_link_and_switches_units() {
+        let clear =
+            render(&report_of(&run_with_links(10_000, 40_000, 100), Presentation::default(), &[]));
+        assert!(clear.contains("verdict: B ⇄ Z adds the most delay: p50 40.0 µs"), "{clear}");
+        assert!(clear.contains("a fixed delay: every frame paid at least 40.0 µs"), "{clear}");
+        assert!(!clear.contains("warning"), "{clear}");
+        let long = render(&report_of(
+            &run_with_links(1_000_000, 12_000_000, 100),
+            Presentation::default(),
+            &[],
+        ));
+        assert!(long.contains("delay per subsegment in ms"), "{long}");
+        assert!(long.contains("p50 12.00 ms"), "{long}");
+        let close =
+            render(&report_of(&run_with_links(30_000, 40_000, 100), Presentation::default(), &[]));
+        assert!(close.contains("verdict: no subsegment stands out"), "{close}");
+        assert!(close.contains("within 1.5× of the next, A ⇄ B (30.0 µs)"), "{close}");
+        assert!(!close.contains("MB/s"), "a 70 µs run gets no rates: {close}");
+    }
+
+    #[test]
+    fn test_fixed_units_and_ascii() {
+        let presentation = Presentation { units: Units::Microseconds, symbols: Symbols::Ascii };
+        let text =
+            render(&report_of(&run_with_links(1_000_000, 12_000_000, 100), presentation, &[]));
+        assert!(text.contains("delay per subsegment in us"), "{text}");
+        assert!(text.contains("verdict: B - Z adds the most delay: p50 12001.3 us"), "{text}");
+        assert!(text.is_ascii(), "{text}");
+        let presentation = Presentation { units: Units::Milliseconds, symbols: Symbols::Unicode };
+        let text = render(&report_of(&run_with_links(10_000, 40_000, 100), presentation, &[]));
+        assert!(text.contains("p50 0.04 ms"), "{text}");
+    }
+
+    #[test]
+    fn test_a_verdict_from_few_frames_says_so() {
+        let few =
+            render(&report_of(&run_with_links(10_000, 40_000, 5), Presentation::default(), &[]));
+        assert!(few.contains("verdict: B ⇄ Z adds the most delay"), "{few}");
+        assert!(few.contains("the verdict rests on only 5 frames; it needs 30"), "{few}");
+        let one =
+            render(&report_of(&run_with_links(10_000, 40_000, 1), Presentation::default(), &[]));
+        assert!(one.contains("rests on only 1 frame;"), "{one}");
+    }
+}
