@@ -34,6 +34,7 @@ fn run_source(options: Options) -> ExitCode {
     let name = options.name.clone();
     let config = source::SourceConfig {
         name: options.name,
+        tags: options.tags,
         forward_to: options.forward_to.expect("the source has --forward-to"),
         block_size: options.block_size,
         timeout: options.timeout,
@@ -69,6 +70,7 @@ fn run_hop(options: Options) -> ExitCode {
     let name = options.name.clone();
     let config = hop::HopConfig {
         name: options.name,
+        tags: options.tags,
         listen: options.listen.expect("a hop has --listen"),
         forward_to: options.forward_to,
         remove_perf_headers: options.remove_perf_headers,

@@ -182,10 +182,10 @@ fn a_wrong_magic_is_closed_and_named() {
 #[test]
 fn a_wrong_version_is_closed_and_named() {
     let bench = bench("10");
-    // A version-1 hop (20-byte records) meets this version-2 one.
+    // A version-2 hop (path entries without tags) meets this version-3 one.
     let mut frame = path_frame("A");
-    frame[4] = 1;
-    bench.survives("unsupported protocol version 1 (this build speaks 2)", |relay| {
+    frame[4] = 2;
+    bench.survives("unsupported protocol version 2 (this build speaks 3)", |relay| {
         send_and_expect_close(relay, &frame)
     });
 }
