@@ -12,8 +12,8 @@ use crate::wire::{MAX_PAYLOAD, MAX_TAGS, Tag};
 
 pub const USAGE: &str =
     "usage: subsegment-tcp-speeds [-t SECS] [-l ADDR] [-f ADDR] [-s BYTES] [-r] [-n NAME]
-       [--tag KEY=VALUE] [-w FRAMES] [-c N [--size BYTES] [-i DURATION]] [--allow CIDR] [--max-conns N]
-       [--busy-poll] [--cpu N] [--realtime] [--mlock]";
+       [-w FRAMES] [-c N [--size BYTES] [-i DURATION]] [--allow CIDR] [--max-conns N]
+       [--busy-poll] [--cpu N] [--realtime] [--mlock] [--tag KEY=VALUE]";
 
 pub const HELP: &str = "\
 subsegment-tcp-speeds: find which subsegment of a TCP chain (a link, or a relay host) adds the
