@@ -39,9 +39,9 @@ options:
                                 frame its answers; echo: answer plain payload
   -n, --name NAME               this hop's name in reports (default: the host name)
       --tag KEY=VALUE           a label of this hop carried in the path (site, rack, provider,
-                                circuit id; repeatable, at most 8, keys unique): key of 1-32
-                                of A-Z a-z 0-9 _ . -, value of at most 64 bytes, no control
-                                characters
+                                circuit id; repeatable, at most 8, keys unique); KEY: 1 to 32
+                                of A-Z a-z 0-9 _ . -; VALUE: at most 64 bytes, no control
+                                characters, may be empty
 
 relays and the echoing end:
       --allow CIDR              accept only peers in this block (repeatable; e.g. 10.0.0.0/8);
