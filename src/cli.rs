@@ -11,7 +11,7 @@ use crate::report::{Parameters, Presentation, Units};
 use crate::source::Probe;
 use crate::stats::Symbols;
 use crate::tuning::Tuning;
-use crate::wire::MAX_PAYLOAD;
+use crate::wire::{MAX_PAYLOAD, MAX_TAGS, Tag};
 
 /// A continuous run's probe spacing when `--interval` is not given: never a flood by default.
 pub const CONTINUOUS_INTERVAL: Duration = Duration::from_millis(100);
@@ -22,7 +22,8 @@ pub const USAGE: &str =
     "usage: subsegment-tcp-speeds [-t SECS] [-l ADDR] [-f ADDR] [-s BYTES] [-r] [-n NAME]
        [-w FRAMES] [-c N [--size BYTES] [-i DURATION]] [--duration D] [--json PATH]
        [--jsonl PATH] [--report-interval D] [--samples PATH] [--sla SPEC] [--units U]
-       [--ascii] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]";
+       [--ascii] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
+       [--tag KEY=VALUE]";
 
 pub const HELP: &str = "\
 subsegment-tcp-speeds: find which subsegment of a TCP chain (a link, or a relay host) adds the
@@ -47,6 +48,10 @@ options:
   -r, --remove-perf-headers     relay: forward plain payload to an ordinary TCP server and
                                 frame its answers; echo: answer plain payload
   -n, --name NAME               this hop's name in reports (default: the host name)
+      --tag KEY=VALUE           a label of this hop carried in the path (site, rack, provider,
+                                circuit id; repeatable, at most 8, keys unique); KEY: 1 to 32
+                                of A-Z a-z 0-9 _ . -; VALUE: at most 64 bytes, no control
+                                characters, may be empty
 
 relays and the echoing end:
       --allow CIDR              accept only peers in this block (repeatable; e.g. 10.0.0.0/8);
@@ -116,6 +121,9 @@ pub struct Options {
     pub block_size: usize,
     pub remove_perf_headers: bool,
     pub name: String,
+    /// This hop's labels (`--tag`, any mode), in the order given: at most `MAX_TAGS`, keys
+    /// unique.
+    pub tags: Vec<Tag>,
     pub window: Option<u64>,
     pub probe: Option<Probe>,
     pub tuning: Tuning,
@@ -157,6 +165,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut block_size = 512;
     let mut remove_perf_headers = false;
     let mut name = None;
+    let mut tags: Vec<Tag> = Vec::new();
     let mut window = None;
     let mut count = None;
     let mut size = None;
@@ -206,6 +215,17 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                     return Err("--name must be non-empty and without control characters".into());
                 }
                 name = Some(text);
+            }
+            Long("tag") => {
+                let tag = Tag::parse(&parser.value()?.string()?)
+                    .map_err(|error| format!("--tag: {error}"))?;
+                if tags.iter().any(|given| given.key == tag.key) {
+                    return Err(format!("--tag: key '{}' is given twice", tag.key).into());
+                }
+                if tags.len() == MAX_TAGS {
+                    return Err(format!("--tag: more than {MAX_TAGS} tags").into());
+                }
+                tags.push(tag);
             }
             Short('w') | Long("window") => {
                 let frames: u64 = number(&mut parser, "--window")?;
@@ -336,6 +356,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         block_size,
         remove_perf_headers,
         name: name.unwrap_or_else(net::host_name),
+        tags,
         window,
         probe,
         tuning,
@@ -375,7 +396,7 @@ impl Options {
             report_interval_ns: self.report_interval.map(nanos),
             continuous: self.probe.is_some_and(|probe| probe.count.is_none()),
             sla: self.slas.iter().map(|spec| spec.text.clone()).collect(),
-            tags: Default::default(),
+            tags: self.tags.iter().map(|tag| (tag.key.clone(), tag.value.clone())).collect(),
             units: self.presentation.units.name(),
             busy_poll: self.tuning.busy_poll,
             cpu: self.tuning.cpu,
@@ -550,6 +571,47 @@ mod tests {
             presentation,
             Presentation { units: Units::Milliseconds, symbols: Symbols::Ascii }
         );
+    }
+
+    #[test]
+    fn test_tags_in_every_mode() {
+        let tags = |args: &[&str]| parse(args).map(|options| options.tags);
+        assert_eq!(tags(&["-f", "127.0.0.1:9"]), Ok(Vec::new()));
+        let given = tags(&["-f", "127.0.0.1:9", "--tag", "site=fra1", "--tag=rack=b12"]).unwrap();
+        let shown: Vec<String> = given.iter().map(Tag::to_string).collect();
+        assert_eq!(shown, ["site=fra1", "rack=b12"], "in the order given");
+        assert_eq!(tags(&["-l", ":9", "-f", "127.0.0.1:9", "--tag", "a="]).unwrap().len(), 1);
+        assert_eq!(tags(&["-l", ":9", "--tag", "circuit=x=y"]).unwrap()[0].value, "x=y");
+    }
+
+    #[test]
+    fn test_bad_tags_are_usage_errors_naming_the_option() {
+        let error = |extra: &[&str]| {
+            let mut args = vec!["-l", ":9"];
+            args.extend_from_slice(extra);
+            parse(&args).unwrap_err()
+        };
+        let eight: Vec<String> = (0..MAX_TAGS).map(|index| format!("k{index}=v")).collect();
+        let mut args: Vec<&str> = eight.iter().flat_map(|tag| ["--tag", tag.as_str()]).collect();
+        assert_eq!(parse(&[&["-l", ":9"][..], &args].concat()).unwrap().tags.len(), MAX_TAGS);
+        args.extend(["--tag", "k8=v"]);
+        assert_eq!(error(&args), "--tag: more than 8 tags");
+        assert_eq!(
+            error(&["--tag", "site=a", "--tag", "site=b"]),
+            "--tag: key 'site' is given twice"
+        );
+        for (bad, says) in [
+            ("site", "KEY=VALUE"),
+            ("=v", "empty key"),
+            ("a b=v", "' '"),
+            (&format!("{}=v", "k".repeat(33)), "limit of 32"),
+            (&format!("k={}", "v".repeat(65)), "limit of 64"),
+            ("k=a\u{1b}[31m", "control character"),
+        ] {
+            let message = error(&["--tag", bad]);
+            assert!(message.starts_with("--tag: ") && message.contains(says), "{bad}: {message}");
+        }
+        assert!(error(&["--tag"]).contains("--tag"), "a missing value names the option");
     }
 
     #[test]

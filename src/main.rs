@@ -51,6 +51,7 @@ fn run_source(options: Options) -> ExitCode {
     };
     let config = source::SourceConfig {
         name: options.name,
+        tags: options.tags,
         forward_to: options.forward_to.expect("the source has --forward-to"),
         block_size: options.block_size,
         timeout: options.timeout,
@@ -149,6 +150,7 @@ fn run_hop(options: Options) -> ExitCode {
     let name = options.name.clone();
     let config = hop::HopConfig {
         name: options.name,
+        tags: options.tags,
         listen: options.listen.expect("a hop has --listen"),
         forward_to: options.forward_to,
         remove_perf_headers: options.remove_perf_headers,

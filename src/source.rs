@@ -62,6 +62,8 @@ const PAYLOAD_AT: usize = HEADER_LEN + RECORD_LEN;
 
 pub struct SourceConfig {
     pub name: String,
+    /// Carried in the source's path entry (`--tag`).
+    pub tags: Vec<wire::Tag>,
     pub forward_to: (SocketAddr, String),
     pub block_size: usize,
     pub timeout: Duration,
@@ -359,6 +361,7 @@ pub fn run(config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
     let mut send = Outbound::with_capacity(SEND_BUFFER_LEN)?;
     let mut announcement = Vec::new();
     PathEntry::new(Role::Source, &config.name, upstream.stream.local_addr().ok(), None)
+        .with_tags(config.tags.clone())
         .emit(&mut announcement);
     send.push(&wire::control_frame(Kind::Path, &announcement));
     let (probe_timer, schedule) = match config.probe {

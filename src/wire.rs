@@ -5,11 +5,11 @@
 //! ```text
 //!  0      4   5    6       7     8            16            20
 //!  +------+---+----+-------+-----+------------+-------------+----------------+---------+
-//!  |magic |ver|kind|records|flags| sequence   | payload len | records × 20 B | payload |
+//!  |magic |ver|kind|records|flags| sequence   | payload len | records × 32 B | payload |
 //!  +------+---+----+-------+-----+------------+-------------+----------------+---------+
 //! ```
 //!
-//! All integers are big-endian. A stamp record (version 2) is
+//! All integers are big-endian. A stamp record (since version 2) is
 //!
 //! ```text
 //!  0     1           2               3       4          8         16         24                 32
@@ -26,8 +26,8 @@
 //! socket because its own output was full, so the wait is backpressure from further on, not a
 //! slow reader. Records are only ever compared with records of the same hop, so
 //! hosts need no clock synchronisation. Version 1 had 20-byte records without the receive
-//! clock and wait; a version-1 hop refuses version-2 frames (and the reverse) with a line
-//! naming both versions.
+//! clock and wait; version 3 added [`Tag`]s to every [`PathEntry`]. A hop refuses frames of
+//! any other version than its own with a line naming both versions.
 //!
 //! Following smoltcp, [`Frame`] is a view over a buffer: [`Frame::new_checked`] validates every
 //! limit once, after which no accessor can panic. Peer input goes through [`frame_len`] (the
@@ -38,7 +38,8 @@ use std::net::SocketAddr;
 
 /// "SSTS": subsegment TCP speeds.
 pub const MAGIC: [u8; 4] = *b"SSTS";
-pub const VERSION: u8 = 2;
+/// 3: path entries carry tags; 2: 32-byte records with the receive clock; 1: 20-byte records.
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 20;
 pub const RECORD_LEN: usize = 32;
 /// Hops in a chain, the source and the echoing end included. A forwarding loop (A→B→A…)
@@ -537,14 +538,138 @@ impl Role {
     }
 }
 
+/// Tags one hop may carry (`--tag`, repeatable).
+pub const MAX_TAGS: usize = 8;
+/// A tag key's longest length in bytes; keys are non-empty, of `[A-Za-z0-9_.-]`.
+pub const MAX_TAG_KEY_LEN: usize = 32;
+/// A tag value's longest length in bytes; values are UTF-8 without control characters, and
+/// may be empty.
+pub const MAX_TAG_VALUE_LEN: usize = 64;
+
+/// A static label of a hop (`site=fra1`, `rack=b12`, `provider=…`, `circuit=…`), given with
+/// `--tag KEY=VALUE` and carried in the hop's [`PathEntry`]. Every `Tag` this crate builds or
+/// parses is within the limits above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+/// What is wrong with a tag: one reason, turned into text for a usage error (with the
+/// offending text) or a peer's malformed path (without it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TagProblem {
+    EmptyKey,
+    KeyTooLong,
+    KeyCharacter(char),
+    ValueTooLong,
+    ValueNotUtf8,
+    ValueControl(char),
+}
+
+impl TagProblem {
+    /// The reason as a peer's path announcement names it (`WireError::BadPath`).
+    fn as_path_error(self) -> WireError {
+        WireError::BadPath(match self {
+            TagProblem::EmptyKey => "empty tag key",
+            TagProblem::KeyTooLong => "tag key longer than 32 bytes",
+            TagProblem::KeyCharacter(_) => "tag key with a character outside [A-Za-z0-9_.-]",
+            TagProblem::ValueTooLong => "tag value longer than 64 bytes",
+            TagProblem::ValueNotUtf8 => "tag value is not UTF-8",
+            TagProblem::ValueControl(_) => "tag value with a control character",
+        })
+    }
+}
+
+fn key_problem(key: &[u8]) -> Option<TagProblem> {
+    let allowed = |byte: &u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-');
+    if key.is_empty() {
+        Some(TagProblem::EmptyKey)
+    } else if key.len() > MAX_TAG_KEY_LEN {
+        Some(TagProblem::KeyTooLong)
+    } else {
+        // Bytes outside ASCII are refused one by one; the message names the first as a char
+        // when the key is text (from the command line it always is).
+        let bad = key.iter().position(|byte| !allowed(byte))?;
+        let shown = std::str::from_utf8(&key[bad..])
+            .ok()
+            .and_then(|rest| rest.chars().next())
+            .unwrap_or(char::REPLACEMENT_CHARACTER);
+        Some(TagProblem::KeyCharacter(shown))
+    }
+}
+
+fn value_problem(value: &[u8]) -> Option<TagProblem> {
+    if value.len() > MAX_TAG_VALUE_LEN {
+        return Some(TagProblem::ValueTooLong);
+    }
+    let Ok(text) = std::str::from_utf8(value) else {
+        return Some(TagProblem::ValueNotUtf8);
+    };
+    text.chars().find(|c| c.is_control()).map(TagProblem::ValueControl)
+}
+
+impl Tag {
+    /// A tag from `KEY=VALUE` (split at the first `=`), as `--tag` takes it; the error says
+    /// what is wrong and the limit it breaks.
+    pub fn parse(text: &str) -> Result<Tag, String> {
+        let Some((key, value)) = text.split_once('=') else {
+            return Err(format!("'{text}' is not KEY=VALUE"));
+        };
+        let problem = key_problem(key.as_bytes()).or_else(|| value_problem(value.as_bytes()));
+        match problem {
+            None => Ok(Tag { key: key.to_string(), value: value.to_string() }),
+            Some(TagProblem::EmptyKey) => Err(format!("'{text}' has an empty key")),
+            Some(TagProblem::KeyTooLong) => Err(format!(
+                "key '{key}' is {} bytes, longer than the limit of {MAX_TAG_KEY_LEN}",
+                key.len()
+            )),
+            Some(TagProblem::KeyCharacter(c)) => {
+                Err(format!("key '{key}' has {c:?}; keys are letters, digits, '_', '.' and '-'"))
+            }
+            Some(TagProblem::ValueTooLong) => Err(format!(
+                "the value of '{key}' is {} bytes, longer than the limit of {MAX_TAG_VALUE_LEN}",
+                value.len()
+            )),
+            Some(TagProblem::ValueNotUtf8) => Err(format!("the value of '{key}' is not UTF-8")),
+            Some(TagProblem::ValueControl(c)) => Err(format!(
+                "the value of '{key}' has the control character {:?} (U+{:04X})",
+                c, c as u32
+            )),
+        }
+    }
+
+    /// Appends a key and a value, each prefixed by its length (both fit one byte).
+    fn emit(&self, out: &mut Vec<u8>) {
+        debug_assert!(
+            key_problem(self.key.as_bytes()).is_none()
+                && value_problem(self.value.as_bytes()).is_none(),
+            "tag {self:?} is outside the limits and would be refused by the next hop"
+        );
+        for text in [&self.key, &self.value] {
+            out.push(text.len() as u8);
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+
 /// One hop as it announces itself during path discovery: its name, the address the previous
-/// hop reached it at, and the address it saw that hop come from (they differ behind NAT).
+/// hop reached it at, the address it saw that hop come from (they differ behind NAT), and its
+/// tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathEntry {
     pub role: Role,
     pub name: String,
     pub local: String,
     pub peer: String,
+    /// At most [`MAX_TAGS`], keys unique, each within the tag limits.
+    pub tags: Vec<Tag>,
 }
 
 impl PathEntry {
@@ -556,16 +681,27 @@ impl PathEntry {
     ) -> Self {
         let show =
             |addr: Option<SocketAddr>| addr.map_or_else(|| "-".to_string(), |a| a.to_string());
-        PathEntry { role, name: truncate(name), local: show(local), peer: show(peer) }
+        let (name, local, peer) = (truncate(name), show(local), show(peer));
+        PathEntry { role, name, local, peer, tags: Vec::new() }
     }
 
-    /// Appends the entry to a PATH payload: role, then three strings each prefixed by its length.
+    /// The same entry carrying `tags` (as the command line checked them).
+    pub fn with_tags(self, tags: Vec<Tag>) -> Self {
+        debug_assert!(tags.len() <= MAX_TAGS, "{} tags exceed the limit of {MAX_TAGS}", tags.len());
+        PathEntry { tags, ..self }
+    }
+
+    /// Appends the entry to a PATH payload: role, three strings each prefixed by its length,
+    /// the tag count, then each tag's key and value, each prefixed by its length.
     pub fn emit(&self, out: &mut Vec<u8>) {
         out.push(self.role as u8);
         for text in [&self.name, &self.local, &self.peer] {
             out.push(text.len() as u8);
             out.extend_from_slice(text.as_bytes());
         }
+        debug_assert!(self.tags.len() <= MAX_TAGS, "too many tags to emit");
+        out.push(self.tags.len() as u8);
+        self.tags.iter().for_each(|tag| tag.emit(out));
     }
 
     /// Parses a whole PATH payload.
@@ -579,16 +715,40 @@ impl PathEntry {
             payload = &payload[1..];
             let mut texts = [String::new(), String::new(), String::new()];
             for text in &mut texts {
-                let (&len, rest) = payload.split_first().ok_or(WireError::BadPath("truncated"))?;
-                let bytes = rest.get(..usize::from(len)).ok_or(WireError::BadPath("truncated"))?;
-                *text = String::from_utf8_lossy(bytes).into_owned();
-                payload = &rest[usize::from(len)..];
+                *text = String::from_utf8_lossy(take_prefixed(&mut payload)?).into_owned();
             }
             let [name, local, peer] = texts;
-            entries.push(PathEntry { role, name, local, peer });
+            let (&count, rest) = payload.split_first().ok_or(WireError::BadPath("truncated"))?;
+            payload = rest;
+            if usize::from(count) > MAX_TAGS {
+                return Err(WireError::BadPath("more than 8 tags on one hop"));
+            }
+            let mut tags: Vec<Tag> = Vec::with_capacity(usize::from(count));
+            for _ in 0..count {
+                let key = take_prefixed(&mut payload)?;
+                let value = take_prefixed(&mut payload)?;
+                if let Some(problem) = key_problem(key).or_else(|| value_problem(value)) {
+                    return Err(problem.as_path_error());
+                }
+                // Checked above: both are UTF-8 (a valid key is ASCII).
+                let (key, value) = (String::from_utf8_lossy(key), String::from_utf8_lossy(value));
+                if tags.iter().any(|tag| tag.key == key) {
+                    return Err(WireError::BadPath("duplicate tag key on one hop"));
+                }
+                tags.push(Tag { key: key.into_owned(), value: value.into_owned() });
+            }
+            entries.push(PathEntry { role, name, local, peer, tags });
         }
         Ok(entries)
     }
+}
+
+/// Takes one length-prefixed field off the front of `payload`.
+fn take_prefixed<'a>(payload: &mut &'a [u8]) -> Result<&'a [u8], WireError> {
+    let (&len, rest) = payload.split_first().ok_or(WireError::BadPath("truncated"))?;
+    let bytes = rest.get(..usize::from(len)).ok_or(WireError::BadPath("truncated"))?;
+    *payload = &rest[usize::from(len)..];
+    Ok(bytes)
 }
 
 fn truncate(text: &str) -> String {
@@ -662,7 +822,7 @@ mod tests {
         let bytes = data_frame(0x0102, &[STAMP], b"hi");
         #[rustfmt::skip]
         let expected: &[u8] = &[
-            b'S', b'S', b'T', b'S', 2, 1, 1, 0,
+            b'S', b'S', b'T', b'S', 3, 1, 1, 0,
             0, 0, 0, 0, 0, 0, 0x01, 0x02,
             0, 0, 0, 2,
             1, 1, 1, 1, 0, 0, 0, 0,
@@ -801,6 +961,116 @@ mod tests {
         assert_eq!(PathEntry::parse_all(&looped), Err(WireError::TooManyHops));
         let long = "é".repeat(200);
         assert!(PathEntry::new(Role::Echo, &long, None, None).name.len() <= 255);
+    }
+
+    fn tag(key: &str, value: &str) -> Tag {
+        Tag { key: key.to_string(), value: value.to_string() }
+    }
+
+    #[test]
+    fn test_path_entry_with_tags_matches_fixture() {
+        let entry = PathEntry::new(Role::Relay, "B", None, None)
+            .with_tags(vec![tag("site", "fra1"), tag("x", "")]);
+        let mut payload = Vec::new();
+        entry.emit(&mut payload);
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            2, 1, b'B', 1, b'-', 1, b'-',
+            2,
+            4, b's', b'i', b't', b'e', 4, b'f', b'r', b'a', b'1',
+            1, b'x', 0,
+        ];
+        assert_eq!(payload, expected);
+        assert_eq!(PathEntry::parse_all(&payload), Ok(vec![entry]));
+        // Every cut of the entry is refused as truncated, never taken for a shorter entry.
+        for end in 1..payload.len() {
+            assert_eq!(
+                PathEntry::parse_all(&payload[..end]),
+                Err(WireError::BadPath("truncated")),
+                "cut at {end}"
+            );
+        }
+    }
+
+    /// An entry `B` with `count` in the tag count byte and then `tags` as (key, value) bytes.
+    fn entry_with_raw_tags(count: u8, tags: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut payload = vec![2, 1, b'B', 1, b'-', 1, b'-', count];
+        for (key, value) in tags {
+            payload.push(key.len() as u8);
+            payload.extend_from_slice(key);
+            payload.push(value.len() as u8);
+            payload.extend_from_slice(value);
+        }
+        payload
+    }
+
+    #[test]
+    fn test_path_tags_at_and_past_every_limit() {
+        let key = [b'k'; MAX_TAG_KEY_LEN];
+        let value = "é".repeat(MAX_TAG_VALUE_LEN / 2);
+        let keys: Vec<[u8; 1]> = (b'a'..).take(MAX_TAGS + 1).map(|byte| [byte]).collect();
+        let many: Vec<(&[u8], &[u8])> = keys.iter().map(|key| (&key[..], &b"v"[..])).collect();
+        let ok = |payload: &[u8]| PathEntry::parse_all(payload).map(|entries| entries.len());
+        assert_eq!(ok(&entry_with_raw_tags(0, &[])), Ok(1));
+        assert_eq!(ok(&entry_with_raw_tags(MAX_TAGS as u8, &many[..MAX_TAGS])), Ok(1));
+        assert_eq!(ok(&entry_with_raw_tags(1, &[(&key, value.as_bytes())])), Ok(1));
+        assert_eq!(ok(&entry_with_raw_tags(1, &[(b"A-z_0.9", b"")])), Ok(1));
+        let refused = |count: u8, tags: &[(&[u8], &[u8])]| match PathEntry::parse_all(
+            &entry_with_raw_tags(count, tags),
+        ) {
+            Err(WireError::BadPath(why)) => why,
+            other => panic!("{tags:?} accepted: {other:?}"),
+        };
+        let long_key = [b'k'; MAX_TAG_KEY_LEN + 1];
+        let long_value = format!("{value}x");
+        assert_eq!(refused(MAX_TAGS as u8 + 1, &many), "more than 8 tags on one hop");
+        assert_eq!(refused(u8::MAX, &many), "more than 8 tags on one hop");
+        assert_eq!(refused(1, &[(b"", b"v")]), "empty tag key");
+        assert_eq!(refused(1, &[(&long_key, b"v")]), "tag key longer than 32 bytes");
+        for bad in [&b"a b"[..], b"a=b", b"\xc3\xa9", b"\0", b"k/"] {
+            assert_eq!(
+                refused(1, &[(bad, b"v")]),
+                "tag key with a character outside [A-Za-z0-9_.-]"
+            );
+        }
+        assert_eq!(refused(1, &[(b"k", long_value.as_bytes())]), "tag value longer than 64 bytes");
+        assert_eq!(refused(1, &[(b"k", b"\xff")]), "tag value is not UTF-8");
+        for bad in ["a\nb", "\u{7f}", "\u{85}", "\t"] {
+            assert_eq!(refused(1, &[(b"k", bad.as_bytes())]), "tag value with a control character");
+        }
+        assert_eq!(refused(2, &[(b"k", b"1"), (b"k", b"2")]), "duplicate tag key on one hop");
+        assert_eq!(refused(2, &[(b"k", b"1")]), "truncated");
+        // The messages quote the limits they name.
+        assert!(refused(1, &[(&long_key, b"v")]).contains(&MAX_TAG_KEY_LEN.to_string()));
+        assert!(refused(9, &many).contains(&MAX_TAGS.to_string()));
+        assert!(
+            refused(1, &[(b"k", long_value.as_bytes())]).contains(&MAX_TAG_VALUE_LEN.to_string())
+        );
+    }
+
+    #[test]
+    fn test_tag_parse() {
+        assert_eq!(Tag::parse("site=fra1"), Ok(tag("site", "fra1")));
+        assert_eq!(Tag::parse("note="), Ok(tag("note", "")));
+        assert_eq!(Tag::parse("circuit=a=b c"), Ok(tag("circuit", "a=b c")));
+        assert_eq!(Tag::parse("provider=Zürich Ölwerk"), Ok(tag("provider", "Zürich Ölwerk")));
+        assert_eq!(Tag::parse("site=fra1").unwrap().to_string(), "site=fra1");
+        let error = |text: &str| Tag::parse(text).unwrap_err();
+        assert!(error("site").contains("KEY=VALUE"), "{}", error("site"));
+        assert!(error("=x").contains("empty key"), "{}", error("=x"));
+        let long_key = format!("{}=v", "k".repeat(MAX_TAG_KEY_LEN + 1));
+        assert!(error(&long_key).contains("33 bytes") && error(&long_key).contains("32"));
+        assert!(Tag::parse(&format!("{}=v", "k".repeat(MAX_TAG_KEY_LEN))).is_ok());
+        assert!(error("rack 1=b").contains("' '"), "{}", error("rack 1=b"));
+        assert!(error("räck=b").contains("'ä'"), "{}", error("räck=b"));
+        let long_value = format!("k={}", "v".repeat(MAX_TAG_VALUE_LEN + 1));
+        assert!(error(&long_value).contains("65 bytes") && error(&long_value).contains("64"));
+        assert!(Tag::parse(&format!("k={}", "v".repeat(MAX_TAG_VALUE_LEN))).is_ok());
+        assert!(error("k=a\tb").contains("U+0009"), "{}", error("k=a\tb"));
+        for text in ["site", "=x", "rack 1=b", "k=a\tb", &long_key, &long_value] {
+            let message = error(text);
+            assert!(message.starts_with(|c: char| !c.is_uppercase()), "{message}");
+        }
     }
 
     #[test]

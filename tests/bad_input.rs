@@ -16,7 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use subsegment_tcp_speeds::wire::{
-    Direction, HEADER_LEN, Header, Kind, MAX_PAYLOAD, MAX_RECORDS, Stamp, emit_frame,
+    self, Direction, HEADER_LEN, Header, Kind, MAX_PAYLOAD, MAX_RECORDS, MAX_TAGS, PathEntry, Role,
+    Stamp, emit_frame,
 };
 use util::frames::{
     self, Client, data_frame, expect_closed, fd_count, mentions, path_frame, path_frame_with_hops,
@@ -182,10 +183,10 @@ fn a_wrong_magic_is_closed_and_named() {
 #[test]
 fn a_wrong_version_is_closed_and_named() {
     let bench = bench("10");
-    // A version-1 hop (20-byte records) meets this version-2 one.
+    // A version-2 hop (path entries without tags) meets this version-3 one.
     let mut frame = path_frame("A");
-    frame[4] = 1;
-    bench.survives("unsupported protocol version 1 (this build speaks 2)", |relay| {
+    frame[4] = 2;
+    bench.survives("unsupported protocol version 2 (this build speaks 3)", |relay| {
         send_and_expect_close(relay, &frame)
     });
 }
@@ -252,6 +253,36 @@ fn a_path_over_the_hop_limit_is_refused() {
     let bench = bench("10");
     bench.survives("more than 32 hops", |relay| {
         send_and_stay(relay, &path_frame_with_hops(32), |_| {})
+    });
+}
+
+/// A PATH announcement whose source entry carries `tags` (raw key and value bytes) after a
+/// tag count of `count`.
+fn path_frame_with_raw_tags(count: u8, tags: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut announcement = Vec::new();
+    PathEntry::new(Role::Source, "A", None, None).emit(&mut announcement);
+    *announcement.last_mut().unwrap() = count;
+    for (key, value) in tags {
+        for field in [key, value] {
+            announcement.push(field.len() as u8);
+            announcement.extend_from_slice(field);
+        }
+    }
+    wire::control_frame(Kind::Path, &announcement)
+}
+
+#[test]
+fn a_path_with_tags_past_a_limit_is_refused() {
+    let bench = bench("10");
+    let keys: Vec<String> = (0..=MAX_TAGS).map(|index| format!("k{index}")).collect();
+    let nine: Vec<(&[u8], &[u8])> = keys.iter().map(|key| (key.as_bytes(), &b"v"[..])).collect();
+    let too_many = path_frame_with_raw_tags(nine.len() as u8, &nine);
+    bench.survives("malformed path announcement: more than 8 tags on one hop", |relay| {
+        send_and_expect_close(relay, &too_many)
+    });
+    let control = path_frame_with_raw_tags(1, &[(b"site", b"lab\x1b[2J")]);
+    bench.survives("malformed path announcement: tag value with a control character", |relay| {
+        send_and_expect_close(relay, &control)
     });
 }
 

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
+use subsegment_tcp_speeds::wire::{self, Kind, PathEntry, Tag};
 use util::{MAIN_BIN, Proc, parse_report, random_bytes, run_source, spawn_listening};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -276,6 +277,80 @@ fn usage_errors_exit_2_with_one_line() {
     let help = std::process::Command::new(MAIN_BIN).arg("--help").output().unwrap();
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--forward-to Z:9000"));
+}
+
+/// Tags given to the source, a relay and the echoing end travel in the path: a tap between A
+/// and B reads the announcement A sends and the path that comes back, with every hop's tags
+/// in the order given, and none on the relay given none.
+#[test]
+fn every_hop_s_tags_come_back_in_the_path() {
+    let z_tags = ["--tag", "site=lab", "--tag", "note="];
+    let (_z, z_addr) =
+        spawn_listening(MAIN_BIN, &[&["-l", "127.0.0.1:0", "-n", "Z"][..], &z_tags].concat());
+    let (_c, c_addr) = relay("C", z_addr);
+    let c_addr = c_addr.to_string();
+    let b_tags = ["--tag", "provider=Zürich Ölwerk", "--tag", "circuit-id=c.42/7"];
+    let b_args = [&["-l", "127.0.0.1:0", "-f", &c_addr, "-n", "B"][..], &b_tags].concat();
+    let (_b, b_addr) = spawn_listening(MAIN_BIN, &b_args);
+    let (tap_addr, tapped) = util::tap(b_addr);
+    let tap_addr = tap_addr.to_string();
+    let a_args = ["-f", &tap_addr, "-n", "A", "--tag", "site=office", "--tag", "rack=r1"];
+    let run = run_source(&a_args, b"hello", RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
+    assert_eq!(run.stdout, b"hello");
+
+    let tapped = tapped.join().unwrap();
+    let path_in = |bytes: &[u8]| {
+        let frame = wire::next_frame(bytes).unwrap().expect("a whole first frame");
+        assert_eq!(frame.kind(), Kind::Path, "the first frame each way is the path");
+        PathEntry::parse_all(frame.payload()).unwrap()
+    };
+    let shown = |entries: &[PathEntry]| -> Vec<(String, Vec<String>)> {
+        let tags = |entry: &PathEntry| entry.tags.iter().map(Tag::to_string).collect();
+        entries.iter().map(|entry| (entry.name.clone(), tags(entry))).collect()
+    };
+    let owned = |name: &str, tags: &[&str]| {
+        (name.to_string(), tags.iter().map(|tag| tag.to_string()).collect())
+    };
+    let answered = path_in(&tapped.up);
+    assert_eq!(
+        shown(&answered),
+        [
+            owned("A", &["site=office", "rack=r1"]),
+            owned("B", &["provider=Zürich Ölwerk", "circuit-id=c.42/7"]),
+            owned("C", &[]),
+            owned("Z", &["site=lab", "note="]),
+        ]
+    );
+    assert_eq!(path_in(&tapped.down), answered[..1], "A announces itself with its tags");
+}
+
+/// A malformed `--tag`, a ninth or a key given twice stops any hop before it starts, with the
+/// usage exit code and a line naming the option and what was wrong.
+#[test]
+fn bad_tags_are_usage_errors_at_every_hop() {
+    let nine: Vec<String> = (1..=9).map(|index| format!("k{index}=v")).collect();
+    let nine: Vec<&str> = nine.iter().flat_map(|tag| ["--tag", tag.as_str()]).collect();
+    let relay = ["-l", "127.0.0.1:0", "-f", "127.0.0.1:1"];
+    let duplicate = ["--tag", "site=a", "--tag", "site=b"];
+    for (args, says) in [
+        ([&["-l", "127.0.0.1:0"][..], &nine].concat(), "--tag: more than 8 tags"),
+        ([&relay[..], &nine].concat(), "--tag: more than 8 tags"),
+        ([&["-f", "127.0.0.1:1"][..], &duplicate].concat(), "--tag: key 'site' is given twice"),
+        (
+            vec!["-l", "127.0.0.1:0", "--tag", "rack 1=b"],
+            "--tag: key 'rack 1' has ' '; keys are letters, digits, '_', '.' and '-'",
+        ),
+        (vec!["-f", "127.0.0.1:1", "--tag", "site"], "--tag: 'site' is not KEY=VALUE"),
+    ] {
+        let output = std::process::Command::new(MAIN_BIN).args(&args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert_eq!(first.strip_prefix("subsegment-tcp-speeds: "), Some(says), "{args:?}: {stderr}");
+    }
+    // Eight are fine: the hop starts.
+    let (_z, _) = spawn_listening(MAIN_BIN, &[&["-l", "127.0.0.1:0"][..], &nine[..16]].concat());
 }
 
 /// A next hop that accepts and never answers, with the same `--timeout` on every hop: the relay

@@ -13,8 +13,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use subsegment_tcp_speeds::wire::{
     Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAGIC, MAX_HOPS, MAX_PAYLOAD, MAX_RECORDS,
-    PathEntry, RECORD_LEN, ReceiveClock, Role, Stamp, VERSION, WireError, emit_frame,
-    emit_restamped, frame_len, next_frame,
+    MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, PathEntry, RECORD_LEN, ReceiveClock, Role, Stamp,
+    Tag, VERSION, WireError, control_frame, emit_frame, emit_restamped, fault_frame, frame_len,
+    next_frame,
 };
 
 /// The header's flags byte (see the layout in `src/wire.rs`): not interpreted by the parser, and
@@ -287,18 +288,210 @@ fn text(chars: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = String>
     vec(any::<char>(), chars).prop_map(String::from_iter)
 }
 
+/// The characters a tag key may hold.
+const KEY_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-";
+
+/// A valid tag key of `len` bytes.
+fn key_of(len: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = String> {
+    vec(proptest::sample::select(KEY_CHARS), len)
+        .prop_map(|bytes| bytes.into_iter().map(char::from).collect())
+}
+
+fn tag_key() -> impl Strategy<Value = String> {
+    prop_oneof![8 => key_of(1..=8), 1 => key_of(MAX_TAG_KEY_LEN..=MAX_TAG_KEY_LEN)]
+}
+
+/// Any characters but control characters, cut to at most `max_bytes` at a character boundary.
+fn printable(
+    chars: std::ops::RangeInclusive<usize>,
+    max_bytes: usize,
+) -> impl Strategy<Value = String> {
+    vec(any::<char>(), chars).prop_map(move |chars| {
+        let mut text = String::new();
+        for c in chars.into_iter().map(|c| if c.is_control() { '?' } else { c }) {
+            if text.len() + c.len_utf8() > max_bytes {
+                break;
+            }
+            text.push(c);
+        }
+        text
+    })
+}
+
+/// A valid tag value: empty, short, multi-byte, or right at the limit.
+fn tag_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => printable(0..=12, MAX_TAG_VALUE_LEN),
+        1 => ascii(MAX_TAG_VALUE_LEN..=MAX_TAG_VALUE_LEN),
+        1 => Just("é".repeat(MAX_TAG_VALUE_LEN / 2)),
+        1 => printable(MAX_TAG_VALUE_LEN..=MAX_TAG_VALUE_LEN, MAX_TAG_VALUE_LEN),
+    ]
+}
+
+/// 0 to `MAX_TAGS` valid tags with unique keys, in any order.
+fn tags() -> impl Strategy<Value = Vec<Tag>> {
+    proptest::collection::btree_map(tag_key(), tag_value(), 0..=MAX_TAGS)
+        .prop_map(|map| map.into_iter().map(|(key, value)| Tag { key, value }).collect::<Vec<_>>())
+        .prop_shuffle()
+}
+
 /// An entry as a hop builds it (`PathEntry::new` truncates the name; addresses are short).
 fn built_entry() -> impl Strategy<Value = PathEntry> {
     // Long names (up to 480 bytes) exercise the truncation to 255 at a character boundary.
     let name = prop_oneof![8 => text(0..=12), 1 => text(60..=120)];
-    (role(), name, any::<Option<SocketAddr>>(), any::<Option<SocketAddr>>())
-        .prop_map(|(role, name, local, peer)| PathEntry::new(role, &name, local, peer))
+    (role(), name, any::<Option<SocketAddr>>(), any::<Option<SocketAddr>>(), tags()).prop_map(
+        |(role, name, local, peer, tags)| PathEntry::new(role, &name, local, peer).with_tags(tags),
+    )
 }
 
 /// Any entry within the format's limits, built field by field.
 fn raw_entry() -> impl Strategy<Value = PathEntry> {
-    (role(), short_text(), short_text(), short_text())
-        .prop_map(|(role, name, local, peer)| PathEntry { role, name, local, peer })
+    (role(), short_text(), short_text(), short_text(), tags())
+        .prop_map(|(role, name, local, peer, tags)| PathEntry { role, name, local, peer, tags })
+}
+
+/// One way a hop's tags in a PATH payload can break the format's limits.
+#[derive(Debug, Clone)]
+enum Breach {
+    /// The count byte says more than `MAX_TAGS` (9 to 255), and that many tags follow
+    /// (up to 40 of them).
+    TooMany(u8),
+    EmptyKey,
+    /// A key of 33 to 255 valid characters.
+    LongKey(String),
+    /// A byte outside `[A-Za-z0-9_.-]` in place of one of the key's.
+    KeyByte(Index, u8),
+    /// A value of 65 to 255 bytes of valid text.
+    LongValue(String),
+    /// A control character inserted in the value (which stays within 64 bytes).
+    ControlInValue(Index, char),
+    /// A byte that cannot start a UTF-8 character inserted in the value.
+    NotUtf8(Index, u8),
+    /// Another tag of the same hop with the same key.
+    DuplicateKey(Index),
+    /// The entry cut short anywhere after its role byte.
+    Truncated(Index),
+}
+
+impl Breach {
+    fn reason(&self) -> &'static str {
+        match self {
+            Breach::TooMany(_) => "more than 8 tags on one hop",
+            Breach::EmptyKey => "empty tag key",
+            Breach::LongKey(_) => "tag key longer than 32 bytes",
+            Breach::KeyByte(..) => "tag key with a character outside [A-Za-z0-9_.-]",
+            Breach::LongValue(_) => "tag value longer than 64 bytes",
+            Breach::ControlInValue(..) => "tag value with a control character",
+            Breach::NotUtf8(..) => "tag value is not UTF-8",
+            Breach::DuplicateKey(_) => "duplicate tag key on one hop",
+            Breach::Truncated(_) => "truncated",
+        }
+    }
+}
+
+fn breach() -> impl Strategy<Value = Breach> {
+    let control = prop_oneof![
+        (0u32..0x20).prop_map(|code| char::from_u32(code).unwrap()),
+        Just('\u{7f}'),
+        (0x80u32..0xa0).prop_map(|code| char::from_u32(code).unwrap()),
+    ];
+    let not_key_byte =
+        any::<u8>().prop_filter("outside the key set", |byte| !KEY_CHARS.contains(byte));
+    let not_utf8_start = prop_oneof![0x80u8..=0xbf, 0xf8u8..=0xff];
+    prop_oneof![
+        ((MAX_TAGS as u8 + 1)..=u8::MAX).prop_map(Breach::TooMany),
+        Just(Breach::EmptyKey),
+        key_of(MAX_TAG_KEY_LEN + 1..=255).prop_map(Breach::LongKey),
+        (any::<Index>(), not_key_byte).prop_map(|(at, byte)| Breach::KeyByte(at, byte)),
+        prop_oneof![
+            ascii(MAX_TAG_VALUE_LEN + 1..=255),
+            Just("é".repeat(MAX_TAG_VALUE_LEN / 2 + 1)),
+        ]
+        .prop_map(Breach::LongValue),
+        (any::<Index>(), control).prop_map(|(at, c)| Breach::ControlInValue(at, c)),
+        (any::<Index>(), not_utf8_start).prop_map(|(at, byte)| Breach::NotUtf8(at, byte)),
+        any::<Index>().prop_map(Breach::DuplicateKey),
+        any::<Index>().prop_map(Breach::Truncated),
+    ]
+}
+
+/// `entry` emitted with `count` in its tag count byte and `tags` as raw (key, value) bytes.
+fn emit_raw_tags(entry: &PathEntry, count: u8, tags: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PathEntry { tags: Vec::new(), ..entry.clone() }.emit(&mut out);
+    *out.last_mut().unwrap() = count;
+    for (key, value) in tags {
+        for field in [key, value] {
+            out.push(field.len() as u8);
+            out.extend_from_slice(field);
+        }
+    }
+    out
+}
+
+/// Byte offsets of `text`'s character boundaries (its end included).
+fn boundaries(text: &[u8]) -> Vec<usize> {
+    let text = std::str::from_utf8(text).unwrap();
+    (0..=text.len()).filter(|&at| text.is_char_boundary(at)).collect()
+}
+
+/// The entry's PATH bytes with `breach` applied to the last of its valid tags (`spare` when it
+/// has none).
+fn breached_entry(entry: &PathEntry, spare: &Tag, breach: &Breach) -> Vec<u8> {
+    let mut tags: Vec<(Vec<u8>, Vec<u8>)> =
+        entry.tags.iter().map(|tag| (tag.key.clone().into(), tag.value.clone().into())).collect();
+    if tags.is_empty() {
+        tags.push((spare.key.clone().into(), spare.value.clone().into()));
+    }
+    let last = tags.len() - 1;
+    let mut count = tags.len() as u8;
+    match breach {
+        Breach::TooMany(many) => {
+            count = *many;
+            let extra = usize::from(*many).min(40).saturating_sub(tags.len());
+            tags.extend((0..extra).map(|index| (format!("extra.{index}").into(), b"v".to_vec())));
+        }
+        Breach::EmptyKey => tags[last].0.clear(),
+        Breach::LongKey(key) => tags[last].0 = key.clone().into(),
+        Breach::KeyByte(at, byte) => {
+            let key = &mut tags[last].0;
+            let at = at.index(key.len());
+            key[at] = *byte;
+        }
+        Breach::LongValue(value) => tags[last].1 = value.clone().into(),
+        Breach::ControlInValue(at, c) => {
+            let value = &mut tags[last].1;
+            value.truncate(*boundaries(value).iter().rev().find(|&&end| end <= 62).unwrap());
+            let at = *at.get(&boundaries(value));
+            let mut bytes = [0u8; 4];
+            let inserted = c.encode_utf8(&mut bytes).as_bytes().to_vec();
+            value.splice(at..at, inserted);
+        }
+        Breach::NotUtf8(at, byte) => {
+            let value = &mut tags[last].1;
+            value.truncate(*boundaries(value).iter().rev().find(|&&end| end <= 63).unwrap());
+            let at = *at.get(&boundaries(value));
+            value.insert(at, *byte);
+        }
+        Breach::DuplicateKey(which) => {
+            let key = tags[which.index(tags.len())].0.clone();
+            if tags.len() < MAX_TAGS {
+                tags.push((key, b"again".to_vec()));
+                count += 1;
+            } else {
+                // Eight already: the last takes another's key (or the first's, if it was chosen).
+                let key = if which.index(tags.len()) == last { tags[0].0.clone() } else { key };
+                tags[last].0 = key;
+            }
+        }
+        Breach::Truncated(_) => {}
+    }
+    let mut bytes = emit_raw_tags(entry, count, &tags);
+    if let Breach::Truncated(at) = breach {
+        // Anywhere after the role byte and before the end: never a whole entry.
+        bytes.truncate(1 + at.index(bytes.len() - 1));
+    }
+    bytes
 }
 
 fn path_entry() -> impl Strategy<Value = PathEntry> {
@@ -565,19 +758,122 @@ proptest! {
         }
         prop_assert_eq!(PathEntry::parse_all(&looped), Err(WireError::TooManyHops));
     }
+
+    /// (d) A hop's tags past any limit (too many, a key empty, too long or with a character
+    /// outside the set, a value too long, not UTF-8 or with a control character, a key twice,
+    /// the entry cut short) are refused with that reason, wherever the entry sits in the path,
+    /// and never panic the parser.
+    #[test]
+    fn path_tags_past_any_limit_are_refused(
+        before in vec(path_entry(), 0..3),
+        entry in raw_entry(),
+        spare in (tag_key(), tag_value()).prop_map(|(key, value)| Tag { key, value }),
+        breach in breach(),
+        after in vec(path_entry(), 0..2),
+    ) {
+        let mut payload = emit_entries(&before);
+        payload.extend(breached_entry(&entry, &spare, &breach));
+        if !matches!(breach, Breach::Truncated(_)) {
+            payload.extend(emit_entries(&after));
+        }
+        prop_assert_eq!(PathEntry::parse_all(&payload), Err(WireError::BadPath(breach.reason())));
+        check_path_payload(&payload);
+    }
 }
 
-/// The fuzz target's seeds (`fuzz/seeds/`) are frames of the current version: a version bump
-/// that forgot them would leave the fuzzer starting from inputs refused at the first byte.
+fn seeds_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds")
+}
+
+/// The fuzz target's seeds, built with the crate's own emitters: a DATA frame with two
+/// records (one with a kernel receive wait), a PATH answer of three hops (two with tags, one
+/// without), a FAULT, and a stream of two whole frames and half of a third.
+fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
+    let tag = |key: &str, value: &str| Tag { key: key.to_string(), value: value.to_string() };
+    let addr = |text: &str| Some(text.parse::<SocketAddr>().unwrap());
+    let data = |sequence: u64, stamps: &[Stamp], payload: &[u8]| {
+        let header = Header {
+            kind: Kind::Data,
+            record_count: stamps.len(),
+            sequence,
+            payload_len: payload.len(),
+        };
+        let mut out = vec![0; header.total_len()];
+        emit_frame(&mut out, &header, &[], stamps, payload);
+        out
+    };
+    let waited = Stamp {
+        receive: ReceiveClock::Kernel,
+        receive_wait_ns: 250,
+        ..Stamp::new(1, Direction::Down, 3000, 4000)
+    };
+    let payload: Vec<u8> = (0..16).collect();
+    let data_bin = data(7, &[Stamp::new(0, Direction::Down, 1000, 2000), waited], &payload);
+    let mut path = Vec::new();
+    PathEntry::new(Role::Source, "A", None, None)
+        .with_tags(vec![tag("site", "lab"), tag("rack", "r1")])
+        .emit(&mut path);
+    PathEntry::new(Role::Relay, "B", addr("127.0.0.1:9000"), addr("127.0.0.1:41000"))
+        .with_tags(vec![
+            tag("provider", "loopback"),
+            tag("circuit.id", "c-42 Zürich"),
+            tag("note", ""),
+        ])
+        .emit(&mut path);
+    PathEntry::new(Role::Echo, "Z", addr("127.0.0.1:9001"), addr("127.0.0.1:41002"))
+        .emit(&mut path);
+    let path_bin = control_frame(Kind::Path, &path);
+    let fault_bin =
+        fault_frame(&Fault { hop: 2, message: "cannot connect: connection refused".to_string() });
+    let third = data(2, &[Stamp::new(0, Direction::Down, 7, 8)], b"world!");
+    let stream_bin = [
+        &path_bin[..],
+        &data(1, &[Stamp::new(0, Direction::Down, 5, 6)], b"hello"),
+        &third[..third.len() / 2],
+    ]
+    .concat();
+    vec![
+        ("data.bin", data_bin),
+        ("path.bin", path_bin),
+        ("fault.bin", fault_bin),
+        ("stream.bin", stream_bin),
+    ]
+}
+
+/// Writes the fuzz seeds after a change to the format:
+/// `cargo test --test wire_properties -- --ignored write_fuzz_seeds`.
+#[test]
+#[ignore = "writes fuzz/seeds/; run by hand when the wire format changes"]
+fn write_fuzz_seeds() {
+    for (name, bytes) in seed_frames() {
+        std::fs::write(seeds_dir().join(name), bytes).unwrap();
+    }
+}
+
+/// The fuzz target's seeds (`fuzz/seeds/`) are frames of the current version, exactly as
+/// `seed_frames` builds them: a format change that forgot them would leave the fuzzer starting
+/// from inputs refused at the first byte. (`write_fuzz_seeds` rewrites them.)
 #[test]
 fn fuzz_seeds_are_frames_of_this_version() {
-    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let seeds = seeds_dir();
+    for (name, built) in seed_frames() {
+        let bytes = std::fs::read(seeds.join(name)).unwrap();
+        assert!(
+            bytes == built,
+            "fuzz/seeds/{name} is stale: cargo test --test wire_properties -- --ignored write_fuzz_seeds"
+        );
+    }
     for (name, kind) in
         [("data.bin", Kind::Data), ("path.bin", Kind::Path), ("fault.bin", Kind::Fault)]
     {
         let bytes = std::fs::read(seeds.join(name)).unwrap();
         let frame = next_frame(&bytes).unwrap().unwrap_or_else(|| panic!("{name}: incomplete"));
         assert_eq!((frame.kind(), frame.total_len()), (kind, bytes.len()), "{name}");
+        if kind == Kind::Path {
+            let entries = PathEntry::parse_all(frame.payload()).unwrap();
+            let tag_counts: Vec<usize> = entries.iter().map(|entry| entry.tags.len()).collect();
+            assert_eq!(tag_counts, [2, 3, 0], "path.bin: hops with tags and one without");
+        }
     }
     let stream = std::fs::read(seeds.join("stream.bin")).unwrap();
     let mut rest = &stream[..];

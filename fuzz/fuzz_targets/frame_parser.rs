@@ -1,8 +1,9 @@
 //! Fuzzes the frame parser as a hop meets peer input: the bytes are one read's worth of a
 //! stream. The whole input goes through `frame_len` and `new_checked`, and through
 //! `next_frame` (which the loops use), and both must agree; an accepted frame has every
-//! accessor called, its PATH or FAULT payload parsed, and is emitted again, which must give
-//! back the same bytes (but for the flags byte, which `Header::emit` writes as zero). Then the
+//! accessor called, its PATH (every hop's tags within their limits) or FAULT payload parsed,
+//! and is emitted again, which must give back the same bytes (but for the flags byte, which
+//! `Header::emit` writes as zero). Then the
 //! same input arrives in two reads, split at a point the input chooses (its last two bytes,
 //! which in a valid frame are payload and free to change), and at a few fixed points: the
 //! frames, and how the stream ends, must be the same as when it arrives at once.
@@ -14,7 +15,8 @@
 use libfuzzer_sys::fuzz_target;
 use subsegment_tcp_speeds::wire::{
     Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAX_HOPS, MAX_PAYLOAD, MAX_RECORDS,
-    PathEntry, RECORD_LEN, Stamp, WireError, emit_frame, emit_restamped, frame_len, next_frame,
+    MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, PathEntry, RECORD_LEN, Stamp, WireError,
+    emit_frame, emit_restamped, frame_len, next_frame,
 };
 
 /// The header's flags byte: not interpreted by the parser, written as zero by `Header::emit`.
@@ -112,6 +114,17 @@ fn check_path(payload: &[u8]) {
         return;
     };
     assert!(entries.len() <= MAX_HOPS);
+    // Tags are checked, not decoded lossily: whatever parses is within every limit.
+    for entry in &entries {
+        assert!(entry.tags.len() <= MAX_TAGS);
+        for (index, tag) in entry.tags.iter().enumerate() {
+            assert!(!tag.key.is_empty() && tag.key.len() <= MAX_TAG_KEY_LEN);
+            assert!(tag.key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)));
+            assert!(tag.value.len() <= MAX_TAG_VALUE_LEN);
+            assert!(!tag.value.chars().any(char::is_control));
+            assert!(entry.tags[..index].iter().all(|earlier| earlier.key != tag.key));
+        }
+    }
     let texts = || entries.iter().flat_map(|entry| [&entry.name, &entry.local, &entry.peer]);
     // Lossy UTF-8 decoding may grow a text past the one-byte length prefix; such entries
     // cannot be emitted again, and no hop re-emits a parsed entry.

@@ -441,6 +441,7 @@ impl Connection {
         let mut extended = announcement.to_vec();
         let local = self.upstream.stream.local_addr().ok();
         PathEntry::new(context.role, &context.config.name, local, Some(self.upstream.addr))
+            .with_tags(context.config.tags.clone())
             .emit(&mut extended);
         if self.failure.is_some() {
             unreached_entry(context.config).emit(&mut extended);

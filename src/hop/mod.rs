@@ -30,7 +30,7 @@ use crate::core::Peer;
 use crate::log_line;
 use crate::net::{self, Cidr};
 use crate::tuning;
-use crate::wire::Role;
+use crate::wire::{Role, Tag};
 use connection::{Connection, Context, Round};
 
 const LISTENER: Token = Token(0);
@@ -41,6 +41,8 @@ const SWEEP_INTERVAL_NS: u64 = 100_000_000;
 
 pub struct HopConfig {
     pub name: String,
+    /// Carried in this hop's path entry (`--tag`).
+    pub tags: Vec<Tag>,
     pub listen: SocketAddr,
     pub forward_to: Option<(SocketAddr, String)>,
     pub remove_perf_headers: bool,

@@ -539,7 +539,7 @@ fn hop(index: usize, entry: &PathEntry) -> Hop {
         },
         reached_at: address(&entry.local),
         seen_from: address(&entry.peer),
-        tags: BTreeMap::new(),
+        tags: entry.tags.iter().map(|tag| (tag.key.clone(), tag.value.clone())).collect(),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! This module owns process handling (spawn, learn the listening address from stderr, collect
 //! output, kill on drop so a failed test leaves no orphans) and small fixtures: a plain TCP echo
-//! server, a `tcp-delay` in front of an address, deterministic random payloads. It makes no
+//! server, a `tcp-delay` in front of an address, a tap that records what passes between two
+//! hops, deterministic random payloads. It makes no
 //! assertions about the protocol; that is each test file's business. Each test file uses a subset,
 //! hence the `dead_code` allowance.
 #![allow(dead_code)]
@@ -194,6 +195,54 @@ pub fn serve_echo(listener: TcpListener) -> JoinHandle<()> {
             });
         }
     })
+}
+
+/// The bytes that went each way through a [`tap`].
+#[derive(Debug)]
+pub struct Tapped {
+    /// From the peer that connected to the tap, towards `next`.
+    pub down: Vec<u8>,
+    /// From `next` back to that peer.
+    pub up: Vec<u8>,
+}
+
+/// A transparent TCP forwarder on 127.0.0.1:0 for one connection to `next`, keeping a copy of
+/// everything it passes each way: a test's window on the bytes between two hops (it stamps
+/// nothing, so the chain counts it as part of the link). The handle returns once both
+/// directions have ended.
+pub fn tap(next: SocketAddr) -> (SocketAddr, JoinHandle<Tapped>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind tap");
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let (client, _) = listener.accept().expect("accept at the tap");
+        client.set_nodelay(true).unwrap();
+        let server = connect(next);
+        let copy = |mut from: TcpStream, mut to: TcpStream| {
+            thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut buf = [0; 64 * 1024];
+                loop {
+                    match from.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(len) => {
+                            seen.extend_from_slice(&buf[..len]);
+                            if to.write_all(&buf[..len]).is_err() {
+                                break;
+                            }
+                        }
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = to.shutdown(Shutdown::Write);
+                seen
+            })
+        };
+        let down = copy(client.try_clone().unwrap(), server.try_clone().unwrap());
+        let up = copy(server, client);
+        Tapped { down: down.join().unwrap(), up: up.join().unwrap() }
+    });
+    (addr, handle)
 }
 
 /// `len` deterministic pseudo-random bytes (xorshift64*), so a failure reproduces.
