@@ -237,6 +237,12 @@ cleanup() {
         kill -TERM "$pid" 2>/dev/null
     done
     for pid in "${prefixer_pid[@]}"; do wait "$pid" 2>/dev/null; done
+    # The source only sees a reset; the hop that refused says why, which is worth repeating.
+    if ((status != 0)) && [[ -s $work/refusals ]]; then
+        echo "deploy-chain: the chain failed where a hop refused its peer (not in its --allow):" >&2
+        sed 's/^/  /' "$work/refusals" >&2
+        echo "  the allow-lists are above; behind NAT give --allow I=CIDR (or --allow-any)" >&2
+    fi
     if ! $keep; then
         # A started hop's wrapper removes its own directory; these never got that far.
         local k
@@ -333,7 +339,7 @@ declare -a allow_client allow_names # hop -> take SSH_CLIENT?; names or addresse
 for ((k = 1; k <= n; k++)); do
     allow_client[k]=false
     allow_names[k]=''
-    if [[ -n ${allow_given[k]:-} ]] || $allow_any; then continue; fi
+    if [[ -n ${allow_given[$k]:-} ]] || $allow_any; then continue; fi
     if ((k == 1)); then
         if ! ${ssh_proxied[1]}; then allow_client[1]=true; fi
     else
@@ -376,8 +382,8 @@ started_pids=()
 declare -a allow_blocks # hop -> its --allow blocks, space-separated; empty: anyone
 anyone=()
 for ((k = 1; k <= n; k++)); do
-    if [[ -n ${allow_given[k]:-} ]]; then
-        allow_blocks[k]=${allow_given[k]}
+    if [[ -n ${allow_given[$k]:-} ]]; then
+        allow_blocks[k]=${allow_given[$k]}
         echo "deploy-chain: ${hosts[k - 1]} allows ${allow_blocks[k]} (--allow $k=...)" >&2
         continue
     fi
@@ -386,19 +392,24 @@ for ((k = 1; k <= n; k++)); do
         anyone+=("${hosts[k - 1]}")
         continue
     fi
-    blocks=()
+    blocks=() why=()
     if ${allow_client[k]}; then
         client=$(awk '$1 == "ssts-client" { print $2; exit }' "$work/probe.$k")
         cidr=$(address_block "$client") ||
             die "${hosts[k - 1]}: SSH_CLIENT there gives no address ('$client'): give --allow $k=CIDR (or --allow-any)"
-        blocks+=("$cidr")
+        blocks+=("$cidr") why+=("this host, as its ssh session shows it")
     elif ((k == 1)); then
         client=$(local_source_address "${ssh_host[1]}")
         cidr=$(address_block "$client") ||
             die "${hosts[0]} is reached through an ssh proxy, so SSH_CLIENT there names the proxy, and the address this host sends from towards ${ssh_host[1]} is unknown: give --allow 1=CIDR (or --allow-any)"
-        blocks+=("$cidr")
+        blocks+=("$cidr") why+=("this host's address towards ${ssh_host[1]}, ssh being proxied")
     fi
     for name in ${allow_names[k]}; do
+        if [[ $name == "${ssh_host[k - 1]:-}" ]] && ((k > 1)); then
+            why+=("${hosts[k - 2]}")
+        else
+            why+=("--forward $((k - 1))'s host $name")
+        fi
         if cidr=$(address_block "$name"); then
             blocks+=("$cidr")
             continue
@@ -413,7 +424,8 @@ for ((k = 1; k <= n; k++)); do
     # Once each, in order.
     allow_blocks[k]=$(printf '%s\n' "${blocks[@]}" | awk '!seen[$0]++' | tr '\n' ' ')
     allow_blocks[k]=${allow_blocks[k]% }
-    echo "deploy-chain: ${hosts[k - 1]} allows ${allow_blocks[k]}" >&2
+    sources=$(printf '; %s' "${why[@]}")
+    echo "deploy-chain: ${hosts[k - 1]} allows ${allow_blocks[k]} (${sources#; })" >&2
 done
 if ((${#anyone[@]})); then
     echo "deploy-chain: warning: --allow-any: ${anyone[*]} accept connections from anyone (the protocol has no authentication)" >&2
@@ -554,6 +566,9 @@ start_hop() {
         exec {alive_fd}>&-
         while IFS= read -r line; do
             printf '[%s] %s\n' "${host_name[k]}" "$line" >&2
+            if [[ $line == *": not in --allow" ]]; then
+                printf '[%s] %s\n' "${host_name[k]}" "$line" >>"$work/refusals"
+            fi
         done
     } <&"$err" &
     prefixer_pid[k]=$!
