@@ -217,6 +217,7 @@ ssh_to() {
 work=$(mktemp -d "${TMPDIR:-/tmp}/ssts-deploy-here.XXXXXX")
 alive_fd='' # write end of the pipe every hop's ssh reads as stdin; closing it stops the chain
 source_pid=''
+source_status=0 # the source's exit status once it ended by itself
 declare -a session_pid prefixer_pid remote_dir
 started_pids=()
 
@@ -237,8 +238,9 @@ cleanup() {
         kill -TERM "$pid" 2>/dev/null
     done
     for pid in "${prefixer_pid[@]}"; do wait "$pid" 2>/dev/null; done
-    # The source only sees a reset; the hop that refused says why, which is worth repeating.
-    if ((status != 0)) && [[ -s $work/refusals ]]; then
+    # The source only sees a reset; the hop that refused says why, which is worth repeating
+    # (only when the source failed by itself: not after a signal).
+    if ((source_status != 0)) && [[ -s $work/refusals ]]; then
         echo "deploy-chain: the chain failed where a hop refused its peer (not in its --allow):" >&2
         sed 's/^/  /' "$work/refusals" >&2
         echo "  the allow-lists are above; behind NAT give --allow I=CIDR (or --allow-any)" >&2
@@ -597,6 +599,7 @@ source_pid=$!
 status=0
 wait "$source_pid" || status=$?
 source_pid=''
+source_status=$status
 
 if $keep; then
     echo "deploy-chain: --keep: the chain stays up; to stop it:" >&2
