@@ -3,8 +3,8 @@
 # stops every remote process it started (also on Ctrl-C, on failure, and if this script is killed:
 # each remote hop is watched by a wrapper that kills it when its ssh session's stdin closes).
 #
-# The life of one run: check every host answers ssh (nothing starts otherwise); copy the binary;
-# start the hops from the last (echo) back to the first, each one only once the previous has
+# The life of one run: check every host answers ssh, and learn there what each hop must allow
+# (nothing starts otherwise); copy the binary; start the hops from the last (echo) back to the first, each one only once the previous has
 # printed `listening on`; run the source; then close the pipe that keeps every ssh session's stdin
 # open, so every remote wrapper kills its hop, and wait for the sessions to end.
 set -euo pipefail
@@ -34,6 +34,20 @@ chain:
       --source-name NAME   the source's name in the report (default: this host's name)
   -- SOURCE-OPTIONS        passed to the source as they are, e.g.
                            -- --count 300 --size 64 --window 1 --interval 2ms
+
+who may connect (every hop gets the tool's --allow; by default only the hop before it):
+      --allow I=CIDR       hop I (1..N) accepts only peers in CIDR (e.g. 192.0.2.7/32,
+                           10.0.0.0/8, 2001:db8::/64) instead of the default; repeatable, the
+                           blocks add up. For NAT or a multi-homed previous hop: whatever
+                           address the hop really sees its peer connect from.
+      --allow-any          hops without --allow I=... accept anyone (a warning says which)
+  Defaults: HOST1 allows the address its ssh session comes from (the first word of SSH_CLIENT
+  there; through -J or a ProxyCommand that is the proxy, so the address this host uses towards
+  HOST1 is taken instead); HOSTK (K > 1) allows every address HOSTK-1's name (`ssh -G`)
+  resolves to on HOSTK, each as a /32 or /128. With --forward I=ADDR, hop I+1 also allows
+  ADDR's host, where an element or proxy at ADDR usually connects from (a loopback ADDR adds
+  nothing: an element on hop I's host connects from hop I's address; an ssh tunnel's far end
+  needs --allow I+1=CIDR).
 
 binaries:
       --bin PATH           the local binary (default: the newer of target/release and
@@ -93,6 +107,8 @@ ssh_opts=()
 hosts=()
 source_args=()
 declare -A forward=()
+declare -A allow_given=() # hop -> its blocks, space-separated, as given with --allow I=CIDR
+allow_any=false
 
 need() { (($# >= 2)) || usage_error "option '$1' needs a value (try --help)"; }
 
@@ -107,6 +123,15 @@ while (($#)); do
             forward[$((10#${BASH_REMATCH[1]}))]=${BASH_REMATCH[2]}
             shift
             ;;
+        --allow)
+            need "$@"
+            [[ $2 =~ ^([0-9]+)=([0-9A-Fa-f:.]+(/[0-9]+)?)$ ]] || usage_error "--allow wants I=CIDR, e.g. 2=192.0.2.7/32 (got '$2')"
+            index=$((10#${BASH_REMATCH[1]}))
+            ((index >= 1)) || usage_error "--allow $2: hop 0 is the source here, which accepts nothing"
+            allow_given[$index]+="${allow_given[$index]:+ }${BASH_REMATCH[2]}"
+            shift
+            ;;
+        --allow-any) allow_any=true ;;
         --server) need "$@"; server=$2; shift ;;
         -t | --timeout) need "$@"; timeout=$2; shift ;;
         -b | --block) need "$@"; block=$2; shift ;;
@@ -132,6 +157,9 @@ fi
 [[ $start_timeout =~ ^[0-9]+$ ]] || usage_error "bad --start-timeout '$start_timeout' (whole seconds)"
 for index in "${!forward[@]}"; do
     ((index <= ${#hosts[@]})) || usage_error "--forward $index=...: there are only ${#hosts[@]} hosts"
+done
+for index in "${!allow_given[@]}"; do
+    ((index <= ${#hosts[@]})) || usage_error "--allow $index=...: there are only ${#hosts[@]} hosts"
 done
 
 if [[ -z $local_bin ]]; then
@@ -189,6 +217,7 @@ ssh_to() {
 work=$(mktemp -d "${TMPDIR:-/tmp}/ssts-deploy-here.XXXXXX")
 alive_fd='' # write end of the pipe every hop's ssh reads as stdin; closing it stops the chain
 source_pid=''
+source_status=0 # the source's exit status once it ended by itself
 declare -a session_pid prefixer_pid remote_dir
 started_pids=()
 
@@ -209,6 +238,13 @@ cleanup() {
         kill -TERM "$pid" 2>/dev/null
     done
     for pid in "${prefixer_pid[@]}"; do wait "$pid" 2>/dev/null; done
+    # The source only sees a reset; the hop that refused says why, which is worth repeating
+    # (only when the source failed by itself: not after a signal).
+    if ((source_status != 0)) && [[ -s $work/refusals ]]; then
+        echo "deploy-chain: the chain failed where a hop refused its peer (not in its --allow):" >&2
+        sed 's/^/  /' "$work/refusals" >&2
+        echo "  the allow-lists are above; behind NAT give --allow I=CIDR (or --allow-any)" >&2
+    fi
     if ! $keep; then
         # A started hop's wrapper removes its own directory; these never got that far.
         local k
@@ -239,11 +275,99 @@ trap 'on_signal INT 130' INT
 trap 'on_signal TERM 143' TERM
 trap 'on_signal HUP 129' HUP
 
-# -- 1. every host must answer before anything starts ---------------------------------------------
+# -- 1. every host must answer before anything starts; what each hop allows --------------------
 
+# What ssh makes of each HOST (`ssh -G`, so ssh_config aliases, -J and ProxyCommand count): the
+# name or address it connects to, and whether the session goes through a proxy.
+declare -a ssh_host ssh_proxied
+for ((k = 1; k <= n; k++)); do
+    config=$(ssh_to "$k" -G -- true) || die "ssh -G ${hosts[k - 1]} failed"
+    ssh_host[k]=$(awk '$1 == "hostname" { print $2; exit }' <<<"$config")
+    ssh_proxied[k]=false
+    if awk '($1 == "proxyjump" || $1 == "proxycommand") && $2 != "none" { found = 1 } END { exit !found }' <<<"$config"; then
+        ssh_proxied[k]=true
+    fi
+done
+
+# ADDRESS -> a one-address block for the tool's --allow (/32 or /128); fails on a name. A zone
+# (%eth0) is dropped and an IPv4-mapped address (::ffff:a.b.c.d) becomes IPv4: --allow compares
+# addresses only, and matches IPv4 peers on IPv6 sockets against IPv4 blocks.
+address_block() {
+    local address=${1%%\%*}
+    if [[ $address =~ ^::[fF]{4}:([0-9]+(\.[0-9]+){3})$ ]]; then address=${BASH_REMATCH[1]}; fi
+    if [[ $address =~ ^[0-9]+(\.[0-9]+){3}$ ]]; then
+        printf '%s/32' "$address"
+    elif [[ $address == *:* && $address =~ ^[0-9A-Fa-f:.]+$ ]]; then
+        printf '%s/128' "$address"
+    else
+        return 1
+    fi
+}
+# host:port or [v6]:port -> the host part.
+host_of() {
+    if [[ $1 =~ ^\[(.+)\]:[0-9]+$ ]]; then printf '%s' "${BASH_REMATCH[1]}"; else printf '%s' "${1%:*}"; fi
+}
+is_loopback() { [[ $1 == 127.* || $1 == ::1 || $1 == localhost || $1 == localhost.* || $1 == ip6-localhost ]]; }
+# The address this host sends from towards NAME-OR-ADDRESS, as the kernel picks it (Linux's
+# `ip route get`); empty when that cannot be known here.
+local_source_address() {
+    local target=$1
+    if ! address_block "$target" >/dev/null; then
+        target=$(getent ahosts "$target" 2>/dev/null | awk '{ print $1; exit }') || target=''
+    fi
+    if [[ -z $target ]] || ! command -v ip >/dev/null; then return 0; fi
+    ip -o route get "$target" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "src") { print $(i + 1); exit } }' || true
+}
+
+# Where the peers of each hop come from, unless given (--allow K=...) or not wanted (--allow-any):
+# - hop 1: the source, here. Its ssh session comes from the address the source connects from
+#   (the same host, the same routes), and the remote side sees that address after any NAT on the
+#   way: the first word of SSH_CLIENT, read there by the probe below, before any hop starts.
+#   Through a proxy (-J, ProxyJump, ProxyCommand) SSH_CLIENT names the proxy, so the kernel's
+#   source address towards HOST1 is used instead (right unless there is NAT between).
+# - hop K > 1: HOSTK-1, by the name ssh uses for it, resolved on HOSTK rather than here: the
+#   relay resolves its own --forward-to on its own host, and HOSTK's resolver gives the
+#   addresses of HOSTK-1 in the network the data path crosses (split-horizon DNS; hosts behind
+#   a jump host whose names this host may not even resolve). Every address the name has (IPv4
+#   and IPv6) is allowed, as HOSTK-1 may connect over either family.
+# - with --forward K-1=ADDR, hop K's peer is whatever listens at ADDR (a delay element, a proxy),
+#   which connects from its own host in the usual set-ups (the lab's tcp-delay runs in HOSTK and
+#   connects from HOSTK's own address): ADDR's host is allowed too, also resolved on HOSTK, and
+#   HOSTK-1 stays allowed (an element on HOSTK-1's host connects from there; so does a
+#   transparent one). A loopback ADDR adds nothing: it is HOSTK-1's own loopback. An element
+#   that connects from anywhere else (an ssh tunnel's far end, a multi-homed proxy) needs
+#   --allow K=CIDR; the hop's refusal line names the address it came from.
+declare -a allow_client allow_names # hop -> take SSH_CLIENT?; names or addresses to resolve there
+for ((k = 1; k <= n; k++)); do
+    allow_client[k]=false
+    allow_names[k]=''
+    if [[ -n ${allow_given[$k]:-} ]] || $allow_any; then continue; fi
+    if ((k == 1)); then
+        if ! ${ssh_proxied[1]}; then allow_client[1]=true; fi
+    else
+        allow_names[k]=${ssh_host[k - 1]}
+    fi
+    if [[ -n ${forward[$((k - 1))]:-} ]]; then
+        element=$(host_of "${forward[$((k - 1))]}")
+        if ! is_loopback "$element"; then allow_names[k]+=" $element"; fi
+    fi
+done
+
+# The probe: the address the session comes from, and the addresses of the names given.
+# shellcheck disable=SC2016 # expanded by the remote shell
+probe='printf "ssts-client %s\n" "${SSH_CLIENT%% *}"
+for name do
+    { getent ahosts "$name" || getent hosts "$name"; } 2>/dev/null |
+        awk -v name="$name" '\''!seen[$1]++ { print "ssts-addr", name, $1 }'\''
+done'
 declare -a check_pid
 for ((k = 1; k <= n; k++)); do
-    ssh_to "$k" -n -o BatchMode=yes -o ConnectTimeout=5 -- true >/dev/null 2>"$work/check.$k" &
+    names=()
+    for name in ${allow_names[k]}; do
+        address_block "$name" >/dev/null || names+=("$name")
+    done
+    ssh_to "$k" -n -o BatchMode=yes -o ConnectTimeout=5 -- \
+        "sh -c $(quote "$probe") ssts-probe $(quote_all "${names[@]}")" >"$work/probe.$k" 2>"$work/check.$k" &
     check_pid[k]=$!
     started_pids+=("$!")
 done
@@ -257,12 +381,63 @@ done
 started_pids=()
 ((unreachable == 0)) || die "$unreachable of $n hosts unreachable; nothing was started"
 
+declare -a allow_blocks # hop -> its --allow blocks, space-separated; empty: anyone
+anyone=()
+for ((k = 1; k <= n; k++)); do
+    if [[ -n ${allow_given[$k]:-} ]]; then
+        allow_blocks[k]=${allow_given[$k]}
+        echo "deploy-chain: ${hosts[k - 1]} allows ${allow_blocks[k]} (--allow $k=...)" >&2
+        continue
+    fi
+    if $allow_any; then
+        allow_blocks[k]=''
+        anyone+=("${hosts[k - 1]}")
+        continue
+    fi
+    blocks=() why=()
+    if ${allow_client[k]}; then
+        client=$(awk '$1 == "ssts-client" { print $2; exit }' "$work/probe.$k")
+        cidr=$(address_block "$client") ||
+            die "${hosts[k - 1]}: SSH_CLIENT there gives no address ('$client'): give --allow $k=CIDR (or --allow-any)"
+        blocks+=("$cidr") why+=("this host, as its ssh session shows it")
+    elif ((k == 1)); then
+        client=$(local_source_address "${ssh_host[1]}")
+        cidr=$(address_block "$client") ||
+            die "${hosts[0]} is reached through an ssh proxy, so SSH_CLIENT there names the proxy, and the address this host sends from towards ${ssh_host[1]} is unknown: give --allow 1=CIDR (or --allow-any)"
+        blocks+=("$cidr") why+=("this host's address towards ${ssh_host[1]}, ssh being proxied")
+    fi
+    for name in ${allow_names[k]}; do
+        if [[ $name == "${ssh_host[k - 1]:-}" ]] && ((k > 1)); then
+            why+=("${hosts[k - 2]}")
+        else
+            why+=("--forward $((k - 1))'s host $name")
+        fi
+        if cidr=$(address_block "$name"); then
+            blocks+=("$cidr")
+            continue
+        fi
+        mapfile -t resolved < <(awk -v name="$name" '$1 == "ssts-addr" && $2 == name { print $3 }' "$work/probe.$k")
+        found=false
+        for address in "${resolved[@]}"; do
+            if cidr=$(address_block "$address"); then blocks+=("$cidr") found=true; fi
+        done
+        $found || die "${hosts[k - 1]} cannot resolve '$name' (getent ahosts), the peer it must allow: give --allow $k=CIDR (or --allow-any)"
+    done
+    # Once each, in order.
+    allow_blocks[k]=$(printf '%s\n' "${blocks[@]}" | awk '!seen[$0]++' | tr '\n' ' ')
+    allow_blocks[k]=${allow_blocks[k]% }
+    sources=$(printf '; %s' "${why[@]}")
+    echo "deploy-chain: ${hosts[k - 1]} allows ${allow_blocks[k]} (${sources#; })" >&2
+done
+if ((${#anyone[@]})); then
+    echo "deploy-chain: warning: --allow-any: ${anyone[*]} accept connections from anyone (the protocol has no authentication)" >&2
+fi
+
 # The address hop K-1 sends to: what ssh resolves HOSTK's name to, at the listen port.
 next_addr() {
-    local k=$1 resolved
-    resolved=$(ssh_to "$k" -G -- true | awk '$1 == "hostname" { print $2; exit }')
-    [[ $resolved == *:* ]] && resolved="[$resolved]"
-    printf '%s:%s' "$resolved" "$listen_port"
+    local host=${ssh_host[$1]}
+    [[ $host == *:* ]] && host="[$host]"
+    printf '%s:%s' "$host" "$listen_port"
 }
 declare -a forward_to
 for ((k = 0; k < n; k++)); do
@@ -352,6 +527,8 @@ start_hop() {
     local k=$1
     local args=(--listen "$listen_host:$listen_port" --name "${host_name[k]}")
     if [[ -n $timeout ]]; then args+=(--timeout "$timeout"); fi
+    local cidr
+    for cidr in ${allow_blocks[k]}; do args+=(--allow "$cidr"); done
     if ((k < n)); then
         args+=(--forward-to "${forward_to[k]}")
     elif [[ -n $server ]]; then
@@ -391,6 +568,9 @@ start_hop() {
         exec {alive_fd}>&-
         while IFS= read -r line; do
             printf '[%s] %s\n' "${host_name[k]}" "$line" >&2
+            if [[ $line == *": not in --allow" ]]; then
+                printf '[%s] %s\n' "${host_name[k]}" "$line" >>"$work/refusals"
+            fi
         done
     } <&"$err" &
     prefixer_pid[k]=$!
@@ -419,6 +599,7 @@ source_pid=$!
 status=0
 wait "$source_pid" || status=$?
 source_pid=''
+source_status=$status
 
 if $keep; then
     echo "deploy-chain: --keep: the chain stays up; to stop it:" >&2

@@ -274,18 +274,19 @@ impl Running {
     }
 }
 
-/// Polls (bounded) until the source in h0 has a connection established to the first hop.
+/// Deploys a chain over the lab (with deploy-chain `options`) whose source probes far longer than
+/// any test runs, and waits until its frames flow.
 #[track_caller]
-/// Deploys a chain over the lab whose source probes far longer than any test runs, and waits
-/// until its frames flow.
-fn start_endless_probes(lab: &Lab) -> Running {
+fn start_endless_probes(lab: &Lab, options: &[&str]) -> Running {
     let long_run = ["--count", "1000000", "--size", "64", "--window", "1", "--interval", "1ms"];
-    let run = Running::spawn(lab.deploy_command(&[], &lab.hops(), &long_run));
+    let run = Running::spawn(lab.deploy_command(options, &lab.hops(), &long_run));
     run.wait_for_line("deploy-chain: chain up", Duration::from_secs(30));
     wait_for_source_connection(lab, &run);
     run
 }
 
+/// Polls (bounded) until the source in h0 has a connection established to the first hop.
+#[track_caller]
 fn wait_for_source_connection(lab: &Lab, run: &Running) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -413,7 +414,7 @@ fn ctrl_c_reports_and_stops_every_remote_hop() {
         return;
     };
     let lab = Lab::up(3);
-    let run = start_endless_probes(&lab);
+    let run = start_endless_probes(&lab, &[]);
     assert!(lab.leftovers().iter().any(|p| p.starts_with("h2:") && p.ends_with("subsegment-tcp-")));
     run.signal(libc::SIGINT);
     let (status, stderr) = run.finish(RUN_TIMEOUT);
@@ -431,13 +432,119 @@ fn a_killed_deployer_leaves_no_orphans() {
         return;
     };
     let lab = Lab::up(3);
-    let run = start_endless_probes(&lab);
+    let run = start_endless_probes(&lab, &[]);
     run.signal(libc::SIGKILL);
     let (status, stderr) = run.finish(RUN_TIMEOUT);
     // Killed by our signal, not ended earlier some other way (which would test no cleanup).
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}:\n{stderr}");
     lab.assert_no_leftovers("after SIGKILL of deploy-chain");
+}
+
+/// Opens a TCP connection from inside h`from` to h`to`'s hop port and closes it at once: a stray
+/// client, whom the hop either refuses at accept or serves until it hangs up.
+#[track_caller]
+fn connect_once(lab: &Lab, from: usize, to: usize) {
+    let connect = format!("exec 3<>/dev/tcp/{}/9000", lab.address(to));
+    let output = Command::new("ip")
+        .args(["netns", "exec", &lab.namespace(from), "bash", "-c", &connect])
+        .output()
+        .expect("ip netns exec bash");
+    // The kernel completes the handshake before the hop's accept, refused or not.
+    assert!(output.status.success(), "h{from} -> h{to}:9000: {output:?}");
+}
+
+/// The default deploy gives every hop an allow-list holding just the hop before it, and the
+/// hops enforce it: a stray connection to h2 from the source's host h0 (which h1, not h2, must
+/// accept) and one to h1 from h2 are closed at accept, each with a line naming the stranger;
+/// the chain itself runs on, and no hop warns that it accepts anyone.
+#[test]
+fn a_default_deploy_lets_each_hop_accept_only_the_hop_before_it() {
+    let Some(_lock) = lab_or_skip("a_default_deploy_lets_each_hop_accept_only_the_hop_before_it")
+    else {
+        return;
+    };
+    let lab = Lab::up(3);
+    let run = start_endless_probes(&lab, &[]);
+    let (h0, h1, h2) = (lab.address(0), lab.address(1), lab.address(2));
+    let stderr = run.stderr();
+    assert!(stderr.contains(&format!("deploy-chain: h1 allows {h0}/32 (")), "{stderr}");
+    assert!(stderr.contains(&format!("deploy-chain: h2 allows {h1}/32 (h1)")), "{stderr}");
+    assert!(!stderr.contains("warning: listening on every interface"), "{stderr}");
+
+    connect_once(&lab, 0, 2);
+    run.wait_for_line(&format!("[h2] h2: refusing connection from {h0}:"), Duration::from_secs(10));
+    connect_once(&lab, 2, 1);
+    run.wait_for_line(&format!("[h1] h1: refusing connection from {h2}:"), Duration::from_secs(10));
+    // Still flowing after both refusals: the source's connection is untouched.
+    wait_for_source_connection(&lab, &run);
+    run.signal(libc::SIGINT);
+    let (status, stderr) = run.finish(RUN_TIMEOUT);
+    assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{stderr}");
+    let refusals: Vec<&str> = stderr.lines().filter(|line| line.contains("refusing")).collect();
+    assert_eq!(refusals.len(), 2, "only the two strangers are refused:\n{stderr}");
+    assert!(refusals.iter().all(|line| line.ends_with(": not in --allow")), "{stderr}");
+    let report = parse_report(&stderr);
+    assert!(report.end_to_end.count > 0, "{stderr}");
+    lab.assert_no_leftovers("after a default deploy and two strangers");
+}
+
+/// `--allow-any` gives the hops no allow-list (as before the default existed): the deployer
+/// and each hop warn, and a stranger from h0 is served by h2 instead of refused.
+#[test]
+fn allow_any_lets_every_hop_accept_anyone() {
+    let Some(_lock) = lab_or_skip("allow_any_lets_every_hop_accept_anyone") else {
+        return;
+    };
+    let lab = Lab::up(3);
+    let run = start_endless_probes(&lab, &["--allow-any"]);
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("deploy-chain: warning: --allow-any: h1 h2 accept connections from anyone"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" allows "), "{stderr}");
+    for hop in ["h1", "h2"] {
+        // The hop's own word that it was started without --allow.
+        let warning = format!("[{hop}] {hop}: warning: listening on every interface");
+        assert!(stderr.contains(&warning), "{warning:?} missing:\n{stderr}");
+    }
+
+    connect_once(&lab, 0, 2);
+    run.wait_for_line(
+        &format!("[h2] h2: connection from {}:", lab.address(0)),
+        Duration::from_secs(10),
+    );
+    run.signal(libc::SIGINT);
+    let (status, stderr) = run.finish(RUN_TIMEOUT);
+    assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{stderr}");
+    assert!(!stderr.contains("refusing"), "{stderr}");
+    lab.assert_no_leftovers("after an --allow-any deploy");
+}
+
+/// A hand-given `--allow 2=CIDR` replaces h2's default, so when it leaves out h1 the chain
+/// fails: h2 refuses h1 at accept, and the deployer ends with that refusal, not just the
+/// source's reset.
+#[test]
+fn a_hand_given_allow_that_leaves_out_the_previous_hop_fails_naming_the_refusal() {
+    let test = "a_hand_given_allow_that_leaves_out_the_previous_hop_fails_naming_the_refusal";
+    let Some(_lock) = lab_or_skip(test) else {
+        return;
+    };
+    let lab = Lab::up(3);
+    // In the lab's range, but no host has it.
+    let options = ["--allow", "2=10.213.0.99/32"];
+    let (status, stderr) =
+        Running::spawn(lab.deploy_command(&options, &lab.hops(), &PROBES)).finish(RUN_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("deploy-chain: h2 allows 10.213.0.99/32 (--allow 2=...)"), "{stderr}");
+    let refusal = format!("[h2] h2: refusing connection from {}:", lab.address(1));
+    assert!(stderr.contains(&refusal), "{refusal:?} missing:\n{stderr}");
+    let (_, summary) = stderr
+        .split_once("deploy-chain: the chain failed where a hop refused its peer")
+        .unwrap_or_else(|| panic!("no closing refusal summary:\n{stderr}"));
+    assert!(summary.contains(&refusal) && summary.contains("not in --allow"), "{stderr}");
+    lab.assert_no_leftovers("after a chain refused by its own allow-list");
 }
 
 /// An unreachable host is named, and nothing is started anywhere.
