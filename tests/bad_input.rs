@@ -22,7 +22,7 @@ use subsegment_tcp_speeds::wire::{
 use util::frames::{
     self, Client, data_frame, expect_closed, fd_count, mentions, path_frame, path_frame_with_hops,
 };
-use util::{MAIN_BIN, Proc, parse_report, random_bytes, run_source, spawn_listening};
+use util::{MAIN_BIN, Proc, random_bytes, run_source, spawn_listening};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a relay may take to close a bad connection it can judge from bytes already sent.
@@ -445,7 +445,7 @@ fn a_peer_that_never_reads_is_held_back_and_costs_others_nothing() {
 
     assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
     assert!(!run.stderr.contains("corrupted"), "{}", run.stderr);
-    let p50_ns = parse_report(&run.stderr).end_to_end.p50_ns;
+    let p50_ns = run.report().end_to_end.p50_ns;
     assert!(p50_ns < PROBE_P50_BOUND_NS, "probe p50 {p50_ns} ns while the flood was stalled");
     assert!(
         rss_kib < NEVER_READER_RSS_BOUND_KIB,

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use subsegment_tcp_speeds::wire::{self, Kind, PathEntry, Tag};
-use util::{MAIN_BIN, Proc, parse_report, random_bytes, run_source, spawn_listening};
+use util::{MAIN_BIN, Proc, random_bytes, run_source, spawn_listening};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The report's rows from the source through relays B and C, as far as C's residence.
@@ -44,7 +44,7 @@ fn ten_megabytes_come_back_byte_identical_with_a_full_report() {
         input.len()
     );
 
-    let report = parse_report(&run.stderr);
+    let report = run.report();
     let mut expected = RELAYS_B_AND_C.to_vec();
     expected.extend(["C ⇄ Z", "Z (echo)"]);
     assert_eq!(report.labels(), expected);
@@ -171,7 +171,7 @@ fn a_stripping_relay_serves_a_plain_tcp_echo_server() {
     let run = run_source(&["-f", &b_addr.to_string(), "-n", "A"], &input, RUN_TIMEOUT);
     assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
     assert!(run.stdout == input, "data through the stripping relay differs");
-    let report = parse_report(&run.stderr);
+    let report = run.report();
     let last_link = format!("C ⇄ {server}");
     let mut expected = RELAYS_B_AND_C.to_vec();
     expected.push(&last_link);
@@ -219,7 +219,7 @@ fn a_stripping_relay_copes_with_a_server_answering_more_than_asked_and_with_empt
             "{probes:?}: {}",
             run.stderr
         );
-        parse_report(&run.stderr); // fails on any negative sample
+        run.report(); // fails on any negative sample
     }
     drop(c);
 }
@@ -394,7 +394,7 @@ fn a_relay_with_the_knobs_carries_the_chain_and_says_what_it_could_not_do() {
         RUN_TIMEOUT,
     );
     assert!(run.status.is_some_and(|status| status.success()), "{}", run.stderr);
-    assert_eq!(parse_report(&run.stderr).end_to_end.count, 200, "{}", run.stderr);
+    assert_eq!(run.report().end_to_end.count, 200, "{}", run.stderr);
     // /proc/PID/stat field 41 is the scheduling policy (1 = SCHED_FIFO); fields 3.. follow the
     // command name's closing parenthesis.
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", b.id())).unwrap();

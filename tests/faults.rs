@@ -18,7 +18,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use util::frames::{self, Client, expect_closed};
-use util::{MAIN_BIN, Proc, parse_report, random_bytes, run_source, spawn_listening};
+use util::{MAIN_BIN, Proc, random_bytes, run_source, spawn_listening};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -77,14 +77,18 @@ struct StreamingSource {
     stderr: JoinHandle<String>,
     /// Bytes read from stdout so far.
     answered: Arc<AtomicU64>,
+    json_path: std::path::PathBuf,
 }
 
 impl StreamingSource {
     /// Starts the source with `args`; the reader sleeps `read_pause` after each read of at most
     /// 64 KiB (a slow consumer), or reads as fast as it can with a zero pause.
     fn spawn(args: &[&str], feed: Feed, read_pause: Duration) -> StreamingSource {
+        let json_path = util::json_path();
         let mut child = Command::new(MAIN_BIN)
             .args(args)
+            .arg("--json")
+            .arg(&json_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -127,7 +131,7 @@ impl StreamingSource {
             let _ = stderr_pipe.read_to_string(&mut text);
             text
         });
-        StreamingSource { child: KillOnDrop(child), feeder, reader, stderr, answered }
+        StreamingSource { child: KillOnDrop(child), feeder, reader, stderr, answered, json_path }
     }
 
     fn pid(&self) -> u32 {
@@ -169,12 +173,15 @@ impl StreamingSource {
         };
         let exited_at = Instant::now();
         let sent = self.feeder.join().unwrap();
+        let json = std::fs::read_to_string(&self.json_path).ok();
+        let _ = std::fs::remove_file(&self.json_path);
         Finished {
             status,
             exited_at,
             sent,
             output: self.reader.join().unwrap(),
             stderr: self.stderr.join().unwrap(),
+            json,
         }
     }
 }
@@ -196,37 +203,42 @@ struct Finished {
     sent: u64,
     output: Checked,
     stderr: String,
+    /// The source's `--json` report, when it wrote one.
+    json: Option<String>,
 }
 
 impl Finished {
+    #[track_caller]
+    fn report(&self) -> util::Report {
+        let text =
+            self.json.as_deref().unwrap_or_else(|| panic!("no JSON report:\n{}", self.stderr));
+        util::parse_json_report(text)
+    }
+
+    #[track_caller]
+    fn json(&self) -> serde_json::Value {
+        let text =
+            self.json.as_deref().unwrap_or_else(|| panic!("no JSON report:\n{}", self.stderr));
+        serde_json::from_str(text).expect("a JSON document")
+    }
+
     fn code(&self) -> Option<i32> {
         self.status.and_then(|status| status.code())
     }
 
-    /// The source's `frames: sent S, answered A, …` figures.
+    /// The frames the source's report says were sent and answered.
     #[track_caller]
     fn frames_sent_answered(&self) -> (u64, u64) {
-        let line = self
-            .stderr
-            .lines()
-            .find(|line| line.starts_with("frames: sent "))
-            .unwrap_or_else(|| panic!("no frames line in:\n{}", self.stderr));
-        let numbers: Vec<u64> = line
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|word| word.parse().ok())
-            .collect();
-        (numbers[0], numbers[1])
+        let frames = &self.json()["frames"];
+        (frames["sent"].as_u64().unwrap(), frames["answered"].as_u64().unwrap())
     }
 
     /// The payload bytes the source's report says were answered.
     #[track_caller]
     fn payload_answered(&self) -> u64 {
-        let line = self
-            .stderr
-            .lines()
-            .find(|line| line.starts_with("throughput: "))
-            .unwrap_or_else(|| panic!("no throughput line in:\n{}", self.stderr));
-        line["throughput: ".len()..].split(' ').next().unwrap().parse().unwrap()
+        self.json()["throughput"]["payload_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no throughput in the report:\n{}", self.stderr))
     }
 
     #[track_caller]
@@ -312,7 +324,7 @@ fn a_middle_relay_killed_mid_stream_is_named_at_the_source() {
     assert!(error.contains("subsegment B ⇄ C failed"), "{error}");
     let (sent, answered) = run.frames_sent_answered();
     assert!(
-        error.contains(&format!("after {answered} of {sent} frames came back")),
+        error.contains(&format!("failed, {answered} of the {sent} frames sent answered")),
         "the error does not say how many frames came back ({answered} of {sent}): {error}"
     );
     assert!(answered > 0 && answered <= sent, "{}", run.stderr);
@@ -353,7 +365,8 @@ fn a_middle_relay_killed_after_the_input_ended_is_named_at_the_source() {
     // Exactly the three frames sent alone came back; the other 125 were at C or behind it.
     assert!(run.stdout == input[..3 * 512], "{} B came back, not 3 × 512", run.stdout.len());
     let error = run.stderr.lines().find(|line| line.contains("error:")).unwrap_or_default();
-    assert!(error.contains("subsegment B ⇄ C failed after 3 of 128 frames"), "{}", run.stderr);
+    let says = "subsegment B ⇄ C failed, 3 of the 128 frames sent answered";
+    assert!(error.contains(says), "{}", run.stderr);
 }
 
 /// The last hop dies and comes back on the same address: the relay in front of it, never
@@ -410,7 +423,7 @@ fn interrupt_source(read_pause: Duration, all_written: bool) {
     assert!(took < bound, "the source took {took:?} to exit after SIGINT");
     assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
 
-    let report = parse_report(&run.stderr);
+    let report = run.report();
     let (sent, answered) = run.frames_sent_answered();
     assert!(answered >= 2048, "only {answered} of {sent} frames reported after 1 MiB came back");
     assert_eq!(report.end_to_end.count, answered, "{}", run.stderr);

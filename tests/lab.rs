@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{DELAY_BIN, MAIN_BIN, Report, parse_report, say_skipped};
+use util::{DELAY_BIN, MAIN_BIN, Report, read_json_report, say_skipped};
 
 /// Probes with one frame in flight, so that queueing does not add to the delay being measured.
 const PROBES: [&str; 8] = ["--count", "300", "--size", "64", "--window", "1", "--interval", "2ms"];
@@ -135,6 +135,17 @@ impl Lab {
         (1..self.hosts).map(|host| format!("h{host}")).collect()
     }
 
+    /// Where the source of the latest deploy writes its `--json` report.
+    fn report_path(&self) -> PathBuf {
+        self.dir.join("report.json")
+    }
+
+    /// The latest deploy's report; `stderr` is the deploy's, for the message.
+    #[track_caller]
+    fn report(&self, stderr: &str) -> Report {
+        read_json_report(&self.report_path(), stderr)
+    }
+
     /// `deploy-chain.sh` run inside h0 (the source host) over the lab's ssh onto `hops`.
     fn deploy_command(&self, options: &[&str], hops: &[String], source: &[&str]) -> Command {
         let mut command = Command::new("ip");
@@ -147,7 +158,11 @@ impl Lab {
             .args(options)
             .args(hops)
             .arg("--")
-            .args(source);
+            .args(source)
+            .arg("--json")
+            .arg(self.report_path());
+        // A report left by an earlier deploy must not pass for this one's.
+        let _ = std::fs::remove_file(self.report_path());
         command
             // Its local scratch directory then lives in the lab's, which `down` removes even
             // after a deployer killed outright.
@@ -335,7 +350,7 @@ fn an_injected_link_delay_is_named_and_measured() {
         let (status, stderr) = run.finish(RUN_TIMEOUT);
         lab.clear(link);
         assert!(status.success(), "deploy-chain failed ({status}):\n{stderr}");
-        let report = parse_report(&stderr);
+        let report = lab.report(&stderr);
         let context = format!("{label} delayed ({}):\n{stderr}", mechanism.trim());
 
         assert!(
@@ -390,7 +405,7 @@ fn bulk_deploys_give_no_negative_sample_and_steady_verdicts() {
         let (status, stderr) = run.finish(RUN_TIMEOUT);
         assert!(status.success(), "deploy-chain --bytes failed ({status}):\n{stderr}");
         assert!(stderr.contains("missing 0,"), "{stderr}");
-        parse_report(&stderr).verdict_names().map(str::to_string)
+        lab.report(&stderr).verdict_names().map(str::to_string)
     };
     let idle: Vec<Option<String>> = (0..3).map(|_| bulk(&[])).collect();
     assert!(idle.iter().all(|verdict| *verdict == idle[0]), "idle lab: {idle:?}");
@@ -420,7 +435,7 @@ fn ctrl_c_reports_and_stops_every_remote_hop() {
     let (status, stderr) = run.finish(RUN_TIMEOUT);
     assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    parse_report(&stderr); // The report of what came back so far is there.
+    lab.report(&stderr); // The report of what came back so far is there.
     lab.assert_no_leftovers("after SIGINT");
 }
 
@@ -484,7 +499,7 @@ fn a_default_deploy_lets_each_hop_accept_only_the_hop_before_it() {
     let refusals: Vec<&str> = stderr.lines().filter(|line| line.contains("refusing")).collect();
     assert_eq!(refusals.len(), 2, "only the two strangers are refused:\n{stderr}");
     assert!(refusals.iter().all(|line| line.ends_with(": not in --allow")), "{stderr}");
-    let report = parse_report(&stderr);
+    let report = lab.report(&stderr);
     assert!(report.end_to_end.count > 0, "{stderr}");
     lab.assert_no_leftovers("after a default deploy and two strangers");
 }
@@ -592,7 +607,7 @@ fn hops_the_source_cannot_reach_are_deployed_through_a_jump_host() {
     let (status, stderr) =
         Running::spawn(lab.deploy_command(&["-J", "h1"], &lab.hops(), &probes)).finish(RUN_TIMEOUT);
     assert!(status.success(), "deploy-chain -J h1 failed ({status}):\n{stderr}");
-    let report = parse_report(&stderr);
+    let report = lab.report(&stderr);
     assert_eq!(report.labels()[..3], ["h0 ⇄ h1", "h1 ↓ (relay)", "h1 ↑ (relay)"], "{stderr}");
     assert!(report.labels().contains(&"h2 ⇄ h3"), "{stderr}");
     assert_eq!(report.end_to_end.count, 100, "{stderr}");

@@ -6,7 +6,7 @@ mod util;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use util::{MAIN_BIN, Proc, parse_report, run_source, spawn_listening};
+use util::{MAIN_BIN, Proc, run_source, spawn_listening};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -26,7 +26,7 @@ fn a_slowed_link_is_named_and_measured() {
     let args = ["-f", &b, "-n", "A", "--count", "40", "--size", "512", "--window", "1"];
     let run = run_source(&args, &[], RUN_TIMEOUT);
     assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
-    let report = parse_report(&run.stderr);
+    let report = run.report();
     assert!(report.verdict.starts_with("verdict: B ⇄ C adds the most delay"), "{}", run.stderr);
     // The bounds are the 40 ms asked (the element never releases early) and what the element
     // itself says it held the frames (kernel arrival → end of its write, each way), not 40 ms

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use util::{MAIN_BIN, Proc, parse_report, random_bytes, run_source_under, spawn_listening};
+use util::{MAIN_BIN, Proc, random_bytes, run_source_under, spawn_listening};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -62,7 +62,7 @@ fn bulk_runs(b: SocketAddr, source_cpu: &str, input: &[u8], runs: usize) -> Vec<
             assert_eq!(result.status.map(|s| s.code()), Some(Some(0)), "{}", result.stderr);
             assert!(result.stdout == input, "run {run}: output differs from input");
             // parse_report fails on any negative sample.
-            let report = parse_report(&result.stderr);
+            let report = result.report();
             for row in &report.rows {
                 assert!(row.min_ns >= 0.0, "run {run}: {row:?}");
             }
@@ -148,17 +148,10 @@ fn probes_keep_an_absolute_schedule_and_report_the_rate_achieved() {
         RUN_TIMEOUT,
     );
     assert_eq!(result.status.map(|s| s.code()), Some(Some(0)), "{}", result.stderr);
-    let line = result
-        .stderr
-        .lines()
-        .find(|line| line.starts_with("probes: one every 1000 µs asked (1000/s), "))
-        .unwrap_or_else(|| panic!("no schedule line:\n{}", result.stderr));
-    let achieved: f64 = line
-        .split(", ")
-        .nth(1)
-        .and_then(|part| part.split("/s achieved").next())
-        .and_then(|rate| rate.parse().ok())
-        .unwrap_or_else(|| panic!("no achieved rate in {line}"));
+    let schedule = &result.report().json["schedule"];
+    assert_eq!(schedule["interval_ns"].as_u64(), Some(1_000_000), "{schedule}");
+    let achieved = schedule["achieved_per_second"].as_f64().expect("an achieved rate");
+    let line = schedule.to_string();
     // The old loop rescheduled from each wake-up and lost 0.3 ms per probe here (750/s). An
     // absolute schedule keeps the average whatever single probes do: only the last probe's
     // lateness shows (60 ms of it still gives 830/s), where a drift of 0.25 ms per probe
@@ -170,16 +163,18 @@ fn probes_keep_an_absolute_schedule_and_report_the_rate_achieved() {
 /// frame payload.
 fn mean_frame_from(b: SocketAddr, feed: &str, block: &str) -> u64 {
     let b = b.to_string();
-    let command = format!("{feed} | {MAIN_BIN} -f {b} -n A -b {block} > /dev/null");
+    let json = util::json_path();
+    let command =
+        format!("{feed} | {MAIN_BIN} -f {b} -n A -b {block} --json {} > /dev/null", json.display());
     let output =
         Command::new("sh").args(["-c", &command]).stdin(Stdio::null()).output().expect("run sh");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{command}: {stderr}");
-    let line = stderr
-        .lines()
-        .find(|line| line.starts_with("frames from stdin: "))
-        .unwrap_or_else(|| panic!("no frame size line:\n{stderr}"));
-    line.split_whitespace().nth(3).and_then(|bytes| bytes.parse().ok()).unwrap()
+    let report = util::read_json_report(&json, &stderr);
+    let _ = std::fs::remove_file(&json);
+    report.json["stdin"]["mean_frame_payload_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no frame size in the report:\n{stderr}"))
 }
 
 #[test]
@@ -197,15 +192,20 @@ fn frames_from_stdin_are_full_blocks_unless_stdin_has_nothing_more_ready() {
     writer.write_all(&random_bytes(60_000, 6)).unwrap();
     drop(writer);
     let b_text = b.to_string();
+    let json = util::json_path();
     let output = Command::new(MAIN_BIN)
-        .args(["-f", &b_text, "-n", "A", "-b", "4096"])
+        .args(["-f", &b_text, "-n", "A", "-b", "4096", "--json"])
+        .arg(&json)
         .stdin(reader)
         .stdout(Stdio::null())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("sent 15, answered 15"), "full blocks from a full pipe:\n{stderr}");
+    let frames = util::read_json_report(&json, &stderr).json["frames"].clone();
+    let _ = std::fs::remove_file(&json);
+    let sent_answered = (frames["sent"].as_u64(), frames["answered"].as_u64());
+    assert_eq!(sent_answered, (Some(15), Some(15)), "full blocks from a full pipe:\n{stderr}");
     // A producer that pauses: each 100-byte line goes at once, not held for a full block.
     let started = Instant::now();
     let paused =

@@ -267,6 +267,18 @@ pub struct SourceRun {
     pub status: Option<ExitStatus>,
     pub stdout: Vec<u8>,
     pub stderr: String,
+    /// The `--json` document the run wrote (each run gets one unless it asks for its own).
+    pub json: Option<String>,
+}
+
+impl SourceRun {
+    /// The run's report, from its JSON document; panics with stderr when there is none.
+    #[track_caller]
+    pub fn report(&self) -> Report {
+        let text =
+            self.json.as_deref().unwrap_or_else(|| panic!("no JSON report:\n{}", self.stderr));
+        parse_json_report(text)
+    }
 }
 
 /// Runs the main binary with `args`, feeding `input` on stdin (then closing it) and collecting
@@ -289,9 +301,17 @@ pub fn run_source_under(
         Some((program, rest)) => (*program, [rest, &[MAIN_BIN]].concat()),
         None => (MAIN_BIN, Vec::new()),
     };
+    let own_json = !args.iter().any(|arg| arg.starts_with("--json"));
+    let json_path = json_path();
+    let json_args: Vec<&str> = match own_json {
+        true => vec!["--json", json_path.to_str().expect("a UTF-8 temp path")],
+        false => Vec::new(),
+    };
     let mut child = Command::new(program)
         .args(before)
         .args(args)
+        .args(&json_args)
+        .env("LC_ALL", "C.UTF-8")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -317,10 +337,13 @@ pub fn run_source_under(
         thread::sleep(Duration::from_millis(5));
     };
     let _ = feeder.join();
+    let json = own_json.then(|| std::fs::read_to_string(&json_path).ok()).flatten();
+    let _ = std::fs::remove_file(&json_path);
     SourceRun {
         status,
         stdout: stdout.join().unwrap(),
         stderr: String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
+        json,
     }
 }
 
@@ -343,39 +366,37 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 /// One row of the source's delay table, values in nanoseconds.
 #[derive(Debug, Clone)]
 pub struct Row {
+    pub id: String,
     pub label: String,
     pub count: u64,
+    pub sum_ns: u64,
     pub min_ns: f64,
     pub p50_ns: f64,
     pub p99_ns: f64,
     pub mean_ns: f64,
 }
 
-/// The parts of the source's report that tests check.
+/// The parts of the source's report that tests check, read from its `--json` document.
 #[derive(Debug, Clone)]
 pub struct Report {
     pub rows: Vec<Row>,
     pub sum_of_parts_mean_ns: f64,
     pub end_to_end: Row,
+    /// `verdict: ` and the verdict's words, as the text report prints them.
     pub verdict: String,
-    /// Half of the last printed digit, in ns: the rounding of every printed figure.
+    /// The label of the subsegment the verdict names, if it names one.
+    pub verdict_label: Option<String>,
+    /// The rounding of every figure: means are rounded to the nanosecond.
     pub rounding_ns: f64,
+    /// The whole document.
+    pub json: serde_json::Value,
 }
 
 impl Report {
     /// The subsegment the verdict names (for its median or for its floor), or `None` when it
     /// says none stands out.
-    #[track_caller]
     pub fn verdict_names(&self) -> Option<&str> {
-        if self.verdict.starts_with("verdict: no subsegment stands out") {
-            return None;
-        }
-        let named = self.verdict.strip_prefix("verdict: ").and_then(|rest| {
-            [" adds the most delay", " has the largest fixed delay"]
-                .into_iter()
-                .find_map(|verb| rest.split_once(verb).map(|(label, _)| label))
-        });
-        Some(named.unwrap_or_else(|| panic!("a verdict of neither kind: {}", self.verdict)))
+        self.verdict_label.as_deref()
     }
 
     pub fn labels(&self) -> Vec<&str> {
@@ -391,56 +412,69 @@ impl Report {
     }
 }
 
-/// Parses the table the source prints on stderr; panics with the whole text if it is absent,
-/// or if the report names a negative sample (a stamp before its bytes: always a bug).
+fn row_of(value: &serde_json::Value, label: &str) -> Row {
+    let number = |field: &str| {
+        value[field].as_u64().unwrap_or_else(|| panic!("no integer '{field}' in {value}"))
+    };
+    Row {
+        id: value["id"].as_str().unwrap_or("end-to-end").to_string(),
+        label: label.to_string(),
+        count: number("count"),
+        sum_ns: number("sum_ns"),
+        min_ns: number("min_ns") as f64,
+        p50_ns: number("p50_ns") as f64,
+        p99_ns: number("p99_ns") as f64,
+        mean_ns: number("mean_ns") as f64,
+    }
+}
+
+/// Parses a `--json` document; panics with the text if it has no delay table, or if it names
+/// a negative sample (a stamp before its bytes: always a bug).
 #[track_caller]
-pub fn parse_report(stderr: &str) -> Report {
-    assert!(!stderr.contains("bug: "), "the report found negative samples:\n{stderr}");
-    let unit_line = stderr
-        .lines()
-        .find(|line| line.starts_with("delay per subsegment in "))
-        .unwrap_or_else(|| panic!("no delay table in:\n{stderr}"));
-    let (unit_ns, decimals) = if unit_line.contains(" in ms ") { (1e6, 2) } else { (1e3, 1) };
-    let rounding_ns = unit_ns * 0.5 * 10f64.powi(-decimals);
-    let mut rows = Vec::new();
-    let mut sum_of_parts_mean_ns = None;
-    let mut end_to_end = None;
-    for line in stderr.lines().skip_while(|line| *line != unit_line).skip(2) {
-        if !line.starts_with("  ") {
-            break;
-        }
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if line.trim_start().starts_with("sum of subsegments") {
-            sum_of_parts_mean_ns = Some(fields[3].parse::<f64>().unwrap() * unit_ns);
-            continue;
-        }
-        // label (may contain spaces), count, min, p50, p90, p99, p99.9, max, mean, stdev, jitter[, share]
-        let numbers_at = fields.iter().position(|field| field.parse::<u64>().is_ok()).unwrap();
-        let value = |offset: usize| fields[numbers_at + offset].parse::<f64>().unwrap() * unit_ns;
-        let row = Row {
-            label: fields[..numbers_at].join(" "),
-            count: fields[numbers_at].parse().unwrap(),
-            min_ns: value(1),
-            p50_ns: value(2),
-            p99_ns: value(4),
-            mean_ns: value(7),
-        };
-        if row.label == "end-to-end" {
-            end_to_end = Some(row);
-        } else {
-            rows.push(row);
-        }
-    }
-    let verdict = stderr
-        .lines()
-        .find(|line| line.starts_with("verdict: "))
-        .unwrap_or_else(|| panic!("no verdict in:\n{stderr}"))
-        .to_string();
+pub fn parse_json_report(text: &str) -> Report {
+    let json: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}):\n{text}"));
+    let bugs = json["bugs"].as_array().map_or(0, Vec::len);
+    assert_eq!(bugs, 0, "the report found negative samples:\n{text}");
+    let rows: Vec<Row> = json["subsegments"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no subsegments in:\n{text}"))
+        .iter()
+        .map(|row| row_of(row, row["label"].as_str().expect("a label")))
+        .collect();
+    assert!(json["end_to_end"].is_object(), "no delay table in:\n{text}");
+    let end_to_end = row_of(&json["end_to_end"], "end-to-end");
+    let sum_ns: u64 = rows.iter().map(|row| row.sum_ns).sum();
+    let verdict = &json["verdict"];
+    let verdict_label = verdict["subsegment"]
+        .as_str()
+        .map(|id| rows.iter().find(|row| row.id == id).expect("the verdict's row").label.clone());
     Report {
+        sum_of_parts_mean_ns: sum_ns as f64 / end_to_end.count.max(1) as f64,
+        verdict: format!(
+            "verdict: {}",
+            verdict["text"].as_str().unwrap_or_else(|| panic!("no verdict in:\n{text}"))
+        ),
+        verdict_label,
+        end_to_end,
         rows,
-        sum_of_parts_mean_ns: sum_of_parts_mean_ns.expect("a 'sum of subsegments' row"),
-        end_to_end: end_to_end.expect("an 'end-to-end' row"),
-        verdict,
-        rounding_ns,
+        rounding_ns: 1.0,
+        json,
     }
+}
+
+/// Reads the `--json` document a source wrote to `path`.
+#[track_caller]
+pub fn read_json_report(path: &std::path::Path, context: &str) -> Report {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("no report at {} ({error}):\n{context}", path.display()));
+    parse_json_report(&text)
+}
+
+/// A fresh path for a source's `--json` document.
+pub fn json_path() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let index = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("ssts-report-{}-{index}.json", std::process::id()))
 }
