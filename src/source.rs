@@ -180,6 +180,10 @@ pub struct Run {
     pub stdin_block_size: Option<usize>,
     /// Frames could be in flight together (no `--window 1`).
     pub loaded: bool,
+    /// A continuous run's breaks, in order.
+    pub outages: Vec<Outage>,
+    /// Times the path came back different after an outage.
+    pub path_changes: u64,
 }
 
 impl Run {
@@ -200,6 +204,8 @@ impl Run {
             schedule: None,
             stdin_block_size: None,
             loaded,
+            outages: Vec::new(),
+            path_changes: 0,
         }
     }
 }
@@ -291,7 +297,9 @@ impl ProbeTimer {
 struct Source<'a> {
     config: SourceConfig,
     upstream: Peer,
-    connecting: bool,
+    link: Link,
+    /// A continuous run's wait before the next reconnect after an outage.
+    backoff: Duration,
     stdin: Stdio,
     stdout: Stdio,
     send: Outbound,
@@ -316,6 +324,39 @@ struct Source<'a> {
     writer: &'a mut Writer,
 }
 
+/// The connection to the first hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// The non-blocking connect has not completed.
+    Connecting,
+    Connected,
+    /// A continuous run after an outage: the next attempt is due at `retry_ns`.
+    Down {
+        retry_ns: u64,
+    },
+}
+
+/// A continuous run's first wait before reconnecting, and the longest (it doubles per attempt).
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const LONGEST_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A break in a continuous run: the chain failed, the run went on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outage {
+    pub started_unix_ns: u64,
+    /// CLOCK_MONOTONIC_RAW at the break, for its length.
+    started_ns: u64,
+    pub message: String,
+    /// The hop that reported the fault in-band: the link below it broke.
+    pub broken_link: Option<usize>,
+    /// Frames in flight when it broke, given up for lost.
+    pub lost: u64,
+    /// From the break until the path came back; `None` while it lasts.
+    pub down_ns: Option<u64>,
+    /// The path that came back differs from the one before.
+    pub path_changed: bool,
+}
+
 /// Why the source stopped sending before its input ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -336,6 +377,9 @@ struct Intervals {
     /// The run's counters when the interval started.
     sent_before: u64,
     answered_before: u64,
+    /// Frames lost to outages, and outages begun, during the interval.
+    lost: u64,
+    outages: u64,
 }
 
 pub fn run(config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
@@ -352,18 +396,14 @@ pub fn run(config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
         UPSTREAM,
         Interest::READABLE | Interest::WRITABLE,
     )?;
+    let mut send = Outbound::with_capacity(SEND_BUFFER_LEN)?;
+    announce(&mut send, &config, &upstream);
     let stdin = match config.probe {
         None => Stdio::open(&poll, libc::STDIN_FILENO, STDIN, Interest::READABLE)?,
         Some(_) => Stdio { fd: -1, pollable: false, ready: true, closed: false, _restore: None },
     };
     let stdout = Stdio::open(&poll, libc::STDOUT_FILENO, STDOUT, Interest::WRITABLE)?;
 
-    let mut send = Outbound::with_capacity(SEND_BUFFER_LEN)?;
-    let mut announcement = Vec::new();
-    PathEntry::new(Role::Source, &config.name, upstream.stream.local_addr().ok(), None)
-        .with_tags(config.tags.clone())
-        .emit(&mut announcement);
-    send.push(&wire::control_frame(Kind::Path, &announcement));
     let (probe_timer, schedule) = match config.probe {
         Some(probe) if !probe.interval.is_zero() => (
             Some(ProbeTimer::new(&poll)?),
@@ -384,12 +424,15 @@ pub fn run(config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
         chain: None,
         sent_before: 0,
         answered_before: 0,
+        lost: 0,
+        outages: 0,
     });
     let send_deadline_ns = config.duration.map(|duration| now_ns + duration.as_nanos() as u64);
     let mut source = Source {
         config,
         upstream,
-        connecting: true,
+        link: Link::Connecting,
+        backoff: FIRST_BACKOFF,
         stdin,
         stdout,
         send,
@@ -425,9 +468,14 @@ impl Source<'_> {
             // plenty); probes wake the loop through their timer.
             let wait_ns = timeout_ns.saturating_sub(waited_ns).max(1_000_000);
             let spin = always_ready || self.config.busy_poll;
+            let retry_ns = match self.link {
+                Link::Down { retry_ns } => Some(retry_ns),
+                _ => None,
+            };
             let next_event_ns = [
                 self.send_deadline_ns.filter(|_| self.stop.is_none()),
                 self.intervals.as_ref().map(|intervals| intervals.ends_ns),
+                retry_ns,
             ]
             .into_iter()
             .flatten()
@@ -456,6 +504,9 @@ impl Source<'_> {
                 self.stop_sending(Stop::DurationElapsed);
             }
             self.publish_interval_if_due(now_ns);
+            if retry_ns.is_some_and(|retry_ns| now_ns >= retry_ns) && self.stop.is_none() {
+                self.reconnect(poll, now_ns);
+            }
             for event in events.iter() {
                 match event.token() {
                     UPSTREAM => {
@@ -480,41 +531,179 @@ impl Source<'_> {
                     Ok(true) => self.last_progress_ns = now_ns,
                     Ok(false) => break,
                     Err(message) => {
-                        self.run.ending = match self.usage_error.take() {
+                        let ending = match self.usage_error.take() {
                             Some(usage_error) => Ending::UsageError(usage_error),
                             None => self.failed(message),
                         };
-                        return;
+                        if self.end_or_outage(poll, ending) {
+                            return;
+                        }
+                        break;
                     }
                 }
             }
             if let Some(ending) = self.finished() {
-                self.run.ending = match (ending, self.stop) {
+                let ending = match (ending, self.stop) {
                     (Ending::Complete, Some(Stop::Signal)) => Ending::Interrupted,
                     (ending, _) => ending,
                 };
-                self.publish_interval(clock::now_ns());
-                return;
+                if self.end_or_outage(poll, ending) {
+                    self.publish_interval(clock::now_ns());
+                    return;
+                }
+                continue;
+            }
+            if matches!(self.link, Link::Down { .. }) {
+                continue;
             }
             let waiting_for_producer = !self.stdin.closed
                 && self.run.sequencing.missing() == 0
                 && self.send.is_empty()
-                && !self.connecting
+                && self.link == Link::Connected
                 && self.fault.is_none();
             if waiting_for_producer {
                 self.last_progress_ns = now_ns;
             } else if clock::now_ns().saturating_sub(self.last_progress_ns) >= timeout_ns {
-                self.run.ending = match &self.fault {
+                let ending = match &self.fault {
                     Some(_) => self.failed(self.timeout_message()),
                     None => Ending::TimedOut(self.timeout_message()),
                 };
-                return;
+                if self.end_or_outage(poll, ending) {
+                    return;
+                }
             }
         }
     }
 
-    /// The path is known: check the SLAs against it and start the statistics.
+    /// Whether the run ends with `ending`; a continuous run that has not been told to stop
+    /// survives a failure instead, as a monitor must: the outage is counted and the source
+    /// reconnects.
+    fn end_or_outage(&mut self, poll: &mut Poll, ending: Ending) -> bool {
+        let continuous = self.config.probe.is_some_and(|probe| probe.count.is_none());
+        match ending {
+            Ending::Failed { message, .. } | Ending::TimedOut(message)
+                if continuous && self.stop.is_none() =>
+            {
+                self.begin_outage(poll, message);
+                false
+            }
+            ending => {
+                self.run.ending = ending;
+                true
+            }
+        }
+    }
+
+    /// The connection broke: what was in flight is lost, the connection is dropped, and the
+    /// next attempt waits for the backoff. A failed attempt during an outage extends it.
+    fn begin_outage(&mut self, poll: &mut Poll, message: String) {
+        let now_ns = clock::now_ns();
+        let lost = self.run.sequencing.abandon_in_flight();
+        let ongoing = self.run.outages.last().is_some_and(|outage| outage.down_ns.is_none());
+        if !ongoing {
+            self.run.outages.push(Outage {
+                started_unix_ns: clock::realtime_ns(),
+                started_ns: now_ns,
+                message: message.clone(),
+                broken_link: self.fault.as_ref().map(|fault| fault.hop.into()),
+                lost,
+                down_ns: None,
+                path_changed: false,
+            });
+            if let Some(intervals) = self.intervals.as_mut() {
+                intervals.outages += 1;
+            }
+        } else if let Some(outage) = self.run.outages.last_mut() {
+            outage.lost += lost;
+        }
+        if let Some(intervals) = self.intervals.as_mut() {
+            intervals.lost += lost;
+        }
+        let _ = poll.registry().deregister(&mut self.upstream.stream);
+        self.send.clear();
+        self.receive.clear();
+        self.receive_stalled = false;
+        self.fault = None;
+        if let Some(schedule) = self.run.schedule.as_mut() {
+            // The probes due during the outage are not owed: the schedule starts again.
+            schedule.origin = None;
+        }
+        let retry = self.backoff;
+        self.backoff = (self.backoff * 2).min(LONGEST_BACKOFF);
+        self.link = Link::Down { retry_ns: now_ns + retry.as_nanos() as u64 };
+        self.last_progress_ns = now_ns;
+        let what = if ongoing { "still down" } else { "outage" };
+        self.writer.send(
+            Destination::Stderr,
+            format!(
+                "{}: {what}: {message}; {lost} {} lost; reconnecting in {:.1} s",
+                self.config.name,
+                if lost == 1 { "frame" } else { "frames" },
+                retry.as_secs_f64()
+            ),
+        );
+    }
+
+    /// A continuous run's next attempt at the first hop, once its backoff has passed.
+    fn reconnect(&mut self, poll: &mut Poll, now_ns: u64) {
+        let target = self.config.forward_to.0;
+        let registered = net::connect(target).and_then(|stream| {
+            let mut upstream = Peer::new(stream, target, &self.config.name);
+            poll.registry().register(
+                &mut upstream.stream,
+                UPSTREAM,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(upstream)
+        });
+        match registered {
+            Ok(upstream) => {
+                self.upstream = upstream;
+                announce(&mut self.send, &self.config, &self.upstream);
+                self.link = Link::Connecting;
+                self.last_progress_ns = now_ns;
+            }
+            Err(error) => {
+                let first_hop = first_hop(&self.config.forward_to);
+                self.begin_outage(poll, format!("cannot reach first hop {first_hop}: {error}"));
+            }
+        }
+    }
+
+    /// The path is known: check the SLAs against it and start the statistics. After an
+    /// outage, a path that came back unchanged keeps the run's statistics; a changed one
+    /// starts them again (the report covers the path as last discovered) and says so.
     fn path_discovered(&mut self, path: Vec<PathEntry>) -> Result<(), String> {
+        let ongoing = self.run.outages.last().is_some_and(|outage| outage.down_ns.is_none());
+        if ongoing && path.iter().any(|entry| entry.role == Role::Unreached) {
+            // A hop is up but its next hop is not: the outage goes on, and its fault follows.
+            return Ok(());
+        }
+        if let Some(outage) = self.run.outages.last_mut().filter(|outage| outage.down_ns.is_none())
+        {
+            let now_ns = clock::now_ns();
+            outage.down_ns = Some(now_ns.saturating_sub(outage.started_ns));
+            outage.path_changed = !same_path(&self.run.path, &path);
+            self.backoff = FIRST_BACKOFF;
+            let (down_ns, changed) = (outage.down_ns.unwrap_or(0), outage.path_changed);
+            let how = if changed {
+                format!("the path changed: {}", describe_path(&path))
+            } else {
+                "the path is unchanged".to_string()
+            };
+            self.writer.send(
+                Destination::Stderr,
+                format!(
+                    "{}: reconnected after {:.1} s; {how}",
+                    self.config.name,
+                    down_ns as f64 / 1e9
+                ),
+            );
+            if !changed {
+                return Ok(());
+            }
+            self.run.path_changes += 1;
+        }
         let chain = Chain::new(path.clone());
         if let Some(chain) = &chain {
             let parts: Vec<Part> = chain.parts.iter().map(|series| series.part).collect();
@@ -566,7 +755,8 @@ impl Source<'_> {
             sent: sequencing.sent - intervals.sent_before,
             answered: sequencing.answered - intervals.answered_before,
             in_flight: sequencing.in_flight(),
-            lost: 0,
+            lost: intervals.lost,
+            outages: intervals.outages,
         };
         if let Some(chain) = intervals.chain.as_mut() {
             let interval = Interval::build(
@@ -593,6 +783,8 @@ impl Source<'_> {
         intervals.start_unix_ns = end_unix_ns;
         intervals.sent_before = sequencing.sent;
         intervals.answered_before = sequencing.answered;
+        intervals.lost = 0;
+        intervals.outages = 0;
         while intervals.ends_ns <= now_ns {
             intervals.ends_ns += intervals.every_ns;
         }
@@ -623,6 +815,7 @@ impl Source<'_> {
     fn wants_stdin(&self) -> bool {
         !self.stdin.closed
             && self.fault.is_none()
+            && !matches!(self.link, Link::Down { .. })
             && self.send.room() >= self.frame_room()
             && self.window().is_none_or(|window| self.run.sequencing.in_flight() < window)
     }
@@ -685,22 +878,26 @@ impl Source<'_> {
     /// One pass of connect, stdin, send, receive and stdout; `Ok(true)` when anything moved.
     fn round(&mut self) -> Result<bool, String> {
         let mut progress = false;
-        if self.connecting {
-            if !self.upstream.writable {
-                return Ok(false);
-            }
-            match net::connect_result(&self.upstream.stream) {
-                Ok(true) => {
-                    self.connecting = false;
-                    progress = true;
-                }
-                Ok(false) => {
-                    self.upstream.writable = false;
+        match self.link {
+            Link::Down { .. } => return Ok(false),
+            Link::Connected => {}
+            Link::Connecting => {
+                if !self.upstream.writable {
                     return Ok(false);
                 }
-                Err(error) => {
-                    let first_hop = first_hop(&self.config.forward_to);
-                    return Err(format!("cannot reach first hop {first_hop}: {error}"));
+                match net::connect_result(&self.upstream.stream) {
+                    Ok(true) => {
+                        self.link = Link::Connected;
+                        progress = true;
+                    }
+                    Ok(false) => {
+                        self.upstream.writable = false;
+                        return Ok(false);
+                    }
+                    Err(error) => {
+                        let first_hop = first_hop(&self.config.forward_to);
+                        return Err(format!("cannot reach first hop {first_hop}: {error}"));
+                    }
                 }
             }
         }
@@ -749,7 +946,7 @@ impl Source<'_> {
     }
 
     fn send_frames(&mut self) -> Result<bool, String> {
-        if self.connecting {
+        if self.link != Link::Connected {
             return Ok(false);
         }
         let progress = match self.upstream.flush(&mut self.send) {
@@ -769,7 +966,7 @@ impl Source<'_> {
 
     fn receive_answers(&mut self) -> Result<bool, String> {
         let mut progress = false;
-        if !self.receive_stalled && !self.connecting {
+        if !self.receive_stalled && self.link == Link::Connected {
             let was_closed = self.upstream.read_closed;
             progress |= self
                 .upstream
@@ -857,6 +1054,10 @@ impl Source<'_> {
     }
 
     fn finished(&self) -> Option<Ending> {
+        if let Link::Down { .. } = self.link {
+            // An outage ends only when the run is told to stop.
+            return self.stop.map(|_| Ending::Complete);
+        }
         if !(self.upstream.read_closed && self.to_stdout.is_empty()) {
             return None;
         }
@@ -866,7 +1067,8 @@ impl Source<'_> {
         if !self.receive.is_empty() {
             return Some(self.failed(self.broken("the chain closed in the middle of an answer")));
         }
-        let missing = self.run.sequencing.missing();
+        // Frames lost to an earlier outage are accounted for; only those in flight count here.
+        let missing = self.run.sequencing.in_flight();
         if missing > 0 || !self.stdin.closed {
             let sent = self.run.sequencing.sent;
             return Some(self.failed(self.broken(&format!(
@@ -910,7 +1112,7 @@ impl Source<'_> {
     /// same `--timeout`, and the one next to a stuck peer reports it in-band; the source must
     /// still be listening then to name the subsegment.
     fn give_up_after(&self) -> Duration {
-        if self.connecting {
+        if self.link == Link::Connecting {
             return self.config.timeout;
         }
         self.config.timeout + self.config.timeout.min(Duration::from_secs(1))
@@ -922,7 +1124,7 @@ impl Source<'_> {
             return self.describe_fault(fault);
         }
         let first_hop = first_hop(&self.config.forward_to);
-        if self.connecting {
+        if self.link == Link::Connecting {
             return format!("cannot reach first hop {first_hop}: timed out after {seconds} s");
         }
         if self.run.path.is_empty() {
@@ -972,6 +1174,40 @@ fn write_sample<T: AsRef<[u8]>>(
     }
     line.push('\n');
     writer.send(Destination::Samples, line);
+}
+
+/// Queues the source's path announcement, which opens every connection to the first hop.
+fn announce(send: &mut Outbound, config: &SourceConfig, upstream: &Peer) {
+    let mut announcement = Vec::new();
+    PathEntry::new(Role::Source, &config.name, upstream.stream.local_addr().ok(), None)
+        .with_tags(config.tags.clone())
+        .emit(&mut announcement);
+    send.push(&wire::control_frame(Kind::Path, &announcement));
+}
+
+/// Whether two discoveries found the same path: the same hops, in the same roles, reached at
+/// the same addresses (where each saw its peer come from changes with every connection).
+fn same_path(before: &[PathEntry], after: &[PathEntry]) -> bool {
+    before.len() == after.len()
+        && before.iter().zip(after).enumerate().all(|(index, (old, new))| {
+            old.role == new.role
+                && old.name == new.name
+                && (index == 0 || old.local == new.local)
+                && old.tags == new.tags
+        })
+}
+
+/// `A → B (10.0.0.2:9000) → Z (10.0.0.3:9000)`, for the line that says a path changed.
+fn describe_path(path: &[PathEntry]) -> String {
+    let hops: Vec<String> = path
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| match index {
+            0 => entry.name.clone(),
+            _ => format!("{} ({})", entry.name, entry.local),
+        })
+        .collect();
+    hops.join(" -> ")
 }
 
 /// The first hop as the user wrote it, with the address it resolved to when that differs.

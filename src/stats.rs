@@ -466,6 +466,8 @@ pub fn part_label(part: Part, hop_labels: &[String], symbols: Symbols) -> String
 pub struct Sequencing {
     pub sent: u64,
     pub answered: u64,
+    /// Missing frames given up for lost when a continuous run's connection broke.
+    pub lost: u64,
     pub out_of_order: u64,
     pub duplicated: u64,
     /// `answered_window[k]` says whether frame `window_base + k` has come back.
@@ -510,8 +512,19 @@ impl Sequencing {
         self.sent - self.answered
     }
 
+    /// Sent, not answered and not given up for lost.
     pub fn in_flight(&self) -> u64 {
-        self.missing()
+        self.missing() - self.lost
+    }
+
+    /// The connection carrying the frames in flight broke: they will never come back. Counts
+    /// them lost (they stay missing) and returns how many there were.
+    pub fn abandon_in_flight(&mut self) -> u64 {
+        let lost = self.in_flight();
+        self.lost += lost;
+        self.window_base = self.sent;
+        self.answered_window.clear();
+        lost
     }
 }
 
@@ -707,5 +720,11 @@ mod tests {
         assert_eq!(sequencing.duplicated, 2);
         assert_eq!(sequencing.missing(), 2);
         assert_eq!(sequencing.answered_window.len(), 2, "answered prefix is forgotten");
+        assert_eq!((sequencing.in_flight(), sequencing.abandon_in_flight()), (2, 2));
+        sequencing.sent_one();
+        sequencing.answered_one(1);
+        assert_eq!(sequencing.duplicated, 3, "an answer from before the break is not ours");
+        sequencing.answered_one(5);
+        assert_eq!((sequencing.answered, sequencing.missing(), sequencing.in_flight()), (4, 2, 0));
     }
 }

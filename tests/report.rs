@@ -310,3 +310,105 @@ fn units_and_ascii_fix_the_text() {
     assert!(c_locale.status.success(), "{text}");
     assert!(text.contains("B down (relay)") && text.is_ascii(), "a non-UTF-8 locale: {text}");
 }
+
+/// Polls until `child` exits, at most `timeout`.
+fn exit_within(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "no exit within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until the `--jsonl` file has a record of an interval that began after `after`
+/// intervals: the run is going on.
+#[track_caller]
+fn wait_for_intervals(jsonl: &std::path::Path, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(jsonl).map_or(0, |text| text.lines().count()) < count {
+        assert!(Instant::now() < deadline, "fewer than {count} intervals within 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_continuous_run_survives_a_broken_chain_and_says_when_the_path_changed() {
+    let (z, z_addr) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-n", "Z"]);
+    let z_text = z_addr.to_string();
+    let (c, c_addr) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-f", &z_text, "-n", "C"]);
+    let c_text = c_addr.to_string();
+    let (_b, b_addr) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-f", &c_text, "-n", "B"]);
+    let (mut source, jsonl, samples) = continuous(&b_addr.to_string(), &[]);
+    let mut stderr = source.stderr.take().unwrap();
+    let collector = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    wait_for_intervals(&jsonl, 2);
+    // C dies: B reports it in-band, the source counts an outage and reconnects to B, whose
+    // next hop is down until C is back on the same address under the same name.
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    let (c, _) = spawn_listening(MAIN_BIN, &["-l", &c_text, "-f", &z_text, "-n", "C"]);
+    wait_for_intervals(&jsonl, 8);
+    // Then again, back as another host: the path has changed.
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_c2, _) = spawn_listening(MAIN_BIN, &["-l", &c_text, "-f", &z_text, "-n", "C2"]);
+    let lines_before = std::fs::read_to_string(&jsonl).unwrap().lines().count();
+    wait_for_intervals(&jsonl, lines_before + 6);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(source.id() as i32, libc::SIGTERM) }, 0);
+    let status = exit_within(&mut source, Duration::from_secs(20));
+    let stderr = collector.join().unwrap();
+    drop(z);
+    assert_eq!(status.code(), Some(0), "a monitor survives outages ({status}): {stderr}");
+    assert!(stderr.contains("A: outage: subsegment B ⇄ C failed"), "{stderr}");
+    assert!(
+        stderr.contains("reconnected after ") && stderr.contains("the path is unchanged"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the path changed: A -> B ("), "{stderr}");
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let summary: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_valid(&summary, None);
+    let outages = summary["outages"].as_array().unwrap();
+    assert_eq!(outages.len(), 2, "{outages:#?}");
+    assert_eq!(outages[0]["subsegment"], "1-2", "{outages:#?}");
+    assert_eq!(
+        (outages[0]["path_changed"].as_bool(), outages[1]["path_changed"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert!(
+        outages.iter().all(|outage| outage["down_ns"].as_u64().is_some_and(|ns| ns > 0)),
+        "{outages:#?}"
+    );
+    assert_eq!(summary["path_changes"], 1);
+    assert_eq!(summary["path"][2]["name"], "C2", "the report covers the path as last discovered");
+    // The frames lost are the ones missing, and the intervals account for every one.
+    let lost: u64 = outages.iter().map(|outage| outage["lost_frames"].as_u64().unwrap()).sum();
+    assert_eq!(summary["frames"]["lost"], lost);
+    assert_eq!(summary["frames"]["missing"], lost, "{:#}", summary["frames"]);
+    let intervals: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|line: &Value| line["type"] == "interval")
+        .collect();
+    for interval in &intervals {
+        assert_valid(interval, Some("interval"));
+    }
+    let interval_lost: u64 =
+        intervals.iter().map(|interval| interval["frames"]["lost"].as_u64().unwrap()).sum();
+    let interval_outages: u64 =
+        intervals.iter().map(|interval| interval["frames"]["outages"].as_u64().unwrap()).sum();
+    assert_eq!((interval_lost, interval_outages), (lost, 2));
+    // Answers came back after each outage.
+    let last = intervals.last().unwrap();
+    assert!(last["frames"]["answered"].as_u64().unwrap() > 0, "{last:#}");
+    let _ = std::fs::remove_file(jsonl);
+    let _ = std::fs::remove_file(samples);
+}

@@ -36,6 +36,8 @@ pub struct IntervalFrames {
     pub in_flight: u64,
     /// Lost to a broken chain during the interval.
     pub lost: u64,
+    /// Outages that began during the interval.
+    pub outages: u64,
 }
 
 impl Interval {
@@ -111,12 +113,17 @@ impl Interval {
             format!("; SLA breached: {}", breaches.join(", "))
         };
         format!(
-            "interval {} ending {}: {delay}; frames sent {}, answered {}, lost {} ({loss:.2}%){breaches}",
+            "interval {} ending {}: {delay}; frames sent {}, answered {}, lost {} ({loss:.2}%){}{breaches}",
             self.index,
             &rfc3339(self.end_unix_ns)[11..19],
             frames.sent,
             frames.answered,
             frames.lost,
+            match frames.outages {
+                0 => String::new(),
+                1 => "; 1 outage".to_string(),
+                outages => format!("; {outages} outages"),
+            },
         )
     }
 }

@@ -268,6 +268,8 @@ pub struct Frames {
     pub sent: u64,
     pub answered: u64,
     pub missing: u64,
+    /// Of the missing, those given up for lost when a continuous run's chain broke.
+    pub lost: u64,
     pub out_of_order: u64,
     pub duplicated: u64,
     /// Probe answers whose payload differs from what was sent.
@@ -328,6 +330,21 @@ pub struct VerdictReport {
     pub warning: Option<String>,
 }
 
+/// One break of a continuous run.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutageReport {
+    pub started_at: String,
+    pub started_unix_ns: u64,
+    pub message: String,
+    /// The id of the link that broke, when a hop reported it in-band.
+    pub subsegment: Option<String>,
+    /// Frames in flight when it broke (and during failed attempts), given up for lost.
+    pub lost_frames: u64,
+    /// Until the path came back; `null` when the run ended during the outage.
+    pub down_ns: Option<u64>,
+    pub path_changed: bool,
+}
+
 /// Samples below zero in one series: a bug in the chain's stamping.
 #[derive(Debug, Clone, Serialize)]
 pub struct NegativeSamples {
@@ -362,6 +379,11 @@ pub struct Report {
     pub sla: Vec<SlaResult>,
     /// Negative samples, which the stamping rule makes impossible: each one is a bug.
     pub bugs: Vec<NegativeSamples>,
+    /// A continuous run's breaks: the chain failed and the run went on.
+    pub outages: Vec<OutageReport>,
+    /// Times the path came back different after an outage; the statistics cover the path as
+    /// last discovered.
+    pub path_changes: u64,
     #[serde(skip)]
     pub unit: Unit,
     #[serde(skip)]
@@ -398,6 +420,7 @@ impl Report {
             sent: sequencing.sent,
             answered: sequencing.answered,
             missing: sequencing.missing(),
+            lost: sequencing.lost,
             out_of_order: sequencing.out_of_order,
             duplicated: sequencing.duplicated,
             corrupted: run.corrupted,
@@ -473,6 +496,20 @@ impl Report {
             verdict,
             sla: Vec::new(),
             bugs,
+            outages: run
+                .outages
+                .iter()
+                .map(|outage| OutageReport {
+                    started_at: rfc3339(outage.started_unix_ns),
+                    started_unix_ns: outage.started_unix_ns,
+                    message: outage.message.clone(),
+                    subsegment: outage.broken_link.map(|hop| Part::Link(hop).id()),
+                    lost_frames: outage.lost,
+                    down_ns: outage.down_ns,
+                    path_changed: outage.path_changed,
+                })
+                .collect(),
+            path_changes: run.path_changes,
             unit,
             presentation: context.presentation,
             loaded: run.loaded,
@@ -705,6 +742,8 @@ pub(crate) mod tests {
             schedule: None,
             stdin_block_size: None,
             loaded: false,
+            outages: Vec::new(),
+            path_changes: 0,
         }
     }
 

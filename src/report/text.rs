@@ -32,8 +32,13 @@ pub fn render(report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "frames: sent {}, answered {}, missing {}, out of order {}, duplicated {}",
-        frames.sent, frames.answered, frames.missing, frames.out_of_order, frames.duplicated
+        "frames: sent {}, answered {}, missing {}{}, out of order {}, duplicated {}",
+        frames.sent,
+        frames.answered,
+        frames.missing,
+        if frames.lost > 0 { format!(" ({} lost to outages)", frames.lost) } else { String::new() },
+        frames.out_of_order,
+        frames.duplicated
     );
     if frames.unwritten_bytes > 0 {
         let _ = writeln!(
@@ -97,6 +102,24 @@ pub fn render(report: &Report) -> String {
             out,
             "frames from stdin: {} B of payload on average (blocks of at most {} B)",
             stdin.mean_frame_payload_bytes, stdin.block_size
+        );
+    }
+    for outage in &report.outages {
+        let back = match outage.down_ns {
+            Some(down_ns) => format!(
+                "back after {:.1} s, path {}",
+                down_ns as f64 / 1e9,
+                if outage.path_changed { "changed" } else { "unchanged" }
+            ),
+            None => "still down when the run ended".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "outage at {}: {}; {} {} lost; {back}",
+            &outage.started_at[11..19],
+            outage.message,
+            outage.lost_frames,
+            plural(outage.lost_frames, "frame"),
         );
     }
     render_sla(&mut out, report);
