@@ -51,7 +51,8 @@ usage: scripts/bench.sh [--quick] [options]
                         the relay has no --cpu); e.g. add --realtime --mlock
   --out DIR             where results go (default target/bench)
   --bin PATH            measure this subsegment-tcp-speeds instead of building target/release
-                        (e.g. an older build, to compare)
+                        (e.g. an older build, to compare; latency, knobs, integrity and
+                        throughput need one with --json, whose report they read)
   --no-install          do not apt-get anything; fail if a tool is missing
   -h, --help            this text
 
