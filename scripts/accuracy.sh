@@ -78,28 +78,47 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The p50 of one row of the report in $1, in µs (the table is in µs or in ms).
-row_p50_us() {
-    awk -v label="$2" '
-        /^delay per subsegment in / { scale = ($5 == "ms") ? 1000 : 1; next }
-        scale && index($0, "  " label " ") == 1 {
-            split(substr($0, length(label) + 3), field, " ")
-            printf "%.1f\n", field[3] * scale
-            exit
-        }' "$1"
-}
-verdict_of() { sed -nE 's/^verdict: (.*) (adds the most delay|has the largest fixed delay).*/\1/p' "$1"; }
+# What the tables need from the source's JSON report (--json, src/report/report.schema.json):
+#   p50 FILE LABEL  the p50 in µs of the subsegment labelled LABEL (as in the text table, e.g.
+#                   "h1 ⇄ h2"); nothing when there is no such row
+#   verdict FILE    the label of the subsegment the verdict names; nothing when it names none
+# (The verdict names a subsegment by its id; the document's subsegments[] give its label.)
+readonly report_py='
+import json, sys
+what, path = sys.argv[1], sys.argv[2]
+try:
+    with open(path, encoding="utf-8") as source:
+        report = json.load(source)
+except (OSError, ValueError) as error:
+    sys.exit(f"accuracy: no JSON report in {path}: {error}")
+labels = {row["id"]: row["label"] for row in report["subsegments"]}
+if what == "p50":
+    for row in report["subsegments"]:
+        if row["label"] == sys.argv[3]:
+            print("%.1f" % (row["p50_ns"] / 1000))
+            break
+elif what == "verdict":
+    named = (report["verdict"] or {}).get("subsegment")
+    if named is not None:
+        print(labels.get(named, named))
+'
+row_p50_us() { python3 -c "$report_py" p50 "$1" "$2"; }
+verdict_of() { python3 -c "$report_py" verdict "$1"; }
 
-# Runs the chain once; the source's and hops' stderr go to file $1. Extra deploy options follow.
+# Runs the chain once; the source's and hops' stderr go to file $1, the source's JSON report to
+# $1.json. Extra deploy options follow.
 run_chain() {
     local out=$1
     shift
     local hops=()
     for ((k = 1; k < hosts; k++)); do hops+=("h$k"); done
-    local load=(-- --count "$count" --size "$size" --window 1 --interval "$interval")
+    local load=()
     [[ -z $bulk ]] || load=(--bytes "$bulk")
+    local source_args=(--json "$out.json")
+    [[ -n $bulk ]] || source_args+=(--count "$count" --size "$size" --window 1 --interval "$interval")
+    rm -f "$out.json"
     lab exec h0 "$script_dir/deploy-chain.sh" -F "$lab_dir/ssh_config" --bin "$bin" --source-name h0 "$@" \
-        "${hops[@]}" "${load[@]}" 2>"$out" >/dev/null ||
+        "${load[@]}" "${hops[@]}" -- "${source_args[@]}" 2>"$out" >/dev/null ||
         { cat "$out" >&2; echo "accuracy: the chain failed" >&2; exit 1; }
 }
 
@@ -131,7 +150,7 @@ echo "accuracy: bare links (nothing injected)" >&2
 run_chain "$work/bare"
 declare -a bare
 for ((link = 0; link + 1 < hosts; link++)); do
-    bare[link]=$(row_p50_us "$work/bare" "h$link ⇄ h$((link + 1))")
+    bare[link]=$(row_p50_us "$work/bare.json" "h$link ⇄ h$((link + 1))")
 done
 
 # The 0 ms runs need the same element as the delayed ones, so the mechanism is settled first.
@@ -148,13 +167,13 @@ for ((link = 0; link + 1 < hosts; link++)); do
     label="h$link ⇄ h$((link + 1))"
     echo "accuracy: $label with the delay element at 0 ms" >&2
     run_impaired "$link" 0 "$work/zero"
-    zero=$(row_p50_us "$work/zero" "$label")
+    zero=$(row_p50_us "$work/zero.json" "$label")
     for delay in $delays; do
         echo "accuracy: $label, $delay ms each way" >&2
         run_impaired "$link" "$delay" "$work/run"
-        estimated=$(row_p50_us "$work/run" "$label")
+        estimated=$(row_p50_us "$work/run.json" "$label")
         held=$(held_us "$work/run.element" "$delay")
-        verdict=$(verdict_of "$work/run")
+        verdict=$(verdict_of "$work/run.json")
         rows+=("$(awk -v label="$label" -v d="$delay" -v est="$estimated" -v zero="$zero" \
             -v bare="${bare[link]}" -v held="$held" -v verdict="$verdict" 'BEGIN {
                 injected = 2 * d * 1000; expected = bare + held; tool = est - expected

@@ -51,7 +51,8 @@ usage: scripts/bench.sh [--quick] [options]
                         the relay has no --cpu); e.g. add --realtime --mlock
   --out DIR             where results go (default target/bench)
   --bin PATH            measure this subsegment-tcp-speeds instead of building target/release
-                        (e.g. an older build, to compare)
+                        (e.g. an older build, to compare; latency, knobs, integrity and
+                        throughput need one with --json, whose report they read)
   --no-install          do not apt-get anything; fail if a tool is missing
   -h, --help            this text
 
@@ -312,6 +313,13 @@ fi
 cpu_of() { if [[ $1 == one ]]; then echo "$client_cpu"; else echo "$hop_cpu"; fi; }
 
 help_text=$("$bin" --help)
+# The latency and throughput figures are read from the source's JSON report (--json), not from
+# its text on stderr; a build from before that option cannot be measured by these sections.
+if { wants latency || wants knobs || wants integrity || wants throughput; } && ! grep -q -- '--json PATH' <<<"$help_text"; then
+    echo "bench.sh: $given_bin has no --json (a build older than the JSON report); the latency, knobs," \
+        "integrity and throughput sections read it (--only syscalls,rss work without it)" >&2
+    exit 1
+fi
 busy_poll=false
 if grep -q -- '--busy-poll' <<<"$help_text"; then
     busy_poll=true
@@ -419,11 +427,17 @@ stop_chain() {
     chain_pgids=()
 }
 
-# probe ADDR COUNT SIZE LOG: one ping-pong run of our source, pinned to the client CPU.
+# probe ADDR COUNT SIZE LOG [JSON]: one ping-pong run of our source, pinned to the client CPU;
+# its text report goes to LOG, and with JSON its report as a JSON document (--json) to JSON,
+# which is what benchlib reads.
 probe() {
-    local timeout_s=$(($2 / 500 + 30))
+    local timeout_s=$(($2 / 500 + 30)) json_args=()
+    if (($# > 4)); then
+        rm -f "$5"
+        json_args=(--json "$5")
+    fi
     timeout --foreground -k 5 "$timeout_s" taskset -c "$client_cpu" "$bin" --forward-to "$1" --name source \
-        --count "$2" --size "$3" --interval 0 --window 1 </dev/null >/dev/null 2>"$4"
+        --count "$2" --size "$3" --interval 0 --window 1 "${json_args[@]}" </dev/null >/dev/null 2>"$4"
 }
 
 # others_mark, then others_share: the share (percent of all CPUs) that processes other than
@@ -508,6 +522,7 @@ latency_table='' run_frames=''
 run_latency() {
     local placement=$1 size=$2 kind=$3 hops=$4 rep=$5 status=ok rc=0 numbers="" p50 p99 others_pct=0
     local log=$logs/latency/$placement-$size-$kind-x$hops-r$rep.txt
+    local json=${log%.txt}.json
     if ((hops > 0)); then
         build_chain "$kind" "$hops" "$(cpu_of "$placement")" || status="hop did not start"
     else
@@ -519,11 +534,11 @@ run_latency() {
             status="warm-up failed (exit $rc), see $log.warmup"
         else
             others_mark
-            probe "$entry" "$run_frames" "$size" "$log" || rc=$?
+            probe "$entry" "$run_frames" "$size" "$log" "$json" || rc=$?
             others_pct=$(others_share)
             if ((rc)); then
                 status="source failed (exit $rc), see $log"
-            elif ! numbers=$("${lib[@]}" parse-latency "$log" 2>&1); then
+            elif ! numbers=$("${lib[@]}" parse-latency "$json" 2>&1); then
                 status=$numbers numbers=""
             fi
         fi
@@ -602,13 +617,15 @@ fi
 
 # --- integrity and throughput ----------------------------------------------------------------------
 
-# run_stream PLACEMENT KIND HOPS INPUT OUTPUT LOG: stdin through the chain. Sets $stream_result
+# run_stream PLACEMENT KIND HOPS INPUT OUTPUT LOG: stdin through the chain, the source's text
+# report in LOG and its JSON report (--json, what benchlib reads) beside it. Sets $stream_result
 # to "bytes seconds MB/s hop_cpu_s others_pct" (tab-separated), or returns 1 with the reason in
 # $stream_error. (Not meant for $(...): the hops must be started by this shell, so that the
 # clean-up on Ctrl-C knows them.)
 stream_result='' stream_error=''
 run_stream() {
     local placement=$1 kind=$2 hops=$3 input=$4 output=$5 log=$6 before=0 after=0 rc=0 numbers
+    local json=${6%.txt}.json
     stream_result='' stream_error=''
     if ((hops > 0)); then
         if ! build_chain "$kind" "$hops" "$(cpu_of "$placement")"; then
@@ -621,8 +638,9 @@ run_stream() {
         entry=$echo_addr
     fi
     others_mark
+    rm -f "$json"
     timeout --foreground -k 5 600 taskset -c "$client_cpu" "$bin" --forward-to "$entry" --name source -s "$throughput_block" \
-        <"$input" >"$output" 2>"$log" || rc=$?
+        --json "$json" <"$input" >"$output" 2>"$log" || rc=$?
     local others_pct
     others_pct=$(others_share)
     # Read the hops' CPU time while they still run (socat's per-connection child is counted
@@ -633,7 +651,7 @@ run_stream() {
         stream_error="source exit $rc, see $log"
         return 1
     fi
-    if ! numbers=$("${lib[@]}" parse-throughput "$log" 2>&1); then
+    if ! numbers=$("${lib[@]}" parse-throughput "$json" 2>&1); then
         stream_error=$numbers
         return 1
     fi

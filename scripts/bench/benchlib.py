@@ -13,8 +13,11 @@ bench.sh runs the processes; this file reads what they leave behind and does the
                                 groups (other work on the machine; two readings give its share)
   memory PID                    "VmRSS VmHWM VmSize" of one process, in kB
   sockets PID                   how many sockets the process holds
-  parse-latency LOG             end-to-end row of a source report: "count p50 p99 p99.9 max mean" in µs
-  parse-throughput LOG          "bytes seconds MB/s" from a source report's throughput line
+  parse-latency JSON            end-to-end stats of a source report (its --json file):
+                                "count p50 p99 p99.9 max mean" in µs
+  parse-throughput JSON         "bytes seconds MB/s" from a source report's throughput (--json)
+                                Both fail unless every frame was answered, none is missing or
+                                corrupted, and the report lists no bug (negative samples).
   parse-perf FILE FRAMES        perf stat -x, output -> "name<TAB>count<TAB>per-frame" lines
   parse-strace FILE FRAMES      strace -c output -> the same
   idle-connections ADDR N READY HOLD
@@ -193,37 +196,51 @@ def read(path):
         return source.read()
 
 
+def read_report(path):
+    """The source's report as written by --json PATH (src/report/report.schema.json)."""
+    try:
+        with open(path, encoding="utf-8") as source:
+            report = json.load(source)
+    except (OSError, ValueError) as error:
+        fail(f"{path}: no JSON report ({error})")
+    if not isinstance(report, dict) or report.get("schema_version") != 1:
+        fail(f"{path}: not a schema_version 1 report of subsegment-tcp-speeds")
+    return report
+
+
+def check_complete(path, report):
+    """Every frame answered, none missing or corrupted, and no negative sample (a bug)."""
+    frames = report["frames"]
+    sent, answered, missing = frames["sent"], frames["answered"], frames["missing"]
+    corrupted = frames.get("corrupted", 0)
+    if answered != sent or missing or corrupted:
+        fail(f"{path}: {sent} sent, {answered} answered, {missing} missing, {corrupted} corrupted")
+    if report["bugs"]:
+        bugs = ", ".join(f"{bug['count']} of {bug['label']}" for bug in report["bugs"])
+        fail(f"{path}: negative samples (a bug in the tool): {bugs}")
+
+
 def parse_latency(path):
-    text = read(path)
-    unit = re.search(r"^delay per subsegment in (µs|ms)", text, re.M)
-    row = re.search(r"^  end-to-end +(.*)$", text, re.M)
-    frames = re.search(r"^frames: sent (\d+), answered (\d+), missing (\d+)", text, re.M)
-    if not (unit and row and frames):
+    report = read_report(path)
+    row = report["end_to_end"]
+    if row is None:
         fail(f"{path}: no end-to-end row in the report")
-    sent, answered, missing = (int(value) for value in frames.groups())
-    if answered != sent or missing or re.search(r"^corrupted:", text, re.M):
-        fail(f"{path}: {sent} sent, {answered} answered, {missing} missing (or corrupted)")
-    scale = 1000.0 if unit.group(1) == "ms" else 1.0
-    # count min p50 p90 p99 p99.9 max mean stdev jitter
-    values = row.group(1).split()
-    count = int(values[0])
-    numbers = [float(value) * scale for value in values[1:10]]
-    _, p50, _, p99, p999, top, mean = numbers[:7]
-    print(f"{count}\t{p50:.2f}\t{p99:.2f}\t{p999:.2f}\t{top:.2f}\t{mean:.2f}")
+    check_complete(path, report)
+    p50, p99, p999, top, mean = (
+        row[key] / 1000.0 for key in ("p50_ns", "p99_ns", "p999_ns", "max_ns", "mean_ns")
+    )
+    print(f"{row['count']}\t{p50:.2f}\t{p99:.2f}\t{p999:.2f}\t{top:.2f}\t{mean:.2f}")
 
 
 def parse_throughput(path):
-    text = read(path)
-    match = re.search(
-        r"^throughput: (\d+) B of payload answered in ([\d.]+) s: ([\d.]+) MB/s", text, re.M
-    )
-    frames = re.search(r"^frames: sent (\d+), answered (\d+), missing (\d+)", text, re.M)
-    if not (match and frames):
-        fail(f"{path}: no throughput line in the report")
-    sent, answered, missing = (int(value) for value in frames.groups())
-    if answered != sent or missing:
-        fail(f"{path}: {sent} sent, {answered} answered, {missing} missing")
-    print("\t".join(match.groups()))
+    report = read_report(path)
+    throughput = report["throughput"]
+    if throughput is None or throughput["bytes_per_second"] is None:
+        fail(f"{path}: no throughput in the report (nothing answered, or a run too short to rate)")
+    check_complete(path, report)
+    seconds = throughput["duration_ns"] / 1e9
+    mb_per_s = throughput["bytes_per_second"] / 1e6
+    print(f"{throughput['payload_bytes']}\t{seconds:.3f}\t{mb_per_s:.2f}")
 
 
 def parse_perf(path, frames):
