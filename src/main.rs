@@ -76,6 +76,7 @@ fn run_source(options: Options) -> ExitCode {
         presentation: options.presentation,
         slas: &options.slas,
         times,
+        dropped_lines: writer.dropped,
     };
     let report = Report::build(&run, &context);
     // With nothing back at all (not even the path), a report would only be empty rows.
@@ -85,19 +86,10 @@ fn run_source(options: Options) -> ExitCode {
     if writer.jsonl {
         writer.send_waiting(Destination::Jsonl, report::json::summary_line(&report));
     }
-    let dropped = writer.dropped;
     let mut output_failed = false;
     if let Err(error) = writer.finish() {
         log_line!("{name}: error: writing the outputs: {error}");
         output_failed = true;
-    }
-    if dropped.samples + dropped.jsonl + dropped.stderr > 0 {
-        log_line!(
-            "{name}: warning: the output thread fell behind: {} samples, {} JSON lines and {} interval lines dropped",
-            dropped.samples,
-            dropped.jsonl,
-            dropped.stderr
-        );
     }
     if let Some(path) = &outputs.json
         && let Err(error) = write_document(path, &report::json::document(&report))

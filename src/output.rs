@@ -21,11 +21,17 @@ pub enum Destination {
 }
 
 /// Lines dropped because the writer fell behind, per destination.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Dropped {
     pub samples: u64,
     pub jsonl: u64,
     pub stderr: u64,
+}
+
+impl Dropped {
+    pub fn total(&self) -> u64 {
+        self.samples + self.jsonl + self.stderr
+    }
 }
 
 pub struct Writer {

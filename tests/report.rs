@@ -412,3 +412,50 @@ fn a_continuous_run_survives_a_broken_chain_and_says_when_the_path_changed() {
     let _ = std::fs::remove_file(jsonl);
     let _ = std::fs::remove_file(samples);
 }
+
+/// A field of `/proc/PID/task/TID/status` or `sched`, trimmed.
+fn proc_field(pid: u32, tid: &str, file: &str, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{file}")).ok()?;
+    text.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name.trim() == field).then(|| value.trim().to_string())
+    })
+}
+
+#[test]
+fn the_output_thread_runs_off_the_loop_s_cpu_and_at_normal_priority() {
+    let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
+    if cpus < 2 {
+        util::say_skipped("the_output_thread_runs_off_the_loop_s_cpu", "one CPU only");
+        return;
+    }
+    let (_hops, b) = chain();
+    let (mut source, jsonl, samples) = continuous(&b, &["--cpu", "0", "--realtime"]);
+    let pid = source.id();
+    wait_for_intervals(&jsonl, 1);
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let comm = |tid: &str| std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap();
+    let output = tasks.iter().find(|tid| comm(tid).trim() == "output").expect("an output thread");
+    let main = pid.to_string();
+    assert_eq!(proc_field(pid, &main, "status", "Cpus_allowed_list").as_deref(), Some("0"));
+    let allowed = proc_field(pid, output, "status", "Cpus_allowed_list").unwrap();
+    assert!(
+        !allowed.split(',').any(|range| range == "0" || range.starts_with("0-")),
+        "output on {allowed}"
+    );
+    // SCHED_FIFO is 1, SCHED_OTHER 0; where the host refuses --realtime both are 0.
+    let policy = |tid: &str| proc_field(pid, tid, "sched", "policy");
+    if policy(&main).as_deref() == Some("1") {
+        assert_eq!(policy(output).as_deref(), Some("0"), "the output thread left SCHED_FIFO");
+    } else {
+        util::say_skipped("the output thread's priority", "the host refused --realtime");
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    assert_eq!(exit_within(&mut source, Duration::from_secs(20)).code(), Some(0));
+    let _ = std::fs::remove_file(jsonl);
+    let _ = std::fs::remove_file(samples);
+}

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::output::Dropped;
 use crate::source::{Ending, Run, Schedule, UNLOADED_FRAMES};
 use crate::stats::{self, Chain, Part, Series, Symbols};
 use crate::wire::{PathEntry, Role};
@@ -384,6 +385,9 @@ pub struct Report {
     /// Times the path came back different after an outage; the statistics cover the path as
     /// last discovered.
     pub path_changes: u64,
+    /// Lines of `--samples`, `--jsonl` and the interval lines that the output thread fell
+    /// too far behind to take.
+    pub dropped_lines: Dropped,
     #[serde(skip)]
     pub unit: Unit,
     #[serde(skip)]
@@ -399,6 +403,7 @@ pub struct Context<'a> {
     pub presentation: Presentation,
     pub slas: &'a [SlaSpec],
     pub times: Times,
+    pub dropped_lines: Dropped,
 }
 
 impl Report {
@@ -510,6 +515,7 @@ impl Report {
                 })
                 .collect(),
             path_changes: run.path_changes,
+            dropped_lines: context.dropped_lines,
             unit,
             presentation: context.presentation,
             loaded: run.loaded,
@@ -749,8 +755,13 @@ pub(crate) mod tests {
 
     pub(crate) fn report_of(run: &Run, presentation: Presentation, slas: &[SlaSpec]) -> Report {
         let parameters = Parameters::default();
-        let context =
-            Context { parameters: &parameters, presentation, slas, times: Times::default() };
+        let context = Context {
+            parameters: &parameters,
+            presentation,
+            slas,
+            times: Times::default(),
+            dropped_lines: Dropped::default(),
+        };
         Report::build(run, &context)
     }
 

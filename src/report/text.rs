@@ -122,6 +122,14 @@ pub fn render(report: &Report) -> String {
             plural(outage.lost_frames, "frame"),
         );
     }
+    let dropped = &report.dropped_lines;
+    if dropped.total() > 0 {
+        let _ = writeln!(
+            out,
+            "warning: the output thread fell behind: {} samples, {} JSON lines and {} interval lines dropped",
+            dropped.samples, dropped.jsonl, dropped.stderr
+        );
+    }
     render_sla(&mut out, report);
     if let Some(verdict) = &report.verdict {
         let _ = writeln!(out, "verdict: {}", verdict.text);
@@ -387,6 +395,25 @@ mod tests {
         let presentation = Presentation { units: Units::Milliseconds, symbols: Symbols::Unicode };
         let text = render(&report_of(&run_with_links(10_000, 40_000, 100), presentation, &[]));
         assert!(text.contains("p50 0.04 ms"), "{text}");
+    }
+
+    #[test]
+    fn test_long_host_names_widen_the_columns_instead_of_breaking_them() {
+        let mut run = run_with_links(10_000, 40_000, 100);
+        let long = "relay-b.rack-17.fra1.example.internal";
+        run.path[1].name = long.to_string();
+        // The report labels its rows from the path, so they carry the long name.
+        let text = render(&report_of(&run, Presentation::default(), &[]));
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|line| !line.starts_with("delay per subsegment"))
+            .skip(1)
+            .take_while(|line| !line.contains("sum of subsegments"))
+            .collect();
+        assert_eq!(table.len(), 6, "{text}");
+        let widths: Vec<usize> = table.iter().map(|line| line.chars().count()).collect();
+        assert!(widths.iter().all(|&width| width == widths[0]), "{widths:?}\n{text}");
+        assert!(text.contains(&format!("  {long} ⇄ Z ")), "{text}");
     }
 
     #[test]
