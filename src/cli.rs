@@ -429,6 +429,29 @@ fn path_of(parser: &mut lexopt::Parser, option: &str) -> Result<String, lexopt::
     Ok(text)
 }
 
+/// The name given with `-n`/`--name` in arguments that may not parse, so that a usage error
+/// is prefixed with the hop's name like every other line of the hop; `None` when absent or
+/// unusable.
+pub fn name_given(args: &[OsString]) -> Option<String> {
+    let mut args = args.iter().map(|arg| arg.to_str());
+    let mut name = None;
+    while let Some(arg) = args.next() {
+        let value = match arg {
+            Some("-n" | "--name") => args.next().flatten(),
+            Some(arg) => arg
+                .strip_prefix("--name=")
+                .or_else(|| arg.strip_prefix("-n").filter(|rest| !rest.is_empty())),
+            None => None,
+        };
+        if let Some(value) =
+            value.filter(|value| !value.is_empty() && !value.chars().any(char::is_control))
+        {
+            name = Some(value.to_string());
+        }
+    }
+    name
+}
+
 /// The option's value as a number, or an error that names the option.
 fn number<T>(parser: &mut lexopt::Parser, option: &str) -> Result<T, lexopt::Error>
 where
@@ -527,6 +550,16 @@ mod tests {
         assert!(parse(&["-f", "127.0.0.1:9", "-t", "0"]).unwrap_err().contains("more than 0"));
         assert!(parse(&["-f", "127.0.0.1:9", "-n", ""]).unwrap_err().contains("non-empty"));
         assert!(parse(&["-l", ":9", "-n", "a\tb"]).unwrap_err().contains("control"));
+    }
+
+    #[test]
+    fn test_the_name_is_found_even_in_arguments_that_do_not_parse() {
+        let name = |args: &[&str]| name_given(&args.iter().map(OsString::from).collect::<Vec<_>>());
+        assert_eq!(name(&["-n", "B", "--frobnicate"]).as_deref(), Some("B"));
+        assert_eq!(name(&["--name=C", "-s", "0"]).as_deref(), Some("C"));
+        assert_eq!(name(&["-nZ"]).as_deref(), Some("Z"));
+        assert_eq!(name(&["-n", ""]), None);
+        assert_eq!(name(&["-f", "x"]), None);
     }
 
     #[test]

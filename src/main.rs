@@ -8,10 +8,11 @@ use subsegment_tcp_speeds::cli::{self, Command, Mode, Options};
 use subsegment_tcp_speeds::output::{Destination, Writer};
 use subsegment_tcp_speeds::report::{self, Context, Report, Times};
 use subsegment_tcp_speeds::source::{self, Ending, Run};
-use subsegment_tcp_speeds::{clock, hop, log_line};
+use subsegment_tcp_speeds::{clock, hop, log_line, net};
 
 fn main() -> ExitCode {
-    let options = match cli::parse_args(std::env::args_os().skip(1)) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let options = match cli::parse_args(args.clone()) {
         Ok(Command::Run(options)) => *options,
         Ok(Command::Help) => {
             print!("{}", cli::HELP);
@@ -22,7 +23,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(error) => {
-            log_line!("subsegment-tcp-speeds: {error}\n{}\ntry --help", cli::USAGE);
+            // Every line a hop prints starts with its name, so that the lines of a chain
+            // sharing a terminal say whose they are; a usage error too.
+            let name = cli::name_given(&args).unwrap_or_else(net::host_name);
+            log_line!("{name}: usage error: {error}\n{}\ntry --help", cli::USAGE);
             return ExitCode::from(2);
         }
     };

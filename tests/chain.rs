@@ -272,8 +272,13 @@ fn usage_errors_exit_2_with_one_line() {
         let output = std::process::Command::new(MAIN_BIN).args(args).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.lines().next().unwrap().starts_with("subsegment-tcp-speeds: "), "{stderr}");
+        let prefix = format!("{}: usage error: ", subsegment_tcp_speeds::net::host_name());
+        assert!(stderr.lines().next().unwrap().starts_with(&prefix), "{stderr}");
     }
+    // With a name, the line starts with it, as the hop's runtime lines do.
+    let named = std::process::Command::new(MAIN_BIN).args(["-n", "B", "-l", "x"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&named.stderr);
+    assert!(stderr.starts_with("B: usage error: --listen: "), "{stderr}");
     let help = std::process::Command::new(MAIN_BIN).arg("--help").output().unwrap();
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--forward-to Z:9000"));
@@ -347,7 +352,8 @@ fn bad_tags_are_usage_errors_at_every_hop() {
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         let first = stderr.lines().next().unwrap_or_default();
-        assert_eq!(first.strip_prefix("subsegment-tcp-speeds: "), Some(says), "{args:?}: {stderr}");
+        let prefix = format!("{}: usage error: ", subsegment_tcp_speeds::net::host_name());
+        assert_eq!(first.strip_prefix(&prefix), Some(says), "{args:?}: {stderr}");
     }
     // Eight are fine: the hop starts.
     let (_z, _) = spawn_listening(MAIN_BIN, &[&["-l", "127.0.0.1:0"][..], &nine[..16]].concat());
