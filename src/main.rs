@@ -65,7 +65,7 @@ fn run_source(options: Options) -> ExitCode {
         slas: options.slas.clone(),
         duration: options.duration,
         report_interval: options.report_interval,
-        symbols: options.presentation.symbols,
+        presentation: options.presentation,
     };
     let started_unix_ns = clock::realtime_ns();
     let run = source::run(config, &mut writer).unwrap_or_else(|error| {

@@ -39,8 +39,8 @@ use crate::net::{self, Io, NonBlocking};
 use crate::output::{Destination, Writer};
 use crate::report::interval::{Interval, IntervalFrames};
 use crate::report::sla::{self, SlaSpec};
-use crate::report::{Presentation, Unit, Units, json};
-use crate::stats::{Chain, Part, Sequencing, Symbols};
+use crate::report::{Presentation, Unit, json};
+use crate::stats::{Chain, Part, Sequencing};
 use crate::tuning;
 use crate::wire::{
     self, Direction, Fault, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, PathEntry, RECORD_LEN, Role,
@@ -79,7 +79,8 @@ pub struct SourceConfig {
     pub duration: Option<Duration>,
     /// Continuous runs: statistics per interval, to the output thread.
     pub report_interval: Option<Duration>,
-    pub symbols: Symbols,
+    /// How the interval lines are written.
+    pub presentation: Presentation,
 }
 
 /// Probe mode: `count` frames of `size` bytes, one every `interval` (0: back to back).
@@ -765,9 +766,9 @@ impl Source<'_> {
                 chain,
                 frames,
                 &self.config.slas,
-                self.config.symbols,
+                self.config.presentation.symbols,
             );
-            let presentation = Presentation { units: Units::Auto, symbols: self.config.symbols };
+            let presentation = self.config.presentation;
             let unit =
                 Unit::choose(presentation, interval.end_to_end.map_or(0, |stats| stats.p50_ns));
             self.writer.send(

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::{Report, Stats, Unit, plural};
+use super::{Report, Stats, Unit, plural, sla};
 use crate::stats::Symbols;
 
 /// Percentiles in the table, as (column title, value).
@@ -212,9 +212,7 @@ fn render_table(out: &mut String, report: &Report) {
         "max", "mean", "stdev", "jitter", "share"
     );
     for row in &report.subsegments {
-        let breached =
-            report.sla.iter().any(|result| result.breached && result.subsegment == row.id);
-        let mark = if breached { "  SLA breached" } else { "" };
+        let mark = if breached(report, &row.id) { "  SLA breached" } else { "" };
         render_row(
             out,
             &row.label,
@@ -234,15 +232,13 @@ fn render_table(out: &mut String, report: &Report) {
         "",
         unit.show(sum_ns as f64 / end_to_end.count.max(1) as f64)
     );
-    let breached =
-        report.sla.iter().any(|result| result.breached && result.subsegment == "end-to-end");
     render_row(
         out,
         "end-to-end",
         &end_to_end,
         unit,
         width,
-        if breached { "        SLA breached" } else { "" },
+        if breached(report, sla::END_TO_END) { "        SLA breached" } else { "" },
     );
     render_split(out, report, width);
     for bug in &report.bugs {
@@ -261,6 +257,11 @@ fn render_table(out: &mut String, report: &Report) {
             if report.frames.malformed == 1 { "answer had" } else { "answers had" }
         );
     }
+}
+
+/// Whether an `--sla` on the row with this id was breached.
+fn breached(report: &Report, id: &str) -> bool {
+    report.sla.iter().any(|result| result.breached && result.subsegment == id)
 }
 
 /// Each hop's residence in its two parts, and how its arrivals were known.
