@@ -22,7 +22,7 @@ pub const USAGE: &str =
     "usage: subsegment-tcp-speeds [-t SECS] [-l ADDR] [-f ADDR] [-s BYTES] [-r] [-n NAME]
        [-w FRAMES] [-c N [--size BYTES] [-i DURATION]] [--duration D] [--json PATH]
        [--jsonl PATH] [--report-interval D] [--samples PATH] [--sla SPEC] [--units U]
-       [--ascii] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
+       [--ascii] [--kernel-info on|off] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
        [--tag KEY=VALUE]";
 
 pub const HELP: &str = "\
@@ -94,6 +94,9 @@ source only:
       --units us|ms             the text report's unit (default: µs, or ms when the median round
                                 trip is 10 ms or more)
       --ascii                   the text report in ASCII (also in a locale that is not UTF-8)
+      --kernel-info on|off      ask every hop for its sockets' TCP_INFO (read on its 100 ms
+                                timer, never per frame) to show what the kernel saw per link
+                                (default on)
   -h, --help                    this text
   -V, --version                 the version
 
@@ -138,6 +141,8 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Continuous runs: statistics per interval.
     pub report_interval: Option<Duration>,
+    /// The source asks every hop for its `TCP_INFO` readings (`--kernel-info on|off`).
+    pub kernel_info: bool,
 }
 
 /// Where the source writes what it found, besides the text report on stderr.
@@ -179,6 +184,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut ascii = false;
     let mut duration = None;
     let mut report_interval = None;
+    let mut kernel_info = true;
 
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next()? {
@@ -269,6 +275,13 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 }
             }
             Long("ascii") => ascii = true,
+            Long("kernel-info") => {
+                kernel_info = match parser.value()?.string()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--kernel-info: '{other}' (use on or off)").into()),
+                }
+            }
             Long("busy-poll") => tuning.busy_poll = true,
             Long("cpu") => tuning.cpu = Some(number(&mut parser, "--cpu")?),
             Long("realtime") => tuning.realtime = true,
@@ -370,6 +383,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         },
         duration,
         report_interval,
+        kernel_info,
     })))
 }
 

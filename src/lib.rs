@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod core;
 pub mod hop;
+pub mod kernel;
 pub mod net;
 pub mod output;
 pub mod report;

@@ -66,6 +66,7 @@ fn run_source(options: Options) -> ExitCode {
         duration: options.duration,
         report_interval: options.report_interval,
         presentation: options.presentation,
+        kernel_info: options.kernel_info,
     };
     let started_unix_ns = clock::realtime_ns();
     let run = source::run(config, &mut writer).unwrap_or_else(|error| {

@@ -246,6 +246,24 @@ pub fn receive(fd: RawFd, into: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
 }
 
 /// The host name, for a hop that was given no `--name`.
+/// The socket's `TCP_INFO`, the fields its kernel gives; `None` when the kernel refuses.
+pub fn tcp_info(fd: RawFd) -> Option<crate::kernel::TcpInfo> {
+    let mut buffer = [0u8; crate::kernel::TCP_INFO_BUFFER];
+    let mut len = buffer.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `buffer` and sets `len`.
+    let result = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buffer.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (result == 0)
+        .then(|| crate::kernel::TcpInfo::parse(&buffer[..(len as usize).min(buffer.len())]))
+}
+
 pub fn host_name() -> String {
     let mut buffer = [0u8; 256];
     // SAFETY: the buffer is writable for its length; gethostname NUL-terminates on success.

@@ -34,6 +34,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::buffer::Buffer;
 use crate::clock;
 use crate::core::{Inbound, Outbound, Peer};
+use crate::kernel;
 use crate::log_line;
 use crate::net::{self, Io, NonBlocking};
 use crate::output::{Destination, Writer};
@@ -43,8 +44,8 @@ use crate::report::{Presentation, Unit, json};
 use crate::stats::{Chain, Part, Sequencing};
 use crate::tuning;
 use crate::wire::{
-    self, Direction, Fault, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, PathEntry, RECORD_LEN, Role,
-    Stamp, UNSOLICITED,
+    self, Direction, Fault, HEADER_LEN, Header, KernelSample, Kind, MAX_FRAME_LEN, PathEntry,
+    RECORD_LEN, Role, Stamp, UNSOLICITED,
 };
 
 const UPSTREAM: Token = Token(0);
@@ -55,6 +56,9 @@ const PROBE_TIMER: Token = Token(3);
 const SEND_BUFFER_LEN: usize = 256 * 1024 + MAX_FRAME_LEN;
 /// Answer payloads waiting for stdout.
 const STDOUT_BUFFER_LEN: usize = 256 * 1024 + MAX_FRAME_LEN;
+/// How often the source reads its own socket's `TCP_INFO` (the hops read theirs on their
+/// 100 ms timer).
+const KERNEL_INFO_EVERY_NS: u64 = 100_000_000;
 /// Frames sent one at a time at the start of every run (see `Source::window`).
 pub const UNLOADED_FRAMES: u64 = 3;
 /// Where the payload starts in a frame built by the source (one record: its own).
@@ -81,6 +85,8 @@ pub struct SourceConfig {
     pub report_interval: Option<Duration>,
     /// How the interval lines are written.
     pub presentation: Presentation,
+    /// Ask every hop for its `TCP_INFO` readings (and read the source's own socket's).
+    pub kernel_info: bool,
 }
 
 /// Probe mode: `count` frames of `size` bytes, one every `interval` (0: back to back).
@@ -183,6 +189,8 @@ pub struct Run {
     pub loaded: bool,
     /// A continuous run's breaks, in order.
     pub outages: Vec<Outage>,
+    /// The kernel's view of each link, from the hops' `TCP_INFO` readings and the source's own.
+    pub kernel: kernel::Links,
     /// Times the path came back different after an outage.
     pub path_changes: u64,
 }
@@ -206,6 +214,7 @@ impl Run {
             stdin_block_size: None,
             loaded,
             outages: Vec::new(),
+            kernel: kernel::Links::default(),
             path_changes: 0,
         }
     }
@@ -322,6 +331,8 @@ struct Source<'a> {
     unix_offset_ns: i128,
     /// An `--sla` that names a subsegment the path lacks.
     usage_error: Option<String>,
+    /// CLOCK_MONOTONIC_RAW of the source's next reading of its own socket's `TCP_INFO`.
+    kernel_due_ns: u64,
     writer: &'a mut Writer,
 }
 
@@ -449,9 +460,11 @@ pub fn run(config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
         intervals,
         unix_offset_ns,
         usage_error: None,
+        kernel_due_ns: now_ns,
         writer,
     };
     source.ending_loop(&mut poll);
+    source.read_own_kernel_info();
     Ok(source.run)
 }
 
@@ -505,6 +518,10 @@ impl Source<'_> {
                 self.stop_sending(Stop::DurationElapsed);
             }
             self.publish_interval_if_due(now_ns);
+            if self.config.kernel_info && now_ns >= self.kernel_due_ns {
+                self.kernel_due_ns = now_ns + KERNEL_INFO_EVERY_NS;
+                self.read_own_kernel_info();
+            }
             if retry_ns.is_some_and(|retry_ns| now_ns >= retry_ns) && self.stop.is_none() {
                 self.reconnect(poll, now_ns);
             }
@@ -573,6 +590,16 @@ impl Source<'_> {
                     return;
                 }
             }
+        }
+    }
+
+    /// The source's own socket is the near end of the first link.
+    fn read_own_kernel_info(&mut self) {
+        if !self.config.kernel_info || self.link != Link::Connected {
+            return;
+        }
+        if let Some(info) = net::tcp_info(self.upstream.stream.as_raw_fd()) {
+            self.run.kernel.add(0, kernel::Side::Downstream, info);
         }
     }
 
@@ -704,6 +731,7 @@ impl Source<'_> {
                 return Ok(());
             }
             self.run.path_changes += 1;
+            self.run.kernel = kernel::Links::default();
         }
         let chain = Chain::new(path.clone());
         if let Some(chain) = &chain {
@@ -1031,6 +1059,11 @@ impl Source<'_> {
                     let fault = Fault::parse(frame.payload());
                     self.fault.get_or_insert(fault);
                 }
+                Kind::Kernel => {
+                    let sample = KernelSample::parse(frame.payload())
+                        .map_err(|error| self.broken(&format!("bad answer: {error}")))?;
+                    self.run.kernel.add(sample.hop.into(), sample.side, sample.info);
+                }
             }
             self.receive.consume(len);
             progress = true;
@@ -1183,7 +1216,8 @@ fn announce(send: &mut Outbound, config: &SourceConfig, upstream: &Peer) {
     PathEntry::new(Role::Source, &config.name, upstream.stream.local_addr().ok(), None)
         .with_tags(config.tags.clone())
         .emit(&mut announcement);
-    send.push(&wire::control_frame(Kind::Path, &announcement));
+    let flags = if config.kernel_info { wire::PATH_ASKS_KERNEL_INFO } else { 0 };
+    send.push(&wire::flagged_control_frame(Kind::Path, flags, &announcement));
 }
 
 /// Whether two discoveries found the same path: the same hops, in the same roles, reached at

@@ -36,6 +36,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+pub use crate::kernel::{Side, TcpInfo};
+
 /// "SSTS": subsegment TCP speeds.
 pub const MAGIC: [u8; 4] = *b"SSTS";
 /// 3: path entries carry tags; 2: 32-byte records with the receive clock; 1: 20-byte records.
@@ -51,6 +53,11 @@ pub const MAX_RECORDS: usize = 2 * MAX_HOPS;
 pub const MAX_PAYLOAD: usize = 1 << 20;
 pub const MAX_HEADERS_LEN: usize = HEADER_LEN + MAX_RECORDS * RECORD_LEN;
 pub const MAX_FRAME_LEN: usize = MAX_HEADERS_LEN + MAX_PAYLOAD;
+/// Header flag of a PATH frame: the source asks every hop for [`Kind::Kernel`] samples. No
+/// other kind has flags; a frame with a flag its kind does not have is refused.
+pub const PATH_ASKS_KERNEL_INFO: u8 = 1;
+/// Most fields a KERNEL sample may carry (this build sends [`crate::kernel::FIELDS`]).
+pub const MAX_KERNEL_FIELDS: usize = 32;
 /// The sequence number a stripping relay gives to bytes a plain server sends unasked.
 pub const UNSOLICITED: u64 = u64::MAX;
 
@@ -87,6 +94,10 @@ pub enum Kind {
     /// A hop could not go on (next hop unreachable, reset, bad input): the payload is a
     /// [`Fault`], travelling upstream to the source.
     Fault = 3,
+    /// A hop's `TCP_INFO` reading of one of its sockets, travelling upstream to the source
+    /// ([`KernelSample`]); sent only when the source's PATH frame asked for it
+    /// ([`PATH_ASKS_KERNEL_INFO`]).
+    Kernel = 4,
 }
 
 impl Kind {
@@ -95,6 +106,7 @@ impl Kind {
             1 => Some(Kind::Data),
             2 => Some(Kind::Path),
             3 => Some(Kind::Fault),
+            4 => Some(Kind::Kernel),
             _ => None,
         }
     }
@@ -162,6 +174,8 @@ pub enum WireError {
     BadPath(&'static str),
     TooManyHops,
     LengthMismatch { header: usize, actual: usize },
+    BadFlags { kind: u8, flags: u8 },
+    BadKernelSample(&'static str),
 }
 
 impl fmt::Display for WireError {
@@ -185,6 +199,10 @@ impl fmt::Display for WireError {
             WireError::LengthMismatch { header, actual } => {
                 write!(f, "frame header says {header} bytes but {actual} were given")
             }
+            WireError::BadFlags { kind, flags } => {
+                write!(f, "header flags {flags:#04x} are not defined for frame kind {kind}")
+            }
+            WireError::BadKernelSample(why) => write!(f, "malformed kernel sample: {why}"),
             WireError::TooManyHops => write!(
                 f,
                 "the path has more than {MAX_HOPS} hops (is the chain forwarding in a loop?)"
@@ -293,7 +311,17 @@ impl<T: AsRef<[u8]>> Frame<T> {
         if self.payload_len() > MAX_PAYLOAD {
             return Err(WireError::PayloadTooLarge(self.payload_len()));
         }
+        let (kind, flags) = (data[field::KIND], data[field::FLAGS]);
+        let allowed = if kind == Kind::Path as u8 { PATH_ASKS_KERNEL_INFO } else { 0 };
+        if flags & !allowed != 0 {
+            return Err(WireError::BadFlags { kind, flags });
+        }
         Ok(())
+    }
+
+    /// The header's flags ([`PATH_ASKS_KERNEL_INFO`] on a PATH frame; nothing else yet).
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[field::FLAGS]
     }
 
     pub fn kind(&self) -> Kind {
@@ -491,12 +519,80 @@ pub fn fault_frame(fault: &Fault) -> Vec<u8> {
     control_frame(Kind::Fault, &payload)
 }
 
-/// Builds a frame with no stamps: PATH and FAULT frames, which are rare and may allocate.
+/// Builds a frame with no stamps: PATH, FAULT and KERNEL frames, which are rare and may
+/// allocate.
 pub fn control_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
+    flagged_control_frame(kind, 0, payload)
+}
+
+/// As [`control_frame`], with header flags (a PATH frame's [`PATH_ASKS_KERNEL_INFO`]).
+pub fn flagged_control_frame(kind: Kind, flags: u8, payload: &[u8]) -> Vec<u8> {
     let header = Header { kind, record_count: 0, sequence: 0, payload_len: payload.len() };
     let mut out = vec![0u8; header.total_len()];
     emit_frame(&mut out, &header, &[], &[], payload);
+    debug_assert!(kind == Kind::Path || flags == 0, "only PATH frames have flags");
+    out[field::FLAGS] = flags;
     out
+}
+
+/// The payload of a KERNEL frame: hop `hop`'s `TCP_INFO` reading of its `side` socket.
+///
+/// ```text
+///  0     1      2             3          4
+///  +-----+------+-------------+----------+--------------------------+
+///  | hop | side | field count | reserved | field count × u64 fields |
+///  +-----+------+-------------+----------+--------------------------+
+/// ```
+///
+/// Fields in [`crate::kernel::TcpInfo::to_fields`] order, `u64::MAX` for a field the hop's
+/// kernel lacks; a receiver takes the fields it knows and ignores the rest, so a later build
+/// may send more within [`MAX_KERNEL_FIELDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelSample {
+    pub hop: u8,
+    pub side: Side,
+    pub info: TcpInfo,
+}
+
+impl KernelSample {
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        let fields = self.info.to_fields();
+        out.extend_from_slice(&[self.hop, self.side as u8, fields.len() as u8, 0]);
+        for field in fields {
+            out.extend_from_slice(&field.to_be_bytes());
+        }
+    }
+
+    pub fn parse(payload: &[u8]) -> Result<KernelSample, WireError> {
+        let [hop, side, count, reserved, ref fields @ ..] = *payload else {
+            return Err(WireError::BadKernelSample("shorter than its 4-byte head"));
+        };
+        let side = match side {
+            0 => Side::Upstream,
+            1 => Side::Downstream,
+            _ => return Err(WireError::BadKernelSample("unknown socket side")),
+        };
+        if usize::from(hop) >= MAX_HOPS {
+            return Err(WireError::BadKernelSample("hop index beyond the hop limit"));
+        }
+        if reserved != 0 {
+            return Err(WireError::BadKernelSample("reserved byte not zero"));
+        }
+        if usize::from(count) > MAX_KERNEL_FIELDS {
+            return Err(WireError::BadKernelSample("more fields than the limit"));
+        }
+        if fields.len() != usize::from(count) * 8 {
+            return Err(WireError::BadKernelSample("length does not match the field count"));
+        }
+        let values: Vec<u64> = fields.chunks_exact(8).map(read_u64).collect();
+        Ok(KernelSample { hop, side, info: TcpInfo::from_fields(&values) })
+    }
+
+    pub fn frame(&self) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(4 + 8 * crate::kernel::FIELDS);
+        self.emit(&mut payload);
+        control_frame(Kind::Kernel, &payload)
+    }
 }
 
 /// What a hop is in the chain.

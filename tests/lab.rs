@@ -372,7 +372,7 @@ fn an_injected_link_delay_is_named_and_measured() {
             );
         }
         assert_eq!(report.end_to_end.count, 300, "{context}");
-        assert!(stderr.contains("missing 0,"), "{context}");
+        assert_eq!(report.json["frames"]["missing"], 0, "{context}");
         assert_parts_add_up(&report, &stderr);
         // On the real stderr, so that CI logs show the figures of a passing run too.
         let _ = writeln!(
@@ -389,8 +389,10 @@ fn an_injected_link_delay_is_named_and_measured() {
 
 /// The users' own workflow in the default (bulk) mode: `deploy-chain.sh --bytes`, three runs on
 /// an idle lab and three with h1 ⇄ h2 delayed 3 ms each way. Every run: no negative sample
-/// (`parse_report` fails on one), all bytes back; idle: the same verdict each time; delayed:
-/// that link named each time.
+/// (`parse_json_report` fails on one), all bytes back; idle: no link is ever named (the links
+/// are identical veths with nothing on them; a relay may be, when the machine's other load
+/// starved it of CPU during that run, which is then what held the stream back); delayed: that
+/// link named each time.
 #[test]
 fn bulk_deploys_give_no_negative_sample_and_steady_verdicts() {
     let Some(_lock) = lab_or_skip("bulk_deploys_give_no_negative_sample_and_steady_verdicts")
@@ -398,20 +400,25 @@ fn bulk_deploys_give_no_negative_sample_and_steady_verdicts() {
         return;
     };
     let lab = Lab::up(4);
-    let bulk = |options: &[&str]| -> Option<String> {
+    let bulk = |options: &[&str]| -> (Option<String>, String) {
         let mut options = options.to_vec();
         options.extend(["--bytes", "5000000"]);
         let run = Running::spawn(lab.deploy_command(&options, &lab.hops(), &[]));
         let (status, stderr) = run.finish(RUN_TIMEOUT);
         assert!(status.success(), "deploy-chain --bytes failed ({status}):\n{stderr}");
-        assert!(stderr.contains("missing 0,"), "{stderr}");
-        lab.report(&stderr).verdict_names().map(str::to_string)
+        let report = lab.report(&stderr);
+        assert_eq!(report.json["frames"]["missing"], 0, "{stderr}");
+        let kind = report.json["verdict"]["kind"].as_str().unwrap_or_default().to_string();
+        (report.verdict_names().map(str::to_string), kind)
     };
-    let idle: Vec<Option<String>> = (0..3).map(|_| bulk(&[])).collect();
-    assert!(idle.iter().all(|verdict| *verdict == idle[0]), "idle lab: {idle:?}");
+    let idle: Vec<(Option<String>, String)> = (0..3).map(|_| bulk(&[])).collect();
+    for (named, kind) in &idle {
+        let hop_kind = kind.starts_with("hop_");
+        assert!(named.is_none() || hop_kind, "an idle lab named a link: {idle:?}");
+    }
     let (target, mechanism) = lab.impair(1, 3.0);
     let forward = format!("1={target}");
-    let delayed: Vec<Option<String>> = (0..3).map(|_| bulk(&["--forward", &forward])).collect();
+    let delayed: Vec<Option<String>> = (0..3).map(|_| bulk(&["--forward", &forward]).0).collect();
     lab.clear(1);
     assert!(
         delayed.iter().all(|verdict| verdict.as_deref() == Some("h1 ⇄ h2")),

@@ -153,10 +153,30 @@ fn a_failed_run_exits_1_and_its_document_says_why() {
 }
 
 /// Starts a continuous source writing JSON lines to a file and samples to another.
-fn continuous(
-    b: &str,
-    extra: &[&str],
-) -> (std::process::Child, std::path::PathBuf, std::path::PathBuf) {
+/// A source that a failing test must not leave running: killed when dropped.
+struct Source(std::process::Child);
+
+impl std::ops::Deref for Source {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Source {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn continuous(b: &str, extra: &[&str]) -> (Source, std::path::PathBuf, std::path::PathBuf) {
     let (jsonl, samples) = (json_path(), json_path());
     let child = Command::new(MAIN_BIN)
         .args(["-f", b, "-n", "A", "-c", "0", "-i", "2ms", "--report-interval", "200ms"])
@@ -168,7 +188,7 @@ fn continuous(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the source");
-    (child, jsonl, samples)
+    (Source(child), jsonl, samples)
 }
 
 #[track_caller]

@@ -12,14 +12,16 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use subsegment_tcp_speeds::wire::{
-    Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAGIC, MAX_HOPS, MAX_PAYLOAD, MAX_RECORDS,
-    MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, PathEntry, RECORD_LEN, ReceiveClock, Role, Stamp,
-    Tag, VERSION, WireError, control_frame, emit_frame, emit_restamped, fault_frame, frame_len,
+    Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAGIC, MAX_HOPS,
+    MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS,
+    PATH_ASKS_KERNEL_INFO, PathEntry, RECORD_LEN, ReceiveClock, Role, Side, Stamp, Tag, TcpInfo,
+    VERSION, WireError, control_frame, emit_frame, emit_restamped, fault_frame, frame_len,
     next_frame,
 };
 
-/// The header's flags byte (see the layout in `src/wire.rs`): not interpreted by the parser, and
-/// written as zero by `Header::emit`, so it is the one header byte a re-emit may change.
+/// The header's flags byte (see the layout in `src/wire.rs`): only a PATH frame may have one
+/// (asking for kernel samples); `Header::emit` writes zero, so it is the one header byte a
+/// re-emit may change.
 const FLAGS_AT: usize = 7;
 
 /// A frame to be built: what `emit_frame` is given and what the parser must give back.
@@ -62,7 +64,7 @@ impl FrameSpec {
 }
 
 fn kind() -> impl Strategy<Value = Kind> {
-    prop_oneof![Just(Kind::Data), Just(Kind::Path), Just(Kind::Fault)]
+    prop_oneof![Just(Kind::Data), Just(Kind::Path), Just(Kind::Fault), Just(Kind::Kernel)]
 }
 
 fn direction() -> impl Strategy<Value = Direction> {
@@ -143,6 +145,7 @@ fn mutated_frame() -> impl Strategy<Value = Vec<u8>> {
 struct RawFrame {
     version: u8,
     kind: u8,
+    flags: u8,
     /// `(hop, direction)` of each record; the record count field is `records.len()`.
     records: Vec<(u8, u8)>,
     payload_len_field: u32,
@@ -152,7 +155,7 @@ struct RawFrame {
 impl RawFrame {
     fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = MAGIC.to_vec();
-        bytes.extend([self.version, self.kind, self.records.len() as u8, 0]);
+        bytes.extend([self.version, self.kind, self.records.len() as u8, self.flags]);
         bytes.extend(7u64.to_be_bytes());
         bytes.extend(self.payload_len_field.to_be_bytes());
         for &(hop, direction) in &self.records {
@@ -188,8 +191,12 @@ impl RawFrame {
         if self.version != VERSION {
             faults.push(WireError::UnsupportedVersion(self.version));
         }
-        if !(1..=3).contains(&self.kind) {
+        if !(1..=4).contains(&self.kind) {
             faults.push(WireError::UnknownKind(self.kind));
+        }
+        let allowed = if self.kind == Kind::Path as u8 { PATH_ASKS_KERNEL_INFO } else { 0 };
+        if self.flags & !allowed != 0 {
+            faults.push(WireError::BadFlags { kind: self.kind, flags: self.flags });
         }
         if self.records.len() > MAX_RECORDS {
             faults.push(WireError::TooManyRecords(self.records.len()));
@@ -203,7 +210,8 @@ impl RawFrame {
 
 fn raw_frame() -> impl Strategy<Value = RawFrame> {
     let version = prop_oneof![4 => Just(VERSION), 1 => any::<u8>()];
-    let kind = prop_oneof![4 => 1u8..=3, 1 => 0u8..=4, 1 => any::<u8>()];
+    let kind = prop_oneof![4 => 1u8..=4, 1 => 0u8..=5, 1 => any::<u8>()];
+    let flags = prop_oneof![6 => Just(0u8), 2 => Just(PATH_ASKS_KERNEL_INFO), 1 => any::<u8>()];
     let count = prop_oneof![
         4 => 0..=MAX_RECORDS,
         2 => MAX_RECORDS - 1..=MAX_RECORDS + 1,
@@ -225,14 +233,13 @@ fn raw_frame() -> impl Strategy<Value = RawFrame> {
         0u32..80
     ];
     (
-        version,
-        kind,
+        (version, kind, flags),
         records,
         proptest::option::weighted(0.3, bad_record),
         payload(64),
         proptest::option::weighted(0.2, payload_len_field),
     )
-        .prop_map(|(version, kind, mut records, bad_record, payload, field)| {
+        .prop_map(|((version, kind, flags), mut records, bad_record, payload, field)| {
             if let Some((at, hop, direction)) = bad_record
                 && !records.is_empty()
             {
@@ -244,6 +251,7 @@ fn raw_frame() -> impl Strategy<Value = RawFrame> {
             RawFrame {
                 version,
                 kind,
+                flags,
                 records,
                 payload_len_field: field.unwrap_or(payload.len() as u32),
                 payload,
@@ -522,6 +530,7 @@ fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
     match frame.kind() {
         Kind::Data => {}
         Kind::Path => check_path_payload(frame.payload()),
+        Kind::Kernel => check_kernel_payload(frame.payload()),
         Kind::Fault => {
             let fault = Fault::parse(frame.payload());
             if let Some((_, message)) = frame.payload().split_first()
@@ -550,6 +559,29 @@ fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
         assert_eq!(again.records().last(), Some(added));
         assert_eq!(again.payload(), frame.payload());
     }
+}
+
+/// A KERNEL payload from a peer: parsing never panics, and a sample of this build's field count
+/// re-emits to the same bytes.
+fn check_kernel_payload(payload: &[u8]) {
+    let Ok(sample) = KernelSample::parse(payload) else {
+        return;
+    };
+    assert!(usize::from(sample.hop) < MAX_HOPS);
+    if payload.len() == 4 + 8 * subsegment_tcp_speeds::kernel::FIELDS {
+        let mut again = Vec::new();
+        sample.emit(&mut again);
+        assert_eq!(again, payload, "re-emitted kernel sample differs from its input");
+    }
+}
+
+fn tcp_info() -> impl Strategy<Value = TcpInfo> {
+    // `u64::MAX` means absent on the wire, so a present field is below it.
+    let field = || proptest::option::of(0..u64::MAX);
+    (vec(field(), subsegment_tcp_speeds::kernel::FIELDS)).prop_map(|fields| {
+        let values: Vec<u64> = fields.iter().map(|field| field.unwrap_or(u64::MAX)).collect();
+        TcpInfo::from_fields(&values)
+    })
 }
 
 /// A PATH payload from a peer: parsing never panics, and what parses re-emits to the same bytes
@@ -639,6 +671,47 @@ fn parse_in_chunks(stream: &[u8], chunk_lens: &[usize]) -> (Vec<Vec<u8>>, Vec<u8
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// KERNEL samples round-trip, through a whole frame, with any field absent.
+    #[test]
+    fn kernel_samples_round_trip(hop in 0..MAX_HOPS as u8, downstream: bool, info in tcp_info()) {
+        let side = if downstream { Side::Downstream } else { Side::Upstream };
+        let sample = KernelSample { hop, side, info };
+        let bytes = sample.frame();
+        let frame = Frame::new_checked(&bytes[..]).expect("a KERNEL frame is valid");
+        prop_assert_eq!(frame.kind(), Kind::Kernel);
+        prop_assert_eq!(KernelSample::parse(frame.payload()), Ok(sample));
+    }
+
+    /// A KERNEL payload past any limit is refused for that reason; one with fewer fields than
+    /// this build's (an older hop) parses, the rest absent; one with more (a newer hop) too.
+    #[test]
+    fn kernel_samples_past_any_limit_are_refused(
+        info in tcp_info(),
+        breach in 0usize..6,
+        cut in 1usize..8,
+        count in 0usize..=MAX_KERNEL_FIELDS,
+    ) {
+        let mut good = Vec::new();
+        KernelSample { hop: 3, side: Side::Upstream, info }.emit(&mut good);
+        let mut bad = good.clone();
+        let reason = match breach {
+            0 => { bad[0] = MAX_HOPS as u8; "hop index beyond the hop limit" }
+            1 => { bad[1] = 2; "unknown socket side" }
+            2 => { bad[3] = 1; "reserved byte not zero" }
+            3 => { bad[2] = MAX_KERNEL_FIELDS as u8 + 1; "more fields than the limit" }
+            4 => { bad.truncate(bad.len() - cut); "length does not match the field count" }
+            _ => { bad.truncate(3); "shorter than its 4-byte head" }
+        };
+        prop_assert_eq!(KernelSample::parse(&bad), Err(WireError::BadKernelSample(reason)));
+        let mut other = vec![3, 0, count as u8, 0];
+        for index in 0..count {
+            other.extend((index as u64).to_be_bytes());
+        }
+        let parsed = KernelSample::parse(&other).expect("any count within the limit parses");
+        prop_assert_eq!(parsed.info.rtt_ns, (count > 0).then_some(0));
+        prop_assert_eq!(parsed.info.sndbuf_limited_ns, (count > 13).then_some(13));
+    }
 
     /// (a) Peer bytes never make the parser panic, and a frame it accepts is safe to use.
     #[test]

@@ -14,7 +14,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use subsegment_tcp_speeds::wire::{
-    Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAX_HOPS, MAX_PAYLOAD, MAX_RECORDS,
+    Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAX_HOPS, MAX_PAYLOAD, MAX_RECORDS,
     MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, PathEntry, RECORD_LEN, Stamp, WireError,
     emit_frame, emit_restamped, frame_len, next_frame,
 };
@@ -78,6 +78,7 @@ fn exercise(frame: &Frame<&[u8]>, bytes: &[u8]) {
         Kind::Data => {}
         Kind::Path => check_path(frame.payload()),
         Kind::Fault => check_fault(frame.payload()),
+        Kind::Kernel => check_kernel(frame.payload()),
     }
 
     // Re-emit with the records as they came: the same bytes but for the flags.
@@ -135,6 +136,18 @@ fn check_path(payload: &[u8]) {
         if !texts().any(|text| text.contains('\u{fffd}')) {
             assert!(out == payload, "re-emitted path differs from its input");
         }
+    }
+}
+
+fn check_kernel(payload: &[u8]) {
+    let Ok(sample) = KernelSample::parse(payload) else {
+        return;
+    };
+    assert!(usize::from(sample.hop) < MAX_HOPS);
+    if payload.len() == 4 + 8 * subsegment_tcp_speeds::kernel::FIELDS {
+        let mut out = Vec::new();
+        sample.emit(&mut out);
+        assert!(out == payload, "re-emitted kernel sample differs from its input");
     }
 }
 

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use mio::Interest;
 
@@ -15,8 +16,9 @@ use crate::clock;
 use crate::core::{Inbound, Outbound, Peer, ReadStamp};
 use crate::net;
 use crate::wire::{
-    self, Direction, Fault, Frame, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, MAX_HEADERS_LEN,
-    MAX_HOPS, MAX_RECORDS, PathEntry, RECORD_LEN, Role, Stamp, UNSOLICITED, WireError,
+    self, Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAX_FRAME_LEN,
+    MAX_HEADERS_LEN, MAX_HOPS, MAX_RECORDS, PathEntry, RECORD_LEN, Role, Stamp, UNSOLICITED,
+    WireError,
 };
 /// Room for the largest frame plus the record this hop adds.
 const BUFFER_LEN: usize = MAX_FRAME_LEN + RECORD_LEN;
@@ -119,6 +121,19 @@ pub(super) struct Connection {
     pub(super) bytes_up: u64,
     pub(super) opened_ns: u64,
     pub(super) last_progress_ns: u64,
+    kernel_info: KernelInfo,
+}
+
+/// Whether the source asked for this connection's `TCP_INFO` readings, and where they stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelInfo {
+    NotAsked,
+    Asked {
+        /// Payload bytes moved (both ways) at the last reading: no traffic, no reading.
+        bytes_at_last: u64,
+    },
+    /// The last readings went up with the end of the stream.
+    Done,
 }
 pub(super) struct Context<'a> {
     pub(super) config: &'a HopConfig,
@@ -167,6 +182,7 @@ impl Connection {
             bytes_up: 0,
             opened_ns: now_ns,
             last_progress_ns: now_ns,
+            kernel_info: KernelInfo::NotAsked,
         })
     }
 
@@ -232,11 +248,11 @@ impl Connection {
         if advanced {
             self.last_progress_ns = now_ns;
         }
-        let failed_late = self.pass_on_end_of_stream(context, registry)?;
+        let more_to_send = self.pass_on_end_of_stream(context, registry)?;
         if self.upstream.write_shut && self.upstream.read_closed && self.up.output.is_empty() {
             return Ok(Round::Finished);
         }
-        Ok(if advanced || read_any || failed_late { Round::Progress } else { Round::Idle })
+        Ok(if advanced || read_any || more_to_send { Round::Progress } else { Round::Idle })
     }
 
     fn start_connect(&mut self, registry: &mio::Registry, target: SocketAddr, config: &HopConfig) {
@@ -347,6 +363,10 @@ impl Connection {
             let (kind, payload_len) = (frame.kind(), frame.payload_len());
             let moved = match kind {
                 Kind::Path => {
+                    let flags = frame.flags();
+                    if flags & wire::PATH_ASKS_KERNEL_INFO != 0 {
+                        self.kernel_info = KernelInfo::Asked { bytes_at_last: 0 };
+                    }
                     let announced = frame.payload().to_vec();
                     let entries = PathEntry::parse_all(&announced)
                         .map_err(|error| self.bad_upstream(error))?;
@@ -373,7 +393,7 @@ impl Connection {
                     answer_or_forward_path(
                         context.role,
                         self.failure.is_some(),
-                        &announcement,
+                        wire::flagged_control_frame(Kind::Path, flags, &announcement),
                         &mut self.down.output,
                         &mut self.up.output,
                     )
@@ -411,6 +431,7 @@ impl Connection {
                     }
                 }
                 Kind::Fault => return Err("FAULT frame travelling downstream".to_string()),
+                Kind::Kernel => return Err("KERNEL frame travelling downstream".to_string()),
             };
             if !moved {
                 self.down.stalled = true;
@@ -522,6 +543,10 @@ impl Connection {
                 Kind::Fault => {
                     let fault = Fault::parse(frame.payload());
                     self.passed_fault = Some(format!("passed on: {}", fault.message));
+                    self.up.output.push(frame.as_bytes())
+                }
+                Kind::Kernel => {
+                    KernelSample::parse(frame.payload()).map_err(Self::bad_downstream)?;
                     self.up.output.push(frame.as_bytes())
                 }
             };
@@ -638,7 +663,8 @@ impl Connection {
     }
 
     /// Half-close, end to end: each side's EOF is passed on once everything before it has been.
-    /// Returns whether the next hop turned out to have failed: its FAULT is then still to send.
+    /// Returns whether something new waits to be sent before the end: the FAULT of a next hop
+    /// that turned out to have failed, or the last kernel readings.
     fn pass_on_end_of_stream(
         &mut self,
         context: &Context,
@@ -690,6 +716,7 @@ impl Connection {
                             self.fail_downstream(registry, context.config, what);
                             return Ok(true);
                         }
+                        _ if self.queue_last_kernel_samples() => return Ok(true),
                         _ => self.upstream.shut_write(),
                     }
                 }
@@ -704,11 +731,52 @@ impl Connection {
                     && fault_done
                     && self.up.output.is_empty()
                 {
+                    if self.queue_last_kernel_samples() {
+                        return Ok(true);
+                    }
                     self.upstream.shut_write();
                 }
             }
         }
         Ok(false)
+    }
+
+    /// On the hop's timer: when the source asked and traffic has moved since the last
+    /// reading, reads `TCP_INFO` of both sockets and queues the readings upstream. A reading
+    /// that finds no room in the output is skipped: the next one carries the counters on.
+    /// Returns whether anything was queued.
+    pub(super) fn sample_kernel(&mut self) -> bool {
+        let KernelInfo::Asked { bytes_at_last } = self.kernel_info else { return false };
+        let moved = self.bytes_down + self.bytes_up;
+        if moved == bytes_at_last || self.upstream.write_shut {
+            return false;
+        }
+        self.kernel_info = KernelInfo::Asked { bytes_at_last: moved };
+        self.queue_kernel_samples()
+    }
+
+    /// Before the stream's end goes up: the last readings, once. Returns whether they were
+    /// queued (the end then waits for them to be written).
+    fn queue_last_kernel_samples(&mut self) -> bool {
+        if !matches!(self.kernel_info, KernelInfo::Asked { .. }) {
+            return false;
+        }
+        self.kernel_info = KernelInfo::Done;
+        self.queue_kernel_samples()
+    }
+
+    fn queue_kernel_samples(&mut self) -> bool {
+        let Some(hop) = self.hop else { return false };
+        let connected = if self.connecting { None } else { self.downstream.as_ref() };
+        let sockets = [(Side::Upstream, Some(&self.upstream)), (Side::Downstream, connected)];
+        let mut queued = false;
+        for (side, peer) in sockets {
+            let Some(info) = peer.and_then(|peer| net::tcp_info(peer.stream.as_raw_fd())) else {
+                continue;
+            };
+            queued |= self.up.output.push(&KernelSample { hop, side, info }.frame());
+        }
+        queued
     }
 
     /// Answers a stripping relay framed before their payload had reached the server.
@@ -779,11 +847,10 @@ impl Connection {
 fn answer_or_forward_path(
     role: Role,
     failed: bool,
-    announcement: &[u8],
+    frame: Vec<u8>,
     down: &mut Outbound,
     up: &mut Outbound,
 ) -> bool {
-    let frame = wire::control_frame(Kind::Path, announcement);
     if role == Role::Relay && !failed { down.push(&frame) } else { up.push(&frame) }
 }
 

@@ -161,11 +161,8 @@ pub fn run(config: HopConfig) -> io::Result<()> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Side {
-    Upstream = 0,
-    Downstream = 1,
-}
+/// Which of a connection's two sockets a token is for.
+pub(super) use crate::kernel::Side;
 
 pub(super) fn token_of(slot: usize, side: Side) -> Token {
     Token(1 + slot * 2 + side as usize)
@@ -325,6 +322,12 @@ impl Hop {
     fn sweep(&mut self, registry: &mio::Registry, now_ns: u64) {
         let timeout_ns = self.config.timeout.as_nanos() as u64;
         for slot in 0..self.connections.len() {
+            let Some(connection) = self.connections[slot].as_mut() else {
+                continue;
+            };
+            if connection.sample_kernel() {
+                self.pump(registry, slot, now_ns);
+            }
             let Some(connection) = self.connections[slot].as_mut() else {
                 continue;
             };

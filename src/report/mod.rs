@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::kernel;
 use crate::output::Dropped;
 use crate::source::{Ending, Run, Schedule, UNLOADED_FRAMES};
 use crate::stats::{self, Chain, Part, Series, Symbols};
@@ -241,8 +242,114 @@ pub struct Subsegment {
     /// A hop's residence by its own stamps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub split: Option<Split>,
+    /// A link: what the kernel saw of it, from both of its ends (`--kernel-info`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelLink>,
     #[serde(skip)]
     pub part: Part,
+}
+
+/// The kernel's view of a link (`TCP_INFO` of the sockets at its two ends), times in ns.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelLink {
+    /// The near end's smoothed RTT as last read (the near end sends the frames down),
+    /// else the far end's.
+    pub rtt_ns: Option<u64>,
+    pub rttvar_ns: Option<u64>,
+    /// The lowest RTT either end's kernel saw: the wire and the peer's kernel, no queue.
+    pub min_rtt_ns: Option<u64>,
+    /// Segments and bytes retransmitted by either end during the run.
+    pub retrans: Option<u64>,
+    pub retrans_bytes: Option<u64>,
+    /// Hop i's downstream socket, and hop i+1's upstream one.
+    pub near: Option<KernelEnd>,
+    pub far: Option<KernelEnd>,
+    /// The link's median round trip (as in its row) split by what the kernel can tell: the
+    /// wire (its min RTT) and the rest (queues on either side, the peer's wake-up, delayed
+    /// ACKs; what the receive stamps already moved to the hop is not in the row).
+    pub split: Option<KernelSplit>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct KernelSplit {
+    pub wire_ns: u64,
+    pub rest_ns: u64,
+}
+
+/// One end of a link as its kernel saw it over the run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct KernelEnd {
+    /// `TCP_INFO` readings (on the hop's 100 ms timer while traffic moved, and at the end).
+    pub samples: u64,
+    pub rtt_ns: Option<u64>,
+    pub rttvar_ns: Option<u64>,
+    pub min_rtt_ns: Option<u64>,
+    /// Growth over the run of the connection's counters.
+    pub retrans: Option<u64>,
+    pub retrans_bytes: Option<u64>,
+    pub rto: Option<u64>,
+    pub reordering: Option<u64>,
+    /// Bytes written and not yet sent, and segments sent and not yet acknowledged.
+    pub notsent_bytes_max: Option<u64>,
+    pub notsent_bytes_mean: Option<u64>,
+    pub unacked_max: Option<u64>,
+    pub unacked_mean: Option<u64>,
+    pub cwnd: Option<u64>,
+    pub delivery_rate_bytes_per_second: Option<u64>,
+    /// During the run: time busy sending, limited by the peer's receive window, by the send
+    /// buffer.
+    pub busy_ns: Option<u64>,
+    pub rwnd_limited_ns: Option<u64>,
+    pub sndbuf_limited_ns: Option<u64>,
+}
+
+impl KernelEnd {
+    fn of(end: &kernel::End) -> Option<KernelEnd> {
+        (end.samples > 0).then(|| KernelEnd {
+            samples: end.samples,
+            rtt_ns: end.last.rtt_ns,
+            rttvar_ns: end.last.rttvar_ns,
+            min_rtt_ns: end.min_rtt_ns,
+            retrans: end.delta(|info| info.total_retrans),
+            retrans_bytes: end.delta(|info| info.bytes_retrans),
+            rto: end.delta(|info| info.total_rto),
+            reordering: end.delta(|info| info.reord_seen),
+            notsent_bytes_max: (end.notsent_bytes.count > 0).then_some(end.notsent_bytes.max),
+            notsent_bytes_mean: end.notsent_bytes.mean(),
+            unacked_max: (end.unacked.count > 0).then_some(end.unacked.max),
+            unacked_mean: end.unacked.mean(),
+            cwnd: end.last.cwnd,
+            delivery_rate_bytes_per_second: end.last.delivery_rate,
+            busy_ns: end.delta(|info| info.busy_ns),
+            rwnd_limited_ns: end.delta(|info| info.rwnd_limited_ns),
+            sndbuf_limited_ns: end.delta(|info| info.sndbuf_limited_ns),
+        })
+    }
+}
+
+impl KernelLink {
+    fn of(near: &kernel::End, far: &kernel::End, link_p50_ns: u64) -> KernelLink {
+        let (near, far) = (KernelEnd::of(near), KernelEnd::of(far));
+        let ends = || near.iter().chain(far.iter());
+        let sum = |field: fn(&KernelEnd) -> Option<u64>| {
+            ends().map(field).reduce(|a, b| Some(a? + b?)).flatten()
+        };
+        let min_rtt_ns = ends().filter_map(|end| end.min_rtt_ns).min();
+        let first = near.or(far);
+        KernelLink {
+            rtt_ns: first.and_then(|end| end.rtt_ns),
+            rttvar_ns: first.and_then(|end| end.rttvar_ns),
+            min_rtt_ns,
+            retrans: sum(|end| end.retrans),
+            retrans_bytes: sum(|end| end.retrans_bytes),
+            near,
+            far,
+            split: min_rtt_ns.filter(|_| link_p50_ns > 0).map(|min_rtt_ns| {
+                let wire_ns = min_rtt_ns.min(link_p50_ns);
+                KernelSplit { wire_ns, rest_ns: link_p50_ns - wire_ns }
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -413,13 +520,20 @@ impl Report {
         let unit = Unit::choose(context.presentation, end_to_end_p50);
         let symbols = context.presentation.symbols;
         let labels = stats::hop_labels(&run.path);
-        let subsegments = chain.map_or_else(Vec::new, |chain| {
+        let mut subsegments: Vec<Subsegment> = chain.map_or_else(Vec::new, |chain| {
             chain
                 .parts
                 .iter()
                 .map(|series| subsegment(series, &labels, symbols, end_to_end_p50))
                 .collect()
         });
+        for row in &mut subsegments {
+            if let Part::Link(hop) = row.part
+                && let Some((near, far)) = run.kernel.link(hop)
+            {
+                row.kernel = Some(KernelLink::of(near, far, row.stats.p50_ns));
+            }
+        }
         let sequencing = &run.sequencing;
         let frames = Frames {
             sent: sequencing.sent,
@@ -563,6 +677,7 @@ pub(crate) fn subsegment(
             read_to_write: Stats::of(&split.read_to_write),
             held_back: split.held_back,
         }),
+        kernel: None,
         part: series.part,
     }
 }
@@ -620,7 +735,12 @@ fn verdict_report(
 ) -> Option<VerdictReport> {
     let verdict = Verdict::of(chain)?;
     let part_labels: Vec<String> = rows.iter().map(|row| row.label.clone()).collect();
-    let text = verdict.describe(chain, &part_labels, labels, unit, loaded, symbols);
+    let mut text = verdict.describe(chain, &part_labels, labels, unit, loaded, symbols);
+    if let Verdict::Named { worst, .. } = &verdict
+        && let Some(kernel) = &rows[*worst].kernel
+    {
+        text.push_str(&kernel_evidence(kernel, unit));
+    }
     let warning = verdict.few_frames().map(|frames| {
         format!(
             "the verdict rests on only {frames} {}; it needs {} or more to be relied on",
@@ -658,6 +778,40 @@ fn verdict_report(
         },
     };
     Some(report)
+}
+
+/// What the kernel saw of a named link, in words for the verdict: the wire's share and any
+/// retransmissions, unsent bytes or windows that held the sender back.
+fn kernel_evidence(kernel: &KernelLink, unit: Unit) -> String {
+    let mut seen = Vec::new();
+    if let Some(min_rtt_ns) = kernel.min_rtt_ns {
+        seen.push(format!(
+            "a min RTT of {} (the wire and the peer's kernel)",
+            unit.show_with_name(min_rtt_ns)
+        ));
+    }
+    if let Some(retrans) = kernel.retrans.filter(|&retrans| retrans > 0) {
+        seen.push(format!("{retrans} retransmitted {}", plural(retrans, "segment")));
+    }
+    for (end, which) in [(&kernel.near, "near"), (&kernel.far, "far")] {
+        let Some(end) = end else { continue };
+        if let Some(bytes) = end.notsent_bytes_max.filter(|&bytes| bytes > 0) {
+            seen.push(format!("up to {bytes} B waiting unsent at the {which} end"));
+        }
+        if let Some(ns) = end.rwnd_limited_ns.filter(|&ns| ns >= 1_000_000) {
+            seen.push(format!(
+                "the {which} end held back by the peer's receive window for {:.1} ms",
+                ns as f64 / 1e6
+            ));
+        }
+        if let Some(ns) = end.sndbuf_limited_ns.filter(|&ns| ns >= 1_000_000) {
+            seen.push(format!(
+                "the {which} end held back by its send buffer for {:.1} ms",
+                ns as f64 / 1e6
+            ));
+        }
+    }
+    if seen.is_empty() { String::new() } else { format!("; the kernel saw {}", seen.join(", ")) }
 }
 
 fn kind_name(kind: &DelayKind) -> &'static str {
@@ -734,22 +888,12 @@ pub(crate) mod tests {
             sequencing.answered_one(sequence);
         }
         Run {
-            ending: Ending::Complete,
             chain: Some(chain),
             path,
             sequencing,
-            payload_bytes: 0,
-            unsolicited_bytes: 0,
-            corrupted: 0,
-            unwritten_bytes: 0,
             first_send_ns: Some(0),
             last_answer_ns: Some(a_b_ns + b_z_ns),
-            sent_payload_bytes: 0,
-            schedule: None,
-            stdin_block_size: None,
-            loaded: false,
-            outages: Vec::new(),
-            path_changes: 0,
+            ..Run::ended(Ending::Complete, false)
         }
     }
 

@@ -241,6 +241,7 @@ fn render_table(out: &mut String, report: &Report) {
         if breached(report, sla::END_TO_END) { "        SLA breached" } else { "" },
     );
     render_split(out, report, width);
+    render_kernel(out, report, width);
     for bug in &report.bugs {
         let _ = writeln!(
             out,
@@ -256,6 +257,72 @@ fn render_table(out: &mut String, report: &Report) {
             report.frames.malformed,
             if report.frames.malformed == 1 { "answer had" } else { "answers had" }
         );
+    }
+}
+
+/// What the kernel saw per link, from both ends (`--kernel-info`).
+fn render_kernel(out: &mut String, report: &Report, width: usize) {
+    let links: Vec<_> = report.subsegments.iter().filter(|row| row.kernel.is_some()).collect();
+    if links.is_empty() {
+        return;
+    }
+    let unit = &report.unit;
+    let _ = writeln!(
+        out,
+        "what the kernel saw per link ({}; TCP_INFO of each end's socket, near: the hop sending down, far: the hop after it; retrans and rto: during the run; unsent and unacked: the highest reading):",
+        unit.name
+    );
+    let _ = writeln!(
+        out,
+        "  {:<width$} {:>4} {:>7} {:>9} {:>9} {:>9} {:>7} {:>4} {:>9} {:>7} {:>6} {:>9}",
+        "link",
+        "end",
+        "samples",
+        "srtt",
+        "min rtt",
+        "rttvar",
+        "retrans",
+        "rto",
+        "unsent B",
+        "unacked",
+        "cwnd",
+        "wire/p50"
+    );
+    let show =
+        |value: Option<u64>| value.map_or_else(|| "-".to_string(), |ns| unit.show(ns as f64));
+    let count =
+        |value: Option<u64>| value.map_or_else(|| "-".to_string(), |value| value.to_string());
+    for row in links {
+        let kernel = row.kernel.as_ref().expect("filtered");
+        let wire = kernel.split.map_or_else(
+            || "-".to_string(),
+            |split| {
+                format!("{:.0}%", split.wire_ns as f64 * 100.0 / row.stats.p50_ns.max(1) as f64)
+            },
+        );
+        for (index, (name, end)) in
+            [("near", &kernel.near), ("far", &kernel.far)].into_iter().enumerate()
+        {
+            let label = if index == 0 { row.label.as_str() } else { "" };
+            let wire = if index == 0 { wire.as_str() } else { "" };
+            let Some(end) = end else {
+                let _ = writeln!(out, "  {label:<width$} {name:>4} {:>7}", "none");
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "  {label:<width$} {name:>4} {:>7} {:>9} {:>9} {:>9} {:>7} {:>4} {:>9} {:>7} {:>6} {wire:>9}",
+                end.samples,
+                show(end.rtt_ns),
+                show(end.min_rtt_ns),
+                show(end.rttvar_ns),
+                count(end.retrans),
+                count(end.rto),
+                count(end.notsent_bytes_max),
+                count(end.unacked_max),
+                count(end.cwnd),
+            );
+        }
     }
 }
 
