@@ -416,6 +416,7 @@ impl Options {
             cpu: self.tuning.cpu,
             realtime: self.tuning.realtime,
             mlock: self.tuning.mlock,
+            kernel_info: self.kernel_info,
         }
     }
 }

@@ -542,3 +542,40 @@ fn an_answer_with_too_many_records_from_the_next_hop_is_a_fault_not_a_crash() {
         frames::wait_for_stderr(&relay, Duration::from_secs(5), |text| text.contains(&expected));
     assert!(log.is_some(), "the relay's log does not say why: {}", relay.stderr());
 }
+
+/// A next hop that sends up a KERNEL sample past a limit: the relay checks it before passing
+/// it on, and the source hears which subsegment sent bad input, in a FAULT frame.
+#[test]
+fn a_malformed_kernel_sample_from_the_next_hop_is_a_fault_not_a_crash() {
+    let fake = TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap().to_string();
+    let (mut relay, relay_addr) = spawn_listening(
+        MAIN_BIN,
+        &["--listen", "127.0.0.1:0", "--forward-to", &fake_addr, "--name", "B", "-t", "5"],
+    );
+    let mut client = Client::connect(relay_addr);
+    client.send(&path_frame("A"));
+    let (mut downstream, _) = fake.accept().unwrap();
+    let mut announced = [0u8; 256];
+    let _ = downstream.read(&mut announced).unwrap();
+    // Hop 2's sample of a socket side that does not exist.
+    let mut payload = Vec::new();
+    subsegment_tcp_speeds::wire::KernelSample {
+        hop: 2,
+        side: subsegment_tcp_speeds::wire::Side::Upstream,
+        info: Default::default(),
+    }
+    .emit(&mut payload);
+    payload[1] = 7;
+    downstream
+        .write_all(&subsegment_tcp_speeds::wire::control_frame(Kind::Kernel, &payload))
+        .unwrap();
+
+    let answers = client.finish();
+    assert!(relay_is_alive(&mut relay), "the relay crashed: {}", relay.stderr());
+    assert!(answers.iter().all(|answer| answer.kind != Kind::Kernel), "passed on unchecked");
+    let fault = answers.iter().find(|answer| answer.kind == Kind::Fault).expect("a FAULT frame");
+    let message = String::from_utf8_lossy(&fault.payload[1..]).into_owned();
+    let expected = "malformed kernel sample: unknown socket side";
+    assert!(message.contains(expected) && message.contains(&fake_addr), "{message}");
+}

@@ -58,6 +58,8 @@ pub struct Parameters {
     pub cpu: Option<usize>,
     pub realtime: bool,
     pub mlock: bool,
+    /// Every hop was asked for its sockets' `TCP_INFO`.
+    pub kernel_info: bool,
 }
 
 /// The unit the text report shows times in.

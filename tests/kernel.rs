@@ -1,0 +1,99 @@
+//! Kernel evidence per link from the real binary on real sockets: every link of a chain gets
+//! the `TCP_INFO` of both of its ends in the report, `--kernel-info off` asks for none, and the
+//! document with them validates against the schema.
+
+mod util;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use util::{MAIN_BIN, Proc, run_source, spawn_listening};
+
+const SCHEMA: &str = include_str!("../src/report/report.schema.json");
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Z (echo) ← C ← B; returns the processes and B's address.
+fn chain() -> (Vec<Proc>, String) {
+    let (z, z_addr) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-n", "Z"]);
+    let z_text = z_addr.to_string();
+    let (c, c_addr) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-f", &z_text, "-n", "C"]);
+    let c_text = c_addr.to_string();
+    let (b, b_addr) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-f", &c_text, "-n", "B"]);
+    (vec![z, c, b], b_addr.to_string())
+}
+
+#[track_caller]
+fn assert_valid(instance: &Value) {
+    let schema: Value = serde_json::from_str(SCHEMA).expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let errors: Vec<String> =
+        validator.iter_errors(instance).map(|error| error.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+fn links(json: &Value) -> Vec<&Value> {
+    json["subsegments"].as_array().unwrap().iter().filter(|row| row["kind"] == "link").collect()
+}
+
+#[test]
+fn every_link_has_the_kernel_s_view_from_both_ends() {
+    let (_hops, b) = chain();
+    // 0.3 s of probes: the hops' 100 ms timer reads a few times, and once more at the end.
+    let args = ["-f", &b, "-n", "A", "-c", "300", "-i", "1ms", "-w", "1"];
+    let run = run_source(&args, b"", RUN_TIMEOUT);
+    assert_eq!(run.status.and_then(|status| status.code()), Some(0), "{}", run.stderr);
+    let report = run.report();
+    assert_valid(&report.json);
+    let links = links(&report.json);
+    assert_eq!(links.len(), 3);
+    for link in &links {
+        let kernel = &link["kernel"];
+        for end in ["near", "far"] {
+            let samples = kernel[end]["samples"].as_u64().unwrap_or(0);
+            assert!(samples >= 2, "{} {end}: {samples} readings: {kernel:#}", link["id"]);
+            let min_rtt = kernel[end]["min_rtt_ns"].as_u64().expect("a min RTT on this kernel");
+            assert!(min_rtt > 0 && min_rtt < 10_000_000, "loopback: {min_rtt} ns: {kernel:#}");
+            // Probes one at a time on loopback lose nothing.
+            assert_eq!(kernel[end]["retrans"], 0, "{kernel:#}");
+        }
+        assert!(kernel["split"]["wire_ns"].as_u64().is_some(), "{kernel:#}");
+    }
+    assert!(run.stderr.contains("what the kernel saw per link"), "{}", run.stderr);
+}
+
+#[test]
+fn kernel_info_off_asks_no_hop_for_it() {
+    let (_hops, b) = chain();
+    let args = ["-f", &b, "-n", "A", "-c", "50", "--kernel-info", "off"];
+    let run = run_source(&args, b"", RUN_TIMEOUT);
+    assert_eq!(run.status.and_then(|status| status.code()), Some(0), "{}", run.stderr);
+    let report = run.report();
+    assert!(
+        links(&report.json).iter().all(|link| link.get("kernel").is_none()),
+        "{:#}",
+        report.json
+    );
+    assert_eq!(report.json["parameters"]["kernel_info"], false);
+    assert!(!run.stderr.contains("what the kernel saw"), "{}", run.stderr);
+}
+
+#[test]
+fn a_bulk_stream_s_links_have_readings_with_a_delivery_rate() {
+    let (_hops, b) = chain();
+    let input = util::random_bytes(40 << 20, 3);
+    let run = run_source(&["-f", &b, "-n", "A", "-b", "65536"], &input, RUN_TIMEOUT);
+    assert_eq!(run.status.and_then(|status| status.code()), Some(0), "{}", run.stderr);
+    assert!(run.stdout == input, "the answered stream differs from the input");
+    let report = run.report();
+    assert_valid(&report.json);
+    // Every link moved bytes, so its kernel has a delivery rate to show.
+    for link in links(&report.json) {
+        let near = &link["kernel"]["near"];
+        assert!(near["samples"].as_u64().unwrap_or(0) >= 1, "{:#}", link["kernel"]);
+        assert!(near["unacked_max"].as_u64().is_some(), "{near:#}");
+        assert!(
+            near["delivery_rate_bytes_per_second"].as_u64().is_some_and(|rate| rate > 0),
+            "{near:#}"
+        );
+    }
+}
