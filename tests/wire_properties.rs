@@ -895,7 +895,23 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
         .emit(&mut path);
     PathEntry::new(Role::Echo, "Z", addr("127.0.0.1:9001"), addr("127.0.0.1:41002"))
         .emit(&mut path);
-    let path_bin = control_frame(Kind::Path, &path);
+    let path_bin = subsegment_tcp_speeds::wire::flagged_control_frame(
+        Kind::Path,
+        PATH_ASKS_KERNEL_INFO,
+        &path,
+    );
+    let kernel_bin = KernelSample {
+        hop: 1,
+        side: Side::Downstream,
+        info: TcpInfo {
+            rtt_ns: Some(62_000),
+            min_rtt_ns: Some(6_000),
+            total_retrans: Some(3),
+            unacked: Some(2),
+            ..TcpInfo::default()
+        },
+    }
+    .frame();
     let fault_bin =
         fault_frame(&Fault { hop: 2, message: "cannot connect: connection refused".to_string() });
     let third = data(2, &[Stamp::new(0, Direction::Down, 7, 8)], b"world!");
@@ -909,6 +925,7 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
         ("data.bin", data_bin),
         ("path.bin", path_bin),
         ("fault.bin", fault_bin),
+        ("kernel.bin", kernel_bin),
         ("stream.bin", stream_bin),
     ]
 }
@@ -936,9 +953,12 @@ fn fuzz_seeds_are_frames_of_this_version() {
             "fuzz/seeds/{name} is stale: cargo test --test wire_properties -- --ignored write_fuzz_seeds"
         );
     }
-    for (name, kind) in
-        [("data.bin", Kind::Data), ("path.bin", Kind::Path), ("fault.bin", Kind::Fault)]
-    {
+    for (name, kind) in [
+        ("data.bin", Kind::Data),
+        ("path.bin", Kind::Path),
+        ("fault.bin", Kind::Fault),
+        ("kernel.bin", Kind::Kernel),
+    ] {
         let bytes = std::fs::read(seeds.join(name)).unwrap();
         let frame = next_frame(&bytes).unwrap().unwrap_or_else(|| panic!("{name}: incomplete"));
         assert_eq!((frame.kind(), frame.total_len()), (kind, bytes.len()), "{name}");
