@@ -15,8 +15,7 @@ use subsegment_tcp_speeds::wire::{
     Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAGIC, MAX_HOPS,
     MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS,
     PATH_ASKS_KERNEL_INFO, PathEntry, RECORD_LEN, ReceiveClock, Role, Side, Stamp, Tag, TcpInfo,
-    VERSION, WireError, control_frame, emit_frame, emit_restamped, fault_frame, frame_len,
-    next_frame,
+    VERSION, WireError, emit_frame, emit_restamped, fault_frame, frame_len, next_frame,
 };
 
 /// The header's flags byte (see the layout in `src/wire.rs`): only a PATH frame may have one

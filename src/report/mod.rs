@@ -275,6 +275,9 @@ pub struct KernelLink {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct KernelSplit {
     pub wire_ns: u64,
+    /// How long a byte waited unsent in the near end's send buffer, by Little's law on the
+    /// readings (mean unsent bytes over the delivery rate); `null` when nothing waited.
+    pub sender_queue_ns: Option<u64>,
     pub rest_ns: u64,
 }
 
@@ -348,7 +351,17 @@ impl KernelLink {
             far,
             split: min_rtt_ns.filter(|_| link_p50_ns > 0).map(|min_rtt_ns| {
                 let wire_ns = min_rtt_ns.min(link_p50_ns);
-                KernelSplit { wire_ns, rest_ns: link_p50_ns - wire_ns }
+                let sender_queue_ns = near.and_then(|end| {
+                    let unsent = end.notsent_bytes_mean.filter(|&bytes| bytes > 0)?;
+                    let rate = end.delivery_rate_bytes_per_second.filter(|&rate| rate > 0)?;
+                    Some((u128::from(unsent) * 1_000_000_000 / u128::from(rate)) as u64)
+                });
+                let rest_ns = link_p50_ns - wire_ns;
+                KernelSplit {
+                    wire_ns,
+                    sender_queue_ns: sender_queue_ns.map(|ns| ns.min(rest_ns)),
+                    rest_ns: rest_ns - sender_queue_ns.map_or(0, |ns| ns.min(rest_ns)),
+                }
             }),
         }
     }
@@ -795,6 +808,16 @@ fn kernel_evidence(kernel: &KernelLink, unit: Unit) -> String {
     if let Some(retrans) = kernel.retrans.filter(|&retrans| retrans > 0) {
         seen.push(format!("{retrans} retransmitted {}", plural(retrans, "segment")));
     }
+    if let (Some(queue_ns), Some(rate)) = (
+        kernel.split.and_then(|split| split.sender_queue_ns),
+        kernel.near.and_then(|end| end.delivery_rate_bytes_per_second),
+    ) {
+        seen.push(format!(
+            "about {} queued in the near end's send buffer (the link delivered {:.0} Mbit/s)",
+            unit.show_with_name(queue_ns),
+            rate as f64 * 8.0 / 1e6
+        ));
+    }
     for (end, which) in [(&kernel.near, "near"), (&kernel.far, "far")] {
         let Some(end) = end else { continue };
         if let Some(bytes) = end.notsent_bytes_max.filter(|&bytes| bytes > 0) {
@@ -909,6 +932,41 @@ pub(crate) mod tests {
             dropped_lines: Dropped::default(),
         };
         Report::build(run, &context)
+    }
+
+    #[test]
+    fn test_the_verdict_cites_what_the_kernel_saw_on_the_named_link() {
+        let mut run = run_with_links(10_000, 2_300_000, 100);
+        let reading = |retrans: u64, notsent: u64| kernel::TcpInfo {
+            rtt_ns: Some(2_050_000),
+            min_rtt_ns: Some(2_020_000),
+            total_retrans: Some(retrans),
+            notsent_bytes: Some(notsent),
+            delivery_rate: Some(51_500_000),
+            ..kernel::TcpInfo::default()
+        };
+        // B's downstream socket (the near end of B ⇄ Z): 14 retransmissions during the run,
+        // 5 150 B unsent on average at 51.5 MB/s: 100 µs in its send buffer.
+        run.kernel.add(1, kernel::Side::Downstream, reading(100, 0));
+        run.kernel.add(1, kernel::Side::Downstream, reading(114, 10_300));
+        run.kernel.add(2, kernel::Side::Upstream, reading(0, 0));
+        let report = report_of(&run, Presentation::default(), &[]);
+        let link = report.subsegment("1-2").unwrap().kernel.as_ref().unwrap();
+        assert_eq!((link.retrans, link.min_rtt_ns), (Some(14), Some(2_020_000)));
+        let split = link.split.unwrap();
+        assert_eq!(split.wire_ns, 2_020_000);
+        assert_eq!(split.sender_queue_ns, Some(100_000));
+        assert!(report.subsegment("0-1").unwrap().kernel.is_none(), "no readings: no object");
+        let text = &report.verdict.as_ref().unwrap().text;
+        assert!(text.starts_with("B ⇄ Z adds the most delay"), "{text}");
+        for says in [
+            "the kernel saw a min RTT of 2020.0 µs (the wire and the peer's kernel)",
+            "14 retransmitted segments",
+            "about 100.0 µs queued in the near end's send buffer (the link delivered 412 Mbit/s)",
+            "up to 10300 B waiting unsent at the near end",
+        ] {
+            assert!(text.contains(says), "{says}: {text}");
+        }
     }
 
     #[test]
