@@ -22,7 +22,7 @@ pub const USAGE: &str =
     "usage: subsegment-tcp-speeds [-t SECS] [-l ADDR] [-f ADDR] [-s BYTES] [-r] [-n NAME]
        [-w FRAMES] [-c N [--size BYTES] [-i DURATION]] [--duration D] [--json PATH]
        [--jsonl PATH] [--report-interval D] [--samples PATH] [--sla SPEC] [--units U]
-       [--ascii] [--kernel-info on|off] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
+       [--ascii] [--kernel-info on|off] [--kernel-stamps all|off] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
        [--tag KEY=VALUE]";
 
 pub const HELP: &str = "\
@@ -97,6 +97,9 @@ source only:
       --kernel-info on|off      ask every hop for its sockets' TCP_INFO (read on its 100 ms
                                 timer, never per frame) to show what the kernel saw per link
                                 (default on)
+      --kernel-stamps all|off   with it, transmit timestamps on every hop's sockets: how long
+                                each write waited in the sender's queue, and SND -> ACK; costs
+                                two error-queue reads per write (default off; Linux 6.2+)
   -h, --help                    this text
   -V, --version                 the version
 
@@ -143,6 +146,8 @@ pub struct Options {
     pub report_interval: Option<Duration>,
     /// The source asks every hop for its `TCP_INFO` readings (`--kernel-info on|off`).
     pub kernel_info: bool,
+    /// ... and for transmit timestamps on its sockets (`--kernel-stamps all|off`).
+    pub kernel_stamps: bool,
 }
 
 /// Where the source writes what it found, besides the text report on stderr.
@@ -185,6 +190,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut duration = None;
     let mut report_interval = None;
     let mut kernel_info = true;
+    let mut kernel_stamps = false;
 
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next()? {
@@ -275,6 +281,15 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 }
             }
             Long("ascii") => ascii = true,
+            Long("kernel-stamps") => {
+                kernel_stamps = match parser.value()?.string()?.as_str() {
+                    "all" => true,
+                    "off" => false,
+                    other => {
+                        return Err(format!("--kernel-stamps: '{other}' (use all or off)").into());
+                    }
+                }
+            }
             Long("kernel-info") => {
                 kernel_info = match parser.value()?.string()?.as_str() {
                     "on" => true,
@@ -384,6 +399,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         duration,
         report_interval,
         kernel_info,
+        kernel_stamps,
     })))
 }
 
@@ -417,6 +433,7 @@ impl Options {
             realtime: self.tuning.realtime,
             mlock: self.tuning.mlock,
             kernel_info: self.kernel_info,
+            kernel_stamps: self.kernel_stamps,
         }
     }
 }

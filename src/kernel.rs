@@ -57,9 +57,39 @@ pub struct TcpInfo {
     pub sndbuf_limited_ns: Option<u64>,
 }
 
-/// The order of [`TcpInfo`]'s fields on the wire (KERNEL frames): a receiver takes the ones it
-/// knows, in this order, and ignores any after them.
-pub const FIELDS: usize = 14;
+/// [`TcpInfo`]'s fields on the wire (KERNEL frames), then [`TxTotals`]'s: a receiver takes
+/// the ones it knows, in this order, and ignores any after them.
+pub const INFO_FIELDS: usize = 14;
+pub const TX_FIELDS: usize = 6;
+pub const FIELDS: usize = INFO_FIELDS + TX_FIELDS;
+
+pub use crate::core::transmit::TxTotals;
+
+impl TxTotals {
+    pub fn to_fields(&self) -> [u64; TX_FIELDS] {
+        [
+            self.sent,
+            self.queue_sum_ns,
+            self.queue_max_ns,
+            self.acked,
+            self.ack_rtt_sum_ns,
+            self.ack_rtt_min_ns,
+        ]
+    }
+
+    /// `None` when the sender sent none (its socket had no transmit stamps).
+    pub fn from_fields(fields: &[u64]) -> Option<TxTotals> {
+        let at = |index: usize| fields.get(index).copied().filter(|&value| value != u64::MAX);
+        Some(TxTotals {
+            sent: at(0)?,
+            queue_sum_ns: at(1)?,
+            queue_max_ns: at(2)?,
+            acked: at(3)?,
+            ack_rtt_sum_ns: at(4)?,
+            ack_rtt_min_ns: at(5)?,
+        })
+    }
+}
 
 impl TcpInfo {
     /// Parses the bytes `getsockopt(TCP_INFO)` returned (`len` of them).
@@ -96,7 +126,7 @@ impl TcpInfo {
     }
 
     /// The fields in wire order; an absent field is `u64::MAX`.
-    pub fn to_fields(&self) -> [u64; FIELDS] {
+    pub fn to_fields(&self) -> [u64; INFO_FIELDS] {
         [
             self.rtt_ns,
             self.rttvar_ns,
@@ -178,10 +208,13 @@ pub struct End {
     pub unacked: Gauge,
     /// The lowest `min_rtt` seen.
     pub min_rtt_ns: Option<u64>,
+    /// The transmit stamps' totals at the last reading that had them.
+    pub tx: Option<TxTotals>,
 }
 
 impl End {
-    pub fn add(&mut self, info: TcpInfo) {
+    pub fn add(&mut self, info: TcpInfo, tx: Option<TxTotals>) {
+        self.tx = tx.or(self.tx);
         if self.samples == 0 {
             self.first = info;
         }
@@ -211,7 +244,7 @@ pub struct Links {
 
 impl Links {
     /// Attributes hop `hop`'s reading of its `side` socket to the link it belongs to.
-    pub fn add(&mut self, hop: usize, side: Side, info: TcpInfo) {
+    pub fn add(&mut self, hop: usize, side: Side, info: TcpInfo, tx: Option<TxTotals>) {
         let (link, near) = match side {
             Side::Downstream => (hop, true),
             Side::Upstream if hop > 0 => (hop - 1, false),
@@ -224,7 +257,7 @@ impl Links {
             self.ends.resize(link + 1, (End::default(), End::default()));
         }
         let (near_end, far_end) = &mut self.ends[link];
-        if near { near_end.add(info) } else { far_end.add(info) }
+        if near { near_end.add(info, tx) } else { far_end.add(info, tx) }
     }
 
     pub fn link(&self, hop: usize) -> Option<&(End, End)> {
@@ -251,6 +284,17 @@ mod tests {
         let old = TcpInfo::parse(&bytes[..144]);
         assert_eq!((old.rtt_ns, old.min_rtt_ns, old.total_rto), (Some(250_000), None, None));
         assert_eq!(TcpInfo::from_fields(&old.to_fields()), old);
+        let tx = TxTotals {
+            sent: 3,
+            queue_sum_ns: 30,
+            queue_max_ns: 20,
+            acked: 2,
+            ack_rtt_sum_ns: 8,
+            ack_rtt_min_ns: 3,
+        };
+        assert_eq!(TxTotals::from_fields(&tx.to_fields()), Some(tx));
+        assert_eq!(TxTotals::from_fields(&[u64::MAX; TX_FIELDS]), None);
+        assert_eq!(TxTotals::from_fields(&[]), None, "an older hop's sample has none");
         assert_eq!(TcpInfo::from_fields(&full.to_fields()[..3]).min_rtt_ns, Some(40_000));
     }
 
@@ -273,10 +317,10 @@ mod tests {
             min_rtt_ns: Some(1_000 + retrans),
             ..TcpInfo::default()
         };
-        links.add(1, Side::Downstream, reading(10, 100));
-        links.add(1, Side::Downstream, reading(14, 300));
-        links.add(2, Side::Upstream, reading(0, 0));
-        links.add(0, Side::Upstream, reading(0, 0)); // the source has no link above it
+        links.add(1, Side::Downstream, reading(10, 100), None);
+        links.add(1, Side::Downstream, reading(14, 300), None);
+        links.add(2, Side::Upstream, reading(0, 0), None);
+        links.add(0, Side::Upstream, reading(0, 0), None); // the source has no link above it
         let (near, far) = links.link(1).unwrap();
         assert_eq!(near.delta(|info| info.total_retrans), Some(4));
         assert_eq!((near.notsent_bytes.mean(), near.notsent_bytes.max), (Some(200), 300));

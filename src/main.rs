@@ -67,6 +67,7 @@ fn run_source(options: Options) -> ExitCode {
         report_interval: options.report_interval,
         presentation: options.presentation,
         kernel_info: options.kernel_info,
+        kernel_stamps: options.kernel_stamps,
     };
     let started_unix_ns = clock::realtime_ns();
     let run = source::run(config, &mut writer).unwrap_or_else(|error| {

@@ -200,6 +200,103 @@ pub fn enable_receive_timestamps(fd: RawFd) -> io::Result<()> {
     if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// `SOF_TIMESTAMPING_OPT_ID_TCP` (Linux 6.2): the ID of a TCP stamp is the byte offset of the
+/// write's last byte since the option was set (libc does not export it yet).
+const SOF_TIMESTAMPING_OPT_ID_TCP: libc::c_uint = 1 << 16;
+
+/// Adds transmit timestamps to the receive timestamps: for each write, a software stamp when
+/// its last byte leaves for the device and one when the peer acknowledges it, on the error
+/// queue, keyed by byte offset (`OPT_ID_TCP`), without the packet (`OPT_TSONLY`, so entries
+/// cost little of the receive buffer). Refused by kernels before 6.2.
+pub fn enable_transmit_timestamps(fd: RawFd) -> io::Result<()> {
+    let flags: libc::c_uint = libc::SOF_TIMESTAMPING_RX_SOFTWARE
+        | libc::SOF_TIMESTAMPING_SOFTWARE
+        | libc::SOF_TIMESTAMPING_TX_SOFTWARE
+        | libc::SOF_TIMESTAMPING_TX_ACK
+        | libc::SOF_TIMESTAMPING_OPT_ID
+        | libc::SOF_TIMESTAMPING_OPT_TSONLY
+        | SOF_TIMESTAMPING_OPT_ID_TCP;
+    // SAFETY: `flags` lives across the call and its size is passed; errors are returned.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_TIMESTAMPING,
+            (&flags as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `SO_EE_ORIGIN_TIMESTAMPING`, and `SCM_TSTAMP_SND` / `SCM_TSTAMP_ACK` in `ee_info`.
+const SO_EE_ORIGIN_TIMESTAMPING: u8 = 4;
+const SCM_TSTAMP_SND: u32 = 0;
+const SCM_TSTAMP_ACK: u32 = 2;
+
+/// Reads the socket's error queue until it is empty, handing each transmit stamp to `stamped`
+/// as (is it the ACK stamp, key, CLOCK_REALTIME ns). Returns how many entries were read.
+pub fn read_error_queue(fd: RawFd, mut stamped: impl FnMut(bool, u32, u64)) -> io::Result<usize> {
+    let mut entries = 0;
+    loop {
+        let mut control = [0u64; 16];
+        // SAFETY: an all-zero msghdr is valid; no data buffer (OPT_TSONLY), only control.
+        let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: `message` points to `control`, live and writable for its length.
+        let result =
+            unsafe { libc::recvmsg(fd, &mut message, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if result < 0 {
+            let error = io::Error::last_os_error();
+            return match error.kind() {
+                io::ErrorKind::WouldBlock => Ok(entries),
+                io::ErrorKind::Interrupted => continue,
+                _ => Err(error),
+            };
+        }
+        entries += 1;
+        let (mut stamp_ns, mut event) = (None, None);
+        // SAFETY: as in `receive`: each header's level, type and length are checked before its
+        // data is read, unaligned, within `msg_controllen`.
+        unsafe {
+            let mut header = libc::CMSG_FIRSTHDR(&message);
+            while !header.is_null() {
+                let level = (*header).cmsg_level;
+                let kind = (*header).cmsg_type;
+                let len = (*header).cmsg_len as usize;
+                let stamps_len = libc::CMSG_LEN(std::mem::size_of::<[libc::timespec; 3]>() as u32);
+                let error_len =
+                    libc::CMSG_LEN(std::mem::size_of::<libc::sock_extended_err>() as u32);
+                if level == libc::SOL_SOCKET
+                    && kind == SO_TIMESTAMPING
+                    && len >= stamps_len as usize
+                {
+                    let stamps: [libc::timespec; 3] =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(header).cast());
+                    stamp_ns =
+                        Some(stamps[0].tv_sec as u64 * 1_000_000_000 + stamps[0].tv_nsec as u64);
+                } else if ((level == libc::SOL_IP && kind == libc::IP_RECVERR)
+                    || (level == libc::SOL_IPV6 && kind == libc::IPV6_RECVERR))
+                    && len >= error_len as usize
+                {
+                    let error: libc::sock_extended_err =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(header).cast());
+                    if error.ee_origin == SO_EE_ORIGIN_TIMESTAMPING {
+                        event = Some((error.ee_info, error.ee_data));
+                    }
+                }
+                header = libc::CMSG_NXTHDR(&message, header);
+            }
+        }
+        if let (Some(stamp_ns), Some((info, key))) = (stamp_ns, event)
+            && (info == SCM_TSTAMP_SND || info == SCM_TSTAMP_ACK)
+        {
+            stamped(info == SCM_TSTAMP_ACK, key, stamp_ns);
+        }
+    }
+}
+
 /// One `recvmsg` into `into`: the byte count and, when the kernel attached one, the software
 /// receive timestamp (CLOCK_REALTIME, ns) of the highest-sequence byte read. On TCP that is the
 /// arrival of the segment holding the last byte returned.
@@ -245,7 +342,6 @@ pub fn receive(fd: RawFd, into: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
     Ok((count as usize, stamp_ns))
 }
 
-/// The host name, for a hop that was given no `--name`.
 /// The socket's `TCP_INFO`, the fields its kernel gives; `None` when the kernel refuses.
 pub fn tcp_info(fd: RawFd) -> Option<crate::kernel::TcpInfo> {
     let mut buffer = [0u8; crate::kernel::TCP_INFO_BUFFER];
@@ -264,6 +360,7 @@ pub fn tcp_info(fd: RawFd) -> Option<crate::kernel::TcpInfo> {
         .then(|| crate::kernel::TcpInfo::parse(&buffer[..(len as usize).min(buffer.len())]))
 }
 
+/// The host name, for a hop that was given no `--name`.
 pub fn host_name() -> String {
     let mut buffer = [0u8; 256];
     // SAFETY: the buffer is writable for its length; gethostname NUL-terminates on success.

@@ -87,6 +87,8 @@ pub struct SourceConfig {
     pub presentation: Presentation,
     /// Ask every hop for its `TCP_INFO` readings (and read the source's own socket's).
     pub kernel_info: bool,
+    /// Ask every hop for transmit timestamps on its sockets (and take the source's own).
+    pub kernel_stamps: bool,
 }
 
 /// Probe mode: `count` frames of `size` bytes, one every `interval` (0: back to back).
@@ -403,6 +405,14 @@ pub fn run(config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
         io::Error::new(error.kind(), format!("cannot reach first hop {first_hop}: {error}"))
     })?;
     let mut upstream = Peer::new(stream, target, &config.name);
+    if config.kernel_stamps
+        && let Err(error) = upstream.enable_tx_stamps()
+    {
+        log_line!(
+            "{}: warning: no transmit timestamps ({error}; they need Linux 6.2); the kernel readings carry none",
+            config.name
+        );
+    }
     poll.registry().register(
         &mut upstream.stream,
         UPSTREAM,
@@ -527,13 +537,7 @@ impl Source<'_> {
             }
             for event in events.iter() {
                 match event.token() {
-                    UPSTREAM => {
-                        let upstream = &mut self.upstream;
-                        upstream.hung_up |= event.is_read_closed() || event.is_error();
-                        upstream.readable |= event.is_readable() || upstream.hung_up;
-                        upstream.writable |=
-                            event.is_writable() || event.is_write_closed() || event.is_error();
-                    }
+                    UPSTREAM => self.upstream.on_event(event),
                     STDIN => self.stdin.ready = true,
                     STDOUT => self.stdout.ready = true,
                     PROBE_TIMER => {
@@ -599,7 +603,8 @@ impl Source<'_> {
             return;
         }
         if let Some(info) = net::tcp_info(self.upstream.stream.as_raw_fd()) {
-            self.run.kernel.add(0, kernel::Side::Downstream, info);
+            let tx = self.upstream.tx.as_ref().map(|tx| tx.totals);
+            self.run.kernel.add(0, kernel::Side::Downstream, info, tx);
         }
     }
 
@@ -677,6 +682,9 @@ impl Source<'_> {
         let target = self.config.forward_to.0;
         let registered = net::connect(target).and_then(|stream| {
             let mut upstream = Peer::new(stream, target, &self.config.name);
+            if self.config.kernel_stamps {
+                let _ = upstream.enable_tx_stamps();
+            }
             poll.registry().register(
                 &mut upstream.stream,
                 UPSTREAM,
@@ -1062,7 +1070,7 @@ impl Source<'_> {
                 Kind::Kernel => {
                     let sample = KernelSample::parse(frame.payload())
                         .map_err(|error| self.broken(&format!("bad answer: {error}")))?;
-                    self.run.kernel.add(sample.hop.into(), sample.side, sample.info);
+                    self.run.kernel.add(sample.hop.into(), sample.side, sample.info, sample.tx);
                 }
             }
             self.receive.consume(len);
@@ -1216,7 +1224,10 @@ fn announce(send: &mut Outbound, config: &SourceConfig, upstream: &Peer) {
     PathEntry::new(Role::Source, &config.name, upstream.stream.local_addr().ok(), None)
         .with_tags(config.tags.clone())
         .emit(&mut announcement);
-    let flags = if config.kernel_info { wire::PATH_ASKS_KERNEL_INFO } else { 0 };
+    let mut flags = if config.kernel_info { wire::PATH_ASKS_KERNEL_INFO } else { 0 };
+    if config.kernel_stamps {
+        flags |= wire::PATH_ASKS_TX_STAMPS;
+    }
     send.push(&wire::flagged_control_frame(Kind::Path, flags, &announcement));
 }
 

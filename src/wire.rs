@@ -36,7 +36,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-pub use crate::kernel::{Side, TcpInfo};
+pub use crate::kernel::{Side, TcpInfo, TxTotals};
 
 /// "SSTS": subsegment TCP speeds.
 pub const MAGIC: [u8; 4] = *b"SSTS";
@@ -56,6 +56,9 @@ pub const MAX_FRAME_LEN: usize = MAX_HEADERS_LEN + MAX_PAYLOAD;
 /// Header flag of a PATH frame: the source asks every hop for [`Kind::Kernel`] samples. No
 /// other kind has flags; a frame with a flag its kind does not have is refused.
 pub const PATH_ASKS_KERNEL_INFO: u8 = 1;
+/// Header flag of a PATH frame: the source asks every hop for transmit timestamps on its
+/// sockets (`--kernel-stamps all`), which its KERNEL samples then carry.
+pub const PATH_ASKS_TX_STAMPS: u8 = 2;
 /// Most fields a KERNEL sample may carry (this build sends [`crate::kernel::FIELDS`]).
 pub const MAX_KERNEL_FIELDS: usize = 32;
 /// The sequence number a stripping relay gives to bytes a plain server sends unasked.
@@ -312,7 +315,8 @@ impl<T: AsRef<[u8]>> Frame<T> {
             return Err(WireError::PayloadTooLarge(self.payload_len()));
         }
         let (kind, flags) = (data[field::KIND], data[field::FLAGS]);
-        let allowed = if kind == Kind::Path as u8 { PATH_ASKS_KERNEL_INFO } else { 0 };
+        let allowed =
+            if kind == Kind::Path as u8 { PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS } else { 0 };
         if flags & !allowed != 0 {
             return Err(WireError::BadFlags { kind, flags });
         }
@@ -552,13 +556,16 @@ pub struct KernelSample {
     pub hop: u8,
     pub side: Side,
     pub info: TcpInfo,
+    /// The socket's transmit stamps so far, when it has them (`--kernel-stamps`).
+    pub tx: Option<TxTotals>,
 }
 
 impl KernelSample {
     pub fn emit(&self, out: &mut Vec<u8>) {
-        let fields = self.info.to_fields();
-        out.extend_from_slice(&[self.hop, self.side as u8, fields.len() as u8, 0]);
-        for field in fields {
+        let tx = self.tx.map_or([u64::MAX; crate::kernel::TX_FIELDS], |tx| tx.to_fields());
+        let count = crate::kernel::FIELDS as u8;
+        out.extend_from_slice(&[self.hop, self.side as u8, count, 0]);
+        for field in self.info.to_fields().into_iter().chain(tx) {
             out.extend_from_slice(&field.to_be_bytes());
         }
     }
@@ -585,7 +592,8 @@ impl KernelSample {
             return Err(WireError::BadKernelSample("length does not match the field count"));
         }
         let values: Vec<u64> = fields.chunks_exact(8).map(read_u64).collect();
-        Ok(KernelSample { hop, side, info: TcpInfo::from_fields(&values) })
+        let tx = values.get(crate::kernel::INFO_FIELDS..).and_then(TxTotals::from_fields);
+        Ok(KernelSample { hop, side, info: TcpInfo::from_fields(&values), tx })
     }
 
     pub fn frame(&self) -> Vec<u8> {

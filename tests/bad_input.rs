@@ -564,6 +564,7 @@ fn a_malformed_kernel_sample_from_the_next_hop_is_a_fault_not_a_crash() {
         hop: 2,
         side: subsegment_tcp_speeds::wire::Side::Upstream,
         info: Default::default(),
+        tx: None,
     }
     .emit(&mut payload);
     payload[1] = 7;

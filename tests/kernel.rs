@@ -97,3 +97,36 @@ fn a_bulk_stream_s_links_have_readings_with_a_delivery_rate() {
         );
     }
 }
+
+#[test]
+fn transmit_stamps_give_each_end_its_send_queue_and_ack_round_trip() {
+    let (_hops, b) = chain();
+    let args = ["-f", &b, "-n", "A", "-c", "200", "-i", "1ms", "-w", "1", "--kernel-stamps", "all"];
+    let run = run_source(&args, b"", RUN_TIMEOUT);
+    assert_eq!(run.status.and_then(|status| status.code()), Some(0), "{}", run.stderr);
+    if run.stderr.contains("no transmit timestamps") {
+        util::say_skipped("transmit_stamps_give_each_end", "the kernel refuses them (before 6.2)");
+        return;
+    }
+    let report = run.report();
+    assert_valid(&report.json);
+    assert_eq!(report.json["parameters"]["kernel_stamps"], true);
+    for link in links(&report.json) {
+        for end in ["near", "far"] {
+            let end_json = &link["kernel"][end];
+            // One write per frame here (one frame in flight); a few may share an skb.
+            let stamped = end_json["tx_stamped"].as_u64().unwrap_or(0);
+            assert!(stamped >= 150, "{} {end}: {stamped} writes stamped: {end_json:#}", link["id"]);
+            let ack_min = end_json["tx_ack_rtt_min_ns"].as_u64().unwrap_or(0);
+            assert!(ack_min > 0 && ack_min < 10_000_000, "loopback SND→ACK {ack_min} ns");
+            assert!(end_json["tx_queue_mean_ns"].as_u64().is_some(), "{end_json:#}");
+        }
+        let split = &link["kernel"]["split"];
+        assert!(split["sender_queue_ns"].as_u64().is_some(), "{split:#}");
+    }
+    // Without the option, no socket is asked.
+    let run = run_source(&["-f", &b, "-n", "A", "-c", "20"], b"", RUN_TIMEOUT);
+    for link in links(&run.report().json) {
+        assert!(link["kernel"]["near"]["tx_stamped"].is_null(), "{:#}", link["kernel"]);
+    }
+}

@@ -15,7 +15,7 @@ use subsegment_tcp_speeds::wire::{
     Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAGIC, MAX_HOPS,
     MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS,
     PATH_ASKS_KERNEL_INFO, PathEntry, RECORD_LEN, ReceiveClock, Role, Side, Stamp, Tag, TcpInfo,
-    VERSION, WireError, emit_frame, emit_restamped, fault_frame, frame_len, next_frame,
+    TxTotals, VERSION, WireError, emit_frame, emit_restamped, fault_frame, frame_len, next_frame,
 };
 
 /// The header's flags byte (see the layout in `src/wire.rs`): only a PATH frame may have one
@@ -560,27 +560,29 @@ fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
     }
 }
 
-/// A KERNEL payload from a peer: parsing never panics, and a sample of this build's field count
-/// re-emits to the same bytes.
+/// A KERNEL payload from a peer: parsing never panics, and what parses re-emits to a payload
+/// that parses to the same sample.
 fn check_kernel_payload(payload: &[u8]) {
     let Ok(sample) = KernelSample::parse(payload) else {
         return;
     };
     assert!(usize::from(sample.hop) < MAX_HOPS);
-    if payload.len() == 4 + 8 * subsegment_tcp_speeds::kernel::FIELDS {
-        let mut again = Vec::new();
-        sample.emit(&mut again);
-        assert_eq!(again, payload, "re-emitted kernel sample differs from its input");
-    }
+    let mut again = Vec::new();
+    sample.emit(&mut again);
+    assert_eq!(KernelSample::parse(&again), Ok(sample), "re-emitted kernel sample differs");
 }
 
 fn tcp_info() -> impl Strategy<Value = TcpInfo> {
     // `u64::MAX` means absent on the wire, so a present field is below it.
     let field = || proptest::option::of(0..u64::MAX);
-    (vec(field(), subsegment_tcp_speeds::kernel::FIELDS)).prop_map(|fields| {
+    (vec(field(), subsegment_tcp_speeds::kernel::INFO_FIELDS)).prop_map(|fields| {
         let values: Vec<u64> = fields.iter().map(|field| field.unwrap_or(u64::MAX)).collect();
         TcpInfo::from_fields(&values)
     })
+}
+
+fn tx_totals() -> impl Strategy<Value = TxTotals> {
+    vec(0..u64::MAX, 6).prop_map(|fields| TxTotals::from_fields(&fields).expect("all present"))
 }
 
 /// A PATH payload from a peer: parsing never panics, and what parses re-emits to the same bytes
@@ -673,9 +675,14 @@ proptest! {
 
     /// KERNEL samples round-trip, through a whole frame, with any field absent.
     #[test]
-    fn kernel_samples_round_trip(hop in 0..MAX_HOPS as u8, downstream: bool, info in tcp_info()) {
+    fn kernel_samples_round_trip(
+        hop in 0..MAX_HOPS as u8,
+        downstream: bool,
+        info in tcp_info(),
+        tx in proptest::option::of(tx_totals()),
+    ) {
         let side = if downstream { Side::Downstream } else { Side::Upstream };
-        let sample = KernelSample { hop, side, info };
+        let sample = KernelSample { hop, side, info, tx };
         let bytes = sample.frame();
         let frame = Frame::new_checked(&bytes[..]).expect("a KERNEL frame is valid");
         prop_assert_eq!(frame.kind(), Kind::Kernel);
@@ -692,7 +699,7 @@ proptest! {
         count in 0usize..=MAX_KERNEL_FIELDS,
     ) {
         let mut good = Vec::new();
-        KernelSample { hop: 3, side: Side::Upstream, info }.emit(&mut good);
+        KernelSample { hop: 3, side: Side::Upstream, info, tx: None }.emit(&mut good);
         let mut bad = good.clone();
         let reason = match breach {
             0 => { bad[0] = MAX_HOPS as u8; "hop index beyond the hop limit" }
@@ -900,6 +907,14 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
         &path,
     );
     let kernel_bin = KernelSample {
+        tx: Some(TxTotals {
+            sent: 4,
+            queue_sum_ns: 8_000,
+            queue_max_ns: 3_000,
+            acked: 4,
+            ack_rtt_sum_ns: 40_000,
+            ack_rtt_min_ns: 9_000,
+        }),
         hop: 1,
         side: Side::Downstream,
         info: TcpInfo {

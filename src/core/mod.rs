@@ -16,9 +16,12 @@
 //! What the roles do with frames (restamp, turn, strip) is theirs; this module never parses a
 //! frame. The stamping state ([`stamping`]) has no sockets and takes the time as an argument, so
 //! its rules are unit-tested with hand-made timestamps; [`peer`] is the thin I/O around it.
+//! [`transmit`] matches the kernel's transmit timestamps (`--kernel-stamps`) to the writes they
+//! belong to, also without sockets.
 
 pub mod peer;
 pub mod stamping;
+pub mod transmit;
 
 pub use peer::Peer;
 pub use stamping::{Inbound, Outbound, ReadStamp};

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use mio::net::TcpStream;
 
 use super::stamping::{Inbound, KernelStamps, Outbound, ReadStamp, ReceiveTimes};
+use super::transmit::{TxEvent, TxStamps};
 use super::{READ_CHUNK, WRITE_CHUNK};
 use crate::clock;
 use crate::log_line;
@@ -29,6 +30,8 @@ pub struct Peer {
     pub read_closed: bool,
     pub write_shut: bool,
     pub receive_times: ReceiveTimes,
+    /// Transmit timestamps, once asked for (`--kernel-stamps`).
+    pub tx: Option<TxStamps>,
 }
 
 impl Peer {
@@ -57,6 +60,7 @@ impl Peer {
             read_closed: false,
             write_shut: false,
             receive_times: ReceiveTimes::new(kernel),
+            tx: None,
         }
     }
 
@@ -123,6 +127,8 @@ impl Peer {
         let mut progress = false;
         while self.writable && !from.is_empty() {
             let write_ns = if from.has_unstarted() { clock::now_ns() } else { 0 };
+            // The transmit stamps' base: CLOCK_REALTIME (theirs) right before the hand-over.
+            let handed_realtime_ns = if self.tx.is_some() { clock::realtime_ns() } else { 0 };
             let chunk = from.prepare_write(write_ns, WRITE_CHUNK);
             let chunk_len = chunk.len();
             match net::classify(|| self.stream.write(chunk)) {
@@ -130,6 +136,9 @@ impl Peer {
                     // A short write filled the socket's buffer: wait for the next edge.
                     self.writable = count == chunk_len;
                     from.written(count, write_ns);
+                    if let Some(tx) = self.tx.as_mut() {
+                        tx.wrote(count, handed_realtime_ns);
+                    }
                     progress = true;
                 }
                 Io::WouldBlock => self.writable = false,
@@ -138,6 +147,38 @@ impl Peer {
             }
         }
         Ok(progress)
+    }
+
+    /// Asks the kernel for transmit timestamps from the next write on; an error when the kernel
+    /// refuses (before Linux 6.2).
+    pub fn enable_tx_stamps(&mut self) -> io::Result<()> {
+        if self.tx.is_none() {
+            net::enable_transmit_timestamps(self.stream.as_raw_fd())?;
+            self.tx = Some(TxStamps::default());
+        }
+        Ok(())
+    }
+
+    /// After an error event: reads the transmit stamps waiting on the error queue. Returns
+    /// whether there were any; an error event with none is a real socket error.
+    pub fn read_tx_stamps(&mut self) -> bool {
+        let Some(tx) = self.tx.as_mut() else { return false };
+        let read = net::read_error_queue(self.stream.as_raw_fd(), |acked, key, realtime_ns| {
+            let event = if acked { TxEvent::Acked } else { TxEvent::Sent };
+            tx.stamped(event, key, realtime_ns);
+        });
+        matches!(read, Ok(entries) if entries > 0)
+    }
+
+    /// What a poll event says of this socket. An error event on a socket with transmit
+    /// stamps is first the error queue: only an error event that brought none, or a hang-up,
+    /// means the peer is gone.
+    pub fn on_event(&mut self, event: &mio::event::Event) {
+        let stamps = event.is_error() && self.read_tx_stamps();
+        self.hung_up |= event.is_read_closed() || (event.is_error() && !stamps);
+        self.readable |= event.is_readable() || self.hung_up;
+        self.writable |=
+            event.is_writable() || event.is_write_closed() || (event.is_error() && !stamps);
     }
 
     pub fn shut_write(&mut self) {

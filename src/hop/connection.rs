@@ -122,6 +122,8 @@ pub(super) struct Connection {
     pub(super) opened_ns: u64,
     pub(super) last_progress_ns: u64,
     kernel_info: KernelInfo,
+    /// The source asked for transmit timestamps on this connection's sockets.
+    tx_stamps: bool,
 }
 
 /// Whether the source asked for this connection's `TCP_INFO` readings, and where they stand.
@@ -183,6 +185,7 @@ impl Connection {
             opened_ns: now_ns,
             last_progress_ns: now_ns,
             kernel_info: KernelInfo::NotAsked,
+            tx_stamps: false,
         })
     }
 
@@ -267,7 +270,10 @@ impl Connection {
             Ok(downstream)
         });
         match started {
-            Ok(downstream) => {
+            Ok(mut downstream) => {
+                if self.tx_stamps {
+                    enable_tx_stamps(&mut downstream, &config.name);
+                }
                 self.downstream = Some(downstream);
                 self.connecting = true;
             }
@@ -366,6 +372,10 @@ impl Connection {
                     let flags = frame.flags();
                     if flags & wire::PATH_ASKS_KERNEL_INFO != 0 {
                         self.kernel_info = KernelInfo::Asked { bytes_at_last: 0 };
+                    }
+                    self.tx_stamps = flags & wire::PATH_ASKS_TX_STAMPS != 0;
+                    if self.tx_stamps {
+                        enable_tx_stamps(&mut self.upstream, &context.config.name);
                     }
                     let announced = frame.payload().to_vec();
                     let entries = PathEntry::parse_all(&announced)
@@ -771,10 +781,10 @@ impl Connection {
         let sockets = [(Side::Upstream, Some(&self.upstream)), (Side::Downstream, connected)];
         let mut queued = false;
         for (side, peer) in sockets {
-            let Some(info) = peer.and_then(|peer| net::tcp_info(peer.stream.as_raw_fd())) else {
-                continue;
-            };
-            queued |= self.up.output.push(&KernelSample { hop, side, info }.frame());
+            let Some(peer) = peer else { continue };
+            let Some(info) = net::tcp_info(peer.stream.as_raw_fd()) else { continue };
+            let tx = peer.tx.as_ref().map(|tx| tx.totals);
+            queued |= self.up.output.push(&KernelSample { hop, side, info, tx }.frame());
         }
         queued
     }
@@ -839,6 +849,19 @@ impl Connection {
         let what = format!("lost the connection after {} frames: {error}", self.frames_down);
         self.fail_downstream(registry, config, what);
         Ok(())
+    }
+}
+
+/// Asks for a socket's transmit stamps; a kernel that refuses is said once per process, and
+/// the readings then carry none.
+fn enable_tx_stamps(peer: &mut Peer, who: &str) {
+    static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Err(error) = peer.enable_tx_stamps()
+        && !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        crate::log_line!(
+            "{who}: warning: no transmit timestamps ({error}; they need Linux 6.2); the kernel readings carry none"
+        );
     }
 }
 

@@ -130,9 +130,7 @@ pub fn run(config: HopConfig) -> io::Result<()> {
                 Side::Downstream => connection.downstream.as_mut(),
             };
             if let Some(peer) = peer {
-                peer.hung_up |= event.is_read_closed() || event.is_error();
-                peer.readable |= event.is_readable() || peer.hung_up;
-                peer.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+                peer.on_event(event);
             }
             touched.push(slot);
         }

@@ -58,8 +58,9 @@ pub struct Parameters {
     pub cpu: Option<usize>,
     pub realtime: bool,
     pub mlock: bool,
-    /// Every hop was asked for its sockets' `TCP_INFO`.
+    /// Every hop was asked for its sockets' `TCP_INFO`, and for transmit timestamps.
     pub kernel_info: bool,
+    pub kernel_stamps: bool,
 }
 
 /// The unit the text report shows times in.
@@ -306,6 +307,14 @@ pub struct KernelEnd {
     pub busy_ns: Option<u64>,
     pub rwnd_limited_ns: Option<u64>,
     pub sndbuf_limited_ns: Option<u64>,
+    /// Transmit timestamps (`--kernel-stamps all`): writes stamped when they left for the
+    /// device, how long their last byte had waited in this host's send queue (mean, max), and
+    /// SND → ACK, the sender's view of the wire round trip (mean, min).
+    pub tx_stamped: Option<u64>,
+    pub tx_queue_mean_ns: Option<u64>,
+    pub tx_queue_max_ns: Option<u64>,
+    pub tx_ack_rtt_mean_ns: Option<u64>,
+    pub tx_ack_rtt_min_ns: Option<u64>,
 }
 
 impl KernelEnd {
@@ -328,6 +337,11 @@ impl KernelEnd {
             busy_ns: end.delta(|info| info.busy_ns),
             rwnd_limited_ns: end.delta(|info| info.rwnd_limited_ns),
             sndbuf_limited_ns: end.delta(|info| info.sndbuf_limited_ns),
+            tx_stamped: end.tx.map(|tx| tx.sent),
+            tx_queue_mean_ns: end.tx.and_then(|tx| tx.queue_sum_ns.checked_div(tx.sent)),
+            tx_queue_max_ns: end.tx.filter(|tx| tx.sent > 0).map(|tx| tx.queue_max_ns),
+            tx_ack_rtt_mean_ns: end.tx.and_then(|tx| tx.ack_rtt_sum_ns.checked_div(tx.acked)),
+            tx_ack_rtt_min_ns: end.tx.filter(|tx| tx.acked > 0).map(|tx| tx.ack_rtt_min_ns),
         })
     }
 }
@@ -351,7 +365,11 @@ impl KernelLink {
             far,
             split: min_rtt_ns.filter(|_| link_p50_ns > 0).map(|min_rtt_ns| {
                 let wire_ns = min_rtt_ns.min(link_p50_ns);
+                // Measured per write where the near end had transmit stamps; else Little's law.
                 let sender_queue_ns = near.and_then(|end| {
+                    if let Some(queue_ns) = end.tx_queue_mean_ns {
+                        return Some(queue_ns);
+                    }
                     let unsent = end.notsent_bytes_mean.filter(|&bytes| bytes > 0)?;
                     let rate = end.delivery_rate_bytes_per_second.filter(|&rate| rate > 0)?;
                     Some((u128::from(unsent) * 1_000_000_000 / u128::from(rate)) as u64)
@@ -947,9 +965,9 @@ pub(crate) mod tests {
         };
         // B's downstream socket (the near end of B ⇄ Z): 14 retransmissions during the run,
         // 5 150 B unsent on average at 51.5 MB/s: 100 µs in its send buffer.
-        run.kernel.add(1, kernel::Side::Downstream, reading(100, 0));
-        run.kernel.add(1, kernel::Side::Downstream, reading(114, 10_300));
-        run.kernel.add(2, kernel::Side::Upstream, reading(0, 0));
+        run.kernel.add(1, kernel::Side::Downstream, reading(100, 0), None);
+        run.kernel.add(1, kernel::Side::Downstream, reading(114, 10_300), None);
+        run.kernel.add(2, kernel::Side::Upstream, reading(0, 0), None);
         let report = report_of(&run, Presentation::default(), &[]);
         let link = report.subsegment("1-2").unwrap().kernel.as_ref().unwrap();
         assert_eq!((link.retrans, link.min_rtt_ns), (Some(14), Some(2_020_000)));
