@@ -12,7 +12,7 @@ readonly script_dir
 usage() {
     cat <<'EOF'
 usage: scripts/accuracy.sh [--hosts N] [--delays "0.1 1 10"] [--count 300] [--size 64]
-                           [--interval 2ms] [--bulk BYTES] [--mechanism auto|netem|tcp-delay]
+                           [--interval 2ms] [--bulk BYTES] [--mechanism auto|netem|nfqueue|tcp-delay]
                            [--bin PATH]
 
 For every link hI⇄hI+1 of an N-host lab (default 4) and every delay D (ms, one way, default
@@ -24,8 +24,8 @@ the frames (its own log: p50 arrival → written, down plus up; with netem, the 
 the expected link round trip (bare + held), the tool's error (estimate − expected), whether it is
 within max(2%, 50 µs), and whether the verdict named that link. With --bulk BYTES the source sends BYTES as fast as the chain takes
 them (the default mode) instead of probes. Progress goes to stderr.
-Binaries: --bin (default: the newer of target/release and target/debug), and tcp-delay beside it
-(or $TCP_DELAY_BIN).
+Binaries: --bin (default: the newer of target/release and target/debug), and tcp-delay and
+nfq-delay beside it (or $TCP_DELAY_BIN, $NFQ_DELAY_BIN).
 EOF
 }
 
@@ -61,6 +61,7 @@ fi
 bin=$(realpath "$bin")
 export TCP_DELAY_BIN=${TCP_DELAY_BIN:-$(dirname "$bin")/tcp-delay}
 [[ -x $TCP_DELAY_BIN ]] || { echo "accuracy: no tcp-delay at $TCP_DELAY_BIN" >&2; exit 1; }
+export NFQ_DELAY_BIN=${NFQ_DELAY_BIN:-$(dirname "$bin")/nfq-delay}
 
 lab_dir=$(mktemp -d /tmp/ssts-accuracy.XXXXXX)
 rmdir "$lab_dir" # lab.sh up creates it, and marks it as a lab directory it may remove
@@ -157,10 +158,15 @@ done
 if [[ $mechanism == auto ]]; then
     lab impair h0-h1 --delay 1 >/dev/null 2>"$work/impair"
     lab clear h0-h1
-    if grep -q 'user-space delay element' "$work/impair"; then mechanism=tcp-delay; else mechanism=netem; fi
+    if grep -q 'user-space delay element' "$work/impair"; then mechanism=tcp-delay
+    elif grep -q 'nfq-delay' "$work/impair"; then mechanism=nfqueue
+    else mechanism=netem; fi
 fi
-if [[ $mechanism == netem ]]; then used=netem; else
-    used="tcp-delay, the user-space delay element (no netem in this kernel)"; fi
+case $mechanism in
+    netem) used=netem ;;
+    nfqueue) used="nfq-delay, the NFQUEUE packet delay element (no netem in this kernel)" ;;
+    *) used="tcp-delay, the user-space delay element (no netem in this kernel)" ;;
+esac
 
 rows=()
 for ((link = 0; link + 1 < hosts; link++)); do

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what the tests need beyond the Rust toolchain: the
-# multi-host lab's iproute2, openssh-server and openssh-client, and shellcheck for the scripts
-# (scripts/lab-deps.sh does the work). Without root it only says what is missing; the tests
-# that need root or those packages then say they were skipped.
+# multi-host lab's iproute2, openssh-server, openssh-client, nftables, iptables and ethtool,
+# and the linter of the scripts, shellcheck (scripts/lab-deps.sh does the work). Without root it
+# only says what is missing; the tests that need root or those packages then say they were
+# skipped.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

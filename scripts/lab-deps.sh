@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what scripts/lab.sh, scripts/deploy-chain.sh and tests/lab.rs
-# need: ip/tc/ss (iproute2), sshd (openssh-server), ssh (openssh-client), and shellcheck to lint
-# the scripts. Idempotent: installs only what is missing, runs `apt-get update` at most once.
+# need: ip/tc/ss/nstat (iproute2), sshd (openssh-server), ssh (openssh-client), the impairments'
+# nft (nftables: loss), iptables (its NFQUEUE target: the nfq-delay element) and ethtool (offloads
+# off on an impaired link), and shellcheck to lint the scripts. Idempotent: installs only what is missing, runs `apt-get update` at most once.
 #
 # openssh-server's install would normally start a system-wide sshd; the lab runs its own sshd per
 # namespace and wants none outside them, so a temporary policy-rc.d forbids starting services
@@ -12,12 +13,12 @@ usage() {
     cat <<'EOF'
 usage: scripts/lab-deps.sh [--no-shellcheck]
 
-Installs (apt-get, as root) whichever of iproute2, openssh-server, openssh-client and shellcheck
-is missing. Does nothing when all are present. Never starts a system-wide sshd.
+Installs (apt-get, as root) whichever of iproute2, openssh-server, openssh-client, nftables,
+iptables, ethtool and shellcheck is missing. Does nothing when all are present. Never starts a system-wide sshd.
 EOF
 }
 
-packages=(iproute2 openssh-server openssh-client shellcheck)
+packages=(iproute2 openssh-server openssh-client nftables iptables ethtool shellcheck)
 while (($#)); do
     case $1 in
         -h | --help) usage; exit 0 ;;

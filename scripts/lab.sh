@@ -5,7 +5,8 @@
 # Everything lives inside namespaces this script creates: the veth pairs are created directly in
 # them (no interface, address or route is ever added to the root namespace), so lab traffic can
 # only reach lab hosts. Run the source and the ssh client inside a lab namespace too
-# (`lab.sh exec h0 ...`). Needs root, iproute2 and openssh-server (scripts/lab-deps.sh).
+# (`lab.sh exec h0 ...`). Needs root, iproute2 and openssh-server; impairments use nftables,
+# iptables and ethtool as well (scripts/lab-deps.sh installs them all).
 set -euo pipefail
 
 readonly NET=10.213 # host hK is 10.213.0.(K+1); link hI⇄hI+1 is 10.213.(I+1).0/24
@@ -20,17 +21,23 @@ usage: scripts/lab.sh [--dir DIR] COMMAND ...
                            in a line: h0 - h1 - ... , each with an sshd on port 22
   down [--prefix P]        stop every process in the lab's namespaces, delete them and the lab
                            directory; idempotent, fine to run when nothing is up
-  impair LINK --delay MS [--jitter MS] [--rate MBIT] [--port P] [--element-port Q]
-                [--mechanism auto|netem|tcp-delay]
+  impair LINK [--delay MS] [--jitter MS] [--rate MBIT] [--loss PCT] [--port P]
+                [--element-port Q] [--mechanism auto|netem|nfqueue|tcp-delay]
                            delay LINK (hI-hJ, adjacent hosts) by MS one way in each direction
-                           (a round trip gains 2*MS), ± jitter, and/or limit it to MBIT Mbit/s.
-                           netem where the kernel has it; otherwise the user-space element
-                           tcp-delay runs in hJ on hJ's address, port Q (default P+1), in front
-                           of port P (default 9000). Says on stderr which one was used, and
-                           prints on stdout the ADDR:PORT the left end must send to, so that
-                           traffic to hJ's port P crosses the impairment. With --mechanism
-                           tcp-delay the element is placed even at --delay 0 (its own cost).
-  clear LINK               remove LINK's impairment
+                           (a round trip gains 2*MS), ± jitter; limit it to MBIT Mbit/s; drop
+                           PCT % of its packets in each direction (fractions down to 0.01).
+                           Mechanisms (auto: the first this machine has): netem (delay, loss;
+                           tbf for the rate); nfqueue: iptables NFQUEUE where packets arrive
+                           at each end, held by nfq-delay (packets keep their TCP connection;
+                           loss by nft numgen in hJ); tcp-delay: a TCP relay in hJ on hJ's
+                           address, port Q (default P+1), in front of port P (default 9000).
+                           TSO/GSO/GRO go off on the link's veth ends. Says on stderr which
+                           mechanism was used, and prints on stdout the ADDR:PORT the left end
+                           must send to, so that traffic to hJ's port P crosses the impairment.
+                           A mechanism asked for by name places its element even at --delay 0
+                           (its own cost).
+  clear LINK               remove everything impair added to LINK (qdiscs, nft and iptables
+                           rules, elements; offloads as they were)
   exec HOST CMD...         run CMD inside HOST's namespace
   addr HOST                print HOST's address
   env                      print LAB_DIR, PREFIX, HOSTS, SSH_CONFIG as shell assignments
@@ -39,7 +46,9 @@ usage: scripts/lab.sh [--dir DIR] COMMAND ...
 
 From inside the lab, every host reaches every other one by ssh:
   scripts/lab.sh exec h0 ssh -F /tmp/ssts-lab/ssh_config h2 hostname -I
-The delay element binary is $TCP_DELAY_BIN, else the newer of target/{release,debug}/tcp-delay.
+The delay elements are $TCP_DELAY_BIN and $NFQ_DELAY_BIN, else the newer of
+target/{release,debug}/tcp-delay and nfq-delay. --loss needs nft, nfqueue needs iptables, and
+the offloads need ethtool (scripts/lab-deps.sh installs them).
 EOF
 }
 
@@ -115,18 +124,23 @@ wait_for_line() {
     done
 }
 
-delay_bin() {
-    local release=$script_dir/../target/release/tcp-delay debug=$script_dir/../target/debug/tcp-delay
-    if [[ -n ${TCP_DELAY_BIN:-} ]]; then
-        printf '%s' "$TCP_DELAY_BIN"
+# The binary $1 (tcp-delay or nfq-delay): $2 if set, else the newer of target/{release,debug}/$1.
+element_bin() {
+    local name=$1 given=$2
+    local release=$script_dir/../target/release/$name debug=$script_dir/../target/debug/$name
+    if [[ -n $given ]]; then
+        printf '%s' "$given"
     elif [[ -x $release && (! -x $debug || $release -nt $debug) ]]; then
         printf '%s' "$release"
     elif [[ -x $debug ]]; then
         printf '%s' "$debug"
     else
-        die "no tcp-delay binary: build it (cargo build --release) or set TCP_DELAY_BIN"
+        local variable=${name^^}_BIN
+        die "no $name binary: build it (cargo build --release) or set ${variable//-/_}"
     fi
 }
+delay_bin() { element_bin tcp-delay "${TCP_DELAY_BIN:-}"; }
+nfq_bin() { element_bin nfq-delay "${NFQ_DELAY_BIN:-}"; }
 
 # -- up / down ----------------------------------------------------------------------------------
 
@@ -317,36 +331,123 @@ add_tbf() {
     ip netns exec "$namespace" tc qdisc add dev "$dev" "${where[@]}" tbf rate "${rate}mbit" burst "$burst" latency 200ms
 }
 
+# 0 if NFQUEUE can be used here: iptables (whose NFQUEUE target this kernel has, while nft's own
+# `queue` expression may be missing) and the nfq-delay binary.
+have_nfqueue() {
+    command -v iptables >/dev/null && nfq_bin >/dev/null 2>&1
+}
+
+# Queue number of the element that holds packets arriving at a host from its neighbour $1:
+# within one namespace the two neighbours differ, so the two queues do too.
+queue_from() { printf '%s' "$((1000 + $1))"; }
+
+# Saves (once) and turns off TSO, GSO and GRO on device $2 of host $1: with them on, one
+# "packet" is a burst of up to 64 KiB of segments, so one drop would lose a burst and one
+# queued packet would carry many. `clear` restores what was saved.
+offloads_off() {
+    local k=$1 dev=$2 saved=$lab_dir/links/h$link_a-h$link_b.offloads state
+    command -v ethtool >/dev/null || {
+        echo "lab: warning: no ethtool (scripts/lab-deps.sh): $dev of h$k keeps TSO/GSO/GRO" >&2
+        return 0
+    }
+    state=$(ip netns exec "$(ns "$k")" ethtool -k "$dev" | awk '
+        /^tcp-segmentation-offload:/ { tso = $2 } /^generic-segmentation-offload:/ { gso = $2 }
+        /^generic-receive-offload:/ { gro = $2 } END { printf "tso %s gso %s gro %s", tso, gso, gro }')
+    printf '%s %s %s\n' "$k" "$dev" "$state" >>"$saved"
+    ip netns exec "$(ns "$k")" ethtool -K "$dev" tso off gso off gro off 2>/dev/null ||
+        die "impair: ethtool -K $dev tso off gso off gro off failed in h$k"
+}
+
+# Drops $3 per 10000 packets on the link in both directions, in the right-hand host $2 (whose
+# device to-h$1 is the link): on arrival (prerouting) and on departure (postrouting), whether
+# the packet is for that host or forwarded on, so the whole link is lossy and nothing else is.
+add_nft_loss() {
+    local a=$1 b=$2 per_10000=$3
+    command -v nft >/dev/null || die "impair: --loss needs nft (scripts/lab-deps.sh installs nftables)"
+    ip netns exec "$(ns "$b")" nft -f - <<NFT || die "impair: nft refused the loss rules in h$b"
+table inet ssts_loss_h${a}_h${b} {
+    chain arrive {
+        type filter hook prerouting priority -300; policy accept;
+        iifname "to-h$a" numgen random mod 10000 < $per_10000 drop
+    }
+    chain leave {
+        type filter hook postrouting priority 300; policy accept;
+        oifname "to-h$a" numgen random mod 10000 < $per_10000 drop
+    }
+}
+NFT
+}
+
 cmd_clear() {
     local link=${1:?clear needs a LINK}
     load_state
     parse_link "$link"
-    local a=$link_a b=$link_b
+    local a=$link_a b=$link_b k rule
+    local rules=$lab_dir/links/h$a-h$b.rules offloads=$lab_dir/links/h$a-h$b.offloads
+    # The NFQUEUE rules go first: a queue without its element drops the link's packets.
+    if [[ -f $rules ]]; then
+        while read -r k rule; do
+            # shellcheck disable=SC2086 # the rule is a word list we wrote ourselves
+            ip netns exec "$(ns "$k")" iptables -t mangle -D PREROUTING $rule 2>/dev/null || true
+        done <"$rules"
+        rm -f "$rules"
+    fi
     ip netns exec "$(ns "$a")" tc qdisc del dev "to-h$b" root 2>/dev/null || true
     ip netns exec "$(ns "$b")" tc qdisc del dev "to-h$a" root 2>/dev/null || true
-    local pid_file=$lab_dir/elements/h$a-h$b.pid pid
+    ip netns exec "$(ns "$b")" nft delete table inet "ssts_loss_h${a}_h${b}" 2>/dev/null || true
+    local pid_file=$lab_dir/elements/h$a-h$b.pid pid host comm
     if [[ -f $pid_file ]]; then
-        pid=$(<"$pid_file")
-        # Only our element: the pid must still be a tcp-delay in namespace hB.
-        if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == tcp-delay ]] && ip netns pids "$(ns "$b")" | grep -qx "$pid"; then
-            kill -TERM "$pid" 2>/dev/null || true
-            # Gone (and its port free) before the link is impaired anew; at most 5 s.
-            local deadline=$((SECONDS + 5))
-            while [[ -e /proc/$pid ]] && ((SECONDS < deadline)); do sleep 0.01; done
-        fi
+        while read -r pid host; do
+            host=${host:-$b}
+            comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
+            # Only our elements: the pid must still be a delay element in that host's namespace.
+            if [[ $comm == tcp-delay || $comm == nfq-delay ]] && ip netns pids "$(ns "$host")" | grep -qx "$pid"; then
+                kill -TERM "$pid" 2>/dev/null || true
+                # Gone (its port and queue free, its summary logged) before the link is impaired
+                # anew; at most 5 s.
+                local deadline=$((SECONDS + 5))
+                while [[ -e /proc/$pid ]] && ((SECONDS < deadline)); do sleep 0.01; done
+            fi
+        done <"$pid_file"
         rm -f "$pid_file"
     fi
+    if [[ -f $offloads ]]; then
+        local dev tso gso gro
+        while read -r k dev _ tso _ gso _ gro; do
+            ip netns exec "$(ns "$k")" ethtool -K "$dev" tso "$tso" gso "$gso" gro "$gro" 2>/dev/null || true
+        done <"$offloads"
+        rm -f "$offloads"
+    fi
+}
+
+# Starts nfq-delay in host $1 on queue $2 (holding $3 ms ± $4 ms), appending to log $5, and
+# queues to it what arrives at host $1 on device $6.
+start_nfq_element() {
+    local k=$1 queue=$2 delay=$3 jitter=$4 log=$5 dev=$6 pid rule
+    ip netns exec "$(ns "$k")" setsid "$(nfq_bin)" --queue "$queue" --delay "$delay" --jitter "$jitter" \
+        </dev/null >>"$log" 2>&1 &
+    pid=$!
+    echo "$pid $k" >>"$lab_dir/elements/h$link_a-h$link_b.pid"
+    wait_for_line "$log" "listening on queue $queue " 10 "$pid" || die "impair: nfq-delay did not start in h$k: $(cat "$log")"
+    # Only once the element listens: until then the queue would drop the link's packets. No
+    # --queue-bypass: a dead element must blackhole the link (an outage the tool names), not
+    # silently leave it undelayed.
+    rule="-i $dev -j NFQUEUE --queue-num $queue"
+    # shellcheck disable=SC2086 # a word list we built
+    ip netns exec "$(ns "$k")" iptables -t mangle -A PREROUTING $rule || die "impair: iptables NFQUEUE refused in h$k"
+    echo "$k $rule" >>"$lab_dir/links/h$link_a-h$link_b.rules"
 }
 
 cmd_impair() {
     local link=${1:?impair needs a LINK}
     shift
-    local delay=0 jitter=0 rate='' port=9000 element_port='' mechanism=auto
+    local delay=0 jitter=0 rate='' loss='' port=9000 element_port='' mechanism=auto
     while (($#)); do
         case $1 in
             --delay) delay=${2:?}; shift 2 ;;
             --jitter) jitter=${2:?}; shift 2 ;;
             --rate) rate=${2:?}; shift 2 ;;
+            --loss) loss=${2:?}; shift 2 ;;
             --port) port=${2:?}; shift 2 ;;
             --element-port) element_port=${2:?}; shift 2 ;;
             --mechanism) mechanism=${2:?}; shift 2 ;;
@@ -356,66 +457,97 @@ cmd_impair() {
     local number='^[0-9]+([.][0-9]+)?$'
     [[ $delay =~ $number && $jitter =~ $number ]] || die "impair: --delay and --jitter take milliseconds, e.g. 1 or 0.1"
     [[ -z $rate || $rate =~ $number ]] || die "impair: --rate takes Mbit/s, e.g. 100"
+    [[ -z $loss || ($loss =~ $number && $(awk -v p="$loss" 'BEGIN { print (p <= 100) }') == 1) ]] ||
+        die "impair: --loss takes a percentage 0..100, e.g. 3 or 0.05"
     [[ $port =~ ^[0-9]+$ ]] || die "impair: bad --port '$port'"
     element_port=${element_port:-$((port + 1))}
-    [[ $mechanism =~ ^(auto|netem|tcp-delay)$ ]] || die "impair: --mechanism is auto, netem or tcp-delay"
+    [[ $mechanism =~ ^(auto|netem|nfqueue|tcp-delay)$ ]] || die "impair: --mechanism is auto, netem, nfqueue or tcp-delay"
     load_state
     parse_link "$link"
     local a=$link_a b=$link_b
     cmd_clear "h$a-h$b"
+    mkdir -p "$lab_dir/elements" "$lab_dir/links"
 
     local left right target
     left=$(ns "$a") right=$(ns "$b")
     target=$(host_addr "$b"):$port
     local delayed=false
     awk -v d="$delay" -v j="$jitter" 'BEGIN { exit !(d > 0 || j > 0) }' && delayed=true
+    # Drops per 10000 packets: nft's numgen counts in integers, so 0.01% is the finest step.
+    local per_10000=''
+    [[ -z $loss ]] || per_10000=$(awk -v p="$loss" 'BEGIN { printf "%d", p * 100 + 0.5 }')
+    local loss_text=${loss:+, loss $loss % both ways}
 
-    # Asked for by name, the element is placed even at 0 ms: what it costs by itself.
-    [[ $mechanism == tcp-delay ]] && delayed=true
+    # Asked for by name, an element is placed even at 0 ms: what it costs by itself.
+    [[ $mechanism == tcp-delay || $mechanism == nfqueue ]] && delayed=true
     if [[ $mechanism == auto ]]; then
-        if have_netem "$left"; then mechanism=netem; else mechanism=tcp-delay; fi
+        if have_netem "$left"; then
+            mechanism=netem
+        elif have_nfqueue; then
+            mechanism=nfqueue
+        else
+            mechanism=tcp-delay
+        fi
     fi
+    offloads_off "$a" "to-h$b"
+    offloads_off "$b" "to-h$a"
     if [[ $mechanism == netem ]]; then
         local end dev namespace
         for end in "$a $b" "$b $a"; do
             read -r namespace dev <<<"$(ns "${end% *}") to-h${end#* }"
-            ip netns exec "$namespace" tc qdisc add dev "$dev" root handle 1: netem delay "${delay}ms" "${jitter}ms" ||
-                die "impair: netem refused on $dev of $namespace"
+            ip netns exec "$namespace" tc qdisc add dev "$dev" root handle 1: netem delay "${delay}ms" "${jitter}ms" \
+                ${loss:+loss "${loss}%"} || die "impair: netem refused on $dev of $namespace"
             if [[ -n $rate ]]; then add_tbf "$namespace" "$dev" "$rate" 1:1 || die "impair: tbf refused"; fi
         done
-        echo "lab: link h$a⇄h$b: netem delay ${delay} ms ± ${jitter} ms each way${rate:+, tbf rate $rate Mbit/s}" >&2
+        echo "lab: link h$a⇄h$b: netem delay ${delay} ms ± ${jitter} ms each way${rate:+, tbf rate $rate Mbit/s}${loss_text}" >&2
         printf '%s\n' "$target"
         return
     fi
 
-    # No netem: the rate limit is tbf on both veth ends if the kernel has it; the delay is the
-    # user-space element, which also paces when tbf is missing.
+    # No netem: loss is nft in hB, the rate limit is tbf on both veth ends if the kernel has it,
+    # the delay a user-space element (tcp-delay also paces when tbf is missing).
+    [[ -z $per_10000 ]] || add_nft_loss "$a" "$b" "$per_10000"
     local rate_by='' element_rate=()
     if [[ -n $rate ]]; then
         if add_tbf "$left" "to-h$b" "$rate" 2>/dev/null && add_tbf "$right" "to-h$a" "$rate" 2>/dev/null; then
             rate_by="tbf rate $rate Mbit/s"
+        elif [[ $mechanism == nfqueue ]]; then
+            die "impair: --rate needs tbf, which this kernel refused (--mechanism tcp-delay paces by itself)"
         else
             ip netns exec "$left" tc qdisc del dev "to-h$b" root 2>/dev/null || true
             element_rate=(--rate-mbit "$rate") rate_by="tcp-delay --rate-mbit $rate" delayed=true
         fi
     fi
     if ! $delayed; then
-        echo "lab: link h$a⇄h$b: $rate_by (no delay)" >&2
+        local what=${rate_by:+, $rate_by}${loss_text}
+        echo "lab: link h$a⇄h$b: ${what#, } (no delay)" >&2
         printf '%s\n' "$target"
         return
     fi
-    local bin log pid element
+    local log=$lab_dir/elements/h$a-h$b.log
+    : >"$log"
+    if [[ $mechanism == nfqueue ]]; then
+        have_nfqueue || die "impair: --mechanism nfqueue needs iptables and the nfq-delay binary (cargo build --release)"
+        # One element at each end, holding what arrives there: both directions are delayed, and
+        # the link's own TCP connection stays end to end.
+        start_nfq_element "$b" "$(queue_from "$a")" "$delay" "$jitter" "$log" "to-h$a"
+        start_nfq_element "$a" "$(queue_from "$b")" "$delay" "$jitter" "$log" "to-h$b"
+        echo "lab: link h$a⇄h$b: packet delay element nfq-delay (NFQUEUE; this kernel has no netem qdisc):" \
+            "${delay} ms ± ${jitter} ms each way${rate_by:+, $rate_by}${loss_text}; queues $(queue_from "$a") in h$b" \
+            "and $(queue_from "$b") in h$a, so h$a sends to $target as usual" >&2
+        printf '%s\n' "$target"
+        return
+    fi
+    local bin pid element
     bin=$(delay_bin)
     element=$(host_addr "$b"):$element_port
-    mkdir -p "$lab_dir/elements"
-    log=$lab_dir/elements/h$a-h$b.log
     ip netns exec "$right" setsid "$bin" --listen "$element" --forward-to "$target" \
         --delay-ms "$delay" --jitter-ms "$jitter" "${element_rate[@]}" </dev/null >"$log" 2>&1 &
     pid=$!
-    echo "$pid" >"$lab_dir/elements/h$a-h$b.pid"
+    echo "$pid $b" >"$lab_dir/elements/h$a-h$b.pid"
     wait_for_line "$log" 'listening on' 10 "$pid" || die "impair: tcp-delay did not start: $(cat "$log")"
     echo "lab: link h$a⇄h$b: user-space delay element tcp-delay (this kernel has no netem qdisc):" \
-        "${delay} ms ± ${jitter} ms each way${rate_by:+, $rate_by}; in h$b on $element in front of $target," \
+        "${delay} ms ± ${jitter} ms each way${rate_by:+, $rate_by}${loss_text}; in h$b on $element in front of $target," \
         "so h$a must send to $element" >&2
     printf '%s\n' "$element"
 }

@@ -8,6 +8,7 @@ pub mod core;
 pub mod hop;
 pub mod kernel;
 pub mod net;
+pub mod nfqueue;
 pub mod output;
 pub mod report;
 pub mod source;

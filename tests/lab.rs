@@ -1,7 +1,7 @@
 //! The multi-host lab, for real: hosts are network namespaces with their own addresses, kernels'
 //! TCP stacks and sshd (`scripts/lab.sh`), the chain is deployed over ssh by
 //! `scripts/deploy-chain.sh` with the real binaries, and a delay is injected on one link (netem
-//! where the kernel has it, else the user-space `tcp-delay` element).
+//! where the kernel has it, else the NFQUEUE element `nfq-delay`, else `tcp-delay`), or a loss.
 //!
 //! Needs root (network namespaces) and openssh-server (`scripts/lab-deps.sh`); without root each
 //! test says on stderr that it was skipped and returns. One lab at a time: two would share the
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{DELAY_BIN, MAIN_BIN, Report, read_json_report, say_skipped};
+use util::{DELAY_BIN, MAIN_BIN, NFQ_DELAY_BIN, Report, read_json_report, say_skipped};
 
 /// Probes with one frame in flight, so that queueing does not add to the delay being measured.
 const PROBES: [&str; 8] = ["--count", "300", "--size", "64", "--window", "1", "--interval", "2ms"];
@@ -92,6 +92,7 @@ impl Lab {
             .arg(&self.dir)
             .args(args)
             .env("TCP_DELAY_BIN", DELAY_BIN)
+            .env("NFQ_DELAY_BIN", NFQ_DELAY_BIN)
             .stdin(Stdio::null())
             .output()
             .expect("run scripts/lab.sh")
@@ -116,8 +117,14 @@ impl Lab {
     /// mechanism's description, which lab.sh prints on stderr).
     #[track_caller]
     fn impair(&self, link: usize, one_way_ms: f64) -> (String, String) {
+        self.impair_with(link, &["--delay", &one_way_ms.to_string()])
+    }
+
+    /// Impairs link h`link` ⇄ h`link+1` with lab.sh `options`; as `impair`.
+    #[track_caller]
+    fn impair_with(&self, link: usize, options: &[&str]) -> (String, String) {
         let link_name = format!("h{link}-h{}", link + 1);
-        let output = self.script(&["impair", &link_name, "--delay", &one_way_ms.to_string()]);
+        let output = self.script(&[&["impair", link_name.as_str()], options].concat());
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(output.status.success(), "lab.sh impair {link_name}:\n{stderr}");
         let target = String::from_utf8_lossy(&output.stdout).trim().to_string();
@@ -318,6 +325,268 @@ fn wait_for_source_connection(lab: &Lab, run: &Running) {
     }
 }
 
+/// Which element lab.sh says it used.
+fn mechanism_name(lab_stderr: &str) -> &'static str {
+    if lab_stderr.contains("user-space delay element tcp-delay") {
+        "tcp-delay"
+    } else if lab_stderr.contains("nfq-delay") {
+        "nfq-delay"
+    } else {
+        "netem"
+    }
+}
+
+/// Output of `cmd` run inside h`host`'s namespace, as text (stdout, then stderr).
+fn in_host(lab: &Lab, host: usize, cmd: &[&str]) -> String {
+    let output = Command::new("ip")
+        .args(["netns", "exec", &lab.namespace(host)])
+        .args(cmd)
+        .output()
+        .unwrap_or_else(|err| panic!("ip netns exec {cmd:?}: {err}"));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The kernel's TcpRetransSegs of h`host` (its namespace's own TCP counters, via nstat).
+fn retransmitted_segments(lab: &Lab, host: usize) -> u64 {
+    let text = in_host(lab, host, &["nstat", "-az", "TcpRetransSegs"]);
+    text.lines()
+        .find_map(|line| line.strip_prefix("TcpRetransSegs"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no TcpRetransSegs from nstat in h{host}:\n{text}"))
+}
+
+/// The chain's TCP connections in h`host` (port 9000 at one end), each as "local peer" and its
+/// total retransmissions from `ss -ti` (the kernel's per-socket count; ss omits it at zero).
+fn chain_sockets_retransmissions(lab: &Lab, host: usize) -> Vec<(String, u64)> {
+    let text = in_host(
+        lab,
+        host,
+        &["ss", "-Htin", "state", "established", "( sport = :9000 or dport = :9000 )"],
+    );
+    let mut sockets = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(ends) = words.get(2..4).map(|ends| ends.join(" ")) else { continue };
+        // The socket's details are on the next, indented line.
+        let details = lines.next_if(|next| next.starts_with(char::is_whitespace)).unwrap_or("");
+        let total = details
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("retrans:"))
+            .and_then(|counts| counts.split('/').nth(1))
+            .and_then(|total| total.parse().ok())
+            .unwrap_or(0);
+        sockets.push((ends, total));
+    }
+    sockets
+}
+
+/// Every nft rule and tc qdisc that an impairment leaves behind in h`host`, as text: empty when
+/// nothing but the defaults is there.
+fn impairment_leftovers(lab: &Lab, host: usize) -> Vec<String> {
+    let mut found: Vec<String> = in_host(lab, host, &["nft", "list", "ruleset"])
+        .lines()
+        .filter(|line| ["queue", "numgen", "ssts_loss"].iter().any(|word| line.contains(word)))
+        .map(|line| format!("h{host} nft: {}", line.trim()))
+        .collect();
+    found.extend(
+        in_host(lab, host, &["tc", "qdisc", "show"])
+            .lines()
+            .filter(|line| ["netem", "tbf"].iter().any(|kind| line.contains(kind)))
+            .map(|line| format!("h{host} tc: {line}")),
+    );
+    found
+}
+
+/// TSO, GSO and GRO of device `dev` of h`host`, as ethtool prints them.
+fn offloads(lab: &Lab, host: usize, dev: &str) -> Vec<String> {
+    in_host(lab, host, &["ethtool", "-k", dev])
+        .lines()
+        .filter(|line| {
+            [
+                "tcp-segmentation-offload:",
+                "generic-segmentation-offload:",
+                "generic-receive-offload:",
+            ]
+            .iter()
+            .any(|feature| line.starts_with(feature))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// 3% loss on h1 ⇄ h2 only, in a 4-host line: a chain run through it still delivers every
+/// probe, TcpRetransSegs rises on h1 and h2, and while a run goes on, the link's own sockets show
+/// retransmissions (the kernel's per-socket count) while the chain's other links show none.
+#[test]
+fn a_lossy_link_delivers_everything_and_its_retransmissions_show_on_it_alone() {
+    let test = "a_lossy_link_delivers_everything_and_its_retransmissions_show_on_it_alone";
+    let Some(_lock) = lab_or_skip(test) else {
+        return;
+    };
+    let lab = Lab::up(4);
+    let (target, lab_said) = lab.impair_with(1, &["--loss", "3"]);
+    assert!(lab_said.contains("loss 3 % both ways"), "{lab_said}");
+    let before: Vec<u64> = (0..4).map(|host| retransmitted_segments(&lab, host)).collect();
+    let forward = format!("1={target}");
+    let run = Running::spawn(lab.deploy_command(&["--forward", &forward], &lab.hops(), &PROBES));
+    let (status, stderr) = run.finish(RUN_TIMEOUT);
+    assert!(status.success(), "deploy-chain through a lossy link failed ({status}):\n{stderr}");
+    let report = lab.report(&stderr);
+    assert_eq!(report.end_to_end.count, 300, "{stderr}");
+    assert!(stderr.contains("missing 0,"), "{stderr}");
+    let after: Vec<u64> = (0..4).map(|host| retransmitted_segments(&lab, host)).collect();
+    for host in [1, 2] {
+        assert!(after[host] > before[host], "h{host} TcpRetransSegs {before:?} -> {after:?}");
+    }
+
+    // Per socket, while probes flow: only h1 ⇄ h2's own connection retransmits. (Per host, h0
+    // and h3 retransmit too: the deploy's ssh sessions to h2 and h3 cross the lossy link.)
+    let run = start_endless_probes(&lab, &["--forward", &forward]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let link_retransmissions = || -> u64 {
+        let h1 = chain_sockets_retransmissions(&lab, 1);
+        let to_h2 = lab.address(2);
+        let h1_to_h2 = h1.iter().filter(|(ends, _)| ends.contains(&format!("{to_h2}:9000")));
+        let h2_from_h1 = chain_sockets_retransmissions(&lab, 2)
+            .into_iter()
+            .filter(|(ends, _)| ends.contains(&lab.address(1)));
+        h1_to_h2.map(|(_, n)| n).sum::<u64>() + h2_from_h1.map(|(_, n)| n).sum::<u64>()
+    };
+    while link_retransmissions() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no retransmission on h1 ⇄ h2 in 30 s:\n{}",
+            run.stderr()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let link_total = link_retransmissions();
+    let (h0, h1, h2, h3) = (lab.address(0), lab.address(1), lab.address(2), lab.address(3));
+    let mut elsewhere = Vec::new();
+    for host in 0..4 {
+        for (ends, total) in chain_sockets_retransmissions(&lab, host) {
+            let on_the_lossy_link = (host == 1 && ends.contains(&format!("{h2}:9000")))
+                || (host == 2 && ends.contains(&h1) && !ends.contains(&h3));
+            if !on_the_lossy_link {
+                elsewhere.push((host, ends, total));
+            }
+        }
+    }
+    assert!(elsewhere.len() >= 3, "the chain's other sockets: {elsewhere:?} (h0 {h0})");
+    assert!(
+        elsewhere.iter().all(|(_, _, total)| *total == 0),
+        "retransmissions off the lossy link: {elsewhere:?}"
+    );
+    run.signal(libc::SIGINT);
+    let (_, stderr) = run.finish(RUN_TIMEOUT);
+    lab.clear(1);
+    let _ = writeln!(
+        std::io::stderr(),
+        "3% loss on h1 ⇄ h2: TcpRetransSegs {before:?} -> {after:?} over 300 probes; \
+         {link_total} retransmissions on the link's sockets, none on {} others",
+        elsewhere.len()
+    );
+    lab.report(&stderr);
+    lab.assert_no_leftovers("after the lossy runs");
+}
+
+/// The NFQUEUE element on one link, D ms each way: the verdict names that link and its p50 is
+/// within max(5%, 200 µs) of 2·D.
+#[test]
+fn an_nfqueue_delay_is_named_and_measured() {
+    let Some(_lock) = lab_or_skip("an_nfqueue_delay_is_named_and_measured") else {
+        return;
+    };
+    let lab = Lab::up(3);
+    let one_way_ms: f64 = 5.0;
+    let (target, lab_said) =
+        lab.impair_with(1, &["--delay", &one_way_ms.to_string(), "--mechanism", "nfqueue"]);
+    assert_eq!(mechanism_name(&lab_said), "nfq-delay", "{lab_said}");
+    assert_eq!(target, format!("{}:9000", lab.address(2)), "the link stays end to end");
+    let forward = format!("1={target}");
+    let run = Running::spawn(lab.deploy_command(&["--forward", &forward], &lab.hops(), &PROBES));
+    let (status, stderr) = run.finish(RUN_TIMEOUT);
+    lab.clear(1);
+    assert!(status.success(), "deploy-chain failed ({status}):\n{stderr}");
+    let report = lab.report(&stderr);
+    assert_eq!(report.verdict_names(), Some("h1 ⇄ h2"), "{stderr}");
+    let injected_ns = 2.0 * one_way_ms * 1e6;
+    let tolerance_ns = (0.05 * injected_ns).max(200e3);
+    let measured_ns = report.row("h1 ⇄ h2").p50_ns;
+    assert!(
+        (measured_ns - injected_ns).abs() <= tolerance_ns + report.rounding_ns,
+        "h1 ⇄ h2 p50 {measured_ns} ns, injected {injected_ns} ns ± {tolerance_ns} ns:\n{stderr}"
+    );
+    assert_eq!(report.end_to_end.count, 300, "{stderr}");
+    let element_log =
+        std::fs::read_to_string(lab.dir.join("elements/h1-h2.log")).unwrap_or_default();
+    assert_eq!(element_log.matches(" held p50 ").count(), 2, "one summary per end:\n{element_log}");
+    assert!(
+        !element_log.contains("dropped 1") && element_log.contains("dropped 0"),
+        "{element_log}"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "nfq-delay {one_way_ms} ms each way on h1 ⇄ h2: measured p50 {:.1} µs for {:.1} µs",
+        measured_ns / 1e3,
+        injected_ns / 1e3
+    );
+    lab.assert_no_leftovers("after the nfqueue run");
+}
+
+/// `lab.sh clear` takes away all an impairment added: the loss rules, the NFQUEUE rules and
+/// both elements, the qdiscs, and the offloads go back to what they were.
+#[test]
+fn clear_removes_the_loss_and_the_element() {
+    let Some(_lock) = lab_or_skip("clear_removes_the_loss_and_the_element") else {
+        return;
+    };
+    let lab = Lab::up(3);
+    let offloads_before = (offloads(&lab, 1, "to-h2"), offloads(&lab, 2, "to-h1"));
+    let options = ["--delay", "1", "--loss", "0.5", "--rate", "100", "--mechanism", "nfqueue"];
+    let (_, lab_said) = lab.impair_with(1, &options);
+    let elements: Vec<String> =
+        lab.leftovers().into_iter().filter(|p| p.ends_with(" nfq-delay")).collect();
+    assert_eq!(elements.len(), 2, "one element at each end: {:?}\n{lab_said}", lab.leftovers());
+    assert!(
+        elements.iter().any(|p| p.starts_with("h1:"))
+            && elements.iter().any(|p| p.starts_with("h2:"))
+    );
+    let placed: Vec<String> = (0..3).flat_map(|host| impairment_leftovers(&lab, host)).collect();
+    for expected in ["h2 nft: iifname \"to-h1\" numgen", "h2 nft: oifname \"to-h1\" numgen"] {
+        assert!(placed.iter().any(|line| line.starts_with(expected)), "{expected:?} in {placed:?}");
+    }
+    for (host, queue) in [(2, "queue num 1001"), (1, "queue num 1002")] {
+        let prefix = format!("h{host} nft:");
+        assert!(
+            placed.iter().any(|line| line.starts_with(&prefix) && line.contains(queue)),
+            "h{host} {queue:?} in {placed:?}"
+        );
+    }
+    assert!(
+        placed.iter().any(|line| line.starts_with("h1 tc:") && line.contains("tbf")),
+        "{placed:?}"
+    );
+    assert!(offloads(&lab, 2, "to-h1").iter().all(|line| line.ends_with(": off")));
+
+    lab.clear(1);
+    let left: Vec<String> = (0..3).flat_map(|host| impairment_leftovers(&lab, host)).collect();
+    assert!(left.is_empty(), "left after clear: {left:?}");
+    assert_eq!(lab.leftovers(), Vec::<String>::new(), "processes left after clear");
+    assert_eq!((offloads(&lab, 1, "to-h2"), offloads(&lab, 2, "to-h1")), offloads_before);
+    // And the link works again, undelayed and lossless, straight away.
+    let run = Running::spawn(lab.deploy_command(&[], &lab.hops(), &PROBES));
+    let (status, stderr) = run.finish(RUN_TIMEOUT);
+    assert!(status.success(), "deploy-chain after clear failed ({status}):\n{stderr}");
+    assert!(lab.report(&stderr).row("h1 ⇄ h2").p50_ns < OTHER_ROW_BOUND_NS, "{stderr}");
+}
+
 #[track_caller]
 fn assert_parts_add_up(report: &Report, stderr: &str) {
     let slack_ns = report.rounding_ns * (report.rows.len() + 1) as f64;
@@ -380,7 +649,7 @@ fn an_injected_link_delay_is_named_and_measured() {
             "{label}: injected {:.1} µs round trip, measured p50 {:.1} µs, by {}",
             injected_round_trip_ns / 1e3,
             measured_ns / 1e3,
-            if mechanism.contains("user-space") { "tcp-delay" } else { "netem" }
+            mechanism_name(&mechanism)
         );
     }
     lab.assert_no_leftovers("after three runs");

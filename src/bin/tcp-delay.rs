@@ -1,7 +1,8 @@
 //! `tcp-delay`: a user-space delay element for one TCP link.
 //!
 //! The lab kernels have no `netem` qdisc, so the integration tests, `scripts/demo.sh` and the
-//! multi-host lab put this process on a link instead: it accepts a connection, opens one to
+//! multi-host lab (`--mechanism tcp-delay`; it prefers `nfq-delay`, which holds the link's own
+//! packets instead) put this process on a link instead: it accepts a connection, opens one to
 //! `--forward-to`, and relays both directions, each chunk released `--delay-ms` (± `--jitter-ms`)
 //! after it was read, optionally paced to `--rate-mbit`. It owns only that: it parses no frames
 //! and stamps no headers; it is a piece of wire of known length.

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 pub const MAIN_BIN: &str = env!("CARGO_BIN_EXE_subsegment-tcp-speeds");
 /// The user-space link delay element (`src/bin/tcp-delay.rs`).
 pub const DELAY_BIN: &str = env!("CARGO_BIN_EXE_tcp-delay");
+/// The NFQUEUE packet delay element (`src/bin/nfq-delay.rs`).
+#[allow(dead_code)] // Used by some test files only.
+pub const NFQ_DELAY_BIN: &str = env!("CARGO_BIN_EXE_nfq-delay");
 
 /// How long a spawned process may take to print its `listening on` line.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
