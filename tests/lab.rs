@@ -337,6 +337,7 @@ fn a_rate_limited_link_is_named_with_its_sender_queue_not_a_slow_wire() {
     let wire_ns = kernel["split"]["wire_ns"].as_u64().unwrap_or(u64::MAX);
     assert!(queue_ns > 10 * wire_ns, "queue {queue_ns} ns, wire {wire_ns} ns: {kernel:#}");
     assert_eq!(report.json["verdict"]["kind"], "bottleneck_link", "{context}");
+    let _ = writeln!(std::io::stderr(), "100 Mbit/s on h2 ⇄ h3, bulk: {}", report.verdict);
     assert!(report.verdict.contains("unsent in that hop's send buffer"), "{context}");
     let probes = Running::spawn(lab.deploy_command(&["--forward", &forward], &lab.hops(), &PROBES));
     let (status, stderr) = probes.finish(RUN_TIMEOUT);
@@ -507,6 +508,7 @@ fn a_lossy_link_delivers_everything_and_its_retransmissions_show_on_it_alone() {
         assert!(count <= 2 && 4 * count <= lossy, "{other}: {count} against {lossy}:\n{stderr}");
     }
     let verdict = report.verdict.clone();
+    let _ = writeln!(std::io::stderr(), "3% loss on h1 ⇄ h2: {verdict}");
     assert!(
         verdict.contains(&format!("h1 ⇄ h2 retransmit {lossy} segments"))
             || (report.verdict_names() == Some("h1 ⇄ h2") && verdict.contains("retransmitted")),
