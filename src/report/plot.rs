@@ -163,7 +163,7 @@ fn distributions(svg: &mut Svg, report: &Report, rows: &[Series], top: f64) -> f
     // The tail the percentiles name: p99 under the top.
     let py = y.px(0.99);
     svg.line(PLOT_LEFT, py, PLOT_RIGHT, py, "#999", 1.0, Some("2 3"));
-    svg.text(PLOT_RIGHT - 4.0, py - 3.0, "end", "fill=\"#666\"", "p99");
+    svg.text(PLOT_RIGHT - 4.0, py + 13.0, "end", "fill=\"#666\"", "p99");
     svg.axis_label_x((PLOT_LEFT + PLOT_RIGHT) / 2.0, bottom + 36.0, "delay (log scale)");
     svg.axis_label_y(PLOT_LEFT - 45.0, (top + bottom) / 2.0, "samples at or below (%)");
     for row in rows.iter().filter(|row| !row.cdf.is_empty()) {
