@@ -236,15 +236,18 @@ pub fn cdf_of(series: &Series) -> Vec<CdfPoint> {
         return Vec::new();
     }
     let histogram = &series.histogram;
+    // One pass over the buckets for all the quantiles (they come in ascending order); the
+    // ends are the exact minimum and maximum, as in `Stats`.
     cdf_quantiles()
-        .map(|quantile| CdfPoint {
+        .zip(histogram.value_at_quantiles(cdf_quantiles()))
+        .map(|(quantile, value_ns)| CdfPoint {
             quantile,
             value_ns: if quantile == 0.0 {
                 histogram.min()
             } else if quantile == 1.0 {
                 histogram.max()
             } else {
-                histogram.value_at_quantile(quantile)
+                value_ns
             },
         })
         .collect()
@@ -1022,6 +1025,43 @@ pub(crate) mod tests {
         ] {
             assert!(text.contains(says), "{says}: {text}");
         }
+    }
+
+    #[test]
+    fn test_each_distribution_is_kept_as_points_that_agree_with_the_percentiles() {
+        let report = report_of(&run_with_links(10_000, 40_000, 100), Presentation::default(), &[]);
+        for (cdf, stats) in report
+            .subsegments
+            .iter()
+            .map(|row| (&row.cdf, row.stats))
+            .chain([(&report.end_to_end_cdf, report.end_to_end.unwrap())])
+        {
+            assert_eq!(cdf.len(), 105);
+            let at = |quantile: f64| {
+                cdf.iter().find(|point| point.quantile == quantile).map(|point| point.value_ns)
+            };
+            assert_eq!(at(0.0), Some(stats.min_ns));
+            assert_eq!(at(0.5), Some(stats.p50_ns));
+            assert_eq!(at(0.9), Some(stats.p90_ns));
+            assert_eq!(at(0.999), Some(stats.p999_ns));
+            assert_eq!(at(1.0), Some(stats.max_ns));
+            assert!(cdf.windows(2).all(|pair| pair[0].value_ns <= pair[1].value_ns), "{cdf:?}");
+        }
+        assert!(report.history.intervals.is_empty(), "only a continuous run has intervals");
+        // A spread of values: every point is the percentile `Stats` gives.
+        let mut run = run_with_links(10_000, 40_000, 1);
+        let series = &mut run.chain.as_mut().unwrap().parts[0];
+        for value in 1..=5_000u64 {
+            series.histogram.record(value * value).unwrap();
+        }
+        let (cdf, stats) = (cdf_of(series), Stats::of(series));
+        let at = |quantile: f64| cdf.iter().find(|point| point.quantile == quantile).unwrap();
+        assert_eq!(at(0.5).value_ns, stats.p50_ns);
+        assert_eq!(at(0.9).value_ns, stats.p90_ns);
+        assert_eq!(at(0.99).value_ns, stats.p99_ns);
+        assert_eq!(at(0.999).value_ns, stats.p999_ns);
+        assert_eq!((at(0.0).value_ns, at(1.0).value_ns), (stats.min_ns, stats.max_ns));
+        assert!(cdf.windows(2).all(|pair| pair[0].value_ns <= pair[1].value_ns), "{cdf:?}");
     }
 
     #[test]
