@@ -14,8 +14,9 @@
 
 use std::fmt::Write as _;
 
-use super::interval::{HISTORY_LEN, PartSummary};
+use super::interval::{HISTORY_LEN, IntervalSummary, PartSummary};
 use super::{CdfPoint, Report};
+use crate::stats::Part;
 
 const WIDTH: f64 = 1000.0;
 /// The plot area of panels 1 and 3, left to right; the legend sits right of it.
@@ -106,7 +107,7 @@ struct Series<'a> {
     p50_ns: u64,
     share: Option<f64>,
     /// What to find it by in the history: `None` is the end-to-end round trip.
-    part: Option<crate::stats::Part>,
+    part: Option<Part>,
     width: f64,
 }
 
@@ -257,7 +258,7 @@ fn history(svg: &mut Svg, report: &Report, rows: &[Series], top: f64) -> f64 {
     }
     let height = PLOT_HEIGHT.max(legend_height(rows.len()));
     let bottom = top + height;
-    let points = |summary: &super::interval::IntervalSummary| {
+    let points = |summary: &IntervalSummary| {
         summary.subsegments.iter().chain(summary.end_to_end.iter()).copied().collect::<Vec<_>>()
     };
     let values =
@@ -282,7 +283,7 @@ fn history(svg: &mut Svg, report: &Report, rows: &[Series], top: f64) -> f64 {
     svg.axis_label_y(PLOT_LEFT - 62.0, (top + bottom) / 2.0, "delay (log scale)");
     // One line per subsegment of the table (and end-to-end), and one per subsegment only an
     // earlier path had, in grey.
-    let mut former: Vec<crate::stats::Part> = Vec::new();
+    let mut former: Vec<Part> = Vec::new();
     for summary in &history.intervals {
         for point in &summary.subsegments {
             if !rows.iter().any(|row| row.part == point.part)
@@ -293,7 +294,7 @@ fn history(svg: &mut Svg, report: &Report, rows: &[Series], top: f64) -> f64 {
             }
         }
     }
-    let mut lines: Vec<(Option<crate::stats::Part>, &'static str, f64, String)> =
+    let mut lines: Vec<(Option<Part>, &'static str, f64, String)> =
         rows.iter().map(|row| (row.part, row.colour, row.width, row.label.to_string())).collect();
     lines.extend(
         former
@@ -302,7 +303,7 @@ fn history(svg: &mut Svg, report: &Report, rows: &[Series], top: f64) -> f64 {
     );
     let dots = history.intervals.len() <= MOST_DOTS;
     for (part, colour, width, label) in &lines {
-        let found = |summary: &super::interval::IntervalSummary| -> Option<PartSummary> {
+        let found = |summary: &IntervalSummary| -> Option<PartSummary> {
             match part {
                 None => summary.end_to_end,
                 Some(_) => summary.subsegments.iter().find(|point| point.part == *part).copied(),
@@ -605,11 +606,9 @@ impl Svg {
 
 #[cfg(test)]
 mod tests {
-    use super::super::interval::{IntervalSummary, PartSummary};
+    use super::super::Presentation;
     use super::super::tests::{report_of, run_with_links};
-    use super::super::{Presentation, Report};
     use super::*;
-    use crate::stats::Part;
 
     /// Rendered to pixels: how many differ from the white background.
     fn painted(svg: &str) -> (f64, u32, u32) {
