@@ -21,8 +21,9 @@ pub const CONTINUOUS_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub const USAGE: &str =
     "usage: subsegment-tcp-speeds [-t SECS] [-l ADDR] [-f ADDR] [-s BYTES] [-r] [-n NAME]
        [-w FRAMES] [-c N [--size BYTES] [-i DURATION]] [--duration D] [--json PATH]
-       [--jsonl PATH] [--report-interval D] [--samples PATH] [--sla SPEC] [--units U]
-       [--ascii] [--kernel-info on|off] [--kernel-stamps all|off] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
+       [--jsonl PATH] [--plot PATH.svg] [--report-interval D] [--samples PATH] [--sla SPEC]
+       [--units U] [--ascii] [--kernel-info on|off] [--kernel-stamps all|off] [--allow CIDR]
+       [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
        [--tag KEY=VALUE]";
 
 pub const HELP: &str = "\
@@ -83,6 +84,10 @@ source only:
                                 (- = stdout, in probe mode only: stdin runs write payload there)
       --jsonl PATH              continuous runs: one JSON line per report interval, then the
                                 summary (the --json document) as the last line
+      --plot PATH               write an SVG picture of the report at the end: each
+                                subsegment's delay distribution (CDF, log time axis), its share
+                                of the end-to-end median, and in a continuous run p50 and p99
+                                per report interval (- = stdout, in probe mode only)
       --report-interval DURATION
                                 continuous runs: statistics per interval (default 10s), one
                                 line on stderr and one --jsonl record each
@@ -157,6 +162,8 @@ pub struct Outputs {
     pub json: Option<String>,
     pub jsonl: Option<String>,
     pub samples: Option<String>,
+    /// An SVG picture of the report (`--plot`), written at the end.
+    pub plot: Option<String>,
 }
 
 #[derive(Debug)]
@@ -268,6 +275,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
             Long("json") => outputs.json = Some(path_of(&mut parser, "--json")?),
             Long("jsonl") => outputs.jsonl = Some(path_of(&mut parser, "--jsonl")?),
             Long("samples") => outputs.samples = Some(path_of(&mut parser, "--samples")?),
+            Long("plot") => outputs.plot = Some(path_of(&mut parser, "--plot")?),
             Long("sla") => {
                 let text = parser.value()?.string()?;
                 slas.push(SlaSpec::parse(&text).map_err(|error| format!("--sla {error}"))?);
@@ -352,12 +360,12 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         return Err("--jsonl is for continuous runs (--count 0); use --json for one report".into());
     }
     let report_interval = continuous.then(|| report_interval.unwrap_or(CONTINUOUS_REPORT_INTERVAL));
-    let stdout_outputs = [&outputs.json, &outputs.jsonl, &outputs.samples];
+    let stdout_outputs = [&outputs.json, &outputs.jsonl, &outputs.samples, &outputs.plot];
     if probe.is_none() && stdout_outputs.iter().any(|output| output.as_deref() == Some("-")) {
-        return Err("--json -, --jsonl - and --samples - need probe mode (--count): a stdin run writes its payload to stdout".into());
+        return Err("--json -, --jsonl -, --samples - and --plot - need probe mode (--count): a stdin run writes its payload to stdout".into());
     }
     if stdout_outputs.iter().filter(|output| output.as_deref() == Some("-")).count() > 1 {
-        return Err("only one of --json, --jsonl and --samples can write to stdout".into());
+        return Err("only one of --json, --jsonl, --samples and --plot can write to stdout".into());
     }
     let source_only = !slas.is_empty()
         || outputs != Outputs::default()
@@ -366,7 +374,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         || units != Units::Auto;
     if mode != Mode::Source && source_only {
         return Err(
-            "--json, --jsonl, --samples, --sla, --duration, --units and --ascii are for the source"
+            "--json, --jsonl, --samples, --plot, --sla, --duration, --units and --ascii are for the source"
                 .into(),
         );
     }
@@ -636,6 +644,33 @@ mod tests {
             presentation,
             Presentation { units: Units::Milliseconds, symbols: Symbols::Ascii }
         );
+    }
+
+    #[test]
+    fn test_plot_is_a_source_output() {
+        let plot = |args: &[&str]| parse(args).map(|options| options.outputs.plot);
+        assert_eq!(plot(&["-f", "127.0.0.1:9"]), Ok(None));
+        assert_eq!(
+            plot(&["-f", "127.0.0.1:9", "--plot", "run.svg"]).unwrap().as_deref(),
+            Some("run.svg")
+        );
+        assert_eq!(
+            plot(&["-f", "127.0.0.1:9", "--plot=a b.svg"]).unwrap().as_deref(),
+            Some("a b.svg")
+        );
+        let continuous = parse(&["-f", "127.0.0.1:9", "-c", "0", "--plot", "-", "--jsonl", "j"]);
+        assert_eq!(continuous.unwrap().outputs.plot.as_deref(), Some("-"));
+        for (args, says) in [
+            (&["-f", "127.0.0.1:9", "--plot"][..], "--plot"),
+            (&["-f", "127.0.0.1:9", "--plot", ""], "--plot needs a file path"),
+            (&["-f", "127.0.0.1:9", "--plot", "-"], "--plot - need probe mode"),
+            (&["-f", "127.0.0.1:9", "-c", "5", "--plot", "-", "--json", "-"], "only one of"),
+            (&["-l", ":9", "--plot", "x.svg"], "--plot, --sla"),
+            (&["-l", ":9", "-f", "127.0.0.1:9", "--plot", "x.svg"], "are for the source"),
+        ] {
+            let error = plot(args).unwrap_err();
+            assert!(error.contains(says), "{args:?}: {error}");
+        }
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn run_source(options: Options) -> ExitCode {
         presentation: options.presentation,
         kernel_info: options.kernel_info,
         kernel_stamps: options.kernel_stamps,
+        keep_history: outputs.plot.is_some(),
     };
     let started_unix_ns = clock::realtime_ns();
     let run = source::run(config, &mut writer).unwrap_or_else(|error| {
@@ -99,6 +100,12 @@ fn run_source(options: Options) -> ExitCode {
     }
     if let Some(path) = &outputs.json
         && let Err(error) = write_document(path, &report::json::document(&report))
+    {
+        log_line!("{name}: error: writing {path}: {error}");
+        output_failed = true;
+    }
+    if let Some(path) = &outputs.plot
+        && let Err(error) = write_document(path, &report::plot::render(&report))
     {
         log_line!("{name}: error: writing {path}: {error}");
         output_failed = true;

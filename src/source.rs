@@ -38,7 +38,7 @@ use crate::kernel;
 use crate::log_line;
 use crate::net::{self, Io, NonBlocking};
 use crate::output::{Destination, Writer};
-use crate::report::interval::{Interval, IntervalFrames};
+use crate::report::interval::{History, Interval, IntervalFrames};
 use crate::report::sla::{self, SlaSpec};
 use crate::report::{Presentation, Unit, json};
 use crate::stats::{Chain, Part, Sequencing};
@@ -89,6 +89,9 @@ pub struct SourceConfig {
     pub kernel_info: bool,
     /// Ask every hop for transmit timestamps on its sockets (and take the source's own).
     pub kernel_stamps: bool,
+    /// Continuous runs: keep each interval's p50 and p99 per subsegment in the run (for
+    /// `--plot`), bounded by [`crate::report::interval::HISTORY_LEN`].
+    pub keep_history: bool,
 }
 
 /// Probe mode: `count` frames of `size` bytes, one every `interval` (0: back to back).
@@ -195,6 +198,8 @@ pub struct Run {
     pub kernel: kernel::Links,
     /// Times the path came back different after an outage.
     pub path_changes: u64,
+    /// A continuous run's interval summaries, when `keep_history` asked for them.
+    pub history: History,
 }
 
 impl Run {
@@ -218,6 +223,7 @@ impl Run {
             outages: Vec::new(),
             kernel: kernel::Links::default(),
             path_changes: 0,
+            history: History::default(),
         }
     }
 }
@@ -813,6 +819,9 @@ impl Source<'_> {
             );
             if self.writer.jsonl {
                 self.writer.send(Destination::Jsonl, json::line(&interval));
+            }
+            if self.config.keep_history {
+                self.run.history.push(interval.summary());
             }
             *chain = Chain::new(chain.path.clone()).expect("the path had a chain");
         }

@@ -1,13 +1,16 @@
 //! One report interval of a continuous run: that interval's own statistics (histograms reset
 //! each interval), frame counts and SLA results, as a JSON line (`{"type":"interval", ...}`)
 //! and a one-line summary for stderr. Built by the loop as a snapshot; written by the output
-//! thread.
+//! thread. For `--plot`, the source also keeps a bounded [`History`] of each interval's p50
+//! and p99 per subsegment.
+
+use std::collections::VecDeque;
 
 use serde::Serialize;
 
 use super::sla::{self, SlaResult, SlaSpec};
 use super::{Stats, Subsegment, Unit, rfc3339, subsegment};
-use crate::stats::{self, Chain, Symbols};
+use crate::stats::{self, Chain, Part, Symbols};
 use crate::wire::PathEntry;
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,5 +128,97 @@ impl Interval {
                 outages => format!("; {outages} outages"),
             },
         )
+    }
+}
+
+/// The most intervals a [`History`] keeps: past it the oldest go (a day and more at the
+/// default 10 s interval; 10 000 × a few hundred bytes at most).
+pub const HISTORY_LEN: usize = 10_000;
+
+/// What the plot shows of one interval: when it ended, and each subsegment's p50 and p99.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntervalSummary {
+    pub index: u64,
+    pub end_unix_ns: u64,
+    /// The subsegments that had samples in the interval, in path order.
+    pub subsegments: Vec<PartSummary>,
+    pub end_to_end: Option<PartSummary>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartSummary {
+    /// `None` for the end-to-end round trip.
+    pub part: Option<Part>,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+}
+
+/// A continuous run's last [`HISTORY_LEN`] interval summaries, oldest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    pub intervals: VecDeque<IntervalSummary>,
+    /// Intervals that were dropped, oldest first, to keep the bound.
+    pub dropped: u64,
+}
+
+impl History {
+    pub fn push(&mut self, summary: IntervalSummary) {
+        if self.intervals.len() == HISTORY_LEN {
+            self.intervals.pop_front();
+            self.dropped += 1;
+        }
+        self.intervals.push_back(summary);
+        debug_assert!(self.intervals.len() <= HISTORY_LEN, "the history stays bounded");
+    }
+}
+
+impl Interval {
+    /// What the history keeps of this interval.
+    pub fn summary(&self) -> IntervalSummary {
+        let of = |part: Option<Part>, stats: &Stats| PartSummary {
+            part,
+            p50_ns: stats.p50_ns,
+            p99_ns: stats.p99_ns,
+        };
+        IntervalSummary {
+            index: self.index,
+            end_unix_ns: self.end_unix_ns,
+            subsegments: self
+                .subsegments
+                .iter()
+                .filter(|row| row.stats.count > 0)
+                .map(|row| of(Some(row.part), &row.stats))
+                .collect(),
+            end_to_end: self.end_to_end.as_ref().map(|stats| of(None, stats)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(index: u64) -> IntervalSummary {
+        IntervalSummary {
+            index,
+            end_unix_ns: index * 1_000,
+            subsegments: vec![PartSummary { part: Some(Part::Link(0)), p50_ns: 1, p99_ns: 2 }],
+            end_to_end: None,
+        }
+    }
+
+    #[test]
+    fn test_the_history_keeps_the_last_intervals_and_counts_the_dropped() {
+        let mut history = History::default();
+        for index in 0..HISTORY_LEN as u64 + 5 {
+            history.push(summary(index));
+        }
+        assert_eq!(history.intervals.len(), HISTORY_LEN);
+        assert_eq!(history.dropped, 5);
+        assert_eq!(history.intervals.front().map(|summary| summary.index), Some(5));
+        assert_eq!(
+            history.intervals.back().map(|summary| summary.index),
+            Some(HISTORY_LEN as u64 + 4)
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! The report as a value: what a run found (path, per-subsegment statistics, end-to-end,
 //! frames, throughput, schedule, verdict, SLA results, ending, parameters, times), built once
 //! from the source's [`Run`] and its statistics. Everything a renderer prints is decided here:
-//! the verdict and its words, the shares, the SLA results. [`text`] renders it for people,
-//! [`json`] for machines (the same value, serialised with serde); neither computes anything the
-//! other would need.
+//! the verdict and its words, the shares, the SLA results, the points of each distribution and
+//! a continuous run's interval history. [`text`] renders it for people, [`json`] for machines
+//! (the same value, serialised with serde), [`plot`] as an SVG picture; none computes anything
+//! another would need.
 //!
 //! All times are integer nanoseconds. Percentiles come from hdrhistogram at 3 significant
 //! digits (a p99 of 1 234 567 ns is exact to ±1 000 ns); `sum_ns`, `min_ns` and `max_ns` are
@@ -11,6 +12,7 @@
 
 pub mod interval;
 pub mod json;
+pub mod plot;
 pub mod sla;
 pub mod text;
 pub mod verdict;
@@ -24,6 +26,7 @@ use crate::output::Dropped;
 use crate::source::{Ending, Run, Schedule, UNLOADED_FRAMES};
 use crate::stats::{self, Chain, Part, Series, Symbols};
 use crate::wire::{PathEntry, Role};
+use interval::History;
 use sla::{SlaResult, SlaSpec};
 use verdict::{DelayKind, Doubt, Verdict};
 
@@ -214,6 +217,43 @@ impl Stats {
     }
 }
 
+/// One point of a distribution: a share `quantile` of the samples took at most `value_ns`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CdfPoint {
+    pub quantile: f64,
+    pub value_ns: u64,
+}
+
+/// The quantiles a distribution is kept at for the plot: the minimum, every percent, then the
+/// tail (99.5, 99.9, 99.95, 99.99 %) and the maximum. 105 points, whatever the sample count.
+fn cdf_quantiles() -> impl Iterator<Item = f64> {
+    (0..100).map(|percent| f64::from(percent) / 100.0).chain([0.995, 0.999, 0.9995, 0.9999, 1.0])
+}
+
+/// A series' distribution as [`CdfPoint`]s from its histogram (3 significant digits, like the
+/// percentiles); empty when it has no samples.
+pub fn cdf_of(series: &Series) -> Vec<CdfPoint> {
+    if series.count() == 0 {
+        return Vec::new();
+    }
+    let histogram = &series.histogram;
+    // One pass over the buckets for all the quantiles (they come in ascending order); the
+    // ends are the exact minimum and maximum, as in `Stats`.
+    cdf_quantiles()
+        .zip(histogram.value_at_quantiles(cdf_quantiles()))
+        .map(|(quantile, value_ns)| CdfPoint {
+            quantile,
+            value_ns: if quantile == 0.0 {
+                histogram.min()
+            } else if quantile == 1.0 {
+                histogram.max()
+            } else {
+                value_ns
+            },
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubsegmentKind {
@@ -248,6 +288,10 @@ pub struct Subsegment {
     /// A link: what the kernel saw of it, from both of its ends (`--kernel-info`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelLink>,
+    /// The whole run's distribution, for the plot (empty in an interval's rows); not in the
+    /// JSON, whose percentiles are the promise.
+    #[serde(skip)]
+    pub cdf: Vec<CdfPoint>,
     #[serde(skip)]
     pub part: Part,
 }
@@ -509,6 +553,14 @@ pub struct Report {
     pub path: Vec<Hop>,
     pub subsegments: Vec<Subsegment>,
     pub end_to_end: Option<Stats>,
+    /// The end-to-end distribution, for the plot.
+    #[serde(skip)]
+    pub end_to_end_cdf: Vec<CdfPoint>,
+    /// A continuous run's p50 and p99 per interval (the last [`interval::HISTORY_LEN`]), for
+    /// the plot; kept only when a plot was asked for. The `--jsonl` lines carry the same and
+    /// more.
+    #[serde(skip)]
+    pub history: History,
     /// The source's own receive queue for answers: after the end-to-end round trip.
     pub source_receive_queue: Option<Stats>,
     pub receive_clocks: Option<ReceiveClocks>,
@@ -557,7 +609,10 @@ impl Report {
             chain
                 .parts
                 .iter()
-                .map(|series| subsegment(series, &labels, symbols, end_to_end_p50))
+                .map(|series| Subsegment {
+                    cdf: cdf_of(series),
+                    ..subsegment(series, &labels, symbols, end_to_end_p50)
+                })
                 .collect()
         });
         for row in &mut subsegments {
@@ -631,6 +686,8 @@ impl Report {
             path: run.path.iter().enumerate().map(|(index, entry)| hop(index, entry)).collect(),
             subsegments,
             end_to_end,
+            end_to_end_cdf: chain.map_or_else(Vec::new, |chain| cdf_of(&chain.end_to_end)),
+            history: run.history.clone(),
             source_receive_queue: chain.map(|chain| Stats::of(&chain.source_receive_queue)),
             receive_clocks: chain.map(|chain| {
                 let (after_read, kernel, kernel_rejected) = chain.receive_clock_totals();
@@ -712,6 +769,7 @@ pub(crate) fn subsegment(
             held_back: split.held_back,
         }),
         kernel: None,
+        cdf: Vec::new(),
         part: series.part,
     }
 }
@@ -1107,6 +1165,43 @@ pub(crate) mod tests {
         ] {
             assert!(text.contains(says), "{says}: {text}");
         }
+    }
+
+    #[test]
+    fn test_each_distribution_is_kept_as_points_that_agree_with_the_percentiles() {
+        let report = report_of(&run_with_links(10_000, 40_000, 100), Presentation::default(), &[]);
+        for (cdf, stats) in report
+            .subsegments
+            .iter()
+            .map(|row| (&row.cdf, row.stats))
+            .chain([(&report.end_to_end_cdf, report.end_to_end.unwrap())])
+        {
+            assert_eq!(cdf.len(), 105);
+            let at = |quantile: f64| {
+                cdf.iter().find(|point| point.quantile == quantile).map(|point| point.value_ns)
+            };
+            assert_eq!(at(0.0), Some(stats.min_ns));
+            assert_eq!(at(0.5), Some(stats.p50_ns));
+            assert_eq!(at(0.9), Some(stats.p90_ns));
+            assert_eq!(at(0.999), Some(stats.p999_ns));
+            assert_eq!(at(1.0), Some(stats.max_ns));
+            assert!(cdf.windows(2).all(|pair| pair[0].value_ns <= pair[1].value_ns), "{cdf:?}");
+        }
+        assert!(report.history.intervals.is_empty(), "only a continuous run has intervals");
+        // A spread of values: every point is the percentile `Stats` gives.
+        let mut run = run_with_links(10_000, 40_000, 1);
+        let series = &mut run.chain.as_mut().unwrap().parts[0];
+        for value in 1..=5_000u64 {
+            series.histogram.record(value * value).unwrap();
+        }
+        let (cdf, stats) = (cdf_of(series), Stats::of(series));
+        let at = |quantile: f64| cdf.iter().find(|point| point.quantile == quantile).unwrap();
+        assert_eq!(at(0.5).value_ns, stats.p50_ns);
+        assert_eq!(at(0.9).value_ns, stats.p90_ns);
+        assert_eq!(at(0.99).value_ns, stats.p99_ns);
+        assert_eq!(at(0.999).value_ns, stats.p999_ns);
+        assert_eq!((at(0.0).value_ns, at(1.0).value_ns), (stats.min_ns, stats.max_ns));
+        assert!(cdf.windows(2).all(|pair| pair[0].value_ns <= pair[1].value_ns), "{cdf:?}");
     }
 
     #[test]
