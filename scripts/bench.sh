@@ -437,8 +437,11 @@ probe() {
         json_args=(--json "$5")
     fi
     timeout --foreground -k 5 "$timeout_s" taskset -c "$client_cpu" "$bin" --forward-to "$1" --name source \
-        --count "$2" --size "$3" --interval 0 --window 1 "${json_args[@]}" </dev/null >/dev/null 2>"$4"
+        --count "$2" --size "$3" --interval 0 --window 1 "${json_args[@]}" "${probe_args[@]}" \
+        </dev/null >/dev/null 2>"$4"
 }
+# Extra source options for the next probes (the syscalls section's kernel-evidence variants).
+probe_args=()
 
 # others_mark, then others_share: the share (percent of all CPUs) that processes other than
 # ours used in between, so a run disturbed by other work on the machine can be told apart.
@@ -736,12 +739,19 @@ if wants syscalls; then
         tool=perf
     fi
     echo "bench.sh: syscalls per round trip, one hop on CPU $hop_cpu, $syscall_frames frames of 64 B ($tool)" >&2
-    kinds=(ours socat haproxy nginx)
+    # ours: the default (the hops' TCP_INFO readings on); ours-nokernel: --kernel-info off;
+    # ours-stamps: --kernel-stamps all (transmit timestamps read from the error queue).
+    kinds=(ours ours-nokernel ours-stamps socat haproxy nginx)
     if $busy_poll; then kinds+=(ours-bp); fi
     # socat without fork: the process that accepts is the one that forwards, so it can be watched.
     socat_fork=
     for kind in "${kinds[@]}"; do
-        if ! build_chain "$kind" 1 "$hop_cpu"; then stop_chain; continue; fi
+        chain_kind=$kind probe_args=()
+        case $kind in
+            ours-nokernel) chain_kind=ours probe_args=(--kernel-info off) ;;
+            ours-stamps) chain_kind=ours probe_args=(--kernel-stamps all) ;;
+        esac
+        if ! build_chain "$chain_kind" 1 "$hop_cpu"; then stop_chain; continue; fi
         counts=$tmp/syscalls-$kind.txt
         if [[ $tool == perf ]]; then
             start_group "$logs/hops/perf-$kind.log" perf stat -x, -o "$counts" -e "$events" -p "${chain_pgids[0]}"
@@ -752,6 +762,7 @@ if wants syscalls; then
         sleep 0.5
         probe "$entry" "$syscall_frames" 64 "$logs/latency/syscalls-$kind.txt" ||
             note "syscall run through $kind failed"
+        probe_args=()
         kill -INT "$watcher" 2>/dev/null || true
         wait "$watcher" 2>/dev/null || true
         stop_group "$watcher"

@@ -287,7 +287,8 @@ ANCHORS = ("socat", "haproxy", "nginx")
 NOISY_PCT = 10
 PLACEMENT_LABELS = {"one": "all on one CPU", "split": "hop on the other CPU"}
 VARIANT_ORDER = (
-    "direct", "ours", "ours-rt", "ours-mlock", "ours-bp", "ours-bp-rt", "floor", "floor-bp", "socat", "haproxy", "nginx",
+    "direct", "ours", "ours-nokernel", "ours-stamps", "ours-rt", "ours-mlock", "ours-bp", "ours-bp-rt", "floor",
+    "floor-bp", "socat", "haproxy", "nginx",
 )
 # The copy-only relay measured beside each of ours: its ratio is the least a relay reaches here.
 FLOOR_OF = {"ours": "floor", "ours-bp": "floor-bp"}
@@ -651,7 +652,7 @@ def summarize(outdir):
                 for name, value in sorted(calls.items(), key=lambda item: -item[1])
                 if name != "total" and value >= 0.01
             )
-            say(f"  {variant:<8} total {fmt(total, 2):>6}: {shown}   ({hop['frames']} frames, {hop['tool']})")
+            say(f"  {variant:<13} total {fmt(total, 2):>6}: {shown}   ({hop['frames']} frames, {hop['tool']})")
         say("")
     if rss:
         say("memory of one relay (ours; relay -> echo), from /proc/PID/status; \"served 1 conn\": the relay first")
