@@ -186,7 +186,11 @@ const SO_TIMESTAMPING: libc::c_int = 37;
 /// packet reaches the host's network stack, CLOCK_REALTIME) and to report the stamp of the last
 /// byte each `recvmsg` returns.
 pub fn enable_receive_timestamps(fd: RawFd) -> io::Result<()> {
-    let flags: libc::c_uint = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
+    set_timestamping(fd, libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE)
+}
+
+/// Sets the socket's `SO_TIMESTAMPING` flags (they replace what was set before).
+fn set_timestamping(fd: RawFd, flags: libc::c_uint) -> io::Result<()> {
     // SAFETY: `flags` lives across the call and its size is passed; errors are returned.
     let result = unsafe {
         libc::setsockopt(
@@ -216,17 +220,7 @@ pub fn enable_transmit_timestamps(fd: RawFd) -> io::Result<()> {
         | libc::SOF_TIMESTAMPING_OPT_ID
         | libc::SOF_TIMESTAMPING_OPT_TSONLY
         | SOF_TIMESTAMPING_OPT_ID_TCP;
-    // SAFETY: `flags` lives across the call and its size is passed; errors are returned.
-    let result = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_TIMESTAMPING,
-            (&flags as *const libc::c_uint).cast(),
-            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-        )
-    };
-    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    set_timestamping(fd, flags)
 }
 
 /// `SO_EE_ORIGIN_TIMESTAMPING`, and `SCM_TSTAMP_SND` / `SCM_TSTAMP_ACK` in `ee_info`.

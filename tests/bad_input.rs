@@ -506,14 +506,13 @@ fn an_echo_end_names_a_peer_that_never_reads() {
     assert!(line.contains(&format!("waiting for {peer} to read")), "{line}");
 }
 
-/// A next hop that answers with more stamp records than a frame may carry once this hop adds
-/// its own: the relay must not crash (or emit an invalid frame); the source hears which
-/// subsegment sent bad input.
-#[test]
-fn an_answer_with_too_many_records_from_the_next_hop_is_a_fault_not_a_crash() {
+/// Relay B in front of a next hop played by the test: B has been sent a path announcement by
+/// a client and has passed it on. Returns B, the client, the next hop's side of the
+/// connection and its address.
+fn relay_before_a_fake_next_hop() -> (Proc, Client, TcpStream, String) {
     let fake = TcpListener::bind("127.0.0.1:0").unwrap();
     let fake_addr = fake.local_addr().unwrap().to_string();
-    let (mut relay, relay_addr) = spawn_listening(
+    let (relay, relay_addr) = spawn_listening(
         MAIN_BIN,
         &["--listen", "127.0.0.1:0", "--forward-to", &fake_addr, "--name", "B", "-t", "5"],
     );
@@ -522,6 +521,15 @@ fn an_answer_with_too_many_records_from_the_next_hop_is_a_fault_not_a_crash() {
     let (mut downstream, _) = fake.accept().unwrap();
     let mut announced = [0u8; 256];
     let _ = downstream.read(&mut announced).unwrap();
+    (relay, client, downstream, fake_addr)
+}
+
+/// A next hop that answers with more stamp records than a frame may carry once this hop adds
+/// its own: the relay must not crash (or emit an invalid frame); the source hears which
+/// subsegment sent bad input.
+#[test]
+fn an_answer_with_too_many_records_from_the_next_hop_is_a_fault_not_a_crash() {
+    let (mut relay, client, mut downstream, fake_addr) = relay_before_a_fake_next_hop();
     // Valid for the parser (every record names a real hop), one record too many for B.
     let stamps: Vec<Stamp> =
         (0..MAX_RECORDS).map(|index| Stamp::new((index % 32) as u8, Direction::Up, 1, 2)).collect();
@@ -547,17 +555,7 @@ fn an_answer_with_too_many_records_from_the_next_hop_is_a_fault_not_a_crash() {
 /// it on, and the source hears which subsegment sent bad input, in a FAULT frame.
 #[test]
 fn a_malformed_kernel_sample_from_the_next_hop_is_a_fault_not_a_crash() {
-    let fake = TcpListener::bind("127.0.0.1:0").unwrap();
-    let fake_addr = fake.local_addr().unwrap().to_string();
-    let (mut relay, relay_addr) = spawn_listening(
-        MAIN_BIN,
-        &["--listen", "127.0.0.1:0", "--forward-to", &fake_addr, "--name", "B", "-t", "5"],
-    );
-    let mut client = Client::connect(relay_addr);
-    client.send(&path_frame("A"));
-    let (mut downstream, _) = fake.accept().unwrap();
-    let mut announced = [0u8; 256];
-    let _ = downstream.read(&mut announced).unwrap();
+    let (mut relay, client, mut downstream, fake_addr) = relay_before_a_fake_next_hop();
     // Hop 2's sample of a socket side that does not exist.
     let mut payload = Vec::new();
     subsegment_tcp_speeds::wire::KernelSample {
