@@ -275,7 +275,10 @@ EOF
         ip -n "$(ns "$((k + 1))")" link set "to-h$k" up
     done
     # Host routes along the line, with the host address as source so every hop sees its peers'
-    # host addresses; the hosts in the middle forward.
+    # host addresses; the hosts in the middle forward. `quickack 1`: a host acknowledges at once
+    # instead of delaying the ACK for a reply to carry it, so in ping-pong traffic the sender's
+    # kernel RTT is the wire's, not the wait for the next frame (a real host needs the same on its
+    # route, or TCP_QUICKACK after every read: the option is not sticky).
     local j via dev
     for ((k = 0; k < hosts; k++)); do
         namespace=$(ns "$k")
@@ -289,7 +292,8 @@ EOF
             else
                 via=$(link_addr "$((k - 1))" "$k") dev=to-h$((k - 1))
             fi
-            ip -n "$namespace" route add "$(host_addr "$j")/32" via "$via" dev "$dev" src "$(host_addr "$k")"
+            ip -n "$namespace" route add "$(host_addr "$j")/32" via "$via" dev "$dev" \
+                src "$(host_addr "$k")" quickack 1
         done
     done
     for ((k = 0; k < hosts; k++)); do

@@ -130,3 +130,29 @@ fn transmit_stamps_give_each_end_its_send_queue_and_ack_round_trip() {
         assert!(link["kernel"]["near"]["tx_stamped"].is_null(), "{:#}", link["kernel"]);
     }
 }
+
+/// A user-space element on B ⇄ Z (the project's `tcp-delay`, 2 ms each way) ends B's TCP
+/// connection short of Z: the stamps see a slow link, the kernel a fast wire, and the verdict
+/// says the bytes are held by something between the two hops.
+#[test]
+fn a_link_held_up_past_the_socket_s_tcp_peer_is_told_apart_from_a_slow_wire() {
+    let (_z, z_addr) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-n", "Z"]);
+    let (_element, element_addr) = util::delay(z_addr, 2);
+    let element_text = element_addr.to_string();
+    let (_b, b_addr) =
+        spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-f", &element_text, "-n", "B"]);
+    let b = b_addr.to_string();
+    let run =
+        run_source(&["-f", &b, "-n", "A", "-c", "100", "-i", "1ms", "-w", "1"], b"", RUN_TIMEOUT);
+    assert_eq!(run.status.and_then(|status| status.code()), Some(0), "{}", run.stderr);
+    let report = run.report();
+    assert_eq!(report.verdict_names(), Some("B ⇄ Z"), "{}", run.stderr);
+    assert!(
+        report.verdict.contains("the TCP connection ends short of the next hop"),
+        "{}",
+        report.verdict
+    );
+    // Without the element the same words never appear.
+    let direct = run_source(&["-f", &z_addr.to_string(), "-n", "A", "-c", "50"], b"", RUN_TIMEOUT);
+    assert!(!direct.stderr.contains("ends short of the next hop"), "{}", direct.stderr);
+}

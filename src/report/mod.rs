@@ -835,7 +835,7 @@ fn verdict_report(
     if let Verdict::Named { worst, .. } = &verdict
         && let Some(kernel) = &rows[*worst].kernel
     {
-        text.push_str(&kernel_evidence(kernel, unit));
+        text.push_str(&kernel_evidence(kernel, unit, rows[*worst].stats.min_ns));
     }
     text.push_str(&retransmitting_link(
         rows,
@@ -990,18 +990,31 @@ fn retransmitting_link(rows: &[Subsegment], unit: Unit, named: Option<usize>) ->
     )
 }
 
+/// A link whose fastest frame took this many times its kernel's fastest round trip is held up
+/// past the socket's TCP peer.
+const TERMINATED_RATIO: u64 = 10;
+
 /// Retransmitted segments a link must reach for the verdict to point at it by them.
 const RETRANS_STANDS_OUT: u64 = 3;
 
 /// What the kernel saw of a named link, in words for the verdict: the wire's share and any
 /// retransmissions, unsent bytes or windows that held the sender back.
-fn kernel_evidence(kernel: &KernelLink, unit: Unit) -> String {
+/// `link_min_ns` is the link's fastest frame by the stamps: when the kernel's own fastest
+/// round trip is a small part of it, the socket's TCP peer is not the next hop but something
+/// between them that holds the bytes (a proxy, a load balancer, a delay element).
+fn kernel_evidence(kernel: &KernelLink, unit: Unit, link_min_ns: u64) -> String {
     let mut seen = Vec::new();
     if let Some(min_rtt_ns) = kernel.min_rtt_ns {
         seen.push(format!(
             "a min RTT of {} (the wire and the peer's kernel)",
             unit.show_with_name(min_rtt_ns)
         ));
+        if min_rtt_ns.saturating_mul(TERMINATED_RATIO) < link_min_ns {
+            seen.push(format!(
+                "so the TCP connection ends short of the next hop: the {} every frame paid are held by something between them (a proxy, a load balancer, a user-space element), not by the wire",
+                unit.show_with_name(link_min_ns)
+            ));
+        }
     }
     if let Some(retrans) = kernel.retrans.filter(|&retrans| retrans > 0) {
         seen.push(format!("{retrans} retransmitted {}", plural(retrans, "segment")));
