@@ -234,3 +234,24 @@ fn a_silent_scraper_neither_stops_the_probes_nor_holds_the_endpoint() {
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(intervals() > before + during, "the interval records still come");
 }
+
+/// `--metrics` on every interface without `--allow` warns, as the hop's listener does; with
+/// `--allow`, a scraper outside it is closed without an answer.
+#[test]
+fn metrics_on_every_interface_warns_and_allow_turns_other_scrapers_away() {
+    let args = ["--listen", "127.0.0.1:0", "--name", "W", "--metrics", "*:0"];
+    let (open, _) = spawn_listening(MAIN_BIN, &args);
+    let warnings: Vec<String> =
+        open.stderr().lines().filter(|line| line.contains("warning")).map(String::from).collect();
+    assert_eq!(warnings.len(), 1, "{}", open.stderr());
+    assert!(warnings[0].contains("metrics") && warnings[0].contains("--allow"), "{warnings:?}");
+
+    let args =
+        ["--listen", "127.0.0.1:0", "--name", "Q", "--metrics", "*:0", "--allow", "10.0.0.0/8"];
+    let (guarded, _) = spawn_listening(MAIN_BIN, &args);
+    assert!(!guarded.stderr().contains("warning"), "{}", guarded.stderr());
+    let port = metrics_addr_of(&guarded).port();
+    let (status, body) =
+        get(SocketAddr::from(([127, 0, 0, 1], port)), "/metrics").unwrap_or((0, String::new()));
+    assert_eq!(status, 0, "a scraper outside --allow got an answer: {body}");
+}
