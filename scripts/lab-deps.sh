@@ -2,11 +2,13 @@
 # Installs, from Debian's packages, what scripts/lab.sh, scripts/deploy-chain.sh and tests/lab.rs
 # need: ip/tc/ss/nstat (iproute2), sshd (openssh-server), ssh (openssh-client), the impairments'
 # nft (nftables: loss), iptables (its NFQUEUE target: the nfq-delay element) and ethtool (offloads
-# off on an impaired link), and shellcheck to lint the scripts. Idempotent: installs only what is missing, runs `apt-get update` at most once.
+# off on an impaired link), shellcheck to lint the scripts, and prometheus (tests/metrics.rs and
+# scripts/monitor-demo.sh run its server binary against --metrics). Idempotent: installs only what is missing, runs `apt-get update` at most once.
 #
-# openssh-server's install would normally start a system-wide sshd; the lab runs its own sshd per
-# namespace and wants none outside them, so a temporary policy-rc.d forbids starting services
-# while this script installs.
+# openssh-server's and prometheus's installs would normally start a system-wide sshd and a
+# Prometheus server; the lab runs its own sshd per namespace, and the metrics test its own
+# Prometheus with its own config, so a temporary policy-rc.d forbids starting services while this
+# script installs.
 set -euo pipefail
 
 usage() {
@@ -14,11 +16,12 @@ usage() {
 usage: scripts/lab-deps.sh [--no-shellcheck]
 
 Installs (apt-get, as root) whichever of iproute2, openssh-server, openssh-client, nftables,
-iptables, ethtool and shellcheck is missing. Does nothing when all are present. Never starts a system-wide sshd.
+iptables, ethtool, prometheus and shellcheck is missing. Does nothing when all are present. Never
+starts a system-wide sshd or Prometheus server.
 EOF
 }
 
-packages=(iproute2 openssh-server openssh-client nftables iptables ethtool shellcheck)
+packages=(iproute2 openssh-server openssh-client nftables iptables ethtool prometheus shellcheck)
 while (($#)); do
     case $1 in
         -h | --help) usage; exit 0 ;;

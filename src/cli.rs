@@ -24,7 +24,7 @@ pub const USAGE: &str =
        [--jsonl PATH] [--plot PATH.svg] [--report-interval D] [--samples PATH] [--sla SPEC]
        [--units U] [--ascii] [--kernel-info on|off] [--kernel-stamps all|off] [--allow CIDR]
        [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
-       [--tag KEY=VALUE]";
+       [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME]]";
 
 pub const HELP: &str = "\
 subsegment-tcp-speeds: find which subsegment of a TCP chain (a link, or a relay host) adds the
@@ -53,10 +53,17 @@ options:
                                 circuit id; repeatable, at most 8, keys unique); KEY: 1 to 32
                                 of A-Z a-z 0-9 _ . -; VALUE: at most 64 bytes, no control
                                 characters, may be empty
+      --metrics ADDR            serve GET /metrics (Prometheus, OpenMetrics text) on host:port,
+                                e.g. 127.0.0.1:9464, from a thread of its own: delay histograms
+                                and frame counters at the source, connections, frames and bytes
+                                at a relay or the echoing end (see the README's Prometheus
+                                section); --allow restricts who may scrape
+      --metrics-chain NAME      source: the `chain` label of its metrics (default: --name)
 
 relays and the echoing end:
       --allow CIDR              accept only peers in this block (repeatable; e.g. 10.0.0.0/8);
-                                others are closed at accept with a log line
+                                others are closed at accept with a log line; also for the
+                                scrapers of --metrics (at the source too, for them only)
       --max-conns N             serve at most N connections at once; refuse the rest
 
 low-jitter knobs (none is on by default):
@@ -153,6 +160,10 @@ pub struct Options {
     pub kernel_info: bool,
     /// ... and for transmit timestamps on its sockets (`--kernel-stamps all|off`).
     pub kernel_stamps: bool,
+    /// Where to serve `GET /metrics` (`--metrics`), any mode.
+    pub metrics: Option<SocketAddr>,
+    /// The source's `chain` label (`--metrics-chain`, else `--name`).
+    pub metrics_chain: Option<String>,
 }
 
 /// Where the source writes what it found, besides the text report on stderr.
@@ -198,6 +209,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut report_interval = None;
     let mut kernel_info = true;
     let mut kernel_stamps = false;
+    let mut metrics = None;
+    let mut metrics_chain = None;
 
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next()? {
@@ -305,6 +318,19 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                     other => return Err(format!("--kernel-info: '{other}' (use on or off)").into()),
                 }
             }
+            Long("metrics") => {
+                let text = parser.value()?.string()?;
+                metrics = Some(net::parse_listen(&text).map_err(|e| format!("--metrics: {e}"))?);
+            }
+            Long("metrics-chain") => {
+                let text = parser.value()?.string()?;
+                if text.is_empty() || text.chars().any(char::is_control) {
+                    return Err(
+                        "--metrics-chain must be non-empty and without control characters".into()
+                    );
+                }
+                metrics_chain = Some(text);
+            }
             Long("busy-poll") => tuning.busy_poll = true,
             Long("cpu") => tuning.cpu = Some(number(&mut parser, "--cpu")?),
             Long("realtime") => tuning.realtime = true,
@@ -381,8 +407,15 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     if mode != Mode::Source && (probe.is_some() || window.is_some()) {
         return Err("--window, --count, --size and --interval are for the source".into());
     }
-    if mode == Mode::Source && (!allow.is_empty() || max_conns.is_some()) {
-        return Err("--allow and --max-conns are for relays and the echoing end".into());
+    if mode == Mode::Source && (max_conns.is_some() || (!allow.is_empty() && metrics.is_none())) {
+        return Err(
+            "--allow and --max-conns are for relays and the echoing end (--allow also for the \
+             source's --metrics)"
+                .into(),
+        );
+    }
+    if metrics_chain.is_some() && (mode != Mode::Source || metrics.is_none()) {
+        return Err("--metrics-chain is for the source's --metrics".into());
     }
     Ok(Command::Run(Box::new(Options {
         mode,
@@ -408,6 +441,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         report_interval,
         kernel_info,
         kernel_stamps,
+        metrics,
+        metrics_chain,
     })))
 }
 
@@ -555,6 +590,31 @@ mod tests {
         let timeout = parse(&["-f", "127.0.0.1:9", "-t", "0.25"]).unwrap().timeout;
         assert_eq!(timeout, Duration::from_millis(250));
         assert!(parse(&["-l", ":9", "-r", "-n", "zed"]).unwrap().remove_perf_headers);
+    }
+
+    #[test]
+    fn test_metrics_in_every_mode() {
+        let source = parse(&["-f", "127.0.0.1:9", "-c", "0", "--metrics", "127.0.0.1:9464"]);
+        let source = source.unwrap();
+        assert_eq!(source.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(source.metrics_chain, None);
+        let relay = parse(&["-l", ":9", "-f", "127.0.0.1:9", "--metrics", ":9465"]).unwrap();
+        assert_eq!(relay.metrics, Some("0.0.0.0:9465".parse().unwrap()));
+        let echo = parse(&["-l", ":9", "--metrics", "[::1]:0", "--allow", "::1"]).unwrap();
+        assert_eq!(echo.metrics, Some("[::1]:0".parse().unwrap()));
+        assert_eq!(parse(&["-l", ":9"]).unwrap().metrics, None);
+        let named = parse(&["-f", "127.0.0.1:9", "--metrics", ":0", "--metrics-chain", "eu-1"]);
+        assert_eq!(named.unwrap().metrics_chain.as_deref(), Some("eu-1"));
+        // --allow at the source restricts its scrapers, so it needs --metrics there.
+        let allowed = parse(&["-f", "127.0.0.1:9", "--metrics", ":0", "--allow", "10.0.0.0/8"]);
+        assert_eq!(allowed.unwrap().allow.len(), 1);
+        assert!(parse(&["-f", "127.0.0.1:9", "--allow", "10.0.0.0/8"]).is_err());
+        assert!(
+            parse(&["-f", "127.0.0.1:9", "--metrics", "9464"]).unwrap_err().contains("--metrics")
+        );
+        assert!(parse(&["-f", "127.0.0.1:9", "--metrics-chain", "x"]).is_err());
+        assert!(parse(&["-l", ":9", "--metrics", ":0", "--metrics-chain", "x"]).is_err());
+        assert!(parse(&["-f", "127.0.0.1:9", "--metrics", ":0", "--metrics-chain", ""]).is_err());
     }
 
     #[test]

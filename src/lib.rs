@@ -11,6 +11,7 @@ pub mod net;
 pub mod nfqueue;
 pub mod output;
 pub mod report;
+pub mod scrape;
 pub mod source;
 pub mod stats;
 pub mod tuning;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use subsegment_tcp_speeds::cli::{self, Command, Mode, Options};
 use subsegment_tcp_speeds::output::{Destination, Writer};
 use subsegment_tcp_speeds::report::{self, Context, Report, Times};
+use subsegment_tcp_speeds::scrape::{self, Publisher};
 use subsegment_tcp_speeds::source::{self, Ending, Run};
 use subsegment_tcp_speeds::{clock, hop, log_line, net};
 
@@ -53,6 +54,11 @@ fn run_source(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let publisher = match start_metrics(&options) {
+        Ok(publisher) => publisher,
+        Err(code) => return code,
+    };
+    let chain_label = options.metrics_chain.clone().unwrap_or_else(|| name.clone());
     let config = source::SourceConfig {
         name: options.name,
         tags: options.tags,
@@ -69,6 +75,7 @@ fn run_source(options: Options) -> ExitCode {
         kernel_info: options.kernel_info,
         kernel_stamps: options.kernel_stamps,
         keep_history: outputs.plot.is_some(),
+        metrics: publisher.map(|publisher| (publisher, chain_label)),
     };
     let started_unix_ns = clock::realtime_ns();
     let run = source::run(config, &mut writer).unwrap_or_else(|error| {
@@ -151,8 +158,23 @@ fn exit_code(
     }
 }
 
+/// Starts the `--metrics` server, when asked for, off the loop's CPU.
+fn start_metrics(options: &Options) -> Result<Option<Publisher>, ExitCode> {
+    let Some(addr) = options.metrics else { return Ok(None) };
+    scrape::start(addr, options.allow.clone(), &options.name, options.tuning.cpu).map(Some).map_err(
+        |error| {
+            log_line!("{}: error: {error}", options.name);
+            ExitCode::FAILURE
+        },
+    )
+}
+
 fn run_hop(options: Options) -> ExitCode {
     let name = options.name.clone();
+    let metrics = match start_metrics(&options) {
+        Ok(publisher) => publisher,
+        Err(code) => return code,
+    };
     let config = hop::HopConfig {
         name: options.name,
         tags: options.tags,
@@ -163,6 +185,7 @@ fn run_hop(options: Options) -> ExitCode {
         busy_poll: options.tuning.busy_poll,
         allow: options.allow,
         max_conns: options.max_conns,
+        metrics,
     };
     match hop::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,8 +39,10 @@ use crate::log_line;
 use crate::net::{self, Io, NonBlocking};
 use crate::output::{Destination, Writer};
 use crate::report::interval::{History, Interval, IntervalFrames};
+use crate::report::metrics::{Snapshot, SourceRecorder};
 use crate::report::sla::{self, SlaSpec};
 use crate::report::{Presentation, Unit, json};
+use crate::scrape::Publisher;
 use crate::stats::{Chain, Part, Sequencing};
 use crate::tuning;
 use crate::wire::{
@@ -92,6 +94,8 @@ pub struct SourceConfig {
     /// Continuous runs: keep each interval's p50 and p99 per subsegment in the run (for
     /// `--plot`), bounded by [`crate::report::interval::HISTORY_LEN`].
     pub keep_history: bool,
+    /// `--metrics`: the server's end of the snapshot handover, and the `chain` label.
+    pub metrics: Option<(Publisher, String)>,
 }
 
 /// Probe mode: `count` frames of `size` bytes, one every `interval` (0: back to back).
@@ -342,6 +346,8 @@ struct Source<'a> {
     /// CLOCK_MONOTONIC_RAW of the source's next reading of its own socket's `TCP_INFO`.
     kernel_due_ns: u64,
     writer: &'a mut Writer,
+    /// `--metrics`: the bucket counts kept per answered frame, and the handover.
+    metrics: Option<(Publisher, SourceRecorder)>,
 }
 
 /// The connection to the first hop.
@@ -402,8 +408,12 @@ struct Intervals {
     outages: u64,
 }
 
-pub fn run(config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
+pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
     tuning::catch_stop_signals();
+    let metrics = config
+        .metrics
+        .take()
+        .map(|(publisher, chain)| (publisher, SourceRecorder::new(chain, &config.slas)));
     let mut poll = Poll::new()?;
     let target = config.forward_to.0;
     let stream = net::connect(target).map_err(|error| {
@@ -478,6 +488,7 @@ pub fn run(config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
         usage_error: None,
         kernel_due_ns: now_ns,
         writer,
+        metrics,
     };
     source.ending_loop(&mut poll);
     source.read_own_kernel_info();
@@ -505,6 +516,7 @@ impl Source<'_> {
             let next_event_ns = [
                 self.send_deadline_ns.filter(|_| self.stop.is_none()),
                 self.intervals.as_ref().map(|intervals| intervals.ends_ns),
+                self.metrics.as_ref().map(|(publisher, _)| publisher.next_ns()),
                 retry_ns,
             ]
             .into_iter()
@@ -534,6 +546,7 @@ impl Source<'_> {
                 self.stop_sending(Stop::DurationElapsed);
             }
             self.publish_interval_if_due(now_ns);
+            self.publish_metrics_if_due(now_ns);
             if self.config.kernel_info && now_ns >= self.kernel_due_ns {
                 self.kernel_due_ns = now_ns + KERNEL_INFO_EVERY_NS;
                 self.read_own_kernel_info();
@@ -748,6 +761,9 @@ impl Source<'_> {
             self.run.kernel = kernel::Links::default();
         }
         let chain = Chain::new(path.clone());
+        if let (Some((_, recorder)), Some(chain)) = (self.metrics.as_mut(), &chain) {
+            recorder.start(chain);
+        }
         if let Some(chain) = &chain {
             let parts: Vec<Part> = chain.parts.iter().map(|series| series.part).collect();
             let names: Vec<String> = path.iter().map(|entry| entry.name.clone()).collect();
@@ -783,6 +799,16 @@ impl Source<'_> {
         }
     }
 
+    /// Hands a metrics snapshot to the `--metrics` server, a few times a second at most.
+    fn publish_metrics_if_due(&mut self, now_ns: u64) {
+        if let Some((publisher, recorder)) = self.metrics.as_mut()
+            && publisher.due(now_ns)
+        {
+            let snapshot = recorder.snapshot(&self.run);
+            publisher.publish(now_ns, Snapshot::Source(Box::new(snapshot)));
+        }
+    }
+
     fn publish_interval_if_due(&mut self, now_ns: u64) {
         if self.intervals.as_ref().is_some_and(|intervals| now_ns >= intervals.ends_ns) {
             self.publish_interval(now_ns);
@@ -810,6 +836,9 @@ impl Source<'_> {
                 &self.config.slas,
                 self.config.presentation.symbols,
             );
+            if let Some((_, recorder)) = self.metrics.as_mut() {
+                recorder.interval(&interval.sla);
+            }
             let presentation = self.config.presentation;
             let unit =
                 Unit::choose(presentation, interval.end_to_end.map_or(0, |stats| stats.p50_ns));
@@ -1050,6 +1079,11 @@ impl Source<'_> {
                         self.run.last_answer_ns = Some(read.read_ns);
                         let end_to_end =
                             self.run.chain.as_mut().and_then(|chain| chain.record(&frame, read));
+                        if let (Some((_, recorder)), Some(chain), Some(end_to_end_ns)) =
+                            (self.metrics.as_mut(), self.run.chain.as_ref(), end_to_end)
+                        {
+                            recorder.record(chain.last_samples(), end_to_end_ns);
+                        }
                         if let Some(chain) =
                             self.intervals.as_mut().and_then(|intervals| intervals.chain.as_mut())
                         {

@@ -11,6 +11,10 @@
 //! input buffer, and the socket it came from is not read until it has moved on, so the
 //! kernel's window closes towards the sender.
 //!
+//! With `--metrics`, the loop keeps totals (connections, frames and bytes each way, faults) and
+//! hands a snapshot to the [`crate::scrape`] thread at most four times a second, only when
+//! something changed; it never serves a scrape itself.
+//!
 //! The clock read right after the poll returns serves the timers only. Frames are stamped by
 //! the connection core ([`crate::core`]): each read call and each write call takes its own
 //! clock reading, so a stamp never precedes the bytes it stamps.
@@ -29,6 +33,8 @@ use crate::clock;
 use crate::core::Peer;
 use crate::log_line;
 use crate::net::{self, Cidr};
+use crate::report::metrics::{HopSnapshot, Snapshot};
+use crate::scrape::Publisher;
 use crate::tuning;
 use crate::wire::{Role, Tag};
 use connection::{Connection, Context, Round};
@@ -52,11 +58,13 @@ pub struct HopConfig {
     /// Peers allowed to connect; everyone when empty.
     pub allow: Vec<Cidr>,
     pub max_conns: Option<usize>,
+    /// `--metrics`: the server's end of the snapshot handover.
+    pub metrics: Option<Publisher>,
 }
 
 /// Runs the hop until SIGTERM or SIGINT, then stops accepting and lets the open connections
 /// finish within the timeout. Returns an error only when setting up fails.
-pub fn run(config: HopConfig) -> io::Result<()> {
+pub fn run(mut config: HopConfig) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut listener = net::listen(config.listen).map_err(|error| {
         io::Error::new(error.kind(), format!("listen on {}: {error}", config.listen))
@@ -84,6 +92,19 @@ pub fn run(config: HopConfig) -> io::Result<()> {
         );
     }
     tuning::catch_stop_signals();
+    let metrics = config.metrics.take().map(|publisher| HopMetrics {
+        publisher,
+        totals: HopSnapshot {
+            hop: config.name.clone(),
+            role: match role {
+                Role::Relay => "relay",
+                Role::StrippingRelay => "egress",
+                _ => "echo",
+            },
+            ..HopSnapshot::default()
+        },
+        changed: true,
+    });
 
     let mut hop = Hop {
         config,
@@ -96,6 +117,7 @@ pub fn run(config: HopConfig) -> io::Result<()> {
         busy: Vec::new(),
         last_sweep_ns: clock::now_ns(),
         drain_deadline_ns: None,
+        metrics,
     };
     let mut events = Events::with_capacity(1024);
     let mut touched = Vec::new();
@@ -106,6 +128,15 @@ pub fn run(config: HopConfig) -> io::Result<()> {
             Some(Duration::from_nanos(SWEEP_INTERVAL_NS))
         } else {
             None
+        };
+        // Wake up for a snapshot only when there is something new to publish.
+        let timeout = match &hop.metrics {
+            Some(metrics) if metrics.changed => {
+                let until_ns = metrics.publisher.next_ns().saturating_sub(clock::now_ns());
+                let until = Duration::from_nanos(until_ns.max(1_000_000));
+                Some(timeout.map_or(until, |timeout| timeout.min(until)))
+            }
+            _ => timeout,
         };
         if let Err(error) = poll.poll(&mut events, timeout)
             && error.kind() != io::ErrorKind::Interrupted
@@ -139,6 +170,10 @@ pub fn run(config: HopConfig) -> io::Result<()> {
         for &slot in &touched {
             hop.pump(poll.registry(), slot, now_ns);
         }
+        if let Some(metrics) = hop.metrics.as_mut() {
+            metrics.changed |= !touched.is_empty();
+        }
+        hop.publish_metrics_if_due(now_ns);
         if now_ns.saturating_sub(hop.last_sweep_ns) >= SWEEP_INTERVAL_NS {
             hop.last_sweep_ns = now_ns;
             hop.sweep(poll.registry(), now_ns);
@@ -188,11 +223,46 @@ struct Hop {
     /// Connections that used up their turn with work left: served again without sleeping.
     busy: Vec<usize>,
     last_sweep_ns: u64,
+    metrics: Option<HopMetrics>,
+}
+
+/// `--metrics`: totals since the start, closed connections' counts folded in when they close.
+struct HopMetrics {
+    publisher: Publisher,
+    totals: HopSnapshot,
+    /// Something happened since the last snapshot.
+    changed: bool,
 }
 /// Why a connection is closed: `None` for a clean end.
 type CloseReason = Option<String>;
 
 impl Hop {
+    fn count(&mut self, what: fn(&mut HopSnapshot) -> &mut u64) {
+        if let Some(metrics) = self.metrics.as_mut() {
+            *what(&mut metrics.totals) += 1;
+            metrics.changed = true;
+        }
+    }
+
+    /// The totals with the open connections' counts so far.
+    fn publish_metrics_if_due(&mut self, now_ns: u64) {
+        let Some(metrics) = self.metrics.as_mut() else { return };
+        if !metrics.changed || !metrics.publisher.due(now_ns) {
+            return;
+        }
+        let mut snapshot = metrics.totals.clone();
+        snapshot.active = self.open_count as u64;
+        for connection in self.connections.iter().flatten() {
+            snapshot.frames_down += connection.frames_down;
+            snapshot.frames_up += connection.frames_up;
+            snapshot.bytes_down += connection.bytes_down;
+            snapshot.bytes_up += connection.bytes_up;
+        }
+        metrics.publisher.publish(now_ns, Snapshot::Hop(snapshot));
+        // A publish the server's lock turned away is retried at the next wake-up.
+        metrics.changed = metrics.publisher.due(now_ns);
+    }
+
     fn accept_all(&mut self, registry: &mio::Registry, touched: &mut Vec<usize>) {
         let name = self.config.name.clone();
         loop {
@@ -207,11 +277,14 @@ impl Hop {
                     let refused = listener.accept().map(|(_, addr)| addr);
                     self.spare_fd = File::open("/dev/null").ok();
                     match refused {
-                        Ok(addr) => log_line!(
-                            "{name}: refusing connection from {addr}: out of file descriptors \
-                             ({error}); {} connections stay served",
-                            self.open_count
-                        ),
+                        Ok(addr) => {
+                            log_line!(
+                                "{name}: refusing connection from {addr}: out of file \
+                                 descriptors ({error}); {} connections stay served",
+                                self.open_count
+                            );
+                            self.count(|totals| &mut totals.refused_out_of_descriptors);
+                        }
                         // accept(2) reports EMFILE before it looks at the backlog: with the
                         // spare released, an empty backlog says so, and there is nothing to do.
                         Err(_) => return,
@@ -227,6 +300,7 @@ impl Hop {
                 && !self.config.allow.iter().any(|block| block.contains(addr.ip()))
             {
                 log_line!("{name}: refusing connection from {addr}: not in --allow");
+                self.count(|totals| &mut totals.refused_not_allowed);
                 continue;
             }
             if self.config.max_conns.is_some_and(|max| self.open_count >= max) {
@@ -234,10 +308,12 @@ impl Hop {
                     "{name}: refusing connection from {addr}: {} connections open (--max-conns)",
                     self.open_count
                 );
+                self.count(|totals| &mut totals.refused_max_conns);
                 continue;
             }
-            if let Err(error) = self.open(registry, stream, addr, touched) {
-                log_line!("{name}: {addr}: cannot set up the connection: {error}");
+            match self.open(registry, stream, addr, touched) {
+                Ok(()) => self.count(|totals| &mut totals.accepted),
+                Err(error) => log_line!("{name}: {addr}: cannot set up the connection: {error}"),
             }
         }
     }
@@ -377,6 +453,19 @@ impl Hop {
                  than it was asked), their last link counted as 0"
             ),
         };
+        if let Some(metrics) = self.metrics.as_mut() {
+            let totals = &mut metrics.totals;
+            totals.frames_down += connection.frames_down;
+            totals.frames_up += connection.frames_up;
+            totals.bytes_down += connection.bytes_down;
+            totals.bytes_up += connection.bytes_up;
+            if reason.is_some() || connection.failure.is_some() {
+                totals.faults_this_hop += 1;
+            } else if connection.passed_fault.is_some() {
+                totals.faults_passed_on += 1;
+            }
+            metrics.changed = true;
+        }
         let reason = reason.or(connection.failure).or(connection.passed_fault);
         let ending = match reason {
             None => early,

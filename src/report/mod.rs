@@ -12,6 +12,7 @@
 
 pub mod interval;
 pub mod json;
+pub mod metrics;
 pub mod plot;
 pub mod sla;
 pub mod text;

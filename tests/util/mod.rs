@@ -77,6 +77,19 @@ impl Drop for Proc {
 /// collected by the returned `Proc` afterwards.
 #[track_caller]
 pub fn spawn_listening(bin: &str, args: &[&str]) -> (Proc, SocketAddr) {
+    let (proc, word) = spawn_until(bin, args, "listening on ");
+    match word.parse::<SocketAddr>() {
+        Ok(addr) => (proc, addr),
+        Err(err) => {
+            panic!("{bin}: cannot parse address {word:?}: {err}; stderr:\n{}", proc.stderr())
+        }
+    }
+}
+
+/// Spawns `bin` with `args` and waits (up to 10 s) for a stderr line containing `marker`;
+/// returns the process and the word that follows the marker.
+#[track_caller]
+pub fn spawn_until(bin: &str, args: &[&str], marker: &str) -> (Proc, String) {
     let mut child = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
@@ -95,24 +108,18 @@ pub fn spawn_listening(bin: &str, args: &[&str]) -> (Proc, SocketAddr) {
         let line: String = match lines.recv_timeout(remaining) {
             Ok(line) => line,
             Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                "{bin} {args:?} printed no `listening on` line within {LISTEN_TIMEOUT:?}; \
+                "{bin} {args:?} printed no `{marker}` line within {LISTEN_TIMEOUT:?}; \
                  stderr so far:\n{}",
                 proc.stderr()
             ),
             Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
-                "{bin} {args:?} closed stderr before printing `listening on`; stderr:\n{}",
+                "{bin} {args:?} closed stderr before printing `{marker}`; stderr:\n{}",
                 proc.stderr()
             ),
         };
-        if let Some((_, rest)) = line.split_once("listening on ") {
-            let word = rest.split_whitespace().next().unwrap_or("");
-            match word.parse::<SocketAddr>() {
-                Ok(addr) => return (proc, addr),
-                Err(err) => panic!(
-                    "{bin}: cannot parse address {word:?} in {line:?}: {err}; stderr:\n{}",
-                    proc.stderr()
-                ),
-            }
+        if let Some((_, rest)) = line.split_once(marker) {
+            let word = rest.split_whitespace().next().unwrap_or("").to_string();
+            return (proc, word);
         }
     }
 }

@@ -1,0 +1,557 @@
+//! Prometheus metrics: the snapshot a loop publishes (a few times a second, see
+//! [`crate::scrape`]) and its encoding in the OpenMetrics text format with the official
+//! `prometheus-client` crate. No sockets here, and nothing the loop would wait for.
+//!
+//! The delay histograms are kept in the loop as cumulative bucket counts since the chain's path
+//! was discovered: one array increment per subsegment per answered frame (a shift and a
+//! compare find the bucket). Building them at publish time from the run's hdrhistograms
+//! instead would walk some 30 000 counters per subsegment several times a second inside the
+//! measuring loop; the increments cost less than a stamp, and a publish copies 23 counts.
+//! Buckets: upper bounds 5 µs × 2^k for k = 0..=21 (5 µs to 10.49 s), then `+Inf`; a bucket
+//! is a factor 2 wide, so `histogram_quantile` is within a factor 2 of the truth, and exact
+//! enough to alert on a p99 crossing a threshold.
+//!
+//! Names (prefix `subsegment_tcp_speeds_`, the crate adds `_total` to counters and `_seconds`
+//! to the unit): see the README's "Prometheus" section.
+
+use std::fmt;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::sla::{SlaResult, SlaSpec};
+use crate::kernel;
+use crate::source::Run;
+use crate::stats::{Chain, Part, hop_labels};
+
+/// Every metric's name starts with this (and `_`).
+pub const PREFIX: &str = "subsegment_tcp_speeds";
+/// The first bucket's upper bound.
+pub const FIRST_BOUND_NS: u64 = 5_000;
+/// Finite buckets, each twice as wide as the one before; one more counts the rest (`+Inf`).
+pub const FINITE_BUCKETS: usize = 22;
+
+/// The upper bound of finite bucket `k`, in ns.
+pub fn bound_ns(k: usize) -> u64 {
+    FIRST_BOUND_NS << k
+}
+
+/// Cumulative counts since start of one delay series, per bucket (not yet summed up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Buckets {
+    counts: [u64; FINITE_BUCKETS + 1],
+    pub count: u64,
+    pub sum_ns: u128,
+}
+
+impl Default for Buckets {
+    fn default() -> Buckets {
+        Buckets { counts: [0; FINITE_BUCKETS + 1], count: 0, sum_ns: 0 }
+    }
+}
+
+impl Buckets {
+    /// The bucket a sample falls in: the first whose bound it does not exceed (Prometheus's
+    /// `le`). `v ≤ 5 µs × 2^k` exactly when `(v − 1) / 5 µs < 2^k`, that is when the quotient
+    /// has at most k bits.
+    pub fn bucket_of(sample_ns: u64) -> usize {
+        let quotient = sample_ns.saturating_sub(1) / FIRST_BOUND_NS;
+        ((u64::BITS - quotient.leading_zeros()) as usize).min(FINITE_BUCKETS)
+    }
+
+    /// A negative sample (a bug, counted elsewhere) is left out, as the histograms do.
+    pub fn add(&mut self, sample_ns: i64) {
+        let Ok(sample_ns) = u64::try_from(sample_ns) else { return };
+        self.counts[Self::bucket_of(sample_ns)] += 1;
+        self.count += 1;
+        self.sum_ns += u128::from(sample_ns);
+    }
+
+    /// `(upper bound in seconds, count in that bucket)` as the encoder takes them.
+    fn encoder_buckets(&self) -> Vec<(f64, u64)> {
+        (0..=FINITE_BUCKETS)
+            .map(|k| {
+                let bound =
+                    if k == FINITE_BUCKETS { f64::INFINITY } else { bound_ns(k) as f64 / 1e9 };
+                (bound, self.counts[k])
+            })
+            .collect()
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+type KernelField = fn(&KernelEnd) -> Option<u64>;
+
+/// What the source publishes.
+#[derive(Debug, Clone, Default)]
+pub struct SourceSnapshot {
+    pub chain: String,
+    /// Per subsegment: its labels (without `chain`) and its delay buckets.
+    pub subsegments: Vec<(Labels, Buckets)>,
+    pub end_to_end: Option<Buckets>,
+    pub frames: FrameCounts,
+    /// Per `--sla` spec: report intervals in which it was breached.
+    pub sla_breaches: Vec<(String, u64)>,
+    pub outages: u64,
+    pub kernel: Vec<KernelEnd>,
+}
+
+/// The run's frame counters, under the JSON's names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameCounts {
+    pub sent: u64,
+    pub answered: u64,
+    /// Sent and not answered (in flight included), so it can fall: a gauge.
+    pub missing: u64,
+    pub lost: u64,
+    pub out_of_order: u64,
+    pub duplicated: u64,
+}
+
+/// One end of a link as its kernel last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEnd {
+    /// The link's id (`0-1`) and `near` (hop i's downstream socket) or `far`.
+    pub link: String,
+    pub end: &'static str,
+    pub srtt_ns: Option<u64>,
+    pub min_rtt_ns: Option<u64>,
+    /// Growth during the run.
+    pub retransmits: Option<u64>,
+}
+
+/// What a relay or the echoing end publishes: totals since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HopSnapshot {
+    pub hop: String,
+    /// `relay`, `egress` or `echo`.
+    pub role: &'static str,
+    pub accepted: u64,
+    pub refused_not_allowed: u64,
+    pub refused_max_conns: u64,
+    pub refused_out_of_descriptors: u64,
+    pub active: u64,
+    pub frames_down: u64,
+    pub frames_up: u64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    /// Connections closed with this hop's own fault (its next hop failed, or bad input), and
+    /// with a fault reported further down and passed on.
+    pub faults_this_hop: u64,
+    pub faults_passed_on: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum Snapshot {
+    /// Nothing published yet (the source before its path is known has its counters, though).
+    #[default]
+    Empty,
+    Source(Box<SourceSnapshot>),
+    Hop(HopSnapshot),
+}
+
+/// The source's accumulator in the loop: bucket counts per subsegment (since the path was last
+/// discovered) and SLA breaches per spec; the rest is read from the [`Run`] when publishing.
+#[derive(Debug, Default)]
+pub struct SourceRecorder {
+    chain: String,
+    labels: Vec<Labels>,
+    parts: Vec<Buckets>,
+    end_to_end: Buckets,
+    sla_breaches: Vec<(String, u64)>,
+}
+
+impl SourceRecorder {
+    pub fn new(chain: String, slas: &[SlaSpec]) -> SourceRecorder {
+        SourceRecorder {
+            chain,
+            sla_breaches: slas.iter().map(|spec| (spec.text.clone(), 0)).collect(),
+            ..SourceRecorder::default()
+        }
+    }
+
+    /// A new chain (the first path, or a changed one): its subsegments, counts from zero.
+    pub fn start(&mut self, chain: &Chain) {
+        let names = hop_labels(&chain.path);
+        let name = |hop: usize| names.get(hop).cloned().unwrap_or_default();
+        self.labels = chain
+            .parts
+            .iter()
+            .map(|series| {
+                let id = ("subsegment", series.part.id());
+                match series.part {
+                    Part::Link(at) => vec![
+                        id,
+                        ("kind", "link".to_string()),
+                        ("from", name(at)),
+                        ("to", name(at + 1)),
+                    ],
+                    Part::ResidenceDown(at) | Part::ResidenceUp(at) | Part::Turn(at) => {
+                        let (kind, direction) = match series.part {
+                            Part::ResidenceDown(_) => ("relay", "down"),
+                            Part::ResidenceUp(_) => ("relay", "up"),
+                            _ => ("echo", "turn"),
+                        };
+                        vec![
+                            id,
+                            ("kind", kind.to_string()),
+                            ("hop", name(at)),
+                            ("direction", direction.to_string()),
+                        ]
+                    }
+                }
+            })
+            .collect();
+        self.parts = vec![Buckets::default(); chain.parts.len()];
+        self.end_to_end = Buckets::default();
+    }
+
+    /// One answered frame: its samples per part (in the chain's order) and end to end.
+    pub fn record(&mut self, samples: &[i64], end_to_end_ns: i64) {
+        for (buckets, &sample) in self.parts.iter_mut().zip(samples) {
+            buckets.add(sample);
+        }
+        self.end_to_end.add(end_to_end_ns);
+    }
+
+    /// A report interval's SLA results.
+    pub fn interval(&mut self, results: &[SlaResult]) {
+        for result in results.iter().filter(|result| result.breached) {
+            if let Some((_, count)) =
+                self.sla_breaches.iter_mut().find(|(spec, _)| *spec == result.spec)
+            {
+                *count += 1;
+            }
+        }
+    }
+
+    pub fn snapshot(&self, run: &Run) -> SourceSnapshot {
+        let sequencing = &run.sequencing;
+        let mut kernel = Vec::new();
+        for (index, (near, far)) in run.kernel.ends.iter().enumerate() {
+            for (end, name) in [(near, "near"), (far, "far")] {
+                if end.samples > 0 {
+                    kernel.push(KernelEnd {
+                        link: Part::Link(index).id(),
+                        end: name,
+                        srtt_ns: end.last.rtt_ns,
+                        min_rtt_ns: end.min_rtt_ns,
+                        retransmits: end.delta(|info: &kernel::TcpInfo| info.total_retrans),
+                    });
+                }
+            }
+        }
+        SourceSnapshot {
+            chain: self.chain.clone(),
+            subsegments: self.labels.iter().cloned().zip(self.parts.iter().cloned()).collect(),
+            end_to_end: (!self.labels.is_empty()).then(|| self.end_to_end.clone()),
+            frames: FrameCounts {
+                sent: sequencing.sent,
+                answered: sequencing.answered,
+                missing: sequencing.missing(),
+                lost: sequencing.lost,
+                out_of_order: sequencing.out_of_order,
+                duplicated: sequencing.duplicated,
+            },
+            sla_breaches: self.sla_breaches.clone(),
+            outages: run.outages.len() as u64,
+            kernel,
+        }
+    }
+}
+
+/// The snapshot in the OpenMetrics text format (ending in `# EOF`).
+pub fn encode(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix(PREFIX);
+    registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .expect("writing to a String cannot fail");
+    text
+}
+
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        match &self.0 {
+            Snapshot::Empty => Ok(()),
+            Snapshot::Source(source) => encode_source(source, &mut encoder),
+            Snapshot::Hop(hop) => encode_hop(hop, &mut encoder),
+        }
+    }
+}
+
+fn with(base: &Labels, more: &[(&'static str, String)]) -> Labels {
+    base.iter().cloned().chain(more.iter().cloned()).collect()
+}
+
+fn counter(encoder: &mut MetricEncoder, labels: &impl EncodeLabelSet, value: u64) -> fmt::Result {
+    encoder.encode_family(labels)?.encode_counter::<NoLabelSet, u64, u64>(&value, None)
+}
+
+fn gauge(encoder: &mut MetricEncoder, labels: &impl EncodeLabelSet, value: f64) -> fmt::Result {
+    encoder.encode_family(labels)?.encode_gauge(&value)
+}
+
+fn histogram(encoder: &mut MetricEncoder, labels: &Labels, buckets: &Buckets) -> fmt::Result {
+    encoder.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+        buckets.sum_ns as f64 / 1e9,
+        buckets.count,
+        &buckets.encoder_buckets(),
+        None,
+    )
+}
+
+fn encode_source(source: &SourceSnapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let chain: Labels = vec![("chain", source.chain.clone())];
+    if !source.subsegments.is_empty() {
+        let mut family = encoder.encode_descriptor(
+            "subsegment_delay",
+            "Delay of one subsegment (a link's round trip without the next hop's holding time, \
+             or a hop's residence), per answered frame, since the path was discovered",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (labels, buckets) in &source.subsegments {
+            histogram(&mut family, &with(&chain, labels), buckets)?;
+        }
+    }
+    if let Some(buckets) = &source.end_to_end {
+        let mut family = encoder.encode_descriptor(
+            "end_to_end_delay",
+            "Round trip from the source to the echoing end and back, per answered frame",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        histogram(&mut family, &chain, buckets)?;
+    }
+    let frames = source.frames;
+    for (name, help, value) in [
+        ("frames_sent", "Frames sent", frames.sent),
+        ("frames_answered", "Frames answered", frames.answered),
+        ("frames_lost", "Frames given up for lost when the chain broke", frames.lost),
+        ("frames_out_of_order", "Answers that came before an earlier frame's", frames.out_of_order),
+        ("frames_duplicated", "Answers that came twice", frames.duplicated),
+        ("outages", "Times the chain broke during a continuous run", source.outages),
+    ] {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        counter(&mut family, &chain, value)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "frames_missing",
+        "Frames sent and not answered (those in flight included)",
+        None,
+        MetricType::Gauge,
+    )?;
+    gauge(&mut family, &chain, frames.missing as f64)?;
+    if !source.sla_breaches.is_empty() {
+        let mut family = encoder.encode_descriptor(
+            "sla_breaches",
+            "Report intervals in which the --sla spec was breached",
+            None,
+            MetricType::Counter,
+        )?;
+        for (spec, count) in &source.sla_breaches {
+            counter(&mut family, &with(&chain, &[("sla", spec.clone())]), *count)?;
+        }
+    }
+    let seconds = |ns: u64| ns as f64 / 1e9;
+    let kernel_gauges: [(&str, &str, KernelField); 2] = [
+        ("kernel_srtt", "The kernel's smoothed RTT of the link's socket at this end", |end| {
+            end.srtt_ns
+        }),
+        ("kernel_min_rtt", "The lowest RTT the kernel saw at this end of the link", |end| {
+            end.min_rtt_ns
+        }),
+    ];
+    for (name, help, field) in kernel_gauges {
+        if source.kernel.iter().all(|end| field(end).is_none()) {
+            continue;
+        }
+        let mut family =
+            encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Gauge)?;
+        for end in &source.kernel {
+            if let Some(ns) = field(end) {
+                let labels = with(&chain, &[("link", end.link.clone()), ("end", end.end.into())]);
+                gauge(&mut family, &labels, seconds(ns))?;
+            }
+        }
+    }
+    if source.kernel.iter().any(|end| end.retransmits.is_some()) {
+        let mut family = encoder.encode_descriptor(
+            "kernel_retransmits",
+            "Segments the kernel retransmitted on the link's socket at this end",
+            None,
+            MetricType::Counter,
+        )?;
+        for end in &source.kernel {
+            if let Some(count) = end.retransmits {
+                let labels = with(&chain, &[("link", end.link.clone()), ("end", end.end.into())]);
+                counter(&mut family, &labels, count)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode_hop(hop: &HopSnapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let labels: Labels = vec![("hop", hop.hop.clone()), ("role", hop.role.to_string())];
+    let labelled = |key: &'static str, value: &str| with(&labels, &[(key, value.to_string())]);
+    let mut family = encoder.encode_descriptor(
+        "hop_connections_accepted",
+        "Connections accepted",
+        None,
+        MetricType::Counter,
+    )?;
+    counter(&mut family, &labels, hop.accepted)?;
+    let mut family = encoder.encode_descriptor(
+        "hop_connections_refused",
+        "Connections refused at accept, by reason",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, count) in [
+        ("not_allowed", hop.refused_not_allowed),
+        ("max_conns", hop.refused_max_conns),
+        ("out_of_descriptors", hop.refused_out_of_descriptors),
+    ] {
+        counter(&mut family, &labelled("reason", reason), count)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "hop_connections_active",
+        "Connections open now",
+        None,
+        MetricType::Gauge,
+    )?;
+    gauge(&mut family, &labels, hop.active as f64)?;
+    let mut family = encoder.encode_descriptor(
+        "hop_frames",
+        "Frames passed on, down (towards the echoing end) and up",
+        None,
+        MetricType::Counter,
+    )?;
+    counter(&mut family, &labelled("direction", "down"), hop.frames_down)?;
+    counter(&mut family, &labelled("direction", "up"), hop.frames_up)?;
+    let mut family = encoder.encode_descriptor(
+        // With the unit: `hop_bytes_total`.
+        "hop",
+        "Bytes passed on, down and up",
+        Some(&Unit::Bytes),
+        MetricType::Counter,
+    )?;
+    counter(&mut family, &labelled("direction", "down"), hop.bytes_down)?;
+    counter(&mut family, &labelled("direction", "up"), hop.bytes_up)?;
+    let mut family = encoder.encode_descriptor(
+        "hop_faults",
+        "Connections closed on a fault: this hop's own (its next hop failed, bad input) or one \
+         passed on from further down",
+        None,
+        MetricType::Counter,
+    )?;
+    counter(&mut family, &labelled("origin", "this_hop"), hop.faults_this_hop)?;
+    counter(&mut family, &labelled("origin", "passed_on"), hop.faults_passed_on)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_falls_in_the_first_bucket_whose_bound_it_does_not_exceed() {
+        assert_eq!(Buckets::bucket_of(0), 0);
+        assert_eq!(Buckets::bucket_of(5_000), 0);
+        assert_eq!(Buckets::bucket_of(5_001), 1);
+        assert_eq!(Buckets::bucket_of(10_000), 1);
+        assert_eq!(Buckets::bucket_of(10_001), 2);
+        assert_eq!(Buckets::bucket_of(bound_ns(FINITE_BUCKETS - 1)), FINITE_BUCKETS - 1);
+        assert_eq!(Buckets::bucket_of(bound_ns(FINITE_BUCKETS - 1) + 1), FINITE_BUCKETS);
+        assert_eq!(Buckets::bucket_of(u64::MAX), FINITE_BUCKETS);
+        // Against the definition, on a spread of values.
+        for sample in (0..40_000_000u64).step_by(4_999).chain([1, 2, 4_999, 20_000, 20_001]) {
+            let expected =
+                (0..FINITE_BUCKETS).find(|&k| sample <= bound_ns(k)).unwrap_or(FINITE_BUCKETS);
+            assert_eq!(Buckets::bucket_of(sample), expected, "{sample} ns");
+        }
+        assert!(bound_ns(FINITE_BUCKETS - 1) > 10_000_000_000, "the last bound passes 10 s");
+    }
+
+    #[test]
+    fn a_source_snapshot_encodes_as_openmetrics_with_cumulative_buckets() {
+        let mut buckets = Buckets::default();
+        for sample in [3_000, 7_000, 8_000, -5, 20_000_000_000] {
+            buckets.add(sample);
+        }
+        assert_eq!(buckets.count, 4);
+        let link = vec![
+            ("subsegment", "1-2".to_string()),
+            ("kind", "link".to_string()),
+            ("from", "B".to_string()),
+            ("to", "C".to_string()),
+        ];
+        let snapshot = Snapshot::Source(Box::new(SourceSnapshot {
+            chain: "A".to_string(),
+            subsegments: vec![(link, buckets.clone())],
+            end_to_end: Some(buckets),
+            frames: FrameCounts { sent: 10, answered: 9, missing: 1, ..FrameCounts::default() },
+            sla_breaches: vec![("1-2:p99<500us".to_string(), 2)],
+            outages: 1,
+            kernel: vec![KernelEnd {
+                link: "0-1".to_string(),
+                end: "near",
+                srtt_ns: Some(50_000),
+                min_rtt_ns: Some(20_000),
+                retransmits: Some(3),
+            }],
+        }));
+        let text = encode(&snapshot);
+        for line in [
+            "# TYPE subsegment_tcp_speeds_subsegment_delay_seconds histogram",
+            "# UNIT subsegment_tcp_speeds_subsegment_delay_seconds seconds",
+            "subsegment_tcp_speeds_subsegment_delay_seconds_bucket{le=\"0.000005\",chain=\"A\",subsegment=\"1-2\",kind=\"link\",from=\"B\",to=\"C\"} 1",
+            "subsegment_tcp_speeds_subsegment_delay_seconds_bucket{le=\"0.00001\",chain=\"A\",subsegment=\"1-2\",kind=\"link\",from=\"B\",to=\"C\"} 3",
+            "subsegment_tcp_speeds_subsegment_delay_seconds_bucket{le=\"+Inf\",chain=\"A\",subsegment=\"1-2\",kind=\"link\",from=\"B\",to=\"C\"} 4",
+            "subsegment_tcp_speeds_subsegment_delay_seconds_count{chain=\"A\",subsegment=\"1-2\",kind=\"link\",from=\"B\",to=\"C\"} 4",
+            "subsegment_tcp_speeds_end_to_end_delay_seconds_count{chain=\"A\"} 4",
+            "subsegment_tcp_speeds_frames_sent_total{chain=\"A\"} 10",
+            "subsegment_tcp_speeds_frames_missing{chain=\"A\"} 1.0",
+            "subsegment_tcp_speeds_outages_total{chain=\"A\"} 1",
+            "subsegment_tcp_speeds_sla_breaches_total{chain=\"A\",sla=\"1-2:p99<500us\"} 2",
+            "subsegment_tcp_speeds_kernel_srtt_seconds{chain=\"A\",link=\"0-1\",end=\"near\"} 0.00005",
+            "subsegment_tcp_speeds_kernel_retransmits_total{chain=\"A\",link=\"0-1\",end=\"near\"} 3",
+        ] {
+            assert!(text.lines().any(|got| got == line), "no line {line} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_hop_snapshot_has_bounded_labels() {
+        let hop = HopSnapshot {
+            hop: "B".to_string(),
+            role: "relay",
+            accepted: 3,
+            refused_not_allowed: 1,
+            active: 2,
+            frames_down: 100,
+            bytes_down: 51_200,
+            ..HopSnapshot::default()
+        };
+        let text = encode(&Snapshot::Hop(hop));
+        for line in [
+            "subsegment_tcp_speeds_hop_connections_accepted_total{hop=\"B\",role=\"relay\"} 3",
+            "subsegment_tcp_speeds_hop_connections_refused_total{hop=\"B\",role=\"relay\",reason=\"not_allowed\"} 1",
+            "subsegment_tcp_speeds_hop_connections_active{hop=\"B\",role=\"relay\"} 2.0",
+            "subsegment_tcp_speeds_hop_frames_total{hop=\"B\",role=\"relay\",direction=\"down\"} 100",
+            "subsegment_tcp_speeds_hop_bytes_total{hop=\"B\",role=\"relay\",direction=\"down\"} 51200",
+            "subsegment_tcp_speeds_hop_faults_total{hop=\"B\",role=\"relay\",origin=\"passed_on\"} 0",
+        ] {
+            assert!(text.lines().any(|got| got == line), "no line {line} in:\n{text}");
+        }
+        assert_eq!(encode(&Snapshot::Empty), "# EOF\n");
+    }
+}

@@ -1,0 +1,257 @@
+//! `--metrics`: a real Prometheus server scrapes a continuous source and a relay on a loopback
+//! chain with a slowed link, and its PromQL answer for the link's median is the round trip the
+//! delay element adds; and a scraper that connects and says nothing neither stops the probes
+//! nor holds the endpoint past its timeout.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{MAIN_BIN, Proc, say_skipped, spawn_listening, spawn_until};
+
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+const MARKER: &str = "serving metrics at http://";
+/// The link between B (hop 1) and Z (hop 2) gets this much each way.
+const ONE_WAY_MS: u32 = 4;
+
+/// The address in a process's `serving metrics at http://ADDR/metrics` line.
+#[track_caller]
+fn metrics_addr_of(proc: &Proc) -> SocketAddr {
+    let stderr = proc.stderr();
+    let word = stderr
+        .lines()
+        .find_map(|line| line.split_once(MARKER).map(|(_, rest)| rest.to_string()))
+        .unwrap_or_else(|| panic!("no `{MARKER}` line in:\n{stderr}"));
+    parse_metrics_word(&word)
+}
+
+#[track_caller]
+fn parse_metrics_word(word: &str) -> SocketAddr {
+    let addr = word.split_whitespace().next().unwrap_or("");
+    addr.strip_suffix("/metrics")
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse the metrics address in {word:?}"))
+}
+
+/// A plain HTTP/1.0 GET (no chunked answers): the status and the body.
+fn get(addr: SocketAddr, target: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {target} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// The first sample's value of an instant query, once Prometheus has one.
+fn query(prometheus: SocketAddr, promql: &str) -> Option<f64> {
+    let target = format!("/api/v1/query?query={}", percent_encode(promql));
+    let (status, body) = get(prometheus, &target).ok()?;
+    if status != 200 {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let value = json["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok()?;
+    value.is_finite().then_some(value)
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().unwrap()
+}
+
+/// A Prometheus server of its own (config and data in `dir`) scraping `targets` every second.
+fn prometheus(dir: &Path, targets: &[(&str, SocketAddr)]) -> (Proc, SocketAddr) {
+    let mut config = String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n");
+    config.push_str("scrape_configs:\n");
+    for (job, addr) in targets {
+        config.push_str(&format!(
+            "  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n"
+        ));
+    }
+    let config_path = dir.join("prometheus.yml");
+    std::fs::write(&config_path, config).expect("write the Prometheus config");
+    let web = free_port();
+    let args = [
+        format!("--config.file={}", config_path.display()),
+        format!("--storage.tsdb.path={}", dir.join("data").display()),
+        format!("--web.listen-address={web}"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Prometheus logs `msg="Server is ready to receive web requests."` when it serves.
+    let (proc, _) = spawn_until(PROMETHEUS, &args, "Server is ready");
+    (proc, web)
+}
+
+#[test]
+fn prometheus_sees_the_slowed_links_round_trip_in_the_source_histogram() {
+    let test = "prometheus_sees_the_slowed_links_round_trip_in_the_source_histogram";
+    if !Path::new(PROMETHEUS).exists() {
+        say_skipped(test, "needs /usr/bin/prometheus (Debian's prometheus; scripts/lab-deps.sh)");
+        return;
+    }
+    // A → B → tcp-delay (4 ms each way) → Z: link 1-2 gains an 8 ms round trip.
+    let (_z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "--name", "Z"]);
+    let (delay, delay_addr) = util::delay(z_addr, ONE_WAY_MS);
+    let delay_text = delay_addr.to_string();
+    let relay_args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--forward-to",
+        &delay_text,
+        "--name",
+        "B",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let (b, b_addr) = spawn_listening(MAIN_BIN, &relay_args);
+    let b_metrics = metrics_addr_of(&b);
+    let b_text = b_addr.to_string();
+    let source_args =
+        ["-f", &b_text, "-n", "A", "-c", "0", "-i", "5ms", "--metrics", "127.0.0.1:0"];
+    let (source, word) = spawn_until(MAIN_BIN, &source_args, MARKER);
+    let source_metrics = parse_metrics_word(&word);
+
+    let dir = std::env::temp_dir().join(format!("sts-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (prometheus, web) = prometheus(&dir, &[("source", source_metrics), ("relay", b_metrics)]);
+
+    let name = "subsegment_tcp_speeds_subsegment_delay_seconds_bucket";
+    let promql = format!("histogram_quantile(0.5, rate({name}{{subsegment=\"1-2\"}}[10s]))");
+    let relayed = "sum(subsegment_tcp_speeds_hop_frames_total{hop=\"B\",direction=\"down\"})";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (median_s, frames) = loop {
+        let answers = (query(web, &promql), query(web, relayed));
+        if let (Some(median_s), Some(frames)) = answers
+            && frames > 0.0
+        {
+            break (median_s, frames);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus had no answer to {promql} within 30 s; its log:\n{}\nsource:\n{}",
+            prometheus.stderr(),
+            source.stderr()
+        );
+        thread::sleep(Duration::from_millis(500));
+    };
+    // The round trip sits in the bucket (5.12 ms, 10.24 ms]; histogram_quantile interpolates
+    // inside it, so the answer is right to within that bucket's width.
+    let round_trip_s = 2.0 * f64::from(ONE_WAY_MS) / 1e3;
+    let width_s = 5.12e-3;
+    eprintln!(
+        "{test}: Prometheus answered {promql} = {median_s} s (round trip injected \
+         {round_trip_s} s); the relay passed {frames} frames down"
+    );
+    assert!(
+        (median_s - round_trip_s).abs() <= width_s,
+        "p50 of link 1-2 by Prometheus: {median_s} s, injected round trip {round_trip_s} s"
+    );
+    let up = query(web, "min(up)").expect("up has samples");
+    assert_eq!(up, 1.0, "both targets are up");
+    drop(delay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_silent_scraper_neither_stops_the_probes_nor_holds_the_endpoint() {
+    let (_z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "--name", "Z"]);
+    let z_text = z_addr.to_string();
+    let args = [
+        "-f",
+        &z_text,
+        "-n",
+        "A",
+        "-c",
+        "0",
+        "-i",
+        "5ms",
+        "--report-interval",
+        "200ms",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let (source, word) = spawn_until(MAIN_BIN, &args, MARKER);
+    let metrics = parse_metrics_word(&word);
+    let intervals = || source.stderr().matches(": interval ").count();
+
+    // It connects and never sends a byte.
+    let mut silent = TcpStream::connect(metrics).expect("connect to --metrics");
+    silent.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    let connected = Instant::now();
+    let before = intervals();
+    thread::sleep(Duration::from_millis(1500));
+    let during = intervals() - before;
+    assert!(
+        during >= 5,
+        "{during} interval records in 1.5 s with a silent scraper connected; stderr:\n{}",
+        source.stderr()
+    );
+    // The server drops it once its 2 s are up, answering nothing.
+    let mut byte = [0u8; 1];
+    let read = silent.read(&mut byte);
+    let held = connected.elapsed();
+    assert!(matches!(read, Ok(0)), "the silent scraper read {read:?}");
+    assert!(
+        (Duration::from_millis(1900)..Duration::from_millis(4000)).contains(&held),
+        "the silent scraper was dropped after {held:?}"
+    );
+
+    // The endpoint serves again, and knows its paths.
+    let (status, body) = get(metrics, "/metrics").expect("scrape after the silent one");
+    assert_eq!(status, 200, "{body}");
+    let sent = body
+        .lines()
+        .find_map(|line| line.strip_prefix("subsegment_tcp_speeds_frames_sent_total{chain=\"A\"} "))
+        .and_then(|value| value.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no frames_sent_total in:\n{body}"));
+    assert!(sent > 100, "{sent} frames sent");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert_eq!(get(metrics, "/").expect("GET /").0, 404);
+    let mut malformed = TcpStream::connect(metrics).unwrap();
+    malformed.write_all(b"HELLO\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    malformed.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(intervals() > before + during, "the interval records still come");
+}
+
+/// `--metrics` on every interface without `--allow` warns, as the hop's listener does; with
+/// `--allow`, a scraper outside it is closed without an answer.
+#[test]
+fn metrics_on_every_interface_warns_and_allow_turns_other_scrapers_away() {
+    let args = ["--listen", "127.0.0.1:0", "--name", "W", "--metrics", "*:0"];
+    let (open, _) = spawn_listening(MAIN_BIN, &args);
+    let warnings: Vec<String> =
+        open.stderr().lines().filter(|line| line.contains("warning")).map(String::from).collect();
+    assert_eq!(warnings.len(), 1, "{}", open.stderr());
+    assert!(warnings[0].contains("metrics") && warnings[0].contains("--allow"), "{warnings:?}");
+
+    let args =
+        ["--listen", "127.0.0.1:0", "--name", "Q", "--metrics", "*:0", "--allow", "10.0.0.0/8"];
+    let (guarded, _) = spawn_listening(MAIN_BIN, &args);
+    assert!(!guarded.stderr().contains("warning"), "{}", guarded.stderr());
+    let port = metrics_addr_of(&guarded).port();
+    let (status, body) =
+        get(SocketAddr::from(([127, 0, 0, 1], port)), "/metrics").unwrap_or((0, String::new()));
+    assert_eq!(status, 0, "a scraper outside --allow got an answer: {body}");
+}
