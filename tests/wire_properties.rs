@@ -14,8 +14,9 @@ use proptest::sample::Index;
 use subsegment_tcp_speeds::wire::{
     Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAGIC, MAX_HOPS,
     MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS,
-    PATH_ASKS_KERNEL_INFO, PathEntry, RECORD_LEN, ReceiveClock, Role, Side, Stamp, Tag, TcpInfo,
-    TxTotals, VERSION, WireError, emit_frame, emit_restamped, fault_frame, frame_len, next_frame,
+    PATH_ASKS_KERNEL_INFO, PATH_ASKS_TX_STAMPS, PathEntry, RECORD_LEN, ReceiveClock, Role, Side,
+    Stamp, Tag, TcpInfo, TxTotals, VERSION, WireError, emit_frame, emit_restamped, fault_frame,
+    frame_len, next_frame,
 };
 
 /// The header's flags byte (see the layout in `src/wire.rs`): only a PATH frame may have one
@@ -193,7 +194,8 @@ impl RawFrame {
         if !(1..=4).contains(&self.kind) {
             faults.push(WireError::UnknownKind(self.kind));
         }
-        let allowed = if self.kind == Kind::Path as u8 { PATH_ASKS_KERNEL_INFO } else { 0 };
+        let path_flags = PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS;
+        let allowed = if self.kind == Kind::Path as u8 { path_flags } else { 0 };
         if self.flags & !allowed != 0 {
             faults.push(WireError::BadFlags { kind: self.kind, flags: self.flags });
         }
@@ -210,7 +212,13 @@ impl RawFrame {
 fn raw_frame() -> impl Strategy<Value = RawFrame> {
     let version = prop_oneof![4 => Just(VERSION), 1 => any::<u8>()];
     let kind = prop_oneof![4 => 1u8..=4, 1 => 0u8..=5, 1 => any::<u8>()];
-    let flags = prop_oneof![6 => Just(0u8), 2 => Just(PATH_ASKS_KERNEL_INFO), 1 => any::<u8>()];
+    let flags = prop_oneof![
+        6 => Just(0u8),
+        2 => Just(PATH_ASKS_KERNEL_INFO),
+        1 => Just(PATH_ASKS_TX_STAMPS),
+        1 => Just(PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS),
+        1 => any::<u8>(),
+    ];
     let count = prop_oneof![
         4 => 0..=MAX_RECORDS,
         2 => MAX_RECORDS - 1..=MAX_RECORDS + 1,
