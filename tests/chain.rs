@@ -434,3 +434,41 @@ fn a_relay_with_the_knobs_carries_the_chain_and_says_what_it_could_not_do() {
     let (spinner, _) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "--busy-poll"]);
     assert!(spinner.stderr().contains("--busy-poll without --cpu"), "{}", spinner.stderr());
 }
+
+/// A chain entirely over IPv6: the echoing end and the relay listen on `[::1]:0`, the relay
+/// forwards to `[::1]:PORT`, and the source reaches the relay at `[::1]:PORT`. The bytes come
+/// back whole, and the path names every hop by its IPv6 address, as it reached it and as it
+/// saw the hop before it come.
+#[test]
+fn a_chain_over_ipv6_loopback_carries_the_bytes_and_names_v6_addresses() {
+    if !util::has_ipv6_loopback() {
+        util::say_skipped(
+            "a_chain_over_ipv6_loopback_carries_the_bytes_and_names_v6_addresses",
+            "this machine cannot bind [::1] (no IPv6 loopback)",
+        );
+        return;
+    }
+    let (_z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "[::1]:0", "--name", "Z"]);
+    assert!(z_addr.is_ipv6(), "Z says it listens on {z_addr}");
+    let z_text = z_addr.to_string();
+    assert!(z_text.starts_with("[::1]:"), "{z_text}");
+    let args = ["--listen", "[::1]:0", "--forward-to", &z_text, "--name", "B"];
+    let (_b, b_addr) = spawn_listening(MAIN_BIN, &args);
+    assert!(b_addr.is_ipv6(), "B says it listens on {b_addr}");
+
+    let input = random_bytes(512 * 1024, 6);
+    let run = run_source(&["-f", &b_addr.to_string(), "-n", "A"], &input, RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
+    assert!(run.stdout == input, "bytes through the IPv6 chain differ");
+    let report = run.report();
+    assert_eq!(report.labels(), ["A ⇄ B", "B ↓ (relay)", "B ↑ (relay)", "B ⇄ Z", "Z (echo)"]);
+    let path = report.json["path"].as_array().expect("a path");
+    let field = |index: usize, name: &str| path[index][name].as_str().unwrap_or("").to_string();
+    assert_eq!(field(1, "reached_at"), b_addr.to_string(), "{path:?}");
+    assert_eq!(field(2, "reached_at"), z_text, "{path:?}");
+    for index in [1, 2] {
+        let seen_from = field(index, "seen_from");
+        let seen_from: SocketAddr = seen_from.parse().unwrap_or_else(|_| panic!("{path:?}"));
+        assert_eq!(seen_from.ip(), z_addr.ip(), "hop {index} saw its peer come from {seen_from}");
+    }
+}
