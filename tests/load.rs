@@ -375,6 +375,39 @@ fn binding_every_interface_warns_once_and_names_the_flag() {
     }
 }
 
+/// `--max-conns` at the echoing end, as at a relay: with N open, the N+1-th peer is closed at
+/// accept with one line, the N are still answered, and once one leaves a new peer is taken.
+#[test]
+fn max_conns_at_the_echo_end_refuses_the_rest_and_accepts_again() {
+    let (z, z_addr) = echo(&["--max-conns", "2"]);
+    let mut first: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut client = Client::connect(z_addr);
+            client.handshake();
+            client
+        })
+        .collect();
+
+    let mut extra = util::connect(z_addr);
+    let extra_addr = extra.local_addr().unwrap();
+    expect_closed(&mut extra, LOG_TIMEOUT);
+    assert_one_line(&z, extra_addr, "refusing connection from");
+    assert_one_line(&z, extra_addr, "2 connections open (--max-conns)");
+
+    for (index, client) in first.iter_mut().enumerate() {
+        client.round_trip(index as u64, &payload(index, 2));
+    }
+    let leaving = first.pop().unwrap();
+    let leaving_addr = leaving.local_addr();
+    assert!(leaving.finish().is_empty());
+    // The echoing end counts the connection closed once it has logged its end.
+    assert_one_line(&z, leaving_addr, "ended after");
+    let mut next = Client::connect(z_addr);
+    next.handshake();
+    next.round_trip(0, b"taken by the echoing end once a slot was free");
+    first[0].round_trip(1, b"the first one is still answered");
+}
+
 /// The every-interface warning for the IPv6 wildcard: `--listen '[::]:0'` warns once, naming
 /// `--allow`, as `*:0` and `0.0.0.0:0` do.
 #[test]
