@@ -701,3 +701,31 @@ fn a_second_sigint_at_the_source_stops_the_flush_at_once() {
     let unwritten = json["frames"]["unwritten_bytes"].as_u64().unwrap();
     assert!(unwritten > 0, "nothing was left to write, so nothing was cut short: {log}");
 }
+
+/// A relay whose next hop refuses answers the path itself, ending it with an entry for the
+/// hop it could not reach: the source's report names it (`role` `unreached`, its address),
+/// and the ending is a failure of that link, by its id.
+#[test]
+fn an_unreachable_next_hop_ends_the_path_and_is_the_failed_link() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_b, b_addr) = relay("B", closed, &["-t", "5"]);
+    let run = run_source(&["-f", &b_addr.to_string(), "-n", "A", "-t", "5"], b"x", RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(1)), "{}", run.stderr);
+    let json: serde_json::Value =
+        serde_json::from_str(run.json.as_deref().expect("a JSON report")).unwrap();
+    let path = json["path"].as_array().unwrap_or_else(|| panic!("no path: {json}"));
+    let roles: Vec<&str> = path.iter().map(|hop| hop["role"].as_str().unwrap_or("")).collect();
+    assert_eq!(roles, ["source", "relay", "unreached"], "{json}");
+    let unreached = &path[2];
+    assert_eq!(unreached["index"], 2, "{unreached}");
+    assert_eq!(unreached["name"], closed.to_string(), "{unreached}");
+    assert_eq!(unreached["reached_at"], closed.to_string(), "{unreached}");
+    let ending = &json["ending"];
+    assert_eq!(ending["reason"], "failed", "{ending}");
+    assert_eq!(
+        ending["subsegment"], "1-2",
+        "the failed link is B's to the unreached hop: {ending}"
+    );
+    let message = ending["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&closed.to_string()) && message.contains("refused"), "{message}");
+}
