@@ -95,18 +95,25 @@ impl Cidr {
         Ok(Cidr { network, prefix_len })
     }
 
-    /// IPv4 peers seen on an IPv6 socket (`::ffff:a.b.c.d`) match IPv4 blocks.
+    /// An IPv4 peer seen on an IPv6 socket (`::ffff:a.b.c.d`) matches IPv4 blocks by its IPv4
+    /// address, and IPv6 blocks by the mapped address it was seen with: the block
+    /// `::ffff:10.0.0.0/104`, copied from the address a refusal line shows, holds it too, on
+    /// either kind of socket.
     pub fn contains(&self, address: IpAddr) -> bool {
-        match (self.network, address.to_canonical()) {
-            (IpAddr::V4(network), IpAddr::V4(address)) => {
+        match self.network {
+            IpAddr::V4(network) => {
+                let IpAddr::V4(address) = address.to_canonical() else { return false };
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
                 u32::from(network) & mask == u32::from(address) & mask
             }
-            (IpAddr::V6(network), IpAddr::V6(address)) => {
+            IpAddr::V6(network) => {
+                let address = match address {
+                    IpAddr::V4(address) => address.to_ipv6_mapped(),
+                    IpAddr::V6(address) => address,
+                };
                 let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
                 u128::from(network) & mask == u128::from(address) & mask
             }
-            _ => false,
         }
     }
 }
@@ -392,6 +399,29 @@ mod tests {
         assert!(!Cidr::parse("127.0.0.1").unwrap().contains("127.0.0.2".parse().unwrap()));
         assert!(Cidr::parse("2001:db8::/32").unwrap().contains("2001:db8:1::1".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(!Cidr::parse("::1").unwrap().contains("127.0.0.1".parse().unwrap()));
+        assert!(!block.contains("2001:db8::a01:9".parse().unwrap()), "only ::ffff: is mapped");
+    }
+
+    /// The address a dual-stack hop logs for an IPv4 peer is the mapped one; an `--allow` block
+    /// written that way (or as plain IPv4) must hold the peer, seen either way.
+    #[test]
+    fn test_cidr_blocks_and_v4_mapped_peers() {
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let plain: IpAddr = "127.0.0.1".parse().unwrap();
+        let outside: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        for text in ["127.0.0.1/32", "127.0.0.1", "::ffff:127.0.0.1", "::ffff:127.0.0.0/127"] {
+            let block = Cidr::parse(text).unwrap();
+            assert!(block.contains(mapped), "{text} holds {mapped}");
+            assert!(block.contains(plain), "{text} holds {plain}");
+            assert!(!block.contains(outside), "{text} does not hold {outside}");
+        }
+        let mapped_block = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped_block.contains("10.200.0.1".parse().unwrap()));
+        assert!(mapped_block.contains("::ffff:10.200.0.1".parse().unwrap()));
+        assert!(!mapped_block.contains("11.0.0.1".parse().unwrap()));
+        assert!(!mapped_block.contains("::ffff:11.0.0.1".parse().unwrap()));
+        assert!(!mapped_block.contains("::1".parse().unwrap()));
         assert!(Cidr::parse("nonsense/8").is_err());
     }
 }

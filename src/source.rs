@@ -870,6 +870,7 @@ impl Source<'_> {
     /// report.
     fn finish_stdout_after_interrupt(&mut self, poll: &mut Poll, events: &mut Events) {
         let deadline_ns = clock::now_ns() + self.config.timeout.as_nanos() as u64;
+        let mut said = false;
         loop {
             if let Err(error) = self.write_stdout() {
                 log_line!("{}: {error}", self.config.name);
@@ -878,6 +879,18 @@ impl Source<'_> {
             let now_ns = clock::now_ns();
             if self.to_stdout.is_empty() || now_ns >= deadline_ns || tuning::stop_signals() > 1 {
                 break;
+            }
+            if !said {
+                // The wait may be long (a slow reader, up to the timeout): say why nothing ends
+                // yet, and how to end it now.
+                said = true;
+                log_line!(
+                    "{}: interrupted: writing the {} B of answered payload still held to stdout \
+                     (for at most {} s; interrupt again to stop now)",
+                    self.config.name,
+                    self.to_stdout.len(),
+                    self.config.timeout.as_secs_f64()
+                );
             }
             let wait = Duration::from_nanos((deadline_ns - now_ns).min(100_000_000));
             let _ =

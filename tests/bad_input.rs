@@ -578,3 +578,66 @@ fn a_malformed_kernel_sample_from_the_next_hop_is_a_fault_not_a_crash() {
     let expected = "malformed kernel sample: unknown socket side";
     assert!(message.contains(expected) && message.contains(&fake_addr), "{message}");
 }
+
+/// Whether `listener` (non-blocking) is offered a connection within `wait`.
+fn accepts_within(listener: &TcpListener, wait: Duration) -> Option<TcpStream> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => return Some(stream),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => panic!("accept at the next hop: {error}"),
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A relay connects to its next hop only once a peer has sent a valid path announcement: a
+/// stray client that sends nothing, an HTTP request, or a data frame before any path makes no
+/// connection downstream. The next hop is the test's own listener: nothing is offered to it
+/// while the relay sees each stray client come and go (its one line about the peer), nor for
+/// a while after; then a client that does announce a path is passed on at once, which shows
+/// that the listener would have seen the others.
+#[test]
+fn a_stray_client_opens_no_connection_downstream() {
+    let next = TcpListener::bind("127.0.0.1:0").unwrap();
+    next.set_nonblocking(true).unwrap();
+    let next_addr = next.local_addr().unwrap().to_string();
+    let (relay, relay_addr) = spawn_listening(
+        MAIN_BIN,
+        &["--listen", "127.0.0.1:0", "--forward-to", &next_addr, "--name", "B", "-t", "5"],
+    );
+    let strays: [(&[u8], &str); 3] = [
+        (b"", "ended after"),
+        (b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n", "looks like an HTTP request"),
+        (&data_frame(0, 1, b"no path first"), "data frame before the path announcement"),
+    ];
+    for (bytes, says) in strays {
+        let mut stray = util::connect(relay_addr);
+        let peer = stray.local_addr().unwrap();
+        stray.write_all(bytes).unwrap();
+        stray.shutdown(Shutdown::Write).unwrap();
+        let logged = frames::wait_for_stderr(&relay, CLOSE_TIMEOUT * 2, |text| {
+            text.lines().any(|line| mentions(line, peer))
+        });
+        let log = logged.unwrap_or_else(|| {
+            let connected = accepts_within(&next, Duration::ZERO).is_some();
+            panic!("nothing about {peer} (connected downstream: {connected}): {}", relay.stderr())
+        });
+        expect_closed(&mut stray, CLOSE_TIMEOUT);
+        let line = log.lines().find(|line| mentions(line, peer)).unwrap();
+        assert!(line.contains(says), "the line about {peer} does not say {says:?}: {line}");
+        // A connect would have been started in the wake-up that read the bytes, before the
+        // close was logged; loopback completes it at once. The wait only adds margin.
+        let offered = accepts_within(&next, Duration::from_millis(300));
+        assert!(offered.is_none(), "{bytes:?} made the relay connect downstream: {line}");
+    }
+
+    let mut client = Client::connect(relay_addr);
+    client.send(&path_frame("A"));
+    let downstream = accepts_within(&next, CLOSE_TIMEOUT);
+    assert!(downstream.is_some(), "a path announcement was not passed on: {}", relay.stderr());
+}

@@ -434,3 +434,95 @@ fn a_relay_with_the_knobs_carries_the_chain_and_says_what_it_could_not_do() {
     let (spinner, _) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "--busy-poll"]);
     assert!(spinner.stderr().contains("--busy-poll without --cpu"), "{}", spinner.stderr());
 }
+
+/// A chain entirely over IPv6: the echoing end and the relay listen on `[::1]:0`, the relay
+/// forwards to `[::1]:PORT`, and the source reaches the relay at `[::1]:PORT`. The bytes come
+/// back whole, and the path names every hop by its IPv6 address, as it reached it and as it
+/// saw the hop before it come.
+#[test]
+fn a_chain_over_ipv6_loopback_carries_the_bytes_and_names_v6_addresses() {
+    if !util::has_ipv6_loopback() {
+        util::say_skipped(
+            "a_chain_over_ipv6_loopback_carries_the_bytes_and_names_v6_addresses",
+            "this machine cannot bind [::1] (no IPv6 loopback)",
+        );
+        return;
+    }
+    let (_z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "[::1]:0", "--name", "Z"]);
+    assert!(z_addr.is_ipv6(), "Z says it listens on {z_addr}");
+    let z_text = z_addr.to_string();
+    assert!(z_text.starts_with("[::1]:"), "{z_text}");
+    let args = ["--listen", "[::1]:0", "--forward-to", &z_text, "--name", "B"];
+    let (_b, b_addr) = spawn_listening(MAIN_BIN, &args);
+    assert!(b_addr.is_ipv6(), "B says it listens on {b_addr}");
+
+    let input = random_bytes(512 * 1024, 6);
+    let run = run_source(&["-f", &b_addr.to_string(), "-n", "A"], &input, RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
+    assert!(run.stdout == input, "bytes through the IPv6 chain differ");
+    let report = run.report();
+    assert_eq!(report.labels(), ["A ⇄ B", "B ↓ (relay)", "B ↑ (relay)", "B ⇄ Z", "Z (echo)"]);
+    let path = report.json["path"].as_array().expect("a path");
+    let field = |index: usize, name: &str| path[index][name].as_str().unwrap_or("").to_string();
+    assert_eq!(field(1, "reached_at"), b_addr.to_string(), "{path:?}");
+    assert_eq!(field(2, "reached_at"), z_text, "{path:?}");
+    for index in [1, 2] {
+        let seen_from = field(index, "seen_from");
+        let seen_from: SocketAddr = seen_from.parse().unwrap_or_else(|_| panic!("{path:?}"));
+        assert_eq!(seen_from.ip(), z_addr.ip(), "hop {index} saw its peer come from {seen_from}");
+    }
+}
+
+/// `count` relays in a row, R1 first, the last forwarding to `next`; returns the processes and
+/// R1's address.
+fn relays_in_front_of(next: SocketAddr, count: usize) -> (Vec<Proc>, SocketAddr) {
+    let mut procs = Vec::with_capacity(count);
+    let mut first = next;
+    for index in (1..=count).rev() {
+        let (proc, addr) = relay(&format!("R{index}"), first);
+        procs.push(proc);
+        first = addr;
+    }
+    (procs, first)
+}
+
+/// The hop limit (`wire::MAX_HOPS`, 32) counts the source and the echoing end: the source, 30
+/// relays and the echoing end are 32 hops, and they work end to end; with a 31st relay the
+/// echoing end would be the 33rd hop, and it refuses the path with an error naming the limit,
+/// which the source reports.
+#[test]
+fn thirty_two_hops_work_and_a_thirty_third_is_refused() {
+    let (z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "--name", "Z"]);
+    let (_relays, first) = relays_in_front_of(z_addr, 30);
+    let input = random_bytes(64 * 1024, 7);
+    let run = run_source(&["-f", &first.to_string(), "-n", "A", "-t", "10"], &input, RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
+    assert!(run.stdout == input, "bytes through 32 hops differ");
+    let report = run.report();
+    let path = report.json["path"].as_array().expect("a path");
+    let roles: Vec<&str> = path.iter().map(|hop| hop["role"].as_str().unwrap_or("")).collect();
+    assert_eq!(roles.len(), 32, "{roles:?}");
+    assert_eq!((roles[0], roles[31]), ("source", "echo"), "{roles:?}");
+    assert!(roles[1..31].iter().all(|role| *role == "relay"), "{roles:?}");
+    assert_eq!(path[31]["index"].as_u64(), Some(31), "{path:?}");
+    // 31 links, 30 relays' two residences, the echoing end's turn.
+    assert_eq!(report.rows.len(), 31 + 60 + 1, "{:?}", report.labels());
+
+    let (_extra, extra_addr) = relay("R0", first);
+    let run =
+        run_source(&["-f", &extra_addr.to_string(), "-n", "A", "-t", "10"], b"x", RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(1)), "{}", run.stderr);
+    let error = run.stderr.lines().find(|line| line.contains("error:")).unwrap_or_default();
+    assert!(
+        error.contains("more than 32 hops"),
+        "the error does not name the limit: {}",
+        run.stderr
+    );
+    // The refusal comes from the echoing end, at index 32: every relay passed the path on. (Its
+    // answer, the path with its own entry added, is over the limit too: the source refuses that
+    // before the FAULT frame that names the hop, so its line names the limit, not the hop.)
+    let z_log = util::frames::wait_for_stderr(&z, Duration::from_secs(5), |text| {
+        text.contains("more than 32 hops")
+    });
+    assert!(z_log.is_some(), "the echoing end did not refuse the path: {}", z.stderr());
+}

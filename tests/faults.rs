@@ -11,6 +11,7 @@ mod util;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -593,4 +594,138 @@ fn bytes_acked_towards(peer: SocketAddr) -> u64 {
         .filter_map(|field| field.strip_prefix("bytes_acked:"))
         .filter_map(|count| count.parse::<u64>().ok())
         .sum()
+}
+
+/// Bytes waiting in a pipe, and what it holds at most (`FIONREAD`, `F_GETPIPE_SZ`); either end
+/// of the pipe answers both.
+fn pipe_fill(fd: &impl std::os::fd::AsRawFd) -> (usize, usize) {
+    let mut waiting: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer; F_GETPIPE_SZ has no argument.
+    let (waiting, capacity) = unsafe {
+        assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut waiting), 0);
+        (waiting, libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ))
+    };
+    assert!(capacity > 0, "F_GETPIPE_SZ failed");
+    (waiting as usize, capacity as usize)
+}
+
+/// The first Ctrl-C starts the flush of answered payload to stdout, bounded by the timeout; a
+/// second one stops it at once. Here nobody reads stdout at all, and the timeout is 60 s: the
+/// first SIGINT leaves the source waiting for its reader (it says so, and how to stop it), the
+/// second makes it exit 130 within seconds, with the report counting what was left unwritten.
+#[test]
+fn a_second_sigint_at_the_source_stops_the_flush_at_once() {
+    // The hops wait as long as the source: B must not close the source, which stops reading,
+    // as a peer that never reads. Large blocks fill every buffer on the way in fewer frames.
+    let (_z, z_addr) = echo("Z", &["-t", "60"]);
+    let (_b, b_addr) = relay("B", z_addr, &["-t", "60"]);
+    let json_path = util::json_path();
+    let mut child = KillOnDrop(
+        Command::new(MAIN_BIN)
+            .args(["-f", &b_addr.to_string(), "-n", "A", "-t", "60", "-s", "65536", "--json"])
+            .arg(&json_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawn {MAIN_BIN}: {error}")),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let stdin_end = stdin.as_fd().try_clone_to_owned().expect("dup the source's stdin");
+    // As fast as the source takes it, until it stops reading (the write then fails).
+    let feeder = thread::spawn(move || {
+        let block = random_bytes(64 * 1024, 21);
+        while stdin.write_all(&block).is_ok() {}
+    });
+    let stdout = child.0.stdout.take().unwrap(); // held, never read
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let stderr_reader = {
+        let (mut pipe, stderr) = (child.0.stderr.take().unwrap(), Arc::clone(&stderr));
+        thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(count @ 1..) = pipe.read(&mut chunk) {
+                stderr.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..count]));
+            }
+        })
+    };
+    let stderr_now = || stderr.lock().unwrap().clone();
+
+    // Backed up all the way: stdout's pipe is full, so answers stay in the source, and so is
+    // stdin's, so the source has stopped reading (its buffers, and the chain's, are full).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ((out, out_capacity), (into, in_capacity)) =
+            (pipe_fill(&stdout), pipe_fill(&stdin_end));
+        if out >= out_capacity && into >= in_capacity {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the source never backed up: {}", stderr_now());
+        assert!(child.0.try_wait().unwrap().is_none(), "the source ended: {}", stderr_now());
+        thread::sleep(Duration::from_millis(10));
+    }
+
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stderr_now().contains("interrupt again to stop now") {
+        assert!(Instant::now() < deadline, "the source did not start the flush: {}", stderr_now());
+        assert!(child.0.try_wait().unwrap().is_none(), "it ended at once: {}", stderr_now());
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "the first SIGINT ended it: {}", stderr_now());
+
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) }, 0);
+    let signalled_at = Instant::now();
+    let deadline = signalled_at + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running 20 s after the second SIGINT");
+        thread::sleep(Duration::from_millis(5));
+    };
+    let took = signalled_at.elapsed();
+    drop(stdout);
+    feeder.join().unwrap();
+    stderr_reader.join().unwrap();
+    let log = stderr_now();
+    assert_eq!(status.code(), Some(130), "{log}");
+    // The flush alone would have lasted the 60 s timeout; a loaded machine needs far less
+    // than 10 s to see the signal and write the report.
+    assert!(took < Duration::from_secs(10), "the source took {took:?} after the second SIGINT");
+    let json = std::fs::read_to_string(&json_path).unwrap_or_else(|_| panic!("no report: {log}"));
+    let _ = std::fs::remove_file(&json_path);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["ending"]["reason"], "interrupted", "{log}");
+    let unwritten = json["frames"]["unwritten_bytes"].as_u64().unwrap();
+    assert!(unwritten > 0, "nothing was left to write, so nothing was cut short: {log}");
+}
+
+/// A relay whose next hop refuses answers the path itself, ending it with an entry for the
+/// hop it could not reach: the source's report names it (`role` `unreached`, its address),
+/// and the ending is a failure of that link, by its id.
+#[test]
+fn an_unreachable_next_hop_ends_the_path_and_is_the_failed_link() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_b, b_addr) = relay("B", closed, &["-t", "5"]);
+    let run = run_source(&["-f", &b_addr.to_string(), "-n", "A", "-t", "5"], b"x", RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(1)), "{}", run.stderr);
+    let json: serde_json::Value =
+        serde_json::from_str(run.json.as_deref().expect("a JSON report")).unwrap();
+    let path = json["path"].as_array().unwrap_or_else(|| panic!("no path: {json}"));
+    let roles: Vec<&str> = path.iter().map(|hop| hop["role"].as_str().unwrap_or("")).collect();
+    assert_eq!(roles, ["source", "relay", "unreached"], "{json}");
+    let unreached = &path[2];
+    assert_eq!(unreached["index"], 2, "{unreached}");
+    assert_eq!(unreached["name"], closed.to_string(), "{unreached}");
+    assert_eq!(unreached["reached_at"], closed.to_string(), "{unreached}");
+    let ending = &json["ending"];
+    assert_eq!(ending["reason"], "failed", "{ending}");
+    assert_eq!(
+        ending["subsegment"], "1-2",
+        "the failed link is B's to the unreached hop: {ending}"
+    );
+    let message = ending["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&closed.to_string()) && message.contains("refused"), "{message}");
 }

@@ -8,7 +8,7 @@
 
 mod util;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
@@ -372,5 +372,101 @@ fn binding_every_interface_warns_once_and_names_the_flag() {
         // The warning would follow the listening line at once; give it a moment to show.
         thread::sleep(Duration::from_millis(300));
         assert!(!hop.stderr().contains("warning"), "{args:?}: {}", hop.stderr());
+    }
+}
+
+/// `--max-conns` at the echoing end, as at a relay: with N open, the N+1-th peer is closed at
+/// accept with one line, the N are still answered, and once one leaves a new peer is taken.
+#[test]
+fn max_conns_at_the_echo_end_refuses_the_rest_and_accepts_again() {
+    let (z, z_addr) = echo(&["--max-conns", "2"]);
+    let mut first: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut client = Client::connect(z_addr);
+            client.handshake();
+            client
+        })
+        .collect();
+
+    let mut extra = util::connect(z_addr);
+    let extra_addr = extra.local_addr().unwrap();
+    expect_closed(&mut extra, LOG_TIMEOUT);
+    assert_one_line(&z, extra_addr, "refusing connection from");
+    assert_one_line(&z, extra_addr, "2 connections open (--max-conns)");
+
+    for (index, client) in first.iter_mut().enumerate() {
+        client.round_trip(index as u64, &payload(index, 2));
+    }
+    let leaving = first.pop().unwrap();
+    let leaving_addr = leaving.local_addr();
+    assert!(leaving.finish().is_empty());
+    // The echoing end counts the connection closed once it has logged its end.
+    assert_one_line(&z, leaving_addr, "ended after");
+    let mut next = Client::connect(z_addr);
+    next.handshake();
+    next.round_trip(0, b"taken by the echoing end once a slot was free");
+    first[0].round_trip(1, b"the first one is still answered");
+}
+
+/// The every-interface warning for the IPv6 wildcard: `--listen '[::]:0'` warns once, naming
+/// `--allow`, as `*:0` and `0.0.0.0:0` do.
+#[test]
+fn binding_every_ipv6_interface_warns_once() {
+    if !util::has_ipv6_loopback() {
+        util::say_skipped("binding_every_ipv6_interface_warns_once", "no IPv6 on this machine");
+        return;
+    }
+    let (hop, addr) = spawn_listening(MAIN_BIN, &["--listen", "[::]:0", "--name", "W"]);
+    assert!(addr.is_ipv6() && addr.ip().is_unspecified(), "W listens on {addr}");
+    let log = frames::wait_for_stderr(&hop, LOG_TIMEOUT, |text| text.contains("warning"));
+    let log = log.unwrap_or_else(|| panic!("no warning for [::]:0: {}", hop.stderr()));
+    let warnings: Vec<&str> = log.lines().filter(|line| line.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("every interface") && warnings[0].contains("--allow"), "{log}");
+}
+
+/// The address a hop on `[::]` sees an IPv4 peer come from: `::ffff:a.b.c.d`, with the port.
+fn v4_mapped(peer: SocketAddr) -> SocketAddr {
+    let SocketAddr::V4(peer) = peer else { panic!("{peer} is not an IPv4 address") };
+    SocketAddr::new(IpAddr::V6(peer.ip().to_ipv6_mapped()), peer.port())
+}
+
+/// A hop on the IPv6 wildcard with an IPv4 `--allow` block: an IPv4 client from 127.0.0.1,
+/// which the hop sees as `::ffff:127.0.0.1`, is served (the path it gets back says how the hop
+/// saw it); one from 127.0.0.2, and one over IPv6 from `::1`, are outside the block and closed
+/// at accept with one line each. A block written in the mapped form works the same.
+#[test]
+fn a_hop_on_the_ipv6_wildcard_matches_v4_mapped_peers_against_ipv4_blocks() {
+    if !util::has_ipv6_loopback() {
+        util::say_skipped(
+            "a_hop_on_the_ipv6_wildcard_matches_v4_mapped_peers_against_ipv4_blocks",
+            "no IPv6 loopback on this machine",
+        );
+        return;
+    }
+    for block in ["127.0.0.1/32", "::ffff:127.0.0.1/128"] {
+        let (z, z_any) = spawn_listening(MAIN_BIN, &["-l", "[::]:0", "-n", "Z", "--allow", block]);
+        let over_v4: SocketAddr = format!("127.0.0.1:{}", z_any.port()).parse().unwrap();
+        let over_v6: SocketAddr = format!("[::1]:{}", z_any.port()).parse().unwrap();
+
+        let mut client = Client::from_stream(connect_from("127.0.0.1", over_v4));
+        let path = client.handshake();
+        let seen_from = &path.last().expect("a path").peer;
+        assert_eq!(*seen_from, v4_mapped(client.local_addr()).to_string(), "{block}: {path:?}");
+        client.round_trip(0, b"an IPv4 peer inside the block, on an IPv6 socket");
+
+        let mut stranger = connect_from("127.0.0.2", over_v4);
+        let stranger_addr = v4_mapped(stranger.local_addr().unwrap());
+        assert!(expect_closed(&mut stranger, LOG_TIMEOUT).is_empty(), "{block}");
+        assert_one_line(&z, stranger_addr, "not in --allow");
+
+        let mut v6_stranger = util::connect(over_v6);
+        let v6_stranger_addr = v6_stranger.local_addr().unwrap();
+        assert!(expect_closed(&mut v6_stranger, LOG_TIMEOUT).is_empty(), "{block}");
+        assert_one_line(&z, v6_stranger_addr, "not in --allow");
+
+        client.round_trip(1, b"still served after two refusals");
+        assert!(client.finish().is_empty());
+        assert!(!z.stderr().contains("warning"), "--allow was given: {}", z.stderr());
     }
 }

@@ -48,3 +48,32 @@ fn a_slowed_link_is_named_and_measured() {
         "parts do not add up"
     );
 }
+
+/// No subsegment stands out when two links are slowed alike: A → tcp-delay (20 ms each way) →
+/// B → tcp-delay (20 ms) → Z, probes one at a time. Both links' medians are about 40 ms, far
+/// within 1.5× of each other, and their floors are alike too, so the verdict names none.
+/// (A chain of plain loopback hops would be the obvious case, but there every median is tens of
+/// µs set by wake-ups, and on a busy machine a relay's residence or the echoing end's turn can
+/// be 1.5× the next by chance; a few ms of scheduling noise cannot move 40 ms by half.)
+#[test]
+fn two_links_slowed_alike_make_no_subsegment_stand_out() {
+    let (_z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "--name", "Z"]);
+    let (_to_z, to_z_addr) = util::delay(z_addr, 20);
+    let (_b, b_addr) = relay("B", to_z_addr);
+    let (_to_b, to_b_addr) = util::delay(b_addr, 20);
+    let to_b = to_b_addr.to_string();
+    let args = ["-f", &to_b, "-n", "A", "--count", "40", "--size", "512", "--window", "1"];
+    let run = run_source(&args, &[], RUN_TIMEOUT);
+    assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
+    let report = run.report();
+    for link in ["A ⇄ B", "B ⇄ Z"] {
+        let p50_ns = report.row(link).p50_ns;
+        assert!(p50_ns >= 40e6 - report.rounding_ns, "{link} p50 {p50_ns} ns, under 40 ms");
+    }
+    let verdict = &report.json["verdict"];
+    assert!(verdict["subsegment"].is_null(), "a subsegment was named: {verdict}");
+    assert_eq!(verdict["kind"], "none_stands_out", "{verdict}");
+    assert_eq!(verdict["doubt"], "close", "{verdict}");
+    assert_eq!(report.verdict_names(), None, "{}", run.stderr);
+    assert!(verdict["warning"].is_null(), "40 frames are enough for a verdict: {verdict}");
+}

@@ -145,6 +145,12 @@ pub fn say_skipped(test: &str, why: &str) {
     let _ = writeln!(io::stderr(), "{test}: skipped: {why}");
 }
 
+/// Whether this machine can bind the IPv6 loopback (`[::1]`): containers and CI hosts may have
+/// IPv6 switched off, and the IPv6 tests then say they were skipped instead of failing.
+pub fn has_ipv6_loopback() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
 /// What a `tcp-delay` says it held its chunks, once both directions of its one connection
 /// have ended: the p50 of each direction (arrival → written), in ns, waiting up to 20 s for
 /// the two lines.
