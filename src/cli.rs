@@ -24,7 +24,8 @@ pub const USAGE: &str =
        [--jsonl PATH] [--plot PATH.svg] [--report-interval D] [--samples PATH] [--sla SPEC]
        [--units U] [--ascii] [--kernel-info on|off] [--kernel-stamps all|off] [--allow CIDR]
        [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
-       [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME]]";
+       [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME]]
+       [--ingress [--probe-interval D]]";
 
 pub const HELP: &str = "\
 subsegment-tcp-speeds: find which subsegment of a TCP chain (a link, or a relay host) adds the
@@ -48,6 +49,12 @@ options:
                                 (default 512, at most 1048576)
   -r, --remove-perf-headers     relay: forward plain payload to an ordinary TCP server and
                                 frame its answers; echo: answer plain payload
+      --ingress                 relay in front of an unmodified client: frame its bytes, probe
+                                its connection, deliver what comes back plain; put -r on the
+                                hop in front of the server (the README: Measuring your own
+                                application)
+      --probe-interval D        ingress: a probe on every client connection this often
+                                (default 10ms; 0: none)
   -n, --name NAME               this hop's name in reports (default: the host name)
       --tag KEY=VALUE           a label of this hop carried in the path (site, rack, provider,
                                 circuit id; repeatable, at most 8, keys unique); KEY: 1 to 32
@@ -127,6 +134,8 @@ pub enum Mode {
     Source,
     Relay,
     Echo,
+    /// `--ingress`: a hop in front of an unmodified client.
+    Ingress,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +173,8 @@ pub struct Options {
     pub metrics: Option<SocketAddr>,
     /// The source's `chain` label (`--metrics-chain`, else `--name`).
     pub metrics_chain: Option<String>,
+    /// An ingress's probes per client connection (`--probe-interval`; `None`: off).
+    pub probe_interval: Option<Duration>,
 }
 
 /// Where the source writes what it found, besides the text report on stderr.
@@ -184,6 +195,9 @@ pub enum Command {
     Version,
 }
 
+/// An ingress probes each client connection this often unless told otherwise.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexopt::Error> {
     use lexopt::prelude::*;
 
@@ -192,6 +206,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut forward_to = None;
     let mut block_size = 512;
     let mut remove_perf_headers = false;
+    let mut ingress = false;
+    let mut probe_interval = None;
     let mut name = None;
     let mut tags: Vec<Tag> = Vec::new();
     let mut window = None;
@@ -241,6 +257,14 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 }
             }
             Short('r') | Long("remove-perf-headers") => remove_perf_headers = true,
+            Long("ingress") => ingress = true,
+            Long("probe-interval") => {
+                let value = duration_of(&mut parser, "--probe-interval")?;
+                if !value.is_zero() && value < Duration::from_micros(100) {
+                    return Err("--probe-interval must be 0 (no probes) or at least 100us".into());
+                }
+                probe_interval = Some(value);
+            }
             Short('n') | Long("name") => {
                 let text = parser.value()?.string()?;
                 if text.is_empty() || text.chars().any(char::is_control) {
@@ -352,12 +376,20 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         }
     }
 
-    let mode = match (&listen, &forward_to) {
-        (None, None) => return Err("the source needs --forward-to (or give --listen)".into()),
-        (None, Some(_)) => Mode::Source,
-        (Some(_), Some(_)) => Mode::Relay,
-        (Some(_), None) => Mode::Echo,
+    let mode = match (&listen, &forward_to, ingress) {
+        (None, None, _) => return Err("the source needs --forward-to (or give --listen)".into()),
+        (Some(_), Some(_), true) => Mode::Ingress,
+        (_, _, true) => return Err("--ingress needs --listen and --forward-to".into()),
+        (None, Some(_), false) => Mode::Source,
+        (Some(_), Some(_), false) => Mode::Relay,
+        (Some(_), None, false) => Mode::Echo,
     };
+    if mode == Mode::Ingress && remove_perf_headers {
+        return Err("--ingress and --remove-perf-headers are the two ends of a chain: put -r on the hop in front of the server".into());
+    }
+    if probe_interval.is_some() && mode != Mode::Ingress {
+        return Err("--probe-interval is for --ingress (the source probes with --count)".into());
+    }
     if mode == Mode::Source && remove_perf_headers {
         return Err("--remove-perf-headers is for relays and the echoing end".into());
     }
@@ -382,7 +414,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     if report_interval.is_some() && !continuous {
         return Err("--report-interval is for continuous runs (--count 0)".into());
     }
-    if outputs.jsonl.is_some() && !continuous {
+    if outputs.jsonl.is_some() && !continuous && mode != Mode::Ingress {
         return Err("--jsonl is for continuous runs (--count 0); use --json for one report".into());
     }
     let report_interval = continuous.then(|| report_interval.unwrap_or(CONTINUOUS_REPORT_INTERVAL));
@@ -398,9 +430,15 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         || duration.is_some()
         || ascii
         || units != Units::Auto;
-    if mode != Mode::Source && source_only {
+    let ingress_output = mode == Mode::Ingress
+        && slas.is_empty()
+        && outputs == Outputs { jsonl: outputs.jsonl.clone(), ..Outputs::default() }
+        && duration.is_none()
+        && !ascii
+        && units == Units::Auto;
+    if mode != Mode::Source && source_only && !ingress_output {
         return Err(
-            "--json, --jsonl, --samples, --plot, --sla, --duration, --units and --ascii are for the source"
+            "--json, --jsonl, --samples, --plot, --sla, --duration, --units and --ascii are for the source (an ingress takes --jsonl)"
                 .into(),
         );
     }
@@ -443,6 +481,10 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         kernel_stamps,
         metrics,
         metrics_chain,
+        probe_interval: match (mode, probe_interval) {
+            (Mode::Ingress, None) => Some(DEFAULT_PROBE_INTERVAL),
+            (_, interval) => interval.filter(|interval| !interval.is_zero()),
+        },
     })))
 }
 
@@ -458,7 +500,11 @@ impl Options {
             name: self.name.clone(),
             forward_to: text,
             forward_to_addr: addr.to_string(),
-            input: if self.probe.is_some() { "probes" } else { "stdin" },
+            input: match (self.mode, self.probe) {
+                (Mode::Ingress, _) => "application",
+                (_, Some(_)) => "probes",
+                (_, None) => "stdin",
+            },
             block_size: self.block_size,
             probe_count: self.probe.map(|probe| probe.count.unwrap_or(0)),
             probe_size: self.probe.map(|probe| probe.size),

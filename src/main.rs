@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     options.tuning.apply(&options.name);
     match options.mode {
         Mode::Source => run_source(options),
-        Mode::Relay | Mode::Echo => run_hop(options),
+        Mode::Relay | Mode::Echo | Mode::Ingress => run_hop(options),
     }
 }
 
@@ -171,27 +171,81 @@ fn start_metrics(options: &Options) -> Result<Option<Publisher>, ExitCode> {
 
 fn run_hop(options: Options) -> ExitCode {
     let name = options.name.clone();
+    let parameters = options.parameters();
     let metrics = match start_metrics(&options) {
         Ok(publisher) => publisher,
         Err(code) => return code,
     };
     let config = hop::HopConfig {
-        name: options.name,
-        tags: options.tags,
+        name: options.name.clone(),
+        tags: options.tags.clone(),
         listen: options.listen.expect("a hop has --listen"),
-        forward_to: options.forward_to,
+        forward_to: options.forward_to.clone(),
         remove_perf_headers: options.remove_perf_headers,
         timeout: options.timeout,
         busy_poll: options.tuning.busy_poll,
-        allow: options.allow,
+        allow: options.allow.clone(),
         max_conns: options.max_conns,
         metrics,
+        ingress: (options.mode == Mode::Ingress)
+            .then_some(hop::ingress::IngressConfig { probe_interval: options.probe_interval }),
     };
+    let started_unix_ns = clock::realtime_ns();
     match hop::run(config) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(totals) if options.mode == Mode::Ingress => {
+            let times = Times { started_unix_ns, ended_unix_ns: clock::realtime_ns() };
+            report_ingress(&options, &parameters, times, totals)
+        }
+        Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             log_line!("{name}: error: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// An ingress's reports when it exits: one per distinct path its client connections took,
+/// rendered like a source's (text on stderr, `--jsonl` summary lines).
+fn report_ingress(
+    options: &Options,
+    parameters: &report::Parameters,
+    times: Times,
+    totals: hop::ingress::IngressTotals,
+) -> ExitCode {
+    let context = Context {
+        parameters,
+        presentation: options.presentation,
+        slas: &options.slas,
+        times,
+        dropped_lines: Default::default(),
+    };
+    let mut lines = String::new();
+    let count = totals.paths.len();
+    for (index, kept) in totals.paths.iter().enumerate() {
+        let report = Report::build(&kept.run, &context);
+        log_line!(
+            "{}: path {} of {count}, {} client connections:",
+            options.name,
+            index + 1,
+            kept.connections
+        );
+        eprint!("{}", report::text::render(&report));
+        eprint!("{}", hop::ingress::render_server_data(&kept.run.path, &kept.server_data));
+        lines.push_str(&report::json::summary_line(&report));
+    }
+    if totals.uncounted_connections > 0 {
+        log_line!(
+            "{}: {} client connections ended before their path came back, or took a path past the {} kept",
+            options.name,
+            totals.uncounted_connections,
+            hop::ingress::MAX_PATHS
+        );
+    }
+    if let Some(path) = &options.outputs.jsonl
+        && let Err(error) = write_document(path, &lines)
+    {
+        log_line!("{}: error: writing {path}: {error}", options.name);
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

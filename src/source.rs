@@ -43,11 +43,11 @@ use crate::report::metrics::{Snapshot, SourceRecorder};
 use crate::report::sla::{self, SlaSpec};
 use crate::report::{Presentation, Unit, json};
 use crate::scrape::Publisher;
-use crate::stats::{Chain, Part, Sequencing};
+use crate::stats::{self, Chain, Part, Sequencing};
 use crate::tuning;
 use crate::wire::{
     self, Direction, Fault, HEADER_LEN, Header, KernelSample, Kind, MAX_FRAME_LEN, PathEntry,
-    RECORD_LEN, Role, Stamp, UNSOLICITED,
+    RECORD_LEN, Role, Stamp,
 };
 
 const UPSTREAM: Token = Token(0);
@@ -738,7 +738,7 @@ impl Source<'_> {
         {
             let now_ns = clock::now_ns();
             outage.down_ns = Some(now_ns.saturating_sub(outage.started_ns));
-            outage.path_changed = !same_path(&self.run.path, &path);
+            outage.path_changed = !stats::same_path(&self.run.path, &path);
             self.backoff = FIRST_BACKOFF;
             let (down_ns, changed) = (outage.down_ns.unwrap_or(0), outage.path_changed);
             let how = if changed {
@@ -924,7 +924,7 @@ impl Source<'_> {
     fn append_frame(&mut self, read_ns: u64, payload_len: usize) {
         let sequence = self.run.sequencing.sent_one();
         let tail = self.send.tail(self.frame_room()).expect("room checked");
-        let header = Header { kind: Kind::Data, record_count: 1, sequence, payload_len };
+        let header = Header { flags: 0, kind: Kind::Data, record_count: 1, sequence, payload_len };
         header.emit(&mut tail[..HEADER_LEN]);
         // The write stamp is patched in by the connection core, right before the hand-over.
         Stamp::new(0, Direction::Down, read_ns, 0).emit(&mut tail[HEADER_LEN..PAYLOAD_AT]);
@@ -1077,13 +1077,15 @@ impl Source<'_> {
                         self.receive_stalled = true;
                         break;
                     }
+                    let from_server = frame.flags() & wire::DATA_FROM_SERVER != 0;
                     let pattern = (0..=u8::MAX).cycle();
                     if probing
+                        && !from_server
                         && !frame.payload().iter().copied().eq(pattern.take(frame.payload_len()))
                     {
                         self.run.corrupted += 1;
                     }
-                    if frame.sequence() == UNSOLICITED {
+                    if from_server {
                         self.run.unsolicited_bytes += frame.payload_len() as u64;
                     } else {
                         let read = self.receive.stamp_of_head(len);
@@ -1285,18 +1287,6 @@ fn announce(send: &mut Outbound, config: &SourceConfig, upstream: &Peer) {
         flags |= wire::PATH_ASKS_TX_STAMPS;
     }
     send.push(&wire::flagged_control_frame(Kind::Path, flags, &announcement));
-}
-
-/// Whether two discoveries found the same path: the same hops, in the same roles, reached at
-/// the same addresses (where each saw its peer come from changes with every connection).
-fn same_path(before: &[PathEntry], after: &[PathEntry]) -> bool {
-    before.len() == after.len()
-        && before.iter().zip(after).enumerate().all(|(index, (old, new))| {
-            old.role == new.role
-                && old.name == new.name
-                && (index == 0 || old.local == new.local)
-                && old.tags == new.tags
-        })
 }
 
 /// `A → B (10.0.0.2:9000) → Z (10.0.0.3:9000)`, for the line that says a path changed.

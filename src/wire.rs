@@ -59,10 +59,13 @@ pub const PATH_ASKS_KERNEL_INFO: u8 = 1;
 /// Header flag of a PATH frame: the source asks every hop for transmit timestamps on its
 /// sockets (`--kernel-stamps all`), which its KERNEL samples then carry.
 pub const PATH_ASKS_TX_STAMPS: u8 = 2;
+/// Header flag of a DATA frame: bytes an ordinary server sent, framed by the egress (`-r`) in
+/// front of it and travelling upstream. Its records start at the egress (no hop stamped it on
+/// the way down), and it answers no frame: relays pass it on, the source or ingress delivers
+/// its payload. Without the flag, a DATA frame going up is an answer to one that went down.
+pub const DATA_FROM_SERVER: u8 = 1;
 /// Most fields a KERNEL sample may carry (this build sends [`crate::kernel::FIELDS`]).
 pub const MAX_KERNEL_FIELDS: usize = 32;
-/// The sequence number a stripping relay gives to bytes a plain server sends unasked.
-pub const UNSOLICITED: u64 = u64::MAX;
 
 mod field {
     use std::ops::Range;
@@ -315,15 +318,19 @@ impl<T: AsRef<[u8]>> Frame<T> {
             return Err(WireError::PayloadTooLarge(self.payload_len()));
         }
         let (kind, flags) = (data[field::KIND], data[field::FLAGS]);
-        let allowed =
-            if kind == Kind::Path as u8 { PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS } else { 0 };
+        let allowed = match Kind::from_byte(kind) {
+            Some(Kind::Path) => PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS,
+            Some(Kind::Data) => DATA_FROM_SERVER,
+            _ => 0,
+        };
         if flags & !allowed != 0 {
             return Err(WireError::BadFlags { kind, flags });
         }
         Ok(())
     }
 
-    /// The header's flags ([`PATH_ASKS_KERNEL_INFO`] on a PATH frame; nothing else yet).
+    /// The header's flags ([`PATH_ASKS_KERNEL_INFO`], [`PATH_ASKS_TX_STAMPS`] on a PATH frame,
+    /// [`DATA_FROM_SERVER`] on a DATA frame).
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
@@ -452,6 +459,8 @@ pub fn patch_write_stamp(field: &mut [u8], write_ns: u64) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub kind: Kind,
+    /// Only the flags the kind defines (see [`Frame::flags`]).
+    pub flags: u8,
     pub record_count: usize,
     pub sequence: u64,
     pub payload_len: usize,
@@ -465,7 +474,7 @@ impl Header {
         out[field::VERSION] = VERSION;
         out[field::KIND] = self.kind as u8;
         out[field::RECORD_COUNT] = self.record_count as u8;
-        out[field::FLAGS] = 0;
+        out[field::FLAGS] = self.flags;
         out[field::SEQUENCE].copy_from_slice(&self.sequence.to_be_bytes());
         out[field::PAYLOAD_LEN].copy_from_slice(&(self.payload_len as u32).to_be_bytes());
     }
@@ -477,6 +486,7 @@ impl Header {
     pub fn of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Header {
         Header {
             kind: frame.kind(),
+            flags: frame.flags(),
             record_count: frame.record_count(),
             sequence: frame.sequence(),
             payload_len: frame.payload_len(),
@@ -531,11 +541,10 @@ pub fn control_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
 
 /// As [`control_frame`], with header flags (a PATH frame's [`PATH_ASKS_KERNEL_INFO`]).
 pub fn flagged_control_frame(kind: Kind, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let header = Header { kind, record_count: 0, sequence: 0, payload_len: payload.len() };
+    debug_assert!(kind == Kind::Path || flags == 0, "only PATH frames have flags");
+    let header = Header { kind, flags, record_count: 0, sequence: 0, payload_len: payload.len() };
     let mut out = vec![0u8; header.total_len()];
     emit_frame(&mut out, &header, &[], &[], payload);
-    debug_assert!(kind == Kind::Path || flags == 0, "only PATH frames have flags");
-    out[field::FLAGS] = flags;
     out
 }
 
@@ -615,6 +624,9 @@ pub enum Role {
     PlainServer = 5,
     /// The next hop of a relay that could not reach it.
     Unreached = 6,
+    /// The chain's origin in front of an unmodified client (`--ingress`): it frames the
+    /// client's bytes and interleaves probes, in place of a source.
+    Ingress = 7,
 }
 
 impl Role {
@@ -626,6 +638,7 @@ impl Role {
             4 => Some(Role::StrippingRelay),
             5 => Some(Role::PlainServer),
             6 => Some(Role::Unreached),
+            7 => Some(Role::Ingress),
             _ => None,
         }
     }
@@ -638,6 +651,7 @@ impl Role {
             Role::StrippingRelay => "relay, strips headers",
             Role::PlainServer => "plain TCP server",
             Role::Unreached => "unreachable",
+            Role::Ingress => "ingress",
         }
     }
 }
@@ -904,6 +918,7 @@ mod tests {
 
     fn data_frame(sequence: u64, stamps: &[Stamp], payload: &[u8]) -> Vec<u8> {
         let header = Header {
+            flags: 0,
             kind: Kind::Data,
             record_count: stamps.len(),
             sequence,

@@ -12,17 +12,12 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use subsegment_tcp_speeds::wire::{
-    Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAGIC, MAX_HOPS,
-    MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS,
-    PATH_ASKS_KERNEL_INFO, PATH_ASKS_TX_STAMPS, PathEntry, RECORD_LEN, ReceiveClock, Role, Side,
-    Stamp, Tag, TcpInfo, TxTotals, VERSION, WireError, emit_frame, emit_restamped, fault_frame,
-    frame_len, next_frame,
+    DATA_FROM_SERVER, Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAGIC,
+    MAX_HOPS, MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN,
+    MAX_TAGS, PATH_ASKS_KERNEL_INFO, PATH_ASKS_TX_STAMPS, PathEntry, RECORD_LEN, ReceiveClock,
+    Role, Side, Stamp, Tag, TcpInfo, TxTotals, VERSION, WireError, emit_frame, emit_restamped,
+    fault_frame, frame_len, next_frame,
 };
-
-/// The header's flags byte (see the layout in `src/wire.rs`): only a PATH frame may have one
-/// (asking for kernel samples); `Header::emit` writes zero, so it is the one header byte a
-/// re-emit may change.
-const FLAGS_AT: usize = 7;
 
 /// A frame to be built: what `emit_frame` is given and what the parser must give back.
 #[derive(Debug, Clone)]
@@ -36,6 +31,7 @@ struct FrameSpec {
 impl FrameSpec {
     fn header(&self) -> Header {
         Header {
+            flags: 0,
             kind: self.kind,
             record_count: self.stamps.len(),
             sequence: self.sequence,
@@ -194,8 +190,11 @@ impl RawFrame {
         if !(1..=4).contains(&self.kind) {
             faults.push(WireError::UnknownKind(self.kind));
         }
-        let path_flags = PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS;
-        let allowed = if self.kind == Kind::Path as u8 { path_flags } else { 0 };
+        let allowed = match self.kind {
+            kind if kind == Kind::Path as u8 => PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS,
+            kind if kind == Kind::Data as u8 => DATA_FROM_SERVER,
+            _ => 0,
+        };
         if self.flags & !allowed != 0 {
             faults.push(WireError::BadFlags { kind: self.kind, flags: self.flags });
         }
@@ -217,6 +216,7 @@ fn raw_frame() -> impl Strategy<Value = RawFrame> {
         2 => Just(PATH_ASKS_KERNEL_INFO),
         1 => Just(PATH_ASKS_TX_STAMPS),
         1 => Just(PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS),
+        2 => Just(DATA_FROM_SERVER),
         1 => any::<u8>(),
     ];
     let count = prop_oneof![
@@ -284,6 +284,7 @@ fn role() -> impl Strategy<Value = Role> {
         Just(Role::StrippingRelay),
         Just(Role::PlainServer),
         Just(Role::Unreached),
+        Just(Role::Ingress),
     ]
 }
 
@@ -520,7 +521,8 @@ fn emit_entries(entries: &[PathEntry]) -> Vec<u8> {
 }
 
 /// Everything a caller may do with a frame that passed `new_checked`: none of it may panic,
-/// and re-emitting it gives back the input (but for the flags byte).
+/// and re-emitting it gives back the input, flags included (a relay restamping a frame keeps
+/// them: a server's DATA frame stays one on its way up).
 fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
     assert_eq!(frame.total_len(), bytes.len());
     assert!(frame.record_count() <= MAX_RECORDS);
@@ -554,9 +556,7 @@ fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
     let mut out = vec![0xa5; header.total_len()];
     let records = &frame.headers()[HEADER_LEN..];
     assert_eq!(emit_frame(&mut out, &header, records, &[], frame.payload()), out.len());
-    let mut expected = bytes.to_vec();
-    expected[FLAGS_AT] = 0;
-    assert_eq!(out, expected, "re-emitted frame differs from its input");
+    assert_eq!(out, bytes, "re-emitted frame differs from its input");
 
     if frame.record_count() < MAX_RECORDS {
         let added = Stamp::new(0, Direction::Up, 1, 2);
@@ -565,6 +565,7 @@ fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
         let again = Frame::new_checked(&out[..]).expect("a restamped frame is valid");
         assert_eq!(again.records().last(), Some(added));
         assert_eq!(again.payload(), frame.payload());
+        assert_eq!(again.flags(), frame.flags(), "restamping keeps the flags");
     }
 }
 
@@ -880,6 +881,7 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
     let addr = |text: &str| Some(text.parse::<SocketAddr>().unwrap());
     let data = |sequence: u64, stamps: &[Stamp], payload: &[u8]| {
         let header = Header {
+            flags: 0,
             kind: Kind::Data,
             record_count: stamps.len(),
             sequence,
@@ -896,6 +898,19 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
     };
     let payload: Vec<u8> = (0..16).collect();
     let data_bin = data(7, &[Stamp::new(0, Direction::Down, 1000, 2000), waited], &payload);
+    let server_data_bin = {
+        let (stamp, payload) = (Stamp::new(2, Direction::Up, 5000, 6000), b"+PONG\r\n");
+        let header = Header {
+            flags: DATA_FROM_SERVER,
+            kind: Kind::Data,
+            record_count: 1,
+            sequence: 3,
+            payload_len: payload.len(),
+        };
+        let mut out = vec![0; header.total_len()];
+        emit_frame(&mut out, &header, &[], &[stamp], payload);
+        out
+    };
     let mut path = Vec::new();
     PathEntry::new(Role::Source, "A", None, None)
         .with_tags(vec![tag("site", "lab"), tag("rack", "r1")])
@@ -945,6 +960,7 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
     .concat();
     vec![
         ("data.bin", data_bin),
+        ("server-data.bin", server_data_bin),
         ("path.bin", path_bin),
         ("fault.bin", fault_bin),
         ("kernel.bin", kernel_bin),
@@ -977,6 +993,7 @@ fn fuzz_seeds_are_frames_of_this_version() {
     }
     for (name, kind) in [
         ("data.bin", Kind::Data),
+        ("server-data.bin", Kind::Data),
         ("path.bin", Kind::Path),
         ("fault.bin", Kind::Fault),
         ("kernel.bin", Kind::Kernel),

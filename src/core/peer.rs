@@ -181,6 +181,13 @@ impl Peer {
             event.is_writable() || event.is_write_closed() || (event.is_error() && !stamps);
     }
 
+    /// Makes the socket's close a reset (SO_LINGER 0), as a broken server's would be: for a
+    /// peer that must hear that the connection failed, not that it ended.
+    pub fn reset(&mut self) {
+        // Best effort: the close that follows happens either way.
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(std::time::Duration::ZERO));
+    }
+
     pub fn shut_write(&mut self) {
         if !self.write_shut {
             self.write_shut = true;

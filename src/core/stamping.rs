@@ -352,7 +352,7 @@ mod tests {
     }
 
     fn frame(sequence: u64, payload_len: usize) -> Vec<u8> {
-        let header = Header { kind: Kind::Data, record_count: 1, sequence, payload_len };
+        let header = Header { flags: 0, kind: Kind::Data, record_count: 1, sequence, payload_len };
         let mut out = vec![0; header.total_len()];
         let stamp = Stamp::new(0, Direction::Down, 1, 0);
         emit_frame(&mut out, &header, &[], &[stamp], &vec![0xa5; payload_len]);

@@ -28,6 +28,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 mod connection;
+pub mod ingress;
 
 use crate::clock;
 use crate::core::Peer;
@@ -38,6 +39,7 @@ use crate::scrape::Publisher;
 use crate::tuning;
 use crate::wire::{Role, Tag};
 use connection::{Connection, Context, Round};
+use ingress::{IngressConfig, IngressTotals};
 
 const LISTENER: Token = Token(0);
 /// Rounds of read/process/write for one connection per wake-up before the others get a turn.
@@ -60,20 +62,24 @@ pub struct HopConfig {
     pub max_conns: Option<usize>,
     /// `--metrics`: the server's end of the snapshot handover.
     pub metrics: Option<Publisher>,
+    /// `--ingress`: in front of an unmodified client.
+    pub ingress: Option<IngressConfig>,
 }
 
 /// Runs the hop until SIGTERM or SIGINT, then stops accepting and lets the open connections
-/// finish within the timeout. Returns an error only when setting up fails.
-pub fn run(mut config: HopConfig) -> io::Result<()> {
+/// finish within the timeout. Returns an error only when setting up fails; an ingress returns
+/// what it measured, per distinct path.
+pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
     let mut poll = Poll::new()?;
     let mut listener = net::listen(config.listen).map_err(|error| {
         io::Error::new(error.kind(), format!("listen on {}: {error}", config.listen))
     })?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-    let role = match (&config.forward_to, config.remove_perf_headers) {
-        (Some(_), false) => Role::Relay,
-        (Some(_), true) => Role::StrippingRelay,
-        (None, _) => Role::Echo,
+    let role = match (&config.forward_to, config.remove_perf_headers, config.ingress) {
+        (Some(_), _, Some(_)) => Role::Ingress,
+        (Some(_), false, None) => Role::Relay,
+        (Some(_), true, None) => Role::StrippingRelay,
+        (None, _, _) => Role::Echo,
     };
     // Everything the hop holds while idle is open before it says it listens, so the line
     // marks a steady state (tests count descriptors from there).
@@ -99,6 +105,7 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
             role: match role {
                 Role::Relay => "relay",
                 Role::StrippingRelay => "egress",
+                Role::Ingress => "ingress",
                 _ => "echo",
             },
             ..HopSnapshot::default()
@@ -106,6 +113,10 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
         changed: true,
     });
 
+    let probe_interval_ns = config
+        .ingress
+        .and_then(|ingress| ingress.probe_interval)
+        .map(|interval| interval.as_nanos() as u64);
     let mut hop = Hop {
         config,
         role,
@@ -118,6 +129,9 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
         last_sweep_ns: clock::now_ns(),
         drain_deadline_ns: None,
         metrics,
+        totals: IngressTotals::default(),
+        next_probe_ns: probe_interval_ns.map(|interval_ns| clock::now_ns() + interval_ns),
+        probe_interval_ns,
     };
     let mut events = Events::with_capacity(1024);
     let mut touched = Vec::new();
@@ -128,6 +142,14 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
             Some(Duration::from_nanos(SWEEP_INTERVAL_NS))
         } else {
             None
+        };
+        // An ingress wakes up for its probes while it has connections.
+        let timeout = match hop.next_probe_ns {
+            Some(due_ns) if hop.open_count > 0 => {
+                let until = Duration::from_nanos(due_ns.saturating_sub(clock::now_ns()));
+                Some(timeout.map_or(until, |timeout| timeout.min(until)))
+            }
+            _ => timeout,
         };
         // Wake up for a snapshot only when there is something new to publish.
         let timeout = match &hop.metrics {
@@ -170,6 +192,7 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
         for &slot in &touched {
             hop.pump(poll.registry(), slot, now_ns);
         }
+        hop.probe_if_due(poll.registry());
         if let Some(metrics) = hop.metrics.as_mut() {
             metrics.changed |= !touched.is_empty();
         }
@@ -184,11 +207,11 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
         if let Some(deadline_ns) = hop.drain_deadline_ns {
             if hop.open_count == 0 {
                 log_line!("{}: drained; exiting", hop.config.name);
-                return Ok(());
+                return Ok(hop.totals);
             }
             if now_ns >= deadline_ns || tuning::stop_signals() > 1 {
                 hop.close_all(poll.registry(), "stopped before the drain was complete");
-                return Ok(());
+                return Ok(hop.totals);
             }
         }
     }
@@ -224,6 +247,11 @@ struct Hop {
     busy: Vec<usize>,
     last_sweep_ns: u64,
     metrics: Option<HopMetrics>,
+    /// An ingress's measurement, per distinct path.
+    totals: IngressTotals,
+    /// An ingress's probes: every connection gets one per interval, all at the same tick.
+    probe_interval_ns: Option<u64>,
+    next_probe_ns: Option<u64>,
 }
 
 /// `--metrics`: totals since the start, closed connections' counts folded in when they close.
@@ -318,6 +346,26 @@ impl Hop {
         }
     }
 
+    fn probe_if_due(&mut self, registry: &mio::Registry) {
+        let (Some(due_ns), Some(interval_ns)) = (self.next_probe_ns, self.probe_interval_ns) else {
+            return;
+        };
+        let now_ns = clock::now_ns();
+        if now_ns < due_ns {
+            return;
+        }
+        // From the due time, not from now: a late wake-up does not shift every later probe.
+        let missed = (now_ns - due_ns) / interval_ns;
+        self.next_probe_ns = Some(due_ns + (missed + 1) * interval_ns);
+        for slot in 0..self.connections.len() {
+            if let Some(connection) = self.connections[slot].as_mut()
+                && connection.queue_probe(now_ns)
+            {
+                self.pump(registry, slot, now_ns);
+            }
+        }
+    }
+
     fn start_draining(&mut self, registry: &mio::Registry, now_ns: u64) {
         if let Some(mut listener) = self.listener.take() {
             let _ = registry.deregister(&mut listener);
@@ -366,7 +414,10 @@ impl Hop {
                 return Err(error);
             }
         };
-        self.connections[slot] = Some(connection);
+        let connection = self.connections[slot].insert(connection);
+        if self.role == Role::Ingress {
+            connection.start_ingress(registry, &self.config);
+        }
         self.open_count += 1;
         touched.push(slot);
         Ok(())
@@ -376,10 +427,11 @@ impl Hop {
         let Some(Some(connection)) = self.connections.get_mut(slot) else {
             return;
         };
-        let context = Context { config: &self.config, role: self.role };
+        let mut context =
+            Context { config: &self.config, role: self.role, totals: &mut self.totals };
         let mut rounds = 0;
         let outcome = loop {
-            match connection.round(&context, registry, now_ns) {
+            match connection.round(&mut context, registry, now_ns) {
                 Ok(Round::Progress) if rounds + 1 == ROUNDS_PER_TURN => {
                     self.busy.push(slot);
                     return;
@@ -445,14 +497,6 @@ impl Hop {
         self.open_count -= 1;
         self.busy.retain(|&busy| busy != slot);
         let seconds = (clock::now_ns() - connection.opened_ns) as f64 / 1e9;
-        // One line per connection: a fault this hop reported or passed on is its reason too.
-        let early = match connection.answered_before_sent() {
-            0 => String::new(),
-            count => format!(
-                "; {count} answers came before their frame reached the server (it sent more \
-                 than it was asked), their last link counted as 0"
-            ),
-        };
         if let Some(metrics) = self.metrics.as_mut() {
             let totals = &mut metrics.totals;
             totals.frames_down += connection.frames_down;
@@ -466,13 +510,21 @@ impl Hop {
             }
             metrics.changed = true;
         }
+        if let Some(ingress) = connection.ingress.as_ref() {
+            ingress.close_into(&mut self.totals, clock::now_ns());
+        }
+        let ingress = connection
+            .ingress
+            .as_ref()
+            .map_or(String::new(), |ingress| format!(" ({})", ingress.summary()));
         let reason = reason.or(connection.failure).or(connection.passed_fault);
+        // One line per connection: a fault this hop reported or passed on is its reason too.
         let ending = match reason {
-            None => early,
-            Some(reason) => format!("{early}; closed: {reason}"),
+            None => String::new(),
+            Some(reason) => format!("; closed: {reason}"),
         };
         log_line!(
-            "{}: connection from {} ended after {seconds:.3} s: {} frames / {} B down, {} frames / {} B up{ending}",
+            "{}: connection from {} ended after {seconds:.3} s: {} frames / {} B down, {} frames / {} B up{ingress}{ending}",
             self.config.name,
             connection.upstream.addr,
             connection.frames_down,

@@ -787,6 +787,7 @@ fn hop(index: usize, entry: &PathEntry) -> Hop {
             Role::StrippingRelay => "egress",
             Role::PlainServer => "server",
             Role::Unreached => "unreached",
+            Role::Ingress => "ingress",
         },
         reached_at: address(&entry.local),
         seen_from: address(&entry.peer),
@@ -1116,7 +1117,8 @@ pub(crate) mod tests {
                 Stamp::new(2, Direction::Turn, 0, 0),
                 Stamp::new(1, Direction::Up, b_z_ns, b_z_ns),
             ];
-            let header = Header { kind: Kind::Data, record_count: 4, sequence, payload_len: 0 };
+            let header =
+                Header { flags: 0, kind: Kind::Data, record_count: 4, sequence, payload_len: 0 };
             let mut bytes = vec![0; header.total_len()];
             emit_frame(&mut bytes, &header, &[], &stamps, &[]);
             let read = ReadStamp { read_ns: a_b_ns + b_z_ns, ..ReadStamp::default() };
