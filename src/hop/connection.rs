@@ -855,7 +855,16 @@ impl Connection {
                         self.frames_down,
                         if self.frames_down == 1 { "frame" } else { "frames" }
                     );
-                    let what = if !self.up.input.is_empty() {
+                    let owed: usize =
+                        self.pending.frames.iter().map(|frame| frame.payload_len).sum();
+                    let what = if context.role == Role::StrippingRelay && unanswered > 0 {
+                        // A plain server: it owes bytes, not frames.
+                        Some(format!(
+                            "answered {} of the {owed} bytes it was sent last, then closed the \
+                             connection ({passed_on})",
+                            self.up.input.len()
+                        ))
+                    } else if !self.up.input.is_empty() {
                         Some(format!("closed in the middle of a frame, {passed_on}"))
                     } else if unanswered > 0 {
                         Some(format!("closed the connection early, {passed_on}"))
