@@ -77,6 +77,15 @@ impl Chain {
         self.addr.port().to_string()
     }
 
+    /// Stops the ingress (SIGINT: it drains, then reports); returns what it said.
+    #[track_caller]
+    fn stop(mut self) -> String {
+        assert_eq!(unsafe { libc::kill(self.ingress.id() as i32, libc::SIGINT) }, 0);
+        let status = self.ingress.wait_timeout(Duration::from_secs(20));
+        assert!(status.is_some_and(|status| status.success()), "ingress: {status:?}");
+        self.ingress.stderr()
+    }
+
     /// Stops the ingress (SIGINT: it drains, then reports) and returns its summary per path;
     /// no hop may have closed a connection on a fault.
     #[track_caller]
@@ -380,7 +389,8 @@ fn sockperf_ping_pong_over_tcp_through_the_chain() {
     let said = String::from_utf8_lossy(&client.stdout);
     assert!(client.status.success(), "sockperf: {said}");
     assert!(said.contains("Summary: Latency is"), "{said}");
-    let reports = chain.finish();
+    // sockperf's client ends its connection with a reset, which the chain passes on.
+    let reports = chain.finish_allowing_resets(true);
     check_measured(&reports[0], 100);
 }
 
@@ -484,5 +494,35 @@ fn a_relay_in_front_of_r_passes_up_what_the_server_sends_unasked() {
         }
         assert_eq!(output.status.code(), Some(0), "{answer:?}: {stderr}");
         assert_eq!(frames["answered"], 1, "{answer:?}: {stderr}");
+    }
+}
+
+/// A client's reset reaches the server as a reset, and a server's reset the client: the
+/// chain breaks the connection as it would break without it.
+#[test]
+fn resets_pass_through_both_ways() {
+    for resetting_side in ["client", "server"] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let dir = scratch(&format!("reset-{resetting_side}"));
+        let chain = Chain::to(server, dir.join("ingress.jsonl"), &[]);
+        let client = TcpStream::connect(chain.addr).unwrap();
+        client.set_read_timeout(Some(RUN_TIMEOUT)).unwrap();
+        (&client).write_all(b"hello").unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_read_timeout(Some(RUN_TIMEOUT)).unwrap();
+        let mut got = [0u8; 5];
+        (&accepted).read_exact(&mut got).unwrap();
+        let (resetting, other) = match resetting_side {
+            "client" => (client, accepted),
+            _ => (accepted, client),
+        };
+        socket2::SockRef::from(&resetting).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(resetting);
+        let mut rest = Vec::new();
+        let error = (&other).read_to_end(&mut rest).expect_err("a reset, not an end");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{resetting_side}: {error}");
+        let ingress = chain.stop();
+        assert!(ingress.contains("Connection reset"), "{resetting_side}:\n{ingress}");
     }
 }

@@ -947,6 +947,12 @@ impl Connection {
         queued
     }
 
+    /// An ingress's chain: an error closes both sockets with a reset, which passes the
+    /// client's or the server's reset on hop by hop.
+    pub(super) fn passes_resets(&self) -> bool {
+        self.origin == Origin::Ingress
+    }
+
     /// Whether the connection holds work that should make progress within the timeout.
     pub(super) fn outstanding(&self) -> bool {
         !self.down.input.is_empty()

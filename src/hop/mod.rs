@@ -489,6 +489,14 @@ impl Hop {
         let Some(mut connection) = self.connections[slot].take() else {
             return;
         };
+        if reason.is_some() && connection.passes_resets() {
+            // An application's connection breaks as it would without the chain: both peers
+            // hear a reset, not an orderly end.
+            connection.upstream.reset();
+            if let Some(downstream) = connection.downstream.as_mut() {
+                downstream.reset();
+            }
+        }
         let _ = registry.deregister(&mut connection.upstream.stream);
         if let Some(downstream) = connection.downstream.as_mut() {
             let _ = registry.deregister(&mut downstream.stream);
