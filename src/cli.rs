@@ -411,13 +411,16 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         (None, Some(_)) => return Err("--size needs --count (probe mode)".into()),
     };
     let continuous = probe.is_some_and(|probe| probe.count.is_none());
-    if report_interval.is_some() && !continuous {
+    if report_interval.is_some() && !continuous && mode != Mode::Ingress {
         return Err("--report-interval is for continuous runs (--count 0)".into());
     }
     if outputs.jsonl.is_some() && !continuous && mode != Mode::Ingress {
         return Err("--jsonl is for continuous runs (--count 0); use --json for one report".into());
     }
-    let report_interval = continuous.then(|| report_interval.unwrap_or(CONTINUOUS_REPORT_INTERVAL));
+    let report_interval = match mode {
+        Mode::Ingress => report_interval,
+        _ => continuous.then(|| report_interval.unwrap_or(CONTINUOUS_REPORT_INTERVAL)),
+    };
     let stdout_outputs = [&outputs.json, &outputs.jsonl, &outputs.samples, &outputs.plot];
     if probe.is_none() && stdout_outputs.iter().any(|output| output.as_deref() == Some("-")) {
         return Err("--json -, --jsonl -, --samples - and --plot - need probe mode (--count): a stdin run writes its payload to stdout".into());

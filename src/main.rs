@@ -176,6 +176,27 @@ fn run_hop(options: Options) -> ExitCode {
         Ok(publisher) => publisher,
         Err(code) => return code,
     };
+    let ingress = if options.mode == Mode::Ingress {
+        let jsonl = options.outputs.jsonl.as_deref();
+        let output = match (jsonl, options.report_interval) {
+            (None, None) => None,
+            _ => match Writer::start(None, jsonl, options.tuning.cpu) {
+                Ok(writer) => Some(writer),
+                Err(error) => {
+                    log_line!("{name}: error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        Some(hop::ingress::IngressConfig {
+            probe_interval: options.probe_interval,
+            report_interval: options.report_interval,
+            presentation: options.presentation,
+            output,
+        })
+    } else {
+        None
+    };
     let config = hop::HopConfig {
         name: options.name.clone(),
         tags: options.tags.clone(),
@@ -187,8 +208,7 @@ fn run_hop(options: Options) -> ExitCode {
         allow: options.allow.clone(),
         max_conns: options.max_conns,
         metrics,
-        ingress: (options.mode == Mode::Ingress)
-            .then_some(hop::ingress::IngressConfig { probe_interval: options.probe_interval }),
+        ingress,
     };
     let started_unix_ns = clock::realtime_ns();
     match hop::run(config) {
@@ -210,7 +230,7 @@ fn report_ingress(
     options: &Options,
     parameters: &report::Parameters,
     times: Times,
-    totals: hop::ingress::IngressTotals,
+    mut totals: hop::ingress::IngressTotals,
 ) -> ExitCode {
     let context = Context {
         parameters,
@@ -219,8 +239,8 @@ fn report_ingress(
         times,
         dropped_lines: Default::default(),
     };
-    let mut lines = String::new();
     let count = totals.paths.len();
+    let mut output = totals.output.take();
     for (index, kept) in totals.paths.iter().enumerate() {
         let report = Report::build(&kept.run, &context);
         log_line!(
@@ -231,7 +251,9 @@ fn report_ingress(
         );
         eprint!("{}", report::text::render(&report));
         eprint!("{}", hop::ingress::render_server_data(&kept.run.path, &kept.server_data));
-        lines.push_str(&report::json::summary_line(&report));
+        if let Some(output) = output.as_mut().filter(|output| output.jsonl) {
+            output.send_waiting(Destination::Jsonl, report::json::summary_line(&report));
+        }
     }
     if totals.uncounted_connections > 0 {
         log_line!(
@@ -241,11 +263,18 @@ fn report_ingress(
             hop::ingress::MAX_PATHS
         );
     }
-    if let Some(path) = &options.outputs.jsonl
-        && let Err(error) = write_document(path, &lines)
-    {
-        log_line!("{}: error: writing {path}: {error}", options.name);
-        return ExitCode::FAILURE;
+    if let Some(mut output) = output {
+        if let Err(error) = output.finish() {
+            log_line!("{}: error: writing the outputs: {error}", options.name);
+            return ExitCode::FAILURE;
+        }
+        if output.dropped.total() > 0 {
+            log_line!(
+                "{}: {} lines dropped: the output thread fell behind",
+                options.name,
+                output.dropped.total()
+            );
+        }
     }
     ExitCode::SUCCESS
 }

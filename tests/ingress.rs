@@ -17,6 +17,22 @@ use std::time::Duration;
 use util::{MAIN_BIN, Proc, parse_json_report, random_bytes, say_skipped};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+const SCHEMA: &str = include_str!("../src/report/report.schema.json");
+
+/// Validates `instance` against one of the report schema's `$defs`.
+#[track_caller]
+fn assert_valid(instance: &serde_json::Value, definition: &str) {
+    let schema: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
+    let schema = serde_json::json!({
+        "$schema": schema["$schema"],
+        "$defs": schema["$defs"],
+        "$ref": format!("#/$defs/{definition}"),
+    });
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let errors: Vec<String> =
+        validator.iter_errors(instance).map(|error| error.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}\nin {instance:#}");
+}
 
 fn have(program: &str) -> bool {
     Command::new("sh")
@@ -45,6 +61,8 @@ struct Chain {
     relay: Proc,
     addr: SocketAddr,
     jsonl: PathBuf,
+    /// The ingress's other `--jsonl` records (connections, intervals), after `finish`.
+    records: Vec<serde_json::Value>,
 }
 
 impl Chain {
@@ -70,7 +88,7 @@ impl Chain {
         ];
         args.extend_from_slice(ingress_extra);
         let (ingress, addr) = util::spawn_listening(MAIN_BIN, &args);
-        Chain { ingress, egress, relay, addr, jsonl }
+        Chain { ingress, egress, relay, addr, jsonl, records: Vec::new() }
     }
 
     fn port(&self) -> String {
@@ -89,7 +107,7 @@ impl Chain {
     /// Stops the ingress (SIGINT: it drains, then reports) and returns its summary per path;
     /// no hop may have closed a connection on a fault.
     #[track_caller]
-    fn finish(self) -> Vec<util::Report> {
+    fn finish(&mut self) -> Vec<util::Report> {
         self.finish_allowing_resets(false)
     }
 
@@ -97,7 +115,7 @@ impl Chain {
     /// connection at the end of a test) may make the hops close it on a fault, as a proxy
     /// passes a reset on.
     #[track_caller]
-    fn finish_allowing_resets(mut self, resets: bool) -> Vec<util::Report> {
+    fn finish_allowing_resets(&mut self, resets: bool) -> Vec<util::Report> {
         assert_eq!(unsafe { libc::kill(self.ingress.id() as i32, libc::SIGINT) }, 0);
         let status = self.ingress.wait_timeout(Duration::from_secs(20));
         assert!(
@@ -116,7 +134,15 @@ impl Chain {
                 "a hop closed a connection on a fault:\n{log}"
             );
         }
-        text.lines().map(parse_json_report).collect()
+        self.records = text
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|record| record["type"] != "summary")
+            .collect();
+        text.lines()
+            .filter(|line| line.contains(r#""type":"summary""#))
+            .map(parse_json_report)
+            .collect()
     }
 }
 
@@ -186,7 +212,7 @@ fn curl_gets_a_hundred_megabytes_intact_and_several_requests_on_one_connection()
     let body = random_bytes(100 << 20, 7);
     std::fs::write(dir.join("www/big.bin"), &body).unwrap();
     std::fs::write(dir.join("www/small.txt"), "hello through the chain\n").unwrap();
-    let chain = Chain::to(server, dir.join("ingress.jsonl"), &[]);
+    let mut chain = Chain::to(server, dir.join("ingress.jsonl"), &[]);
     let url = |file: &str| format!("http://127.0.0.1:{}/{file}", chain.port());
 
     let big =
@@ -244,11 +270,14 @@ fn redis_cli_and_redis_benchmark_get_every_reply_right() {
         "Ready to accept connections",
     );
     let dir = scratch("redis");
-    let chain =
-        Chain::to(format!("127.0.0.1:{port}").parse().unwrap(), dir.join("ingress.jsonl"), &[]);
+    let mut chain = Chain::to(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        dir.join("ingress.jsonl"),
+        &["--report-interval", "200ms"],
+    );
+    let port = chain.port();
     let cli = |args: &[&str]| {
-        let output =
-            Command::new("redis-cli").args(["-p", &chain.port()]).args(args).output().unwrap();
+        let output = Command::new("redis-cli").args(["-p", &port]).args(args).output().unwrap();
         assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
         String::from_utf8(output.stdout).unwrap().trim_end().to_string()
     };
@@ -263,7 +292,7 @@ fn redis_cli_and_redis_benchmark_get_every_reply_right() {
     assert_eq!(cli(&["STRLEN", "big"]), "100000");
 
     let benchmark = Command::new("redis-benchmark")
-        .args(["-p", &chain.port(), "-t", "ping,set,get", "-n", "3000", "-c", "10", "-q"])
+        .args(["-p", &port, "-t", "ping,set,get", "-n", "3000", "-c", "10", "-q"])
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&benchmark.stdout);
@@ -277,6 +306,32 @@ fn redis_cli_and_redis_benchmark_get_every_reply_right() {
     assert_eq!(cli(&["GET", "greeting"]), "through the chain", "the benchmark broke nothing");
     let reports = chain.finish();
     check_measured(&reports[0], 100);
+    // One record per client connection (seven redis-cli runs, the benchmark's ten clients per
+    // test at least), all ended in order, that add up to the summary's frames.
+    let connections: Vec<_> =
+        chain.records.iter().filter(|record| record["type"] == "connection").collect();
+    assert!(connections.len() >= 7 + 10, "{} connection records", connections.len());
+    let mut sent = 0;
+    for record in &connections {
+        assert_valid(record, "ingress_connection");
+        assert_eq!(record["path_index"], 1, "{record}");
+        assert!(record["closed"].is_null(), "{record}");
+        sent += record["client_frames"].as_u64().unwrap() + record["probes"].as_u64().unwrap();
+    }
+    assert_eq!(
+        reports[0].json["frames"]["sent"], sent,
+        "the summary counts every connection's frames"
+    );
+    let intervals: Vec<_> =
+        chain.records.iter().filter(|record| record["type"] == "interval").collect();
+    assert!(!intervals.is_empty(), "no interval records");
+    for interval in &intervals {
+        assert_valid(interval, "interval");
+    }
+    let interval_answers: u64 =
+        intervals.iter().map(|interval| interval["frames"]["answered"].as_u64().unwrap()).sum();
+    assert!(interval_answers <= reports[0].json["frames"]["answered"].as_u64().unwrap());
+    assert!(chain.ingress.stderr().contains("I: path 1: "), "the interval lines on stderr");
 }
 
 /// A server that speaks first (like SSH's banner), then answers only after the client has
@@ -294,7 +349,7 @@ fn a_server_that_talks_first_and_answers_after_the_clients_half_close() {
         got
     });
     let dir = scratch("banner");
-    let chain = Chain::to(server, dir.join("ingress.jsonl"), &["--probe-interval", "1ms"]);
+    let mut chain = Chain::to(server, dir.join("ingress.jsonl"), &["--probe-interval", "1ms"]);
     let stream = TcpStream::connect(chain.addr).unwrap();
     stream.set_read_timeout(Some(RUN_TIMEOUT)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -329,7 +384,7 @@ fn iperf3_runs_its_control_and_data_connections_through_the_chain() {
         "Server listening",
     );
     let dir = scratch("iperf3");
-    let chain =
+    let mut chain =
         Chain::to(format!("127.0.0.1:{port}").parse().unwrap(), dir.join("ingress.jsonl"), &[]);
     let client = Command::new("iperf3")
         .args(["-c", "127.0.0.1", "-p", &chain.port(), "-t", "1", "-J"])
@@ -369,7 +424,7 @@ fn sockperf_ping_pong_over_tcp_through_the_chain() {
         thread::sleep(Duration::from_millis(20));
     }
     let dir = scratch("sockperf");
-    let chain =
+    let mut chain =
         Chain::to(format!("127.0.0.1:{port}").parse().unwrap(), dir.join("ingress.jsonl"), &[]);
     let client = Command::new("sockperf")
         .args([

@@ -24,10 +24,16 @@ const CLIENT_FRAME_PAYLOAD: usize = 64 * 1024;
 /// Distinct paths kept apart; connections over further paths are counted, not measured.
 pub const MAX_PATHS: usize = 16;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IngressConfig {
     /// Between probes on each client connection; `None`: no probes.
     pub probe_interval: Option<Duration>,
+    /// `--report-interval`: each path's statistics per interval, as a stderr line and a
+    /// `--jsonl` record.
+    pub report_interval: Option<Duration>,
+    pub presentation: crate::report::Presentation,
+    /// `--jsonl` (the connections' records and the paths' summaries) and the interval lines,
+    /// written off the loop.
+    pub output: Option<crate::output::Writer>,
 }
 
 /// One client connection's framing and accounting.
@@ -40,6 +46,9 @@ pub(super) struct IngressState {
     pub(super) server_frames: u64,
     pub(super) client_bytes: u64,
     pub(super) server_bytes: u64,
+    /// Frames sent that the path's interval counters have been told of.
+    sent_counted: u64,
+    opened_unix_ns: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +79,8 @@ impl IngressState {
             server_frames: 0,
             client_bytes: 0,
             server_bytes: 0,
+            sent_counted: 0,
+            opened_unix_ns: crate::clock::realtime_ns(),
         }
     }
 
@@ -173,10 +184,15 @@ impl IngressState {
         self.receipts += 1;
         self.sequencing.answered_one(frame.sequence());
         if let Some(kept) = kept {
-            if let Some(chain) = kept.run.chain.as_mut() {
+            for chain in
+                [kept.run.chain.as_mut(), kept.interval.chain.as_mut()].into_iter().flatten()
+            {
                 chain.record(frame, read);
             }
             kept.run.last_answer_ns = Some(read.read_ns);
+            kept.interval.answered += 1;
+            kept.interval.sent += self.sequencing.sent - self.sent_counted;
+            self.sent_counted = self.sequencing.sent;
         }
         Taken::Measured
     }
@@ -195,6 +211,31 @@ impl IngressState {
             sequencing.answered,
             sequencing.sent
         )
+    }
+
+    /// The connection's `--jsonl` record at its close: one line, no histograms.
+    pub(super) fn record(&self, client: std::net::SocketAddr, reason: Option<&str>) -> String {
+        let sequencing = &self.sequencing;
+        let record = ConnectionRecord {
+            record: "connection",
+            schema_version: crate::report::SCHEMA_VERSION,
+            client: client.to_string(),
+            path_index: match self.path {
+                PathSlot::Kept(index) => Some(index + 1),
+                _ => None,
+            },
+            opened_unix_ns: self.opened_unix_ns,
+            closed_unix_ns: crate::clock::realtime_ns(),
+            client_bytes: self.client_bytes,
+            client_frames: sequencing.sent - self.probes_sent,
+            probes: self.probes_sent,
+            receipts: sequencing.answered,
+            missing: sequencing.missing(),
+            server_bytes: self.server_bytes,
+            server_frames: self.server_frames,
+            closed: reason,
+        };
+        crate::report::json::line(&record)
     }
 
     /// Folds the connection's counts into its path's totals when it closes.
@@ -230,6 +271,10 @@ pub struct IngressTotals {
     /// Connections that closed before their path came back, or over a path past
     /// [`MAX_PATHS`].
     pub uncounted_connections: u64,
+    /// `--report-interval`: each path keeps an interval's statistics too.
+    intervals: bool,
+    /// Where the records go (`--jsonl`, interval lines), written off the loop.
+    pub output: Option<crate::output::Writer>,
 }
 
 /// One distinct path's measurement: a [`Run`] the report renders like a source's.
@@ -237,9 +282,80 @@ pub struct PathTotals {
     pub run: Run,
     pub connections: u64,
     pub server_data: ServerData,
+    /// The current `--report-interval`'s own statistics.
+    pub interval: PathInterval,
+}
+
+/// A path's statistics since the last report interval.
+#[derive(Default)]
+pub struct PathInterval {
+    /// `None` without `--report-interval`.
+    pub chain: Option<Chain>,
+    pub sent: u64,
+    pub answered: u64,
+}
+
+/// An ingress client connection's `--jsonl` record (`"type": "connection"`), at its close.
+#[derive(serde::Serialize)]
+struct ConnectionRecord<'a> {
+    #[serde(rename = "type")]
+    record: &'static str,
+    schema_version: u32,
+    client: String,
+    /// Which path's summary (1-based, as the stderr reports number them) holds its samples;
+    /// `null` when its path never came back or was one too many.
+    path_index: Option<usize>,
+    opened_unix_ns: u64,
+    closed_unix_ns: u64,
+    client_bytes: u64,
+    client_frames: u64,
+    probes: u64,
+    receipts: u64,
+    missing: u64,
+    server_bytes: u64,
+    server_frames: u64,
+    /// Why it was closed; `null` for an orderly end.
+    closed: Option<&'a str>,
 }
 
 impl IngressTotals {
+    /// Starts keeping per-interval statistics (`--report-interval`).
+    pub fn with_intervals() -> IngressTotals {
+        IngressTotals { intervals: true, ..IngressTotals::default() }
+    }
+
+    /// Ends the report interval: per path, its record as a JSON line and a one-line summary
+    /// for stderr; the path's interval statistics start over.
+    pub fn take_intervals(
+        &mut self,
+        index: u64,
+        span_unix_ns: (u64, u64),
+        symbols: stats::Symbols,
+    ) -> Vec<(usize, crate::report::interval::Interval)> {
+        let mut taken = Vec::new();
+        for (path_index, kept) in self.paths.iter_mut().enumerate() {
+            let Some(chain) = kept.interval.chain.as_mut() else { continue };
+            let frames = crate::report::interval::IntervalFrames {
+                sent: kept.interval.sent,
+                answered: kept.interval.answered,
+                ..Default::default()
+            };
+            let interval = crate::report::interval::Interval::build(
+                index,
+                span_unix_ns,
+                chain,
+                frames,
+                &[],
+                symbols,
+            );
+            *chain = Chain::new(chain.path.clone()).expect("the path had a chain");
+            kept.interval.sent = 0;
+            kept.interval.answered = 0;
+            taken.push((path_index + 1, interval));
+        }
+        taken
+    }
+
     fn slot_of(&mut self, path: Vec<PathEntry>) -> Option<usize> {
         if let Some(index) =
             self.paths.iter().position(|kept| stats::same_path(&kept.run.path, &path))
@@ -253,7 +369,16 @@ impl IngressTotals {
         run.chain = Chain::new(path.clone());
         run.first_send_ns = Some(crate::clock::now_ns());
         run.path = path.clone();
-        self.paths.push(PathTotals { run, connections: 0, server_data: ServerData::new(&path) });
+        let interval = PathInterval {
+            chain: if self.intervals { Chain::new(path.clone()) } else { None },
+            ..PathInterval::default()
+        };
+        self.paths.push(PathTotals {
+            run,
+            connections: 0,
+            server_data: ServerData::new(&path),
+            interval,
+        });
         Some(self.paths.len() - 1)
     }
 }

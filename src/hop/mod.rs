@@ -34,6 +34,8 @@ use crate::clock;
 use crate::core::Peer;
 use crate::log_line;
 use crate::net::{self, Cidr};
+use crate::output::Destination;
+use crate::report::Unit;
 use crate::report::metrics::{HopSnapshot, Snapshot};
 use crate::scrape::Publisher;
 use crate::tuning;
@@ -75,10 +77,10 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
         io::Error::new(error.kind(), format!("listen on {}: {error}", config.listen))
     })?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-    let role = match (&config.forward_to, config.remove_perf_headers, config.ingress) {
-        (Some(_), _, Some(_)) => Role::Ingress,
-        (Some(_), false, None) => Role::Relay,
-        (Some(_), true, None) => Role::StrippingRelay,
+    let role = match (&config.forward_to, config.remove_perf_headers, config.ingress.is_some()) {
+        (Some(_), _, true) => Role::Ingress,
+        (Some(_), false, false) => Role::Relay,
+        (Some(_), true, false) => Role::StrippingRelay,
         (None, _, _) => Role::Echo,
     };
     // Everything the hop holds while idle is open before it says it listens, so the line
@@ -113,10 +115,24 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
         changed: true,
     });
 
-    let probe_interval_ns = config
-        .ingress
-        .and_then(|ingress| ingress.probe_interval)
-        .map(|interval| interval.as_nanos() as u64);
+    let nanos = |interval: Duration| interval.as_nanos() as u64;
+    let probe_interval_ns =
+        config.ingress.as_ref().and_then(|ingress| ingress.probe_interval).map(nanos);
+    let intervals =
+        config.ingress.as_ref().and_then(|ingress| ingress.report_interval).map(|every| {
+            ReportIntervals {
+                every_ns: nanos(every),
+                ends_ns: clock::now_ns() + nanos(every),
+                index: 0,
+                start_unix_ns: clock::realtime_ns(),
+            }
+        });
+    let mut totals = if intervals.is_some() {
+        IngressTotals::with_intervals()
+    } else {
+        IngressTotals::default()
+    };
+    totals.output = config.ingress.as_mut().and_then(|ingress| ingress.output.take());
     let mut hop = Hop {
         config,
         role,
@@ -129,7 +145,8 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
         last_sweep_ns: clock::now_ns(),
         drain_deadline_ns: None,
         metrics,
-        totals: IngressTotals::default(),
+        totals,
+        intervals,
         next_probe_ns: probe_interval_ns.map(|interval_ns| clock::now_ns() + interval_ns),
         probe_interval_ns,
     };
@@ -193,6 +210,7 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
             hop.pump(poll.registry(), slot, now_ns);
         }
         hop.probe_if_due(poll.registry());
+        hop.report_interval_if_due(now_ns);
         if let Some(metrics) = hop.metrics.as_mut() {
             metrics.changed |= !touched.is_empty();
         }
@@ -249,9 +267,19 @@ struct Hop {
     metrics: Option<HopMetrics>,
     /// An ingress's measurement, per distinct path.
     totals: IngressTotals,
+    /// An ingress's `--report-interval`.
+    intervals: Option<ReportIntervals>,
     /// An ingress's probes: every connection gets one per interval, all at the same tick.
     probe_interval_ns: Option<u64>,
     next_probe_ns: Option<u64>,
+}
+
+/// An ingress's report intervals: every path's statistics since the last one.
+struct ReportIntervals {
+    every_ns: u64,
+    ends_ns: u64,
+    index: u64,
+    start_unix_ns: u64,
 }
 
 /// `--metrics`: totals since the start, closed connections' counts folded in when they close.
@@ -363,6 +391,35 @@ impl Hop {
             {
                 self.pump(registry, slot, now_ns);
             }
+        }
+    }
+
+    /// Hands each path's interval to the output thread (its JSON line and a stderr line) and
+    /// starts the next.
+    fn report_interval_if_due(&mut self, now_ns: u64) {
+        let Some(intervals) = self.intervals.as_mut() else { return };
+        if now_ns < intervals.ends_ns {
+            return;
+        }
+        let end_unix_ns = clock::realtime_ns();
+        let ingress = self.config.ingress.as_ref().expect("intervals are an ingress's");
+        let presentation = ingress.presentation;
+        let span = (intervals.start_unix_ns, end_unix_ns);
+        let taken = self.totals.take_intervals(intervals.index, span, presentation.symbols);
+        for (path, interval) in taken {
+            let unit =
+                Unit::choose(presentation, interval.end_to_end.map_or(0, |stats| stats.p50_ns));
+            let Some(output) = self.totals.output.as_mut() else { break };
+            let line = format!("{}: path {path}: {}", self.config.name, interval.line(&unit));
+            output.send(Destination::Stderr, line);
+            if output.jsonl {
+                output.send(Destination::Jsonl, crate::report::json::line(&interval));
+            }
+        }
+        intervals.index += 1;
+        intervals.start_unix_ns = end_unix_ns;
+        while intervals.ends_ns <= now_ns {
+            intervals.ends_ns += intervals.every_ns;
         }
     }
 
@@ -520,6 +577,11 @@ impl Hop {
         }
         if let Some(ingress) = connection.ingress.as_ref() {
             ingress.close_into(&mut self.totals, clock::now_ns());
+            if let Some(output) = self.totals.output.as_mut().filter(|output| output.jsonl) {
+                let reason = reason.as_deref().or(connection.failure.as_deref());
+                let line = ingress.record(connection.upstream.addr, reason);
+                output.send(Destination::Jsonl, line);
+            }
         }
         let ingress = connection
             .ingress
