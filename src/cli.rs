@@ -629,6 +629,27 @@ mod tests {
     }
 
     #[test]
+    fn test_ingress_options() {
+        let hop = ["-l", ":9", "-f", "127.0.0.1:9", "--ingress"];
+        let options = parse(&hop).unwrap();
+        assert_eq!(options.mode, Mode::Ingress);
+        assert_eq!(options.probe_interval, Some(DEFAULT_PROBE_INTERVAL));
+        assert_eq!(options.parameters().input, "application");
+        let with = |extra: &[&str]| parse(&[&hop[..], extra].concat());
+        assert_eq!(with(&["--probe-interval", "0"]).unwrap().probe_interval, None);
+        let every = with(&["--probe-interval", "250us"]).unwrap().probe_interval;
+        assert_eq!(every, Some(Duration::from_micros(250)));
+        assert!(with(&["--probe-interval", "10us"]).unwrap_err().contains("at least 100us"));
+        assert!(with(&["-r"]).unwrap_err().contains("two ends of a chain"));
+        assert!(with(&["--jsonl", "x", "--report-interval", "1s"]).is_ok());
+        assert!(with(&["--json", "x"]).unwrap_err().contains("an ingress takes --jsonl"));
+        assert!(parse(&["-l", ":9", "--ingress"]).unwrap_err().contains("--forward-to"));
+        assert!(parse(&["-f", "127.0.0.1:9", "--ingress"]).unwrap_err().contains("--listen"));
+        let relay = parse(&["-l", ":9", "-f", "127.0.0.1:9", "--probe-interval", "1ms"]);
+        assert!(relay.unwrap_err().contains("is for --ingress"));
+    }
+
+    #[test]
     fn test_defaults_and_aliases() {
         let options = parse(&["-f", "127.0.0.1:9"]).unwrap();
         assert_eq!(options.block_size, 512);

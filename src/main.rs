@@ -251,6 +251,16 @@ fn report_ingress(
         );
         eprint!("{}", report::text::render(&report));
         eprint!("{}", hop::ingress::render_server_data(&kept.run.path, &kept.server_data));
+        if let [ingress, .., egress, server] = &kept.run.path[..] {
+            log_line!(
+                "not measured: the client ⇄ {} link (the client stamps nothing) and {} ⇄ {} with \
+                 the server's own time (receipts turn at {}; the server stamps nothing)",
+                ingress.name,
+                egress.name,
+                server.name,
+                egress.name
+            );
+        }
         if let Some(output) = output.as_mut().filter(|output| output.jsonl) {
             output.send_waiting(Destination::Jsonl, report::json::summary_line(&report));
         }
