@@ -28,7 +28,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 mod connection;
-pub mod ingress;
+pub use connection::ingress;
 
 use crate::clock;
 use crate::core::Peer;

@@ -12,11 +12,13 @@
 
 use std::time::Duration;
 
-use super::HopConfig;
+use super::{Connection, HopConfig};
 use crate::core::{Inbound, Outbound, ReadStamp};
 use crate::source::{Ending, Run};
 use crate::stats::{self, Chain, Sequencing};
-use crate::wire::{self, Direction, Frame, HEADER_LEN, Header, Kind, PathEntry, RECORD_LEN, Stamp};
+use crate::wire::{
+    self, Direction, Fault, Frame, HEADER_LEN, Header, Kind, PathEntry, RECORD_LEN, Stamp,
+};
 
 /// How much of a client's bytes one frame carries at most: big enough for bulk, small enough
 /// that a frame's stamps stay close to its bytes.
@@ -37,15 +39,15 @@ pub struct IngressConfig {
 }
 
 /// One client connection's framing and accounting.
-pub(super) struct IngressState {
+pub(in crate::hop) struct IngressState {
     sequencing: Sequencing,
     /// Where the connection's path is kept in [`IngressTotals`], once it came back.
     path: PathSlot,
-    pub(super) probes_sent: u64,
-    pub(super) receipts: u64,
-    pub(super) server_frames: u64,
-    pub(super) client_bytes: u64,
-    pub(super) server_bytes: u64,
+    pub(in crate::hop) probes_sent: u64,
+    pub(in crate::hop) receipts: u64,
+    pub(in crate::hop) server_frames: u64,
+    pub(in crate::hop) client_bytes: u64,
+    pub(in crate::hop) server_bytes: u64,
     /// Frames sent that the path's interval counters have been told of.
     sent_counted: u64,
     opened_unix_ns: u64,
@@ -60,7 +62,7 @@ enum PathSlot {
 }
 
 /// What one frame coming up did.
-pub(super) enum Taken {
+pub(in crate::hop) enum Taken {
     /// Consumed; nothing for the client.
     Measured,
     /// Its payload went to the client.
@@ -70,7 +72,7 @@ pub(super) enum Taken {
 }
 
 impl IngressState {
-    pub(super) fn new() -> IngressState {
+    pub(in crate::hop) fn new() -> IngressState {
         IngressState {
             sequencing: Sequencing::default(),
             path: PathSlot::Announced,
@@ -85,12 +87,12 @@ impl IngressState {
     }
 
     /// Frames sent down so far, probes included.
-    pub(super) fn sent(&self) -> u64 {
+    pub(in crate::hop) fn sent(&self) -> u64 {
         self.sequencing.sent
     }
 
     /// The PATH announcement that opens the connection downstream: the ingress is hop 0.
-    pub(super) fn announcement(
+    pub(in crate::hop) fn announcement(
         config: &HopConfig,
         local: Option<std::net::SocketAddr>,
         client: std::net::SocketAddr,
@@ -103,7 +105,7 @@ impl IngressState {
     }
 
     /// Frames the client's bytes waiting in `input` into `output`; returns whether any moved.
-    pub(super) fn frame_client_bytes(
+    pub(in crate::hop) fn frame_client_bytes(
         &mut self,
         input: &mut Inbound,
         output: &mut Outbound,
@@ -132,7 +134,7 @@ impl IngressState {
     }
 
     /// Queues one probe: a DATA frame without payload, stamped as generated now.
-    pub(super) fn queue_probe(&mut self, output: &mut Outbound, now_ns: u64) -> bool {
+    pub(in crate::hop) fn queue_probe(&mut self, output: &mut Outbound, now_ns: u64) -> bool {
         let header = Header {
             kind: Kind::Data,
             flags: 0,
@@ -150,7 +152,11 @@ impl IngressState {
     }
 
     /// The path came back: find (or open) its statistics.
-    pub(super) fn path_discovered(&mut self, path: Vec<PathEntry>, totals: &mut IngressTotals) {
+    pub(in crate::hop) fn path_discovered(
+        &mut self,
+        path: Vec<PathEntry>,
+        totals: &mut IngressTotals,
+    ) {
         self.path = match totals.slot_of(path) {
             Some(index) => PathSlot::Kept(index),
             None => PathSlot::Uncounted,
@@ -158,7 +164,7 @@ impl IngressState {
     }
 
     /// One DATA frame from downstream, read with `read`.
-    pub(super) fn take_data<T: AsRef<[u8]>>(
+    pub(in crate::hop) fn take_data<T: AsRef<[u8]>>(
         &mut self,
         frame: &Frame<T>,
         read: ReadStamp,
@@ -198,7 +204,7 @@ impl IngressState {
     }
 
     /// Sent, answered and the bytes each way, for the connection's close line.
-    pub(super) fn summary(&self) -> String {
+    pub(in crate::hop) fn summary(&self) -> String {
         let sequencing = &self.sequencing;
         format!(
             "client {} B in {} frames, server {} B in {} frames; {} probes; {} of {} frames' \
@@ -214,7 +220,11 @@ impl IngressState {
     }
 
     /// The connection's `--jsonl` record at its close: one line, no histograms.
-    pub(super) fn record(&self, client: std::net::SocketAddr, reason: Option<&str>) -> String {
+    pub(in crate::hop) fn record(
+        &self,
+        client: std::net::SocketAddr,
+        reason: Option<&str>,
+    ) -> String {
         let sequencing = &self.sequencing;
         let record = ConnectionRecord {
             record: "connection",
@@ -239,7 +249,7 @@ impl IngressState {
     }
 
     /// Folds the connection's counts into its path's totals when it closes.
-    pub(super) fn close_into(&self, totals: &mut IngressTotals, now_ns: u64) {
+    pub(in crate::hop) fn close_into(&self, totals: &mut IngressTotals, now_ns: u64) {
         let PathSlot::Kept(index) = self.path else {
             totals.uncounted_connections += 1;
             return;
@@ -454,4 +464,57 @@ pub fn render_server_data(path: &[PathEntry], data: &ServerData) -> String {
         ));
     }
     text
+}
+
+impl Connection {
+    /// At an ingress: what comes back up is receipts (measured), the server's bytes (to the
+    /// client, plain), the path, faults and kernel readings.
+    pub(in crate::hop) fn take_answers(
+        &mut self,
+        totals: &mut IngressTotals,
+    ) -> Result<bool, String> {
+        let ingress = self.ingress.as_mut().expect("an ingress connection");
+        let mut progress = false;
+        self.up.stalled = false;
+        loop {
+            let frame = match wire::next_frame(self.up.input.data()) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => return Err(Self::bad_downstream(error)),
+            };
+            let len = frame.total_len();
+            match frame.kind() {
+                Kind::Data => {
+                    let read = self.up.input.stamp_of_head(len);
+                    match ingress.take_data(&frame, read, &mut self.up.output, totals) {
+                        Taken::NoRoom => {
+                            self.up.stalled = true;
+                            self.up.input.hold_back();
+                            break;
+                        }
+                        Taken::Measured => self.frames_up += 1,
+                        Taken::Delivered => {
+                            self.server_frames_up += 1;
+                            self.bytes_up += frame.payload_len() as u64;
+                        }
+                    }
+                }
+                Kind::Path => {
+                    let path =
+                        PathEntry::parse_all(frame.payload()).map_err(Self::bad_downstream)?;
+                    self.unanswered_path = None;
+                    ingress.path_discovered(path, totals);
+                }
+                Kind::Fault => {
+                    let fault = Fault::parse(frame.payload());
+                    self.passed_fault = Some(format!("passed on: {}", fault.message));
+                }
+                // Not asked for by an ingress (its announcement has no flags).
+                Kind::Kernel => {}
+            }
+            self.up.input.consume(len);
+            progress = true;
+        }
+        Ok(progress)
+    }
 }

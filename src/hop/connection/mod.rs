@@ -1,7 +1,13 @@
 //! One connection through a hop: its upstream and downstream sockets with their software
-//! readiness, the two pipes between them, and everything done to the frames on the way:
-//! stamping, path discovery, faults, stripping for a plain server, half-close.
-//! The loop in [`super`] decides when a connection runs; this module decides what it does.
+//! readiness, the two pipes between them, and its life: connecting the next hop, path
+//! discovery, faults, the kernel readings, the end of each direction. The loop in [`super`]
+//! decides when a connection runs; this module decides what it does.
+//!
+//! What each role does to the frames lives in a file of its own: [`relay`] (restamp, both
+//! ways), [`echo`] (turn; plain echo with `-r`), [`egress`] (`-r` in front of a server: strip
+//! and match answers for a source, receipts for an ingress, the server's own bytes framed) and
+//! [`ingress`] (in front of a client: frame its bytes, probe, take receipts). Frames going down
+//! are dispatched by role here, in one exhaustive match on the frame kind.
 
 use std::collections::VecDeque;
 use std::io;
@@ -10,20 +16,24 @@ use std::os::fd::AsRawFd;
 
 use mio::Interest;
 
-use super::ingress::{IngressState, IngressTotals, Taken};
+mod echo;
+mod egress;
+pub mod ingress;
+mod relay;
+
 use super::{HopConfig, Side, next_hop_text, token_of};
 use crate::buffer::Buffer;
-use crate::clock;
 use crate::core::{Inbound, Outbound, Peer, ReadStamp};
 use crate::net;
 use crate::wire::{
-    self, Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAX_FRAME_LEN,
-    MAX_HEADERS_LEN, MAX_HOPS, MAX_RECORDS, PathEntry, RECORD_LEN, Role, Stamp, WireError,
+    self, Direction, Fault, Frame, KernelSample, Kind, MAX_FRAME_LEN, MAX_HOPS, PathEntry,
+    RECORD_LEN, Role, Stamp, WireError,
 };
+use echo::Speech;
+use egress::{PENDING_HEADERS_LEN, PendingAnswers, deliver_with_receipt, strip_into};
+use ingress::{IngressState, IngressTotals};
 /// Room for the largest frame plus the record this hop adds.
 const BUFFER_LEN: usize = MAX_FRAME_LEN + RECORD_LEN;
-/// A stripping relay keeps the headers of frames whose answer has not come back yet.
-const PENDING_HEADERS_LEN: usize = 256 * 1024;
 
 /// One direction through the hop: bytes read from one socket, frames written to another.
 struct Pipe {
@@ -40,48 +50,6 @@ impl Pipe {
             output: Outbound::with_capacity(output_len)?,
             stalled: false,
         })
-    }
-}
-
-/// What an echoing end with `--remove-perf-headers` found its peer speaking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Speech {
-    Undecided,
-    Frames,
-    Plain,
-}
-
-/// A stripping relay's memory of the frames sent to the plain server and not yet answered:
-/// their headers and records (this hop's down record included) and payload lengths.
-struct PendingAnswers {
-    headers: Buffer,
-    frames: VecDeque<PendingFrame>,
-}
-
-/// One frame sent to the plain server and not answered yet.
-struct PendingFrame {
-    headers_len: usize,
-    payload_len: usize,
-    /// When the payload's hand-over to the server started; `None` until it has. An empty
-    /// payload has nothing to hand over and counts as sent when it is read.
-    sent_ns: Option<u64>,
-}
-
-impl PendingAnswers {
-    /// Gives the payloads whose hand-over has started their write stamps, in order.
-    fn collect_sent(&mut self, output: &mut Outbound) {
-        while let Some(sent_ns) = output.take_detached() {
-            let waiting = self.frames.iter_mut().find(|frame| frame.sent_ns.is_none());
-            debug_assert!(waiting.is_some(), "a write stamp for a payload never queued");
-            if let Some(frame) = waiting {
-                frame.sent_ns = Some(sent_ns);
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        self.frames.clear();
-        self.headers.consume(self.headers.len());
     }
 }
 
@@ -554,32 +522,8 @@ impl Connection {
         extended
     }
 
-    fn decide_speech(&mut self) {
-        if self.speech != Speech::Undecided {
-            return;
-        }
-        let data = self.down.input.data();
-        let seen = data.len().min(wire::MAGIC.len());
-        if data[..seen] != wire::MAGIC[..seen] {
-            self.speech = Speech::Plain;
-        } else if seen == wire::MAGIC.len() {
-            self.speech = Speech::Frames;
-        } else if self.upstream.read_closed && !data.is_empty() {
-            self.speech = Speech::Plain;
-        }
-    }
-
-    /// An echoing end with `-r` whose peer speaks plain bytes: echo them verbatim.
-    fn echo_plain(&mut self) -> bool {
-        let count = self.down.input.len().min(self.up.output.room());
-        if count == 0 {
-            return false;
-        }
-        self.up.output.push(&self.down.input.data()[..count]);
-        self.down.input.consume(count);
-        self.bytes_down += count as u64;
-        self.bytes_up += count as u64;
-        true
+    fn bad_downstream(error: WireError) -> String {
+        format!("sent bad input: {error}")
     }
 
     fn process_up(&mut self, context: &mut Context) -> Result<bool, String> {
@@ -592,217 +536,7 @@ impl Connection {
         if context.role == Role::StrippingRelay {
             return Ok(self.frame_plain_answers());
         }
-        let mut progress = false;
-        self.up.stalled = false;
-        loop {
-            let frame = match wire::next_frame(self.up.input.data()) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(error) => return Err(Self::bad_downstream(error)),
-            };
-            let len = frame.total_len();
-            let moved = match frame.kind() {
-                Kind::Data if frame.flags() & wire::DATA_FROM_SERVER != 0 => {
-                    // Stamped from the egress up: at least its record, and room for ours.
-                    let hop = self.hop.unwrap_or(0);
-                    if frame.record_count() == 0 || frame.record_count() >= MAX_RECORDS {
-                        return Err(format!(
-                            "server data {} carries {} stamp records, expected between 1 and {}",
-                            frame.sequence(),
-                            frame.record_count(),
-                            MAX_RECORDS - 1
-                        ));
-                    }
-                    let read = self.up.input.stamp_of_head(len);
-                    restamp_into(&mut self.up.output, &frame, unwritten(hop, Direction::Up, read))
-                }
-                Kind::Data => {
-                    let hop = self.hop.unwrap_or(0);
-                    if frame.record_count() <= usize::from(hop)
-                        || frame.record_count() >= MAX_RECORDS
-                    {
-                        return Err(format!(
-                            "answer {} carries {} stamp records, expected between {} and {}",
-                            frame.sequence(),
-                            frame.record_count(),
-                            usize::from(hop) + 1,
-                            MAX_RECORDS - 1
-                        ));
-                    }
-                    let read = self.up.input.stamp_of_head(len);
-                    restamp_into(&mut self.up.output, &frame, unwritten(hop, Direction::Up, read))
-                }
-                Kind::Path => {
-                    self.unanswered_path = None;
-                    self.up.output.push(frame.as_bytes())
-                }
-                Kind::Fault => {
-                    let fault = Fault::parse(frame.payload());
-                    self.passed_fault = Some(format!("passed on: {}", fault.message));
-                    self.up.output.push(frame.as_bytes())
-                }
-                Kind::Kernel => {
-                    KernelSample::parse(frame.payload()).map_err(Self::bad_downstream)?;
-                    self.up.output.push(frame.as_bytes())
-                }
-            };
-            if !moved {
-                self.up.stalled = true;
-                self.up.input.hold_back();
-                break;
-            }
-            match frame.kind() {
-                Kind::Data if frame.flags() & wire::DATA_FROM_SERVER != 0 => {
-                    self.server_frames_up += 1;
-                    self.bytes_up += frame.payload_len() as u64;
-                }
-                Kind::Data => {
-                    self.frames_up += 1;
-                    self.bytes_up += frame.payload_len() as u64;
-                }
-                _ => {}
-            }
-            self.up.input.consume(len);
-            progress = true;
-        }
-        Ok(progress)
-    }
-
-    /// At an ingress: what comes back up is receipts (measured), the server's bytes (to the
-    /// client, plain), the path, faults and kernel readings.
-    fn take_answers(&mut self, totals: &mut IngressTotals) -> Result<bool, String> {
-        let ingress = self.ingress.as_mut().expect("an ingress connection");
-        let mut progress = false;
-        self.up.stalled = false;
-        loop {
-            let frame = match wire::next_frame(self.up.input.data()) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(error) => return Err(Self::bad_downstream(error)),
-            };
-            let len = frame.total_len();
-            match frame.kind() {
-                Kind::Data => {
-                    let read = self.up.input.stamp_of_head(len);
-                    match ingress.take_data(&frame, read, &mut self.up.output, totals) {
-                        Taken::NoRoom => {
-                            self.up.stalled = true;
-                            self.up.input.hold_back();
-                            break;
-                        }
-                        Taken::Measured => self.frames_up += 1,
-                        Taken::Delivered => {
-                            self.server_frames_up += 1;
-                            self.bytes_up += frame.payload_len() as u64;
-                        }
-                    }
-                }
-                Kind::Path => {
-                    let path =
-                        PathEntry::parse_all(frame.payload()).map_err(Self::bad_downstream)?;
-                    self.unanswered_path = None;
-                    ingress.path_discovered(path, totals);
-                }
-                Kind::Fault => {
-                    let fault = Fault::parse(frame.payload());
-                    self.passed_fault = Some(format!("passed on: {}", fault.message));
-                }
-                // Not asked for by an ingress (its announcement has no flags).
-                Kind::Kernel => {}
-            }
-            self.up.input.consume(len);
-            progress = true;
-        }
-        Ok(progress)
-    }
-
-    fn bad_downstream(error: WireError) -> String {
-        format!("sent bad input: {error}")
-    }
-
-    /// At a stripping relay: match the plain server's answer bytes, in order, to the frames
-    /// sent to it, and frame them again so the hops upstream go on measuring.
-    fn frame_plain_answers(&mut self) -> bool {
-        let mut progress = false;
-        let hop = self.hop.unwrap_or(0);
-        self.pending.collect_sent(&mut self.down.output);
-        loop {
-            let available = self.up.input.len();
-            let front = self
-                .pending
-                .frames
-                .front()
-                .map(|frame| (frame.headers_len, frame.payload_len, frame.sent_ns));
-            if available == 0 && !matches!(front, Some((_, 0, _))) {
-                break;
-            }
-            // Bytes before the front frame's payload has started on its way to the server
-            // cannot answer it (a banner, a greeting): they are the server's own.
-            let front =
-                front.filter(|&(_, payload_len, sent_ns)| sent_ns.is_some() || payload_len == 0);
-            let moved = match front {
-                Some((headers_len, payload_len, sent_ns)) => {
-                    if available < payload_len {
-                        break;
-                    }
-                    // An empty answer is owed no bytes: it is complete the moment it is due.
-                    let read = if payload_len == 0 {
-                        ReadStamp { read_ns: clock::now_ns(), ..ReadStamp::default() }
-                    } else {
-                        self.up.input.stamp_of_head(payload_len)
-                    };
-                    let stamp = unwritten(hop, Direction::Up, read);
-                    let record_count =
-                        Frame::new_unchecked(&self.pending.headers.data()[..headers_len])
-                            .record_count();
-                    let frame_len = HEADER_LEN + (record_count + 1) * RECORD_LEN + payload_len;
-                    if self.up.output.room() < frame_len {
-                        break;
-                    }
-                    let sent_ns = sent_ns.expect("filtered above: its hand-over has started");
-                    let stored = &mut self.pending.headers.data_mut()[..headers_len];
-                    wire::patch_write_stamp(
-                        &mut stored[wire::write_stamp_offset(record_count - 1)..],
-                        sent_ns,
-                    );
-                    let stored = &self.pending.headers.data()[..headers_len];
-                    let stored_frame = Frame::new_unchecked(stored);
-                    let header = Header {
-                        record_count: record_count + 1,
-                        payload_len,
-                        ..Header::of(&stored_frame)
-                    };
-                    let tail = self.up.output.tail(header.total_len()).expect("room checked");
-                    let written = wire::emit_frame(
-                        tail,
-                        &header,
-                        &stored[HEADER_LEN..],
-                        &[stamp],
-                        &self.up.input.data()[..payload_len],
-                    );
-                    self.up.output.commit_frame(written, wire::write_stamp_offset(record_count));
-                    self.pending.headers.consume(headers_len);
-                    self.pending.frames.pop_front();
-                    self.frames_up += 1;
-                    payload_len
-                }
-                None => {
-                    let count = available.min(wire::MAX_PAYLOAD);
-                    let read = self.up.input.stamp_of_head(count);
-                    let sequence = self.server_frames_up;
-                    let data = &self.up.input.data()[..count];
-                    if !server_data_into(&mut self.up.output, hop, sequence, read, data) {
-                        break;
-                    }
-                    self.server_frames_up += 1;
-                    count
-                }
-            };
-            self.bytes_up += moved as u64;
-            self.up.input.consume(moved);
-            progress = true;
-        }
-        progress
+        self.pass_answers_up()
     }
 
     /// Half-close, end to end: each side's EOF is passed on once everything before it has been.
@@ -1056,123 +790,8 @@ fn restamp_into<T: AsRef<[u8]>>(output: &mut Outbound, frame: &Frame<T>, stamp: 
     true
 }
 
-/// At an ingress's egress: the payload goes to the server, and the frame's stamps go back up
-/// as its receipt (no payload; this hop's turn record last), so the ingress measures the
-/// chain with the application's own frames. `up` is `None` once the up direction has ended
-/// (the server closed first): the payload still goes on, unmeasured.
-fn deliver_with_receipt<T: AsRef<[u8]>>(
-    server: &mut Outbound,
-    up: Option<&mut Outbound>,
-    frame: &Frame<T>,
-    stamp: Stamp,
-) -> bool {
-    let header =
-        Header { record_count: frame.record_count() + 1, payload_len: 0, ..Header::of(frame) };
-    let receipt_room = up.as_ref().is_none_or(|up| up.room() >= header.total_len());
-    if server.room() < frame.payload_len() || !receipt_room {
-        return false;
-    }
-    server.push(frame.payload());
-    if let Some(up) = up {
-        let tail = up.tail(header.total_len()).expect("room checked");
-        let written =
-            wire::emit_frame(tail, &header, &frame.headers()[HEADER_LEN..], &[stamp], &[]);
-        up.commit_frame(written, wire::write_stamp_offset(frame.record_count()));
-    }
-    true
-}
-
-/// Frames bytes a plain server sent as its own DATA going up ([`wire::DATA_FROM_SERVER`]),
-/// with this hop's record (read from the server, written up) as the first.
-fn server_data_into(
-    output: &mut Outbound,
-    hop: u8,
-    sequence: u64,
-    read: ReadStamp,
-    data: &[u8],
-) -> bool {
-    let header = Header {
-        flags: wire::DATA_FROM_SERVER,
-        kind: Kind::Data,
-        record_count: 1,
-        sequence,
-        payload_len: data.len(),
-    };
-    let Some(tail) = output.tail(header.total_len()) else {
-        return false;
-    };
-    let written =
-        wire::emit_frame(tail, &header, &[], &[unwritten(hop, Direction::Up, read)], data);
-    output.commit_frame(written, wire::write_stamp_offset(0));
-    true
-}
-
-/// Sends only the payload on, and keeps the frame's headers (with this hop's record) until the
-/// plain server's answer comes back.
-fn strip_into<T: AsRef<[u8]>>(
-    output: &mut Outbound,
-    pending: &mut PendingAnswers,
-    frame: &Frame<T>,
-    stamp: Stamp,
-) -> bool {
-    let headers_len = frame.headers_len() + RECORD_LEN;
-    debug_assert!(headers_len <= MAX_HEADERS_LEN + RECORD_LEN, "checked by Frame::new_checked");
-    if output.room() < frame.payload_len() || pending.headers.room() < headers_len {
-        return false;
-    }
-    // Stored without the payload: the plain server's answer will take its place.
-    let header =
-        Header { record_count: frame.record_count() + 1, payload_len: 0, ..Header::of(frame) };
-    let tail = pending.headers.tail(headers_len).expect("room checked");
-    let written = wire::emit_frame(tail, &header, &frame.headers()[HEADER_LEN..], &[stamp], &[]);
-    pending.headers.commit(written);
-    let payload_len = frame.payload_len();
-    // An empty payload has nothing to hand over: sent as it is read.
-    let sent_ns = (payload_len == 0).then_some(stamp.read_ns);
-    pending.frames.push_back(PendingFrame { headers_len: written, payload_len, sent_ns });
-    payload_len == 0 || output.push_detached(frame.payload())
-}
 /// The path entry for a next hop this relay could not reach.
 fn unreached_entry(config: &HopConfig) -> PathEntry {
     let target = config.forward_to.as_ref().map(|(addr, _)| *addr);
     PathEntry::new(Role::Unreached, &next_hop_text(config), target, None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pending(lens: &[usize]) -> PendingAnswers {
-        let frames = lens
-            .iter()
-            .map(|&payload_len| PendingFrame {
-                headers_len: 0,
-                payload_len,
-                sent_ns: (payload_len == 0).then_some(1),
-            })
-            .collect();
-        PendingAnswers { headers: Buffer::with_capacity(0).unwrap(), frames }
-    }
-
-    #[test]
-    fn test_write_stamps_reach_their_own_frames_in_order() {
-        let mut output = Outbound::with_capacity(64).unwrap();
-        for payload in [&b"aaaa"[..], b"bbbb", b"cccc"] {
-            assert!(output.push_detached(payload));
-        }
-        // Frames a, an empty one, b, c.
-        let mut pending = pending(&[4, 0, 4, 4]);
-        output.written(4, 100); // a's hand-over
-        pending.collect_sent(&mut output);
-        let sent: Vec<_> = pending.frames.iter().map(|frame| frame.sent_ns).collect();
-        assert_eq!(sent, [Some(100), Some(1), None, None]);
-        // a and the empty frame are answered; b's and c's hand-overs follow.
-        pending.frames.pop_front();
-        pending.frames.pop_front();
-        output.written(4, 300);
-        output.written(4, 400);
-        pending.collect_sent(&mut output);
-        let sent: Vec<_> = pending.frames.iter().map(|frame| frame.sent_ns).collect();
-        assert_eq!(sent, [Some(300), Some(400)]);
-    }
 }
