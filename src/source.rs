@@ -46,8 +46,8 @@ use crate::scrape::Publisher;
 use crate::stats::{self, Chain, Part, Sequencing};
 use crate::tuning;
 use crate::wire::{
-    self, Direction, Fault, HEADER_LEN, Header, KernelSample, Kind, MAX_FRAME_LEN, PathEntry,
-    RECORD_LEN, Role, Stamp,
+    self, Direction, Fault, FaultCode, HEADER_LEN, Header, KernelSample, Kind, MAX_FRAME_LEN,
+    PathEntry, RECORD_LEN, Role, Stamp,
 };
 
 const UPSTREAM: Token = Token(0);
@@ -107,6 +107,20 @@ pub struct Probe {
     pub interval: Duration,
 }
 
+/// The link below the hop that reported a fault in-band, and the kind of the fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokenLink {
+    /// The reporting hop's index: the link is between it and the next.
+    pub hop: usize,
+    pub code: FaultCode,
+}
+
+impl BrokenLink {
+    fn of(fault: &Fault) -> BrokenLink {
+        BrokenLink { hop: fault.hop.into(), code: fault.code }
+    }
+}
+
 /// How the run ended, for the report and the exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
@@ -114,9 +128,9 @@ pub enum Ending {
     Complete,
     /// Interrupted by SIGINT or SIGTERM: report what came back so far.
     Interrupted,
-    /// The chain broke; `broken_link` is the hop that reported the fault in-band (the link
+    /// The chain broke; `broken_link` is the fault a hop reported in-band (the link below it)
     /// below it broke), when one did.
-    Failed { message: String, broken_link: Option<usize> },
+    Failed { message: String, broken_link: Option<BrokenLink> },
     /// No progress for the timeout.
     TimedOut(String),
     /// The path showed the command line wrong (an `--sla` naming a subsegment it lacks).
@@ -373,8 +387,8 @@ pub struct Outage {
     /// CLOCK_MONOTONIC_RAW at the break, for its length.
     started_ns: u64,
     pub message: String,
-    /// The hop that reported the fault in-band: the link below it broke.
-    pub broken_link: Option<usize>,
+    /// The fault a hop reported in-band: the link below it broke.
+    pub broken_link: Option<BrokenLink>,
     /// Frames in flight when it broke, given up for lost.
     pub lost: u64,
     /// From the break until the path came back; `None` while it lasts.
@@ -657,7 +671,7 @@ impl Source<'_> {
                 started_unix_ns: clock::realtime_ns(),
                 started_ns: now_ns,
                 message: message.clone(),
-                broken_link: self.fault.as_ref().map(|fault| fault.hop.into()),
+                broken_link: self.fault.as_ref().map(BrokenLink::of),
                 lost,
                 down_ns: None,
                 path_changed: false,
@@ -1122,7 +1136,8 @@ impl Source<'_> {
                     self.path_discovered(path)?;
                 }
                 Kind::Fault => {
-                    let fault = Fault::parse(frame.payload());
+                    let fault = Fault::parse(frame.payload())
+                        .map_err(|error| self.broken(&format!("bad answer: {error}")))?;
                     self.fault.get_or_insert(fault);
                 }
                 Kind::Kernel => {
@@ -1196,7 +1211,7 @@ impl Source<'_> {
 
     /// A failure, naming the link below the hop that reported a fault in-band, if one did.
     fn failed(&self, message: String) -> Ending {
-        Ending::Failed { message, broken_link: self.fault.as_ref().map(|fault| fault.hop.into()) }
+        Ending::Failed { message, broken_link: self.fault.as_ref().map(BrokenLink::of) }
     }
 
     fn broken(&self, what: &str) -> String {

@@ -187,7 +187,7 @@ fn a_wrong_version_is_closed_and_named() {
     // A version-2 hop (path entries without tags) meets this version-3 one.
     let mut frame = path_frame("A");
     frame[4] = 2;
-    bench.survives("unsupported protocol version 2 (this build speaks 3)", |relay| {
+    bench.survives("unsupported protocol version 2 (this build speaks 4)", |relay| {
         send_and_expect_close(relay, &frame)
     });
 }

@@ -527,6 +527,7 @@ fn a_relay_in_front_of_r_passes_up_what_the_server_sends_unasked() {
             let report: serde_json::Value = serde_json::from_str(&text).unwrap();
             let ending = &report["ending"];
             assert_eq!(ending["subsegment"], "2-3", "E ⇄ server is blamed, not B ⇄ E: {stderr}");
+            assert_eq!(ending["fault"], "closed_early", "{stderr}");
             let message = ending["message"].as_str().unwrap();
             assert!(message.contains("answered 5 of the 12 bytes"), "{message}");
             continue;

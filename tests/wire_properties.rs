@@ -12,11 +12,11 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use subsegment_tcp_speeds::wire::{
-    DATA_FROM_SERVER, Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAGIC,
-    MAX_HOPS, MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN,
-    MAX_TAGS, PATH_ASKS_KERNEL_INFO, PATH_ASKS_TX_STAMPS, PathEntry, RECORD_LEN, ReceiveClock,
-    Role, Side, Stamp, Tag, TcpInfo, TxTotals, VERSION, WireError, emit_frame, emit_restamped,
-    fault_frame, frame_len, next_frame,
+    DATA_FROM_SERVER, Direction, Fault, FaultCode, Frame, HEADER_LEN, Header, KernelSample, Kind,
+    MAGIC, MAX_HOPS, MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN,
+    MAX_TAG_VALUE_LEN, MAX_TAGS, PATH_ASKS_KERNEL_INFO, PATH_ASKS_TX_STAMPS, PathEntry, RECORD_LEN,
+    ReceiveClock, Role, Side, Stamp, Tag, TcpInfo, TxTotals, VERSION, WireError, emit_frame,
+    emit_restamped, fault_frame, frame_len, next_frame,
 };
 
 /// A frame to be built: what `emit_frame` is given and what the parser must give back.
@@ -540,16 +540,7 @@ fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
         Kind::Data => {}
         Kind::Path => check_path_payload(frame.payload()),
         Kind::Kernel => check_kernel_payload(frame.payload()),
-        Kind::Fault => {
-            let fault = Fault::parse(frame.payload());
-            if let Some((_, message)) = frame.payload().split_first()
-                && std::str::from_utf8(message).is_ok()
-            {
-                let mut again = Vec::new();
-                fault.emit(&mut again);
-                assert_eq!(again, frame.payload());
-            }
-        }
+        Kind::Fault => check_fault_payload(frame.payload()),
     }
 
     let header = Header::of(frame);
@@ -579,6 +570,20 @@ fn check_kernel_payload(payload: &[u8]) {
     let mut again = Vec::new();
     sample.emit(&mut again);
     assert_eq!(KernelSample::parse(&again), Ok(sample), "re-emitted kernel sample differs");
+}
+
+/// A FAULT payload from a peer: parsing never panics, what parses has a hop within the limit,
+/// and it re-emits to the same bytes unless lossy UTF-8 decoding replaced something.
+fn check_fault_payload(payload: &[u8]) {
+    let Ok(fault) = Fault::parse(payload) else {
+        return;
+    };
+    assert!(usize::from(fault.hop) < MAX_HOPS);
+    if std::str::from_utf8(&payload[2..]).is_ok() {
+        let mut again = Vec::new();
+        fault.emit(&mut again);
+        assert_eq!(again, payload);
+    }
 }
 
 fn tcp_info() -> impl Strategy<Value = TcpInfo> {
@@ -696,6 +701,30 @@ proptest! {
         let frame = Frame::new_checked(&bytes[..]).expect("a KERNEL frame is valid");
         prop_assert_eq!(frame.kind(), Kind::Kernel);
         prop_assert_eq!(KernelSample::parse(frame.payload()), Ok(sample));
+    }
+
+    /// FAULT reports round-trip through a whole frame, every code and any message; one past a
+    /// limit (a hop at the hop limit, a code no build defines, a cut head) is refused for it.
+    #[test]
+    fn fault_reports_round_trip_and_limits_are_refused(
+        hop in 0..MAX_HOPS as u8,
+        code in proptest::sample::select(FaultCode::ALL.to_vec()),
+        message in ".{0,80}",
+        breach in 0usize..3,
+        bad_code in prop_oneof![Just(0u8), 8u8..=u8::MAX],
+    ) {
+        let fault = Fault { hop, code, message };
+        let bytes = fault_frame(&fault);
+        let frame = Frame::new_checked(&bytes[..]).expect("a FAULT frame is valid");
+        prop_assert_eq!(frame.kind(), Kind::Fault);
+        prop_assert_eq!(Fault::parse(frame.payload()), Ok(fault.clone()));
+        let mut bad = frame.payload().to_vec();
+        let reason = match breach {
+            0 => { bad[0] = MAX_HOPS as u8; "hop index beyond the hop limit" }
+            1 => { bad[1] = bad_code; "unknown fault code" }
+            _ => { bad.truncate(1); "shorter than its 2-byte head" }
+        };
+        prop_assert_eq!(Fault::parse(&bad), Err(WireError::BadFault(reason)));
     }
 
     /// A KERNEL payload past any limit is refused for that reason; one with fewer fields than
@@ -949,8 +978,11 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
         },
     }
     .frame();
-    let fault_bin =
-        fault_frame(&Fault { hop: 2, message: "cannot connect: connection refused".to_string() });
+    let fault_bin = fault_frame(&Fault {
+        hop: 2,
+        code: FaultCode::Unreachable,
+        message: "cannot connect: connection refused".to_string(),
+    });
     let third = data(2, &[Stamp::new(0, Direction::Down, 7, 8)], b"world!");
     let stream_bin = [
         &path_bin[..],

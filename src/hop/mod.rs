@@ -39,7 +39,7 @@ use crate::report::Unit;
 use crate::report::metrics::{HopSnapshot, Snapshot};
 use crate::scrape::Publisher;
 use crate::tuning;
-use crate::wire::{Role, Tag};
+use crate::wire::{FaultCode, Role, Tag};
 use connection::{Connection, Context, Round};
 use ingress::{IngressConfig, IngressTotals};
 
@@ -524,15 +524,15 @@ impl Hop {
                 && connection.failure.is_none()
                 && connection.waits_for_downstream()
             {
-                let what = if connection.connecting {
-                    format!("timed out after {seconds} s connecting")
+                let (code, what) = if connection.connecting {
+                    (FaultCode::ConnectTimeout, format!("timed out after {seconds} s connecting"))
                 } else {
-                    format!(
-                        "no answer for {seconds} s with {} frames outstanding",
-                        connection.frames_down.saturating_sub(connection.frames_up)
-                    )
+                    let outstanding = connection.frames_down.saturating_sub(connection.frames_up);
+                    let what =
+                        format!("no answer for {seconds} s with {outstanding} frames outstanding");
+                    (FaultCode::NoAnswer, what)
                 };
-                connection.fail_downstream(registry, &self.config, what);
+                connection.fail_downstream(registry, &self.config, code, what);
                 connection.last_progress_ns = now_ns;
                 self.pump(registry, slot, now_ns);
             } else {
@@ -578,7 +578,8 @@ impl Hop {
         if let Some(ingress) = connection.ingress.as_ref() {
             ingress.close_into(&mut self.totals, clock::now_ns());
             if let Some(output) = self.totals.output.as_mut().filter(|output| output.jsonl) {
-                let reason = reason.as_deref().or(connection.failure.as_deref());
+                let failure = connection.failure.as_ref().map(|failure| failure.message.as_str());
+                let reason = reason.as_deref().or(failure);
                 let line = ingress.record(connection.upstream.addr, reason);
                 output.send(Destination::Jsonl, line);
             }
@@ -587,7 +588,8 @@ impl Hop {
             .ingress
             .as_ref()
             .map_or(String::new(), |ingress| format!(" ({})", ingress.summary()));
-        let reason = reason.or(connection.failure).or(connection.passed_fault);
+        let failure = connection.failure.map(|failure| failure.message);
+        let reason = reason.or(failure).or(connection.passed_fault);
         // One line per connection: a fault this hop reported or passed on is its reason too.
         let ending = match reason {
             None => String::new(),

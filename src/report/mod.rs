@@ -162,6 +162,8 @@ pub struct EndingReport {
     pub message: Option<String>,
     /// For a failure in the chain: the id of the link that broke.
     pub subsegment: Option<String>,
+    /// ... and the kind of failure the hop above it reported (`wire::FaultCode::name`).
+    pub fault: Option<&'static str>,
 }
 
 /// One hop of the path as it announced itself.
@@ -524,6 +526,8 @@ pub struct OutageReport {
     pub message: String,
     /// The id of the link that broke, when a hop reported it in-band.
     pub subsegment: Option<String>,
+    /// The kind of failure that hop reported.
+    pub fault: Option<&'static str>,
     /// Frames in flight when it broke (and during failed attempts), given up for lost.
     pub lost_frames: u64,
     /// Until the path came back; `null` when the run ended during the outage.
@@ -714,7 +718,8 @@ impl Report {
                     started_at: rfc3339(outage.started_unix_ns),
                     started_unix_ns: outage.started_unix_ns,
                     message: outage.message.clone(),
-                    subsegment: outage.broken_link.map(|hop| Part::Link(hop).id()),
+                    subsegment: outage.broken_link.map(|link| Part::Link(link.hop).id()),
+                    fault: outage.broken_link.map(|link| link.code.name()),
                     lost_frames: outage.lost,
                     down_ns: outage.down_ns,
                     path_changed: outage.path_changed,
@@ -799,13 +804,19 @@ fn ending_report(ending: &Ending) -> EndingReport {
     let (reason, message, subsegment) = match ending {
         Ending::Complete => (EndReason::Complete, None, None),
         Ending::Interrupted => (EndReason::Interrupted, None, None),
-        Ending::Failed { message, broken_link } => {
-            (EndReason::Failed, Some(message.clone()), broken_link.map(|hop| Part::Link(hop).id()))
-        }
+        Ending::Failed { message, broken_link } => (
+            EndReason::Failed,
+            Some(message.clone()),
+            broken_link.map(|link| Part::Link(link.hop).id()),
+        ),
         Ending::TimedOut(message) => (EndReason::TimedOut, Some(message.clone()), None),
         Ending::UsageError(message) => (EndReason::UsageError, Some(message.clone()), None),
     };
-    EndingReport { reason, message, subsegment }
+    let fault = match ending {
+        Ending::Failed { broken_link: Some(link), .. } => Some(link.code.name()),
+        _ => None,
+    };
+    EndingReport { reason, message, subsegment, fault }
 }
 
 fn schedule_report(schedule: &Schedule) -> ScheduleReport {

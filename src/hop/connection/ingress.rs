@@ -506,7 +506,7 @@ impl Connection {
                     ingress.path_discovered(path, totals);
                 }
                 Kind::Fault => {
-                    let fault = Fault::parse(frame.payload());
+                    let fault = Fault::parse(frame.payload()).map_err(Self::bad_downstream)?;
                     self.passed_fault = Some(format!("passed on: {}", fault.message));
                 }
                 // Not asked for by an ingress (its announcement has no flags).

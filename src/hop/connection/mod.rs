@@ -26,8 +26,8 @@ use crate::buffer::Buffer;
 use crate::core::{Inbound, Outbound, Peer, ReadStamp};
 use crate::net;
 use crate::wire::{
-    self, Direction, Fault, Frame, KernelSample, Kind, MAX_FRAME_LEN, MAX_HOPS, PathEntry,
-    RECORD_LEN, Role, Stamp, WireError,
+    self, Direction, Fault, FaultCode, Frame, KernelSample, Kind, MAX_FRAME_LEN, MAX_HOPS,
+    PathEntry, RECORD_LEN, Role, Stamp, WireError,
 };
 use echo::Speech;
 use egress::{PENDING_HEADERS_LEN, PendingAnswers, deliver_with_receipt, strip_into};
@@ -66,7 +66,7 @@ pub(super) struct Connection {
     speech: Speech,
     pending: PendingAnswers,
     /// Why the next hop is unusable; reported upstream in a FAULT frame.
-    pub(super) failure: Option<String>,
+    pub(super) failure: Option<Failure>,
     fault_queued: bool,
     /// The path announcement forwarded down, until its answer comes back up.
     unanswered_path: Option<Vec<u8>>,
@@ -86,6 +86,13 @@ pub(super) struct Connection {
     origin: Origin,
     /// At an ingress: the client connection's framing and accounting.
     pub(super) ingress: Option<Box<IngressState>>,
+}
+
+/// Why the next hop is unusable: what the FAULT frame upstream says (its code and words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Failure {
+    pub(super) code: FaultCode,
+    pub(super) message: String,
 }
 
 /// Who opened the chain this connection belongs to, from the first path entry: it decides
@@ -240,14 +247,15 @@ impl Connection {
             Ok(moved) => advanced |= moved,
             // The next hop does not speak the protocol: the source must hear which one.
             Err(what) => {
-                self.fail_downstream(registry, context.config, what);
+                self.fail_downstream(registry, context.config, FaultCode::BadInput, what);
                 self.up.input.clear();
                 advanced = true;
             }
         }
         if self.origin == Origin::Ingress
             && context.role == Role::Ingress
-            && let Some(reason) = self.failure.take().or(self.passed_fault.take())
+            && let Some(reason) =
+                self.failure.take().map(|failure| failure.message).or(self.passed_fault.take())
         {
             // The client hears of a broken chain as it would of a broken server.
             self.upstream.reset();
@@ -286,9 +294,12 @@ impl Connection {
                 self.downstream = Some(downstream);
                 self.connecting = true;
             }
-            Err(error) => {
-                self.fail_downstream(registry, config, format!("cannot connect: {error}"))
-            }
+            Err(error) => self.fail_downstream(
+                registry,
+                config,
+                FaultCode::Unreachable,
+                format!("cannot connect: {error}"),
+            ),
         }
     }
 
@@ -309,7 +320,12 @@ impl Connection {
                 false
             }
             Err(error) => {
-                self.fail_downstream(registry, config, format!("cannot connect: {error}"));
+                self.fail_downstream(
+                    registry,
+                    config,
+                    FaultCode::Unreachable,
+                    format!("cannot connect: {error}"),
+                );
                 true
             }
         }
@@ -320,14 +336,15 @@ impl Connection {
         &mut self,
         registry: &mio::Registry,
         config: &HopConfig,
+        code: FaultCode,
         what: String,
     ) {
         if let Some(mut downstream) = self.downstream.take() {
             let _ = registry.deregister(&mut downstream.stream);
         }
         self.connecting = false;
-        let failure = format!("next hop {}: {what}", next_hop_text(config));
-        self.failure = Some(failure);
+        let message = format!("next hop {}: {what}", next_hop_text(config));
+        self.failure = Some(Failure { code, message });
         self.down.output.clear();
         self.pending.clear();
     }
@@ -347,8 +364,9 @@ impl Connection {
             }
             self.unanswered_path = None;
         }
-        let message = format!("{} (hop {hop}): {failure}", config.name);
-        self.fault_queued = self.up.output.push(&wire::fault_frame(&Fault { hop, message }));
+        let message = format!("{} (hop {hop}): {}", config.name, failure.message);
+        let fault = Fault { hop, code: failure.code, message };
+        self.fault_queued = self.up.output.push(&wire::fault_frame(&fault));
         self.fault_queued
     }
 
@@ -408,7 +426,8 @@ impl Connection {
                     };
                     if entries.len() >= MAX_HOPS {
                         // A loop, most likely: tell the source instead of going round again.
-                        self.failure = Some(WireError::TooManyHops.to_string());
+                        let message = WireError::TooManyHops.to_string();
+                        self.failure = Some(Failure { code: FaultCode::TooManyHops, message });
                         self.down.input.consume(len);
                         progress = true;
                         continue;
@@ -573,7 +592,8 @@ impl Connection {
                     if !self.up.input.is_empty() && context.role != Role::StrippingRelay {
                         if self.failure.is_none() && self.passed_fault.is_none() {
                             let what = "closed in the middle of a frame".to_string();
-                            self.fail_downstream(registry, context.config, what);
+                            let code = FaultCode::ClosedEarly;
+                            self.fail_downstream(registry, context.config, code, what);
                             return Ok(true);
                         }
                     } else if !self.upstream.write_shut && self.queue_last_kernel_samples() {
@@ -615,7 +635,8 @@ impl Connection {
                     };
                     match what {
                         Some(what) if self.failure.is_none() && self.passed_fault.is_none() => {
-                            self.fail_downstream(registry, context.config, what);
+                            let code = FaultCode::ClosedEarly;
+                            self.fail_downstream(registry, context.config, code, what);
                             return Ok(true);
                         }
                         _ if self.queue_last_kernel_samples() => return Ok(true),
@@ -740,7 +761,7 @@ impl Connection {
             ));
         }
         let what = format!("lost the connection after {} frames: {error}", self.frames_down);
-        self.fail_downstream(registry, config, what);
+        self.fail_downstream(registry, config, FaultCode::Lost, what);
         Ok(())
     }
 }

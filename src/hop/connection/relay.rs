@@ -54,7 +54,7 @@ impl Connection {
                     self.up.output.push(frame.as_bytes())
                 }
                 Kind::Fault => {
-                    let fault = Fault::parse(frame.payload());
+                    let fault = Fault::parse(frame.payload()).map_err(Self::bad_downstream)?;
                     self.passed_fault = Some(format!("passed on: {}", fault.message));
                     self.up.output.push(frame.as_bytes())
                 }
