@@ -197,7 +197,7 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
             };
             let peer = match side {
                 Side::Upstream => Some(&mut connection.upstream),
-                Side::Downstream => connection.downstream.as_mut(),
+                Side::Downstream => connection.downstream.peer_mut(),
             };
             if let Some(peer) = peer {
                 peer.on_event(event);
@@ -520,11 +520,11 @@ impl Hop {
                 continue;
             }
             let seconds = self.config.timeout.as_secs_f64();
-            if connection.downstream.is_some()
+            if connection.downstream.is_open()
                 && connection.failure.is_none()
                 && connection.waits_for_downstream()
             {
-                let (code, what) = if connection.connecting {
+                let (code, what) = if connection.downstream.is_connecting() {
                     (FaultCode::ConnectTimeout, format!("timed out after {seconds} s connecting"))
                 } else {
                     let outstanding = connection.frames_down.saturating_sub(connection.frames_up);
@@ -550,12 +550,12 @@ impl Hop {
             // An application's connection breaks as it would without the chain: both peers
             // hear a reset, not an orderly end.
             connection.upstream.reset();
-            if let Some(downstream) = connection.downstream.as_mut() {
+            if let Some(downstream) = connection.downstream.peer_mut() {
                 downstream.reset();
             }
         }
         let _ = registry.deregister(&mut connection.upstream.stream);
-        if let Some(downstream) = connection.downstream.as_mut() {
+        if let Some(downstream) = connection.downstream.peer_mut() {
             let _ = registry.deregister(&mut downstream.stream);
         }
         self.free_slots.push(slot);

@@ -57,8 +57,7 @@ pub(super) struct Connection {
     slot: usize,
     pub(super) upstream: Peer,
     /// The next hop; `None` at the echoing end, and once it has failed.
-    pub(super) downstream: Option<Peer>,
-    pub(super) connecting: bool,
+    pub(super) downstream: NextHop,
     down: Pipe,
     up: Pipe,
     /// This hop's index in the chain, learnt from the path announcement.
@@ -86,6 +85,56 @@ pub(super) struct Connection {
     origin: Origin,
     /// At an ingress: the client connection's framing and accounting.
     pub(super) ingress: Option<Box<IngressState>>,
+}
+
+/// The next hop's socket through its life; the transitions are `start_connect`,
+/// `finish_connect` and `fail_downstream`.
+pub(super) enum NextHop {
+    /// None opened: no path has come by yet, the echoing end has none, or it failed (the
+    /// connection's `failure` then says why).
+    Closed,
+    /// The connect is under way; the socket's first writable readiness says how it ended.
+    Connecting(Peer),
+    Connected(Peer),
+}
+
+impl NextHop {
+    /// The socket, connecting or connected: what poll events are for.
+    pub(super) fn peer_mut(&mut self) -> Option<&mut Peer> {
+        match self {
+            NextHop::Closed => None,
+            NextHop::Connecting(peer) | NextHop::Connected(peer) => Some(peer),
+        }
+    }
+
+    fn peer(&self) -> Option<&Peer> {
+        match self {
+            NextHop::Closed => None,
+            NextHop::Connecting(peer) | NextHop::Connected(peer) => Some(peer),
+        }
+    }
+
+    fn connected_mut(&mut self) -> Option<&mut Peer> {
+        match self {
+            NextHop::Connected(peer) => Some(peer),
+            _ => None,
+        }
+    }
+
+    fn connected(&self) -> Option<&Peer> {
+        match self {
+            NextHop::Connected(peer) => Some(peer),
+            _ => None,
+        }
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        !matches!(self, NextHop::Closed)
+    }
+
+    pub(super) fn is_connecting(&self) -> bool {
+        matches!(self, NextHop::Connecting(_))
+    }
 }
 
 /// Why the next hop is unusable: what the FAULT frame upstream says (its code and words).
@@ -146,8 +195,7 @@ impl Connection {
         Ok(Connection {
             slot,
             upstream,
-            downstream: None,
-            connecting: false,
+            downstream: NextHop::Closed,
             // The echoing end answers into `up.output`; it has no downstream buffers.
             down: Pipe::new(BUFFER_LEN, if echo { 0 } else { BUFFER_LEN })?,
             up: Pipe::new(if echo { 0 } else { BUFFER_LEN }, BUFFER_LEN)?,
@@ -181,7 +229,7 @@ impl Connection {
         let Some((target, _)) = &config.forward_to else { return };
         self.hop = Some(0);
         self.start_connect(registry, *target, config);
-        let local = self.downstream.as_ref().and_then(|peer| peer.stream.local_addr().ok());
+        let local = self.downstream.peer().and_then(|peer| peer.stream.local_addr().ok());
         self.down.output.push(&IngressState::announcement(config, local, self.upstream.addr));
     }
 
@@ -189,7 +237,7 @@ impl Connection {
     /// ended its side (nothing more goes down then) or the path is broken.
     pub(super) fn queue_probe(&mut self, now_ns: u64) -> bool {
         let Some(ingress) = self.ingress.as_mut() else { return false };
-        if self.upstream.read_closed || self.failure.is_some() || self.downstream.is_none() {
+        if self.upstream.read_closed || self.failure.is_some() || !self.downstream.is_open() {
             return false;
         }
         let queued = ingress.queue_probe(&mut self.down.output, now_ns);
@@ -209,7 +257,7 @@ impl Connection {
         // would hold a connection forever.
         let mut advanced = false;
         let mut read_any = false;
-        if self.connecting {
+        if self.downstream.is_connecting() {
             advanced |= self.finish_connect(registry, context.config);
         }
 
@@ -221,7 +269,7 @@ impl Connection {
                 .map_err(|error| format!("read: {error}"))?;
         }
         advanced |= self.process_down(context, registry)?;
-        if let (Some(downstream), false) = (self.downstream.as_mut(), self.connecting) {
+        if let Some(downstream) = self.downstream.connected_mut() {
             match downstream.flush(&mut self.down.output) {
                 Ok(wrote) => advanced |= wrote,
                 Err(error) => {
@@ -232,9 +280,7 @@ impl Connection {
         }
 
         // Up: downstream socket -> up.input -> frames -> up.output -> upstream socket.
-        if let (Some(downstream), false, false) =
-            (self.downstream.as_mut(), self.connecting, self.up.stalled)
-        {
+        if let (Some(downstream), false) = (self.downstream.connected_mut(), self.up.stalled) {
             match downstream.fill(&mut self.up.input) {
                 Ok(got) => read_any |= got,
                 Err(error) => {
@@ -291,8 +337,7 @@ impl Connection {
                 if self.tx_stamps {
                     enable_tx_stamps(&mut downstream, &config.name);
                 }
-                self.downstream = Some(downstream);
-                self.connecting = true;
+                self.downstream = NextHop::Connecting(downstream);
             }
             Err(error) => self.fail_downstream(
                 registry,
@@ -304,7 +349,7 @@ impl Connection {
     }
 
     fn finish_connect(&mut self, registry: &mio::Registry, config: &HopConfig) -> bool {
-        let Some(downstream) = self.downstream.as_mut() else {
+        let NextHop::Connecting(downstream) = &mut self.downstream else {
             return false;
         };
         if !downstream.writable {
@@ -312,7 +357,10 @@ impl Connection {
         }
         match net::connect_result(&downstream.stream) {
             Ok(true) => {
-                self.connecting = false;
+                let connecting = std::mem::replace(&mut self.downstream, NextHop::Closed);
+                if let NextHop::Connecting(peer) = connecting {
+                    self.downstream = NextHop::Connected(peer);
+                }
                 true
             }
             Ok(false) => {
@@ -339,10 +387,10 @@ impl Connection {
         code: FaultCode,
         what: String,
     ) {
-        if let Some(mut downstream) = self.downstream.take() {
+        if let Some(downstream) = self.downstream.peer_mut() {
             let _ = registry.deregister(&mut downstream.stream);
         }
-        self.connecting = false;
+        self.downstream = NextHop::Closed;
         let message = format!("next hop {}: {what}", next_hop_text(config));
         self.failure = Some(Failure { code, message });
         self.down.output.clear();
@@ -535,7 +583,7 @@ impl Connection {
         } else if let (Role::StrippingRelay, Some((target, text))) =
             (context.role, &context.config.forward_to)
         {
-            let seen_from = self.downstream.as_ref().and_then(|peer| peer.stream.local_addr().ok());
+            let seen_from = self.downstream.peer().and_then(|peer| peer.stream.local_addr().ok());
             PathEntry::new(Role::PlainServer, text, Some(*target), seen_from).emit(&mut extended);
         }
         extended
@@ -546,7 +594,7 @@ impl Connection {
     }
 
     fn process_up(&mut self, context: &mut Context) -> Result<bool, String> {
-        if self.downstream.is_none() && self.up.input.is_empty() {
+        if !self.downstream.is_open() && self.up.input.is_empty() {
             return Ok(false);
         }
         if context.role == Role::Ingress {
@@ -578,8 +626,8 @@ impl Connection {
         }
         let down_drained =
             self.upstream.read_closed && self.down.input.is_empty() && self.down.output.is_empty();
-        match self.downstream.as_mut() {
-            Some(downstream) if !self.connecting => {
+        match &mut self.downstream {
+            NextHop::Connected(downstream) => {
                 if down_drained {
                     downstream.shut_write();
                 }
@@ -644,8 +692,8 @@ impl Connection {
                     }
                 }
             }
-            Some(_) => {}
-            None => {
+            NextHop::Connecting(_) => {}
+            NextHop::Closed => {
                 // The echoing end, or a relay whose next hop failed: once the answers (and any
                 // FAULT frame) are out, the stream ends.
                 let fault_done =
@@ -690,7 +738,7 @@ impl Connection {
 
     fn queue_kernel_samples(&mut self) -> bool {
         let Some(hop) = self.hop else { return false };
-        let connected = if self.connecting { None } else { self.downstream.as_ref() };
+        let connected = self.downstream.connected();
         let sockets = [(Side::Upstream, Some(&self.upstream)), (Side::Downstream, connected)];
         let mut queued = false;
         for (side, peer) in sockets {
@@ -714,14 +762,16 @@ impl Connection {
             || !self.down.output.is_empty()
             || !self.up.input.is_empty()
             || !self.up.output.is_empty()
-            || self.connecting
-            || self.frames_down > self.frames_up && self.downstream.is_some()
+            || self.downstream.is_connecting()
+            || self.frames_down > self.frames_up && self.downstream.is_open()
             || self.failure.is_some()
             || self.upstream.write_shut
     }
 
     pub(super) fn waits_for_downstream(&self) -> bool {
-        self.connecting || self.frames_down > self.frames_up || !self.down.output.is_empty()
+        self.downstream.is_connecting()
+            || self.frames_down > self.frames_up
+            || !self.down.output.is_empty()
     }
 
     pub(super) fn stall_detail(&self) -> String {
