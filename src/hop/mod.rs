@@ -19,6 +19,7 @@
 //! the connection core ([`crate::core`]): each read call and each write call takes its own
 //! clock reading, so a stamp never precedes the bytes it stamps.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -44,7 +45,23 @@ use connection::{Connection, Context, Round};
 use ingress::{IngressConfig, IngressTotals};
 
 const LISTENER: Token = Token(0);
-/// Rounds of read/process/write for one connection per wake-up before the others get a turn.
+/// The loop's fairness rule (issue 15: a probe through a busy relay must not wait behind bulk
+/// streams). A connection's *turn* is rounds of read, process and write until it has nothing to
+/// do or has moved `TURN_BYTES` (each round reads and writes at most `ROUND_BYTES` on each
+/// socket, so a backlog waiting for a slow peer is budgeted too);
+/// one left with work joins the back of the *busy* queue. Each wake-up serves, in the order the
+/// poll reported them, the connections that became ready and are not queued (a probe, a
+/// request: little to do), and then only the busy queue's first turn, before polling again
+/// without sleeping. So a frame that becomes readable waits for the turn in progress (a
+/// bounded 64 KiB of copying, tens of µs) and the other newly ready connections, never behind
+/// every bulk stream's turn: before, a connection took up to 16 rounds of up to a megabyte
+/// each per wake-up, served in slot order. Bulk streams keep their throughput: their turns
+/// follow back to back, one poll (a system call with nothing to wait for) per 64 KiB turn.
+const TURN_BYTES: u64 = 64 * 1024;
+/// See [`TURN_BYTES`].
+pub(super) const ROUND_BYTES: usize = 64 * 1024;
+/// A turn whose rounds make progress without moving bytes (frames turned, faults queued)
+/// ends after this many.
 const ROUNDS_PER_TURN: usize = 16;
 /// How often connections are checked for the no-progress timeout.
 const SWEEP_INTERVAL_NS: u64 = 100_000_000;
@@ -141,7 +158,10 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
         connections: Vec::new(),
         free_slots: Vec::new(),
         open_count: 0,
-        busy: Vec::new(),
+        busy: VecDeque::new(),
+        queued: Vec::new(),
+        served_in: Vec::new(),
+        generation: 0,
         last_sweep_ns: clock::now_ns(),
         drain_deadline_ns: None,
         metrics,
@@ -184,7 +204,7 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
         }
         let now_ns = clock::now_ns();
         touched.clear();
-        touched.append(&mut hop.busy);
+        hop.generation += 1;
         for event in events.iter() {
             if event.token() == LISTENER {
                 hop.accept_all(poll.registry(), &mut touched);
@@ -202,11 +222,17 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
             if let Some(peer) = peer {
                 peer.on_event(event);
             }
-            touched.push(slot);
+            // A queued connection waits for its turn in the queue (see TURN_BYTES).
+            if !hop.is_queued(slot) && hop.first_time_this_wake_up(slot) {
+                touched.push(slot);
+            }
         }
-        touched.sort_unstable();
-        touched.dedup();
         for &slot in &touched {
+            hop.pump(poll.registry(), slot, now_ns);
+        }
+        if let Some(slot) = hop.busy.pop_front() {
+            hop.queued[slot] = false;
+            touched.push(slot);
             hop.pump(poll.registry(), slot, now_ns);
         }
         hop.probe_if_due(poll.registry());
@@ -261,8 +287,13 @@ struct Hop {
     open_count: usize,
     /// Set by a stop signal: no new connections, and the open ones have until then.
     drain_deadline_ns: Option<u64>,
-    /// Connections that used up their turn with work left: served again without sleeping.
-    busy: Vec<usize>,
+    /// Connections that used up their turn with work left, in the order they get their next
+    /// turns (one per wake-up; see [`TURN_BYTES`]); `queued` says which slots are in it.
+    busy: VecDeque<usize>,
+    queued: Vec<bool>,
+    /// Per slot, the wake-up whose newly ready list it is in (`generation`): one turn each.
+    served_in: Vec<u64>,
+    generation: u64,
     last_sweep_ns: u64,
     metrics: Option<HopMetrics>,
     /// An ingress's measurement, per distinct path.
@@ -480,17 +511,47 @@ impl Hop {
         Ok(())
     }
 
+    fn is_queued(&self, slot: usize) -> bool {
+        self.queued.get(slot).copied().unwrap_or(false)
+    }
+
+    /// Puts `slot` at the back of the busy queue, unless it is in it.
+    fn queue_busy(&mut self, slot: usize) {
+        if self.queued.len() <= slot {
+            self.queued.resize(slot + 1, false);
+        }
+        if !self.queued[slot] {
+            self.queued[slot] = true;
+            self.busy.push_back(slot);
+        }
+    }
+
+    /// Whether `slot` is not yet in this wake-up's list (marking it as in).
+    fn first_time_this_wake_up(&mut self, slot: usize) -> bool {
+        if self.served_in.len() <= slot {
+            self.served_in.resize(slot + 1, 0);
+        }
+        let first = self.served_in[slot] != self.generation;
+        self.served_in[slot] = self.generation;
+        first
+    }
+
+    /// One turn of `slot` (see [`TURN_BYTES`]).
     fn pump(&mut self, registry: &mio::Registry, slot: usize, now_ns: u64) {
         let Some(Some(connection)) = self.connections.get_mut(slot) else {
             return;
         };
+        let moved_before = connection.bytes_moved();
         let mut context =
             Context { config: &self.config, role: self.role, totals: &mut self.totals };
         let mut rounds = 0;
         let outcome = loop {
             match connection.round(&mut context, registry, now_ns) {
-                Ok(Round::Progress) if rounds + 1 == ROUNDS_PER_TURN => {
-                    self.busy.push(slot);
+                Ok(Round::Progress)
+                    if rounds + 1 == ROUNDS_PER_TURN
+                        || connection.bytes_moved() - moved_before >= TURN_BYTES =>
+                {
+                    self.queue_busy(slot);
                     return;
                 }
                 Ok(Round::Progress) => rounds += 1,
@@ -560,7 +621,10 @@ impl Hop {
         }
         self.free_slots.push(slot);
         self.open_count -= 1;
-        self.busy.retain(|&busy| busy != slot);
+        if self.is_queued(slot) {
+            self.queued[slot] = false;
+            self.busy.retain(|&busy| busy != slot);
+        }
         let seconds = (clock::now_ns() - connection.opened_ns) as f64 / 1e9;
         if let Some(metrics) = self.metrics.as_mut() {
             let totals = &mut metrics.totals;

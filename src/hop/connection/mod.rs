@@ -21,7 +21,7 @@ mod egress;
 pub mod ingress;
 mod relay;
 
-use super::{HopConfig, Side, next_hop_text, token_of};
+use super::{HopConfig, ROUND_BYTES, Side, next_hop_text, token_of};
 use crate::buffer::Buffer;
 use crate::core::{Inbound, Outbound, Peer, ReadStamp};
 use crate::net;
@@ -265,12 +265,12 @@ impl Connection {
         if !self.down.stalled {
             read_any |= self
                 .upstream
-                .fill(&mut self.down.input)
+                .fill_at_most(&mut self.down.input, ROUND_BYTES)
                 .map_err(|error| format!("read: {error}"))?;
         }
         advanced |= self.process_down(context, registry)?;
         if let Some(downstream) = self.downstream.connected_mut() {
-            match downstream.flush(&mut self.down.output) {
+            match downstream.flush_at_most(&mut self.down.output, ROUND_BYTES) {
                 Ok(wrote) => advanced |= wrote,
                 Err(error) => {
                     self.lose_downstream(registry, context.config, error)?;
@@ -281,7 +281,7 @@ impl Connection {
 
         // Up: downstream socket -> up.input -> frames -> up.output -> upstream socket.
         if let (Some(downstream), false) = (self.downstream.connected_mut(), self.up.stalled) {
-            match downstream.fill(&mut self.up.input) {
+            match downstream.fill_at_most(&mut self.up.input, ROUND_BYTES) {
                 Ok(got) => read_any |= got,
                 Err(error) => {
                     self.lose_downstream(registry, context.config, error)?;
@@ -308,8 +308,10 @@ impl Connection {
             return Err(reason);
         }
         advanced |= self.queue_fault(context.config);
-        advanced |=
-            self.upstream.flush(&mut self.up.output).map_err(|error| format!("write: {error}"))?;
+        advanced |= self
+            .upstream
+            .flush_at_most(&mut self.up.output, ROUND_BYTES)
+            .map_err(|error| format!("write: {error}"))?;
 
         if advanced {
             self.last_progress_ns = now_ns;
@@ -754,6 +756,15 @@ impl Connection {
     /// client's or the server's reset on hop by hop.
     pub(super) fn passes_resets(&self) -> bool {
         self.origin == Origin::Ingress
+    }
+
+    /// Bytes read from and written to both sockets since the connection opened: what a turn
+    /// is counted in.
+    pub(super) fn bytes_moved(&self) -> u64 {
+        self.down.input.total_received()
+            + self.up.input.total_received()
+            + self.down.output.total_written()
+            + self.up.output.total_written()
     }
 
     /// Whether the connection holds work that should make progress within the timeout.
