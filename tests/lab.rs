@@ -10,6 +10,7 @@
 mod util;
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -182,6 +183,19 @@ impl Lab {
             .arg(self.report_path());
         // A report left by an earlier deploy must not pass for this one's.
         let _ = std::fs::remove_file(self.report_path());
+        // The tests send the deployer SIGINT as Ctrl-C would. A shell started with SIGINT
+        // ignored cannot trap it, and a test run started in the background of a script inherits
+        // it ignored (non-interactive shells ignore SIGINT and SIGQUIT for background jobs): then
+        // every Ctrl-C test hung for its 90 s. The deployer starts with both at their defaults,
+        // as in a terminal.
+        // SAFETY: signal(2) is async-signal-safe, and the closure does nothing else.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         command
             // Its local scratch directory then lives in the lab's, which `down` removes even
             // after a deployer killed outright.
