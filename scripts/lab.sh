@@ -10,6 +10,7 @@
 set -euo pipefail
 
 readonly NET=10.213 # host hK is 10.213.0.(K+1); link hI⇄hI+1 is 10.213.(I+1).0/24
+readonly NET6=fd53:7373 # where the machine has IPv6: hK is also fd53:7373::(K+1), link fd53:7373:(I+1)::/64
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly script_dir
 
@@ -18,7 +19,9 @@ usage() {
 usage: scripts/lab.sh [--dir DIR] COMMAND ...
 
   up N [--prefix P]        build hosts h0..h(N-1) (namespaces P h0.., default prefix 'ssts-'),
-                           in a line: h0 - h1 - ... , each with an sshd on port 22
+                           in a line: h0 - h1 - ... , each with an sshd on port 22; where
+                           the machine has IPv6, every host and sshd has an IPv6 address too
+                           (ssh_config names it hK.v6)
   down [--prefix P]        stop every process in the lab's namespaces, delete them and the lab
                            directory; idempotent, fine to run when nothing is up
   impair LINK [--delay MS] [--jitter MS] [--rate MBIT] [--loss PCT] [--port P]
@@ -39,7 +42,7 @@ usage: scripts/lab.sh [--dir DIR] COMMAND ...
   clear LINK               remove everything impair added to LINK (qdiscs, nft and iptables
                            rules, elements; offloads as they were)
   exec HOST CMD...         run CMD inside HOST's namespace
-  addr HOST                print HOST's address
+  addr HOST [-6]           print HOST's address (-6: its IPv6 address; fails without IPv6)
   env                      print LAB_DIR, PREFIX, HOSTS, SSH_CONFIG as shell assignments
 
   --dir DIR                the lab's directory (default: $LAB_DIR, else /tmp/ssts-lab)
@@ -70,6 +73,7 @@ load_state() {
         case $key in
             prefix) prefix=$value ;;
             hosts) hosts=$value ;;
+            ipv6) ipv6=$value ;;
         esac
     done <"$lab_dir/lab.env"
 }
@@ -81,6 +85,14 @@ link_addr() {
     local host=$1 peer=$2
     if ((peer > host)); then printf '%s.%s.1' "$NET" "$((host + 1))"; else printf '%s.%s.2' "$NET" "$((peer + 1))"; fi
 }
+
+host_addr6() { printf '%s::%x' "$NET6" "$(($1 + 1))"; }
+link_addr6() {
+    local host=$1 peer=$2
+    if ((peer > host)); then printf '%s:%x::1' "$NET6" "$((host + 1))"; else printf '%s:%x::2' "$NET6" "$((peer + 1))"; fi
+}
+# Whether the lab has IPv6 addresses: decided at `up` (the machine may have IPv6 switched off).
+ipv6=false
 
 # "h2" -> 2; dies on anything that is not a lab host.
 host_index() {
@@ -175,6 +187,7 @@ write_sshd_config() {
 # sshd of lab host h$k: listens only on this namespace's addresses; key authentication only.
 ListenAddress $(host_addr "$k"):22
 ListenAddress 127.0.0.1:22
+$(if $ipv6; then printf 'ListenAddress [%s]:22' "$(host_addr6 "$k")"; fi)
 HostKey $lab_dir/ssh_host_ed25519_key
 PidFile $dir/sshd.pid
 AuthorizedKeysFile $lab_dir/authorized_keys
@@ -226,6 +239,10 @@ cmd_up() {
     [[ -z $(lab_namespaces) ]] || die "up: namespaces ${prefix}h* exist already (lab.sh down first)"
     [[ ! -e $lab_dir/lab.env ]] || die "up: $lab_dir holds a lab already (lab.sh down first)"
     hosts=$count
+    # IPv6 where the machine has it: a namespace made now gets an IPv6 loopback then.
+    if [[ -e /proc/sys/net/ipv6 ]] && [[ $(cat /proc/sys/net/ipv6/conf/default/disable_ipv6 2>/dev/null) == 0 ]]; then
+        ipv6=true
+    fi
 
     # From here on, any failure or interruption takes down what was built.
     trap on_up_exit EXIT
@@ -235,14 +252,17 @@ cmd_up() {
     mkdir -p "$lab_dir"
     chmod 0700 "$lab_dir"
     : >"$lab_dir/.ssts-lab"
-    printf 'prefix=%s\nhosts=%s\n' "$prefix" "$hosts" >"$lab_dir/lab.env"
+    printf 'prefix=%s\nhosts=%s\nipv6=%s\n' "$prefix" "$hosts" "$ipv6" >"$lab_dir/lab.env"
     ssh-keygen -q -t ed25519 -N '' -C ssts-lab-client -f "$lab_dir/id_ed25519"
     ssh-keygen -q -t ed25519 -N '' -C ssts-lab-host -f "$lab_dir/ssh_host_ed25519_key"
-    printf 'from="%s.0.0/16,127.0.0.1" %s\n' "$NET" "$(cat "$lab_dir/id_ed25519.pub")" >"$lab_dir/authorized_keys"
+    printf 'from="%s.0.0/16,127.0.0.1,%s::/32" %s\n' "$NET" "$NET6" "$(cat "$lab_dir/id_ed25519.pub")" >"$lab_dir/authorized_keys"
     {
         echo "# ssh_config of the subsegment-tcp-speeds lab (use from inside a lab namespace)"
         local k
         for ((k = 0; k < hosts; k++)); do printf 'Host h%s\n    HostName %s\n' "$k" "$(host_addr "$k")"; done
+        if $ipv6; then
+            for ((k = 0; k < hosts; k++)); do printf 'Host h%s.v6\n    HostName %s\n' "$k" "$(host_addr6 "$k")"; done
+        fi
         cat <<EOF
 Host *
     User root
@@ -265,12 +285,18 @@ EOF
         ip netns add "$namespace"
         ip -n "$namespace" link set lo up
         ip -n "$namespace" addr add "$(host_addr "$k")/32" dev lo
+        # nodad: usable at once, not after duplicate address detection's second or two.
+        if $ipv6; then ip -n "$namespace" addr add "$(host_addr6 "$k")/128" dev lo nodad; fi
     done
     # Each pair is created directly inside its two namespaces: nothing appears in the root one.
     for ((k = 0; k + 1 < hosts; k++)); do
         ip link add "to-h$((k + 1))" netns "$(ns "$k")" type veth peer name "to-h$k" netns "$(ns "$((k + 1))")"
         ip -n "$(ns "$k")" addr add "$(link_addr "$k" "$((k + 1))")/24" dev "to-h$((k + 1))"
         ip -n "$(ns "$((k + 1))")" addr add "$(link_addr "$((k + 1))" "$k")/24" dev "to-h$k"
+        if $ipv6; then
+            ip -n "$(ns "$k")" addr add "$(link_addr6 "$k" "$((k + 1))")/64" dev "to-h$((k + 1))" nodad
+            ip -n "$(ns "$((k + 1))")" addr add "$(link_addr6 "$((k + 1))" "$k")/64" dev "to-h$k" nodad
+        fi
         ip -n "$(ns "$k")" link set "to-h$((k + 1))" up
         ip -n "$(ns "$((k + 1))")" link set "to-h$k" up
     done
@@ -284,6 +310,7 @@ EOF
         namespace=$(ns "$k")
         if ((k > 0 && k + 1 < hosts)); then
             ip netns exec "$namespace" sysctl -q -w net.ipv4.ip_forward=1
+            if $ipv6; then ip netns exec "$namespace" sysctl -q -w net.ipv6.conf.all.forwarding=1; fi
         fi
         for ((j = 0; j < hosts; j++)); do
             ((j != k)) || continue
@@ -294,6 +321,11 @@ EOF
             fi
             ip -n "$namespace" route add "$(host_addr "$j")/32" via "$via" dev "$dev" \
                 src "$(host_addr "$k")" quickack 1
+            if $ipv6; then
+                if ((j > k)); then via=$(link_addr6 "$((k + 1))" "$k"); else via=$(link_addr6 "$((k - 1))" "$k"); fi
+                ip -6 -n "$namespace" route add "$(host_addr6 "$j")/128" via "$via" dev "$dev" \
+                    src "$(host_addr6 "$k")" quickack 1
+            fi
         done
     done
     for ((k = 0; k < hosts; k++)); do
@@ -309,7 +341,7 @@ EOF
             die "up: ssh from h0 to h$k failed"
     done
     trap - EXIT INT TERM
-    echo "lab: up: $hosts hosts h0..h$((hosts - 1)) (namespaces $(ns 0)..), addresses $(host_addr 0)..$(host_addr "$((hosts - 1))"), ssh -F $lab_dir/ssh_config" >&2
+    echo "lab: up: $hosts hosts h0..h$((hosts - 1)) (namespaces $(ns 0)..), addresses $(host_addr 0)..$(host_addr "$((hosts - 1))")$(if $ipv6; then printf ' and %s..%s' "$(host_addr6 0)" "$(host_addr6 "$((hosts - 1))")"; fi), ssh -F $lab_dir/ssh_config" >&2
 }
 
 # -- impairments --------------------------------------------------------------------------------
@@ -592,7 +624,12 @@ case $command in
     addr)
         load_state
         index=$(host_index "${1:?addr needs a HOST}")
-        host_addr "$index"
+        if [[ ${2:-} == -6 ]]; then
+            $ipv6 || die "addr: this lab has no IPv6 (the machine has it switched off)"
+            host_addr6 "$index"
+        else
+            host_addr "$index"
+        fi
         echo
         ;;
     env)

@@ -7,7 +7,9 @@
 //! of it goes back to the kernel when the connection closes. (Taken from the allocator instead,
 //! a freed 1 MiB buffer raises glibc's mmap threshold; later buffers then come from the heap,
 //! are zeroed page by page on the first frame, and stay resident: 534 MiB for 1,000 idle
-//! connections instead of 18 MiB, measured with `scripts/bench.sh --only rss`.)
+//! connections at a relay that had served one, instead of 2.5 MiB, measured with
+//! `scripts/bench.sh --only rss`. With their paths discovered, 1,000 connections take about
+//! 20 MiB: `tests/load.rs` prints and bounds it.)
 
 use std::io;
 use std::ops::{Deref, DerefMut};

@@ -10,6 +10,7 @@
 mod util;
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,6 +66,9 @@ struct Lab {
     dir: PathBuf,
     prefix: String,
     hosts: usize,
+    /// The deploy directories there were before this lab: those made since, which a failed test
+    /// leaves when `down` kills the wrappers that would remove them, go with the lab.
+    deploy_dirs_before: Vec<PathBuf>,
 }
 
 impl Lab {
@@ -76,6 +80,7 @@ impl Lab {
             dir: std::env::temp_dir().join(format!("ssts-test-lab-{pid}-{serial}")),
             prefix: format!("ssts-t{pid}x{serial}-"),
             hosts,
+            deploy_dirs_before: deploy_dirs(),
         };
         let output = lab.script(&["up", &hosts.to_string(), "--prefix", &lab.prefix]);
         assert!(
@@ -142,6 +147,14 @@ impl Lab {
         (1..self.hosts).map(|host| format!("h{host}")).collect()
     }
 
+    /// Host h`host`'s IPv6 address (ssh_config's `hK.v6`), or `None` when the lab has none
+    /// (the machine has IPv6 switched off).
+    fn address6(&self, host: usize) -> Option<String> {
+        let config = std::fs::read_to_string(self.dir.join("ssh_config")).expect("ssh_config");
+        let mut lines = config.lines().skip_while(|line| *line != format!("Host h{host}.v6"));
+        Some(lines.nth(1)?.trim().strip_prefix("HostName ")?.to_string())
+    }
+
     /// Where the source of the latest deploy writes its `--json` report.
     fn report_path(&self) -> PathBuf {
         self.dir.join("report.json")
@@ -170,6 +183,19 @@ impl Lab {
             .arg(self.report_path());
         // A report left by an earlier deploy must not pass for this one's.
         let _ = std::fs::remove_file(self.report_path());
+        // The tests send the deployer SIGINT as Ctrl-C would. A shell started with SIGINT
+        // ignored cannot trap it, and a test run started in the background of a script inherits
+        // it ignored (non-interactive shells ignore SIGINT and SIGQUIT for background jobs): then
+        // every Ctrl-C test hung for its 90 s. The deployer starts with both at their defaults,
+        // as in a terminal.
+        // SAFETY: signal(2) is async-signal-safe, and the closure does nothing else.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         command
             // Its local scratch directory then lives in the lab's, which `down` removes even
             // after a deployer killed outright.
@@ -223,6 +249,9 @@ impl Drop for Lab {
         let output = self.script(&["down", "--prefix", &self.prefix]);
         if !output.status.success() {
             eprintln!("lab.sh down failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        for dir in new_deploy_dirs(&self.deploy_dirs_before) {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -983,6 +1012,290 @@ fn hops_the_source_cannot_reach_are_deployed_through_a_jump_host() {
     assert!(report.labels().contains(&"h2 ⇄ h3"), "{stderr}");
     assert_eq!(report.end_to_end.count, 100, "{stderr}");
     lab.assert_no_leftovers("after a deploy through a jump host");
+}
+
+// -- deploy-chain's own options ------------------------------------------------------------------
+
+/// The directories deploy-chain makes on the hosts for the copied binary (and, with `--keep`, a
+/// hop's log). The lab's hosts share this machine's file system, so the test sees them all.
+fn deploy_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/tmp")
+        .expect("read /tmp")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("ssts-deploy."))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The deploy directories made since `before` was listed.
+fn new_deploy_dirs(before: &[PathBuf]) -> Vec<PathBuf> {
+    deploy_dirs().into_iter().filter(|dir| !before.contains(dir)).collect()
+}
+
+/// Polls (bounded) until no deploy directory is left but those in `before`.
+#[track_caller]
+fn assert_deploy_dirs_removed(before: &[PathBuf], context: &str) {
+    let deadline = Instant::now() + CLEANUP_TIMEOUT;
+    loop {
+        let left = new_deploy_dirs(before);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{context}: deploy directories left: {left:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The hops running in the lab, as (host, pid): the processes named after the tool.
+fn hop_pids(lab: &Lab) -> Vec<(usize, u32)> {
+    let mut found = Vec::new();
+    for host in 0..lab.hosts {
+        let output = Command::new("ip")
+            .args(["netns", "pids", &lab.namespace(host)])
+            .output()
+            .expect("ip netns pids");
+        for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            // The kernel keeps 15 bytes of a command's name.
+            if comm.trim() == "subsegment-tcp-" && host > 0 {
+                found.push((host, pid.parse().expect("a pid")));
+            }
+        }
+    }
+    found
+}
+
+/// The executable process `pid` runs, as the kernel names it.
+fn exe_of(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
+}
+
+/// The copied binary is what the hops run, and it is removed from every host however the
+/// deploy ends: by itself (the source done), by Ctrl-C, or killed outright (no trap runs; each
+/// host's wrapper removes its own copy once its ssh session's stdin closes).
+#[test]
+fn the_copied_binary_runs_the_hops_and_is_removed_however_the_deploy_ends() {
+    let test = "the_copied_binary_runs_the_hops_and_is_removed_however_the_deploy_ends";
+    let Some(_lock) = lab_or_skip(test) else {
+        return;
+    };
+    let lab = Lab::up(3);
+    let before = deploy_dirs();
+
+    let (status, stderr) =
+        Running::spawn(lab.deploy_command(&[], &lab.hops(), &PROBES)).finish(RUN_TIMEOUT);
+    assert!(status.success(), "deploy-chain failed ({status}):\n{stderr}");
+    lab.assert_no_leftovers("after a deploy that ended by itself");
+    assert_deploy_dirs_removed(&before, "after a deploy that ended by itself");
+
+    for signal in [libc::SIGINT, libc::SIGKILL] {
+        let run = start_endless_probes(&lab, &[]);
+        let copies = new_deploy_dirs(&before);
+        assert_eq!(copies.len(), 2, "one copy per host: {copies:?}\n{}", run.stderr());
+        let hops = hop_pids(&lab);
+        assert_eq!(hops.len(), 2, "{hops:?}: {:?}", lab.leftovers());
+        for (host, pid) in &hops {
+            let exe = exe_of(*pid);
+            assert!(
+                copies.iter().any(|dir| exe == dir.join("subsegment-tcp-speeds")),
+                "h{host}'s hop runs {exe:?}, not a copy in {copies:?}"
+            );
+        }
+        run.signal(signal);
+        let (status, stderr) = run.finish(RUN_TIMEOUT);
+        assert!(!status.success(), "{status}:\n{stderr}");
+        let context = format!("after signal {signal} to deploy-chain");
+        lab.assert_no_leftovers(&context);
+        assert_deploy_dirs_removed(&before, &context);
+    }
+}
+
+/// `--remote-bin PATH`: the hops run the binary already at PATH on every host, and nothing is
+/// copied (no directory is made anywhere). The lab's hosts share this file system, so the
+/// test binary's own path is "installed" on every one.
+#[test]
+fn remote_bin_runs_the_installed_binary_and_copies_nothing() {
+    let Some(_lock) = lab_or_skip("remote_bin_runs_the_installed_binary_and_copies_nothing") else {
+        return;
+    };
+    let lab = Lab::up(3);
+    let before = deploy_dirs();
+    let installed = std::fs::canonicalize(MAIN_BIN).expect("the test binary");
+    let run = start_endless_probes(&lab, &["--remote-bin", MAIN_BIN]);
+    assert_eq!(new_deploy_dirs(&before), Vec::<PathBuf>::new(), "a copy was made anyway");
+    let hops = hop_pids(&lab);
+    assert_eq!(hops.len(), 2, "{hops:?}: {:?}", lab.leftovers());
+    for (host, pid) in &hops {
+        assert_eq!(exe_of(*pid), installed, "h{host}'s hop runs another binary");
+    }
+    run.signal(libc::SIGINT);
+    let (status, stderr) = run.finish(RUN_TIMEOUT);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(lab.report(&stderr).end_to_end.count > 0, "{stderr}");
+    lab.assert_no_leftovers("after a --remote-bin deploy");
+    assert!(installed.exists(), "the installed binary was removed");
+    assert_deploy_dirs_removed(&before, "after a --remote-bin deploy");
+}
+
+/// `--keep`: the deployer ends with the source, and the chain stays up: each hop logs to a file
+/// on its host, another source is served, and the commands printed to stop it stop every hop
+/// and remove its directory (binary and log).
+#[test]
+fn keep_leaves_the_chain_serving_and_prints_the_commands_that_stop_it() {
+    let Some(_lock) =
+        lab_or_skip("keep_leaves_the_chain_serving_and_prints_the_commands_that_stop_it")
+    else {
+        return;
+    };
+    let lab = Lab::up(3);
+    let before = deploy_dirs();
+    let (status, stderr) =
+        Running::spawn(lab.deploy_command(&["--keep"], &lab.hops(), &PROBES)).finish(RUN_TIMEOUT);
+    assert!(status.success(), "deploy-chain --keep failed ({status}):\n{stderr}");
+    assert_eq!(lab.report(&stderr).end_to_end.count, 300, "{stderr}");
+    let hops = hop_pids(&lab);
+    assert_eq!(hops.len(), 2, "the chain did not stay up: {:?}\n{stderr}", lab.leftovers());
+    let kept = new_deploy_dirs(&before);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for dir in &kept {
+        let log = std::fs::read_to_string(dir.join("hop.log")).unwrap_or_default();
+        assert!(log.contains("listening on"), "{}: {log:?}", dir.display());
+    }
+
+    // Another source, started by hand, is served by the kept chain.
+    let json = lab.dir.join("second.json");
+    let first_hop = format!("{}:9000", lab.address(1));
+    let output = Command::new("ip")
+        .args(["netns", "exec", &lab.namespace(0), MAIN_BIN, "-f", &first_hop, "-n", "h0"])
+        .args(["--count", "20", "--window", "1", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run a second source");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(read_json_report(&json, &stderr).end_to_end.count, 20);
+
+    let (_, stop) = stderr
+        .split_once("deploy-chain: --keep: the chain stays up; to stop it:\n")
+        .unwrap_or_else(|| panic!("no stop commands:\n{stderr}"));
+    let commands: Vec<&str> = stop.lines().take_while(|line| line.starts_with("  ssh ")).collect();
+    assert_eq!(commands.len(), 2, "one per hop:\n{stderr}");
+    for command in commands {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &lab.namespace(0), "bash", "-c", command])
+            .output()
+            .expect("run a stop command");
+        assert!(output.status.success(), "{command}: {output:?}");
+    }
+    lab.assert_no_leftovers("after the --keep stop commands");
+    assert_deploy_dirs_removed(&before, "after the --keep stop commands");
+}
+
+/// The sockets listening on the chain's port in h`host`, of one address family (`-4`, `-6`),
+/// as `ss` shows their local addresses (a dual-stack IPv6 wildcard shows as `*:9000`).
+fn listeners(lab: &Lab, host: usize, family: &str) -> Vec<String> {
+    let text = in_host(lab, host, &["ss", family, "-Hltn", "sport = :9000"]);
+    text.lines().filter_map(|line| line.split_whitespace().nth(3).map(str::to_string)).collect()
+}
+
+/// `--listen-host '[::]'`: every hop binds the IPv6 wildcard instead of the default IPv4 one,
+/// and the chain still works over IPv4, its default allow-lists (IPv4 /32 blocks) matching the
+/// v4-mapped peers.
+#[test]
+fn listen_host_is_what_every_hop_binds() {
+    let Some(_lock) = lab_or_skip("listen_host_is_what_every_hop_binds") else {
+        return;
+    };
+    if !util::has_ipv6_loopback() {
+        say_skipped("listen_host_is_what_every_hop_binds", "this machine has no IPv6");
+        return;
+    }
+    let lab = Lab::up(3);
+    let before = deploy_dirs();
+    let run = start_endless_probes(&lab, &["--listen-host", "[::]"]);
+    for host in [1, 2] {
+        let (v4, v6) = (listeners(&lab, host, "-4"), listeners(&lab, host, "-6"));
+        assert!(v4.is_empty() && v6.len() == 1, "h{host}: IPv4 {v4:?}, IPv6 {v6:?}");
+        let said = format!("[h{host}] h{host}: listening on [::]:9000");
+        assert!(run.stderr().contains(&said), "{said:?} missing:\n{}", run.stderr());
+    }
+    run.signal(libc::SIGINT);
+    let (status, stderr) = run.finish(RUN_TIMEOUT);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("refusing"), "{stderr}");
+    assert!(lab.report(&stderr).end_to_end.count > 0, "{stderr}");
+    lab.assert_no_leftovers("after a --listen-host deploy");
+    assert_deploy_dirs_removed(&before, "after a --listen-host deploy");
+}
+
+/// `--server ADDR`: the last host does not echo; it strips the frames and relays plain payload
+/// to the ordinary TCP server at ADDR as seen from there (here the tool's own `-r` echo end,
+/// which answers plain bytes and speaks no frames, on h2's loopback), and the report's last
+/// link is that server's.
+#[test]
+fn server_makes_the_last_host_relay_to_an_ordinary_server() {
+    let Some(_lock) = lab_or_skip("server_makes_the_last_host_relay_to_an_ordinary_server") else {
+        return;
+    };
+    let lab = Lab::up(3);
+    let in_h2 = ["netns", "exec", &lab.namespace(2), MAIN_BIN];
+    let server_args = [&in_h2[..], &["-l", "127.0.0.1:7000", "-r", "-n", "S"]].concat();
+    let (server, _) = util::spawn_listening("ip", &server_args);
+    let before = deploy_dirs();
+    let run =
+        Running::spawn(lab.deploy_command(&["--server", "127.0.0.1:7000"], &lab.hops(), &PROBES));
+    let (status, stderr) = run.finish(RUN_TIMEOUT);
+    assert!(status.success(), "deploy-chain --server failed ({status}):\n{stderr}");
+    let report = lab.report(&stderr);
+    assert_eq!(report.end_to_end.count, 300, "{stderr}");
+    let labels = report.labels();
+    assert_eq!(labels.last(), Some(&"h2 ⇄ 127.0.0.1:7000"), "{labels:?}");
+    assert!(!labels.iter().any(|label| label.contains("(echo)")), "{labels:?}");
+    assert!(stderr.contains("plain TCP server"), "{stderr}");
+    let served = util::frames::wait_for_stderr(&server, Duration::from_secs(5), |text| {
+        text.contains("connection from 127.0.0.1:")
+    });
+    assert!(served.is_some(), "the server saw no connection from h2: {}", server.stderr());
+    drop(server);
+    lab.assert_no_leftovers("after a --server deploy");
+    assert_deploy_dirs_removed(&before, "after a --server deploy");
+}
+
+/// Hosts given by IPv6 address (`[v6]`, with a user and an ssh port too): ssh reaches them over
+/// IPv6, each hop allows its predecessor's IPv6 address, and with `--listen-host '[::]'` the
+/// whole chain runs over IPv6.
+#[test]
+fn ipv6_ssh_hosts_deploy_a_chain_over_ipv6() {
+    let Some(_lock) = lab_or_skip("ipv6_ssh_hosts_deploy_a_chain_over_ipv6") else {
+        return;
+    };
+    let lab = Lab::up(3);
+    let [Some(h0), Some(h1), Some(h2)] = [0, 1, 2].map(|host| lab.address6(host)) else {
+        say_skipped(
+            "ipv6_ssh_hosts_deploy_a_chain_over_ipv6",
+            "the lab has no IPv6 (switched off here)",
+        );
+        return;
+    };
+    let before = deploy_dirs();
+    let hops = [format!("root@[{h1}]:22"), format!("[{h2}]")];
+    let (status, stderr) =
+        Running::spawn(lab.deploy_command(&["--listen-host", "[::]"], &hops, &PROBES))
+            .finish(RUN_TIMEOUT);
+    assert!(status.success(), "deploy-chain over IPv6 failed ({status}):\n{stderr}");
+    assert!(stderr.contains(&format!("allows {h0}/128 (")), "{stderr}");
+    assert!(stderr.contains(&format!("allows {h1}/128 (")), "{stderr}");
+    let report = lab.report(&stderr);
+    assert_eq!(report.end_to_end.count, 300, "{stderr}");
+    let path = report.json["path"].as_array().expect("a path");
+    let field = |index: usize, name: &str| path[index][name].as_str().unwrap_or("").to_string();
+    assert_eq!(field(1, "reached_at"), format!("[{h1}]:9000"), "{path:?}");
+    assert_eq!(field(2, "reached_at"), format!("[{h2}]:9000"), "{path:?}");
+    assert!(field(2, "seen_from").starts_with(&format!("[{h1}]:")), "{path:?}");
+    lab.assert_no_leftovers("after an IPv6 deploy");
+    assert_deploy_dirs_removed(&before, "after an IPv6 deploy");
 }
 
 /// Every script is shellcheck-clean (the whole directory, so a new script is checked too), and

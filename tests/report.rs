@@ -256,7 +256,9 @@ fn a_continuous_run_interrupted_writes_intervals_samples_and_a_valid_summary() {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
         text
     });
-    std::thread::sleep(Duration::from_millis(900));
+    // Interrupted once two intervals are on record (the check below wants them), not after a
+    // fixed 900 ms that a busy machine's slow start can use up.
+    wait_for_intervals(&jsonl, 2);
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
