@@ -1078,8 +1078,8 @@ impl Source<'_> {
         }
         self.receive_stalled = false;
         loop {
-            let frame = match wire::next_frame(self.receive.data()) {
-                Ok(Some(frame)) => frame,
+            let (frame, read) = match self.receive.next_frame() {
+                Ok(Some(head)) => head,
                 Ok(None) => break,
                 Err(error) => return Err(self.broken(&format!("bad answer: {error}"))),
             };
@@ -1102,7 +1102,6 @@ impl Source<'_> {
                     if from_server {
                         self.run.unsolicited_bytes += frame.payload_len() as u64;
                     } else {
-                        let read = self.receive.stamp_of_head(len);
                         self.run.sequencing.answered_one(frame.sequence());
                         self.run.payload_bytes += frame.payload_len() as u64;
                         self.run.last_answer_ns = Some(read.read_ns);

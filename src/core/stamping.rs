@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::io;
 
 use crate::buffer::Buffer;
-use crate::wire::{self, ReceiveClock};
+use crate::wire::{self, Frame, ReceiveClock, WireError};
 
 /// Reads remembered per buffer before consecutive ones are merged (see [`Inbound::received`]).
 const MAX_READ_MARKS: usize = 64;
@@ -23,6 +23,9 @@ pub struct ReadStamp {
     /// The bytes waited because the reader had stopped reading (its output was full).
     pub held_back: bool,
 }
+
+/// A whole frame at the head of an [`Inbound`], and the stamp of the read that completed it.
+pub type HeadFrame<'a> = (Frame<&'a [u8]>, ReadStamp);
 
 /// Bytes read from one socket, each run of them tagged with the stamp of the read call that
 /// brought it. Positions are counted from the start of the stream, so compaction and consumption
@@ -84,6 +87,16 @@ impl Inbound {
     }
 
     /// Drops `count` bytes from the head, and the marks of reads wholly consumed.
+    /// The whole frame at the head of the buffer, if one has come, with the stamp of the read
+    /// that completed it: every role's loop over its input starts here. Only finds where frames
+    /// end (`wire::next_frame` checks every limit); what a frame means is the role's business.
+    pub fn next_frame(&self) -> Result<Option<HeadFrame<'_>>, WireError> {
+        Ok(wire::next_frame(self.data())?.map(|frame| {
+            let read = self.stamp_of_head(frame.total_len());
+            (frame, read)
+        }))
+    }
+
     /// Bytes read into this buffer since it was made.
     pub fn total_received(&self) -> u64 {
         self.consumed + self.buffer.len() as u64

@@ -476,29 +476,21 @@ impl Connection {
         let ingress = self.ingress.as_mut().expect("an ingress connection");
         let mut progress = false;
         self.up.stalled = false;
-        loop {
-            let frame = match wire::next_frame(self.up.input.data()) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(error) => return Err(Self::bad_downstream(error)),
-            };
+        while let Some((frame, read)) = self.up.input.next_frame().map_err(Self::bad_downstream)? {
             let len = frame.total_len();
             match frame.kind() {
-                Kind::Data => {
-                    let read = self.up.input.stamp_of_head(len);
-                    match ingress.take_data(&frame, read, &mut self.up.output, totals) {
-                        Taken::NoRoom => {
-                            self.up.stalled = true;
-                            self.up.input.hold_back();
-                            break;
-                        }
-                        Taken::Measured => self.frames_up += 1,
-                        Taken::Delivered => {
-                            self.server_frames_up += 1;
-                            self.bytes_up += frame.payload_len() as u64;
-                        }
+                Kind::Data => match ingress.take_data(&frame, read, &mut self.up.output, totals) {
+                    Taken::NoRoom => {
+                        self.up.stalled = true;
+                        self.up.input.hold_back();
+                        break;
                     }
-                }
+                    Taken::Measured => self.frames_up += 1,
+                    Taken::Delivered => {
+                        self.server_frames_up += 1;
+                        self.bytes_up += frame.payload_len() as u64;
+                    }
+                },
                 Kind::Path => {
                     let path =
                         PathEntry::parse_all(frame.payload()).map_err(Self::bad_downstream)?;

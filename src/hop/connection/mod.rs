@@ -449,8 +449,8 @@ impl Connection {
         let mut progress = false;
         self.down.stalled = false;
         loop {
-            let frame = match wire::next_frame(self.down.input.data()) {
-                Ok(Some(frame)) => frame,
+            let (frame, read) = match self.down.input.next_frame() {
+                Ok(Some(head)) => head,
                 Ok(None) => break,
                 Err(error) => return Err(self.bad_upstream(error)),
             };
@@ -519,7 +519,6 @@ impl Connection {
                     if self.failure.is_some() {
                         true // the next hop is gone: the source learns it from the FAULT frame
                     } else {
-                        let read = self.down.input.stamp_of_head(len);
                         match (context.role, context.config.remove_perf_headers) {
                             (Role::Echo, false) => {
                                 let stamp = unwritten(hop, Direction::Turn, read);

@@ -11,12 +11,7 @@ impl Connection {
     pub(super) fn pass_answers_up(&mut self) -> Result<bool, String> {
         let mut progress = false;
         self.up.stalled = false;
-        loop {
-            let frame = match wire::next_frame(self.up.input.data()) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(error) => return Err(Self::bad_downstream(error)),
-            };
+        while let Some((frame, read)) = self.up.input.next_frame().map_err(Self::bad_downstream)? {
             let len = frame.total_len();
             let moved = match frame.kind() {
                 Kind::Data if frame.flags() & wire::DATA_FROM_SERVER != 0 => {
@@ -30,7 +25,6 @@ impl Connection {
                             MAX_RECORDS - 1
                         ));
                     }
-                    let read = self.up.input.stamp_of_head(len);
                     restamp_into(&mut self.up.output, &frame, unwritten(hop, Direction::Up, read))
                 }
                 Kind::Data => {
@@ -46,7 +40,6 @@ impl Connection {
                             MAX_RECORDS - 1
                         ));
                     }
-                    let read = self.up.input.stamp_of_head(len);
                     restamp_into(&mut self.up.output, &frame, unwritten(hop, Direction::Up, read))
                 }
                 Kind::Path => {
