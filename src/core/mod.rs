@@ -13,8 +13,8 @@
 //!   still waiting in user space when a write stops short is patched again before the next
 //!   write. Time in the kernel's send queue stays in the link.
 //!
-//! What the roles do with frames (restamp, turn, strip) is theirs; this module never parses a
-//! frame. The stamping state ([`stamping`]) has no sockets and takes the time as an argument, so
+//! What the roles do with frames (restamp, turn, strip) is theirs; this module only finds where
+//! a frame ends and which read completed it ([`Inbound::next_frame`]). The stamping state ([`stamping`]) has no sockets and takes the time as an argument, so
 //! its rules are unit-tested with hand-made timestamps; [`peer`] is the thin I/O around it.
 //! [`transmit`] matches the kernel's transmit timestamps (`--kernel-stamps`) to the writes they
 //! belong to, also without sockets.
