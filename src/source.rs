@@ -430,11 +430,11 @@ pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
         .map(|(publisher, chain)| (publisher, SourceRecorder::new(chain, &config.slas)));
     let mut poll = Poll::new()?;
     let target = config.forward_to.0;
-    let stream = net::connect(target).map_err(|error| {
-        let first_hop = first_hop(&config.forward_to);
-        io::Error::new(error.kind(), format!("cannot reach first hop {first_hop}: {error}"))
-    })?;
-    let mut upstream = Peer::new(stream, target, &config.name);
+    let mut upstream =
+        Peer::connect(target, poll.registry(), UPSTREAM, &config.name).map_err(|error| {
+            let first_hop = first_hop(&config.forward_to);
+            io::Error::new(error.kind(), format!("cannot reach first hop {first_hop}: {error}"))
+        })?;
     if config.kernel_stamps
         && let Err(error) = upstream.enable_tx_stamps()
     {
@@ -443,11 +443,6 @@ pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
             config.name
         );
     }
-    poll.registry().register(
-        &mut upstream.stream,
-        UPSTREAM,
-        Interest::READABLE | Interest::WRITABLE,
-    )?;
     let mut send = Outbound::with_capacity(SEND_BUFFER_LEN)?;
     announce(&mut send, &config, &upstream);
     let stdin = match config.probe {
@@ -713,18 +708,14 @@ impl Source<'_> {
     /// A continuous run's next attempt at the first hop, once its backoff has passed.
     fn reconnect(&mut self, poll: &mut Poll, now_ns: u64) {
         let target = self.config.forward_to.0;
-        let registered = net::connect(target).and_then(|stream| {
-            let mut upstream = Peer::new(stream, target, &self.config.name);
-            if self.config.kernel_stamps {
-                let _ = upstream.enable_tx_stamps();
-            }
-            poll.registry().register(
-                &mut upstream.stream,
-                UPSTREAM,
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            Ok(upstream)
-        });
+        let registered = Peer::connect(target, poll.registry(), UPSTREAM, &self.config.name).map(
+            |mut upstream| {
+                if self.config.kernel_stamps {
+                    let _ = upstream.enable_tx_stamps();
+                }
+                upstream
+            },
+        );
         match registered {
             Ok(upstream) => {
                 self.upstream = upstream;
@@ -983,25 +974,17 @@ impl Source<'_> {
         match self.link {
             Link::Down { .. } => return Ok(false),
             Link::Connected => {}
-            Link::Connecting => {
-                if !self.upstream.writable {
-                    return Ok(false);
+            Link::Connecting => match self.upstream.connected() {
+                Ok(true) => {
+                    self.link = Link::Connected;
+                    progress = true;
                 }
-                match net::connect_result(&self.upstream.stream) {
-                    Ok(true) => {
-                        self.link = Link::Connected;
-                        progress = true;
-                    }
-                    Ok(false) => {
-                        self.upstream.writable = false;
-                        return Ok(false);
-                    }
-                    Err(error) => {
-                        let first_hop = first_hop(&self.config.forward_to);
-                        return Err(format!("cannot reach first hop {first_hop}: {error}"));
-                    }
+                Ok(false) => return Ok(false),
+                Err(error) => {
+                    let first_hop = first_hop(&self.config.forward_to);
+                    return Err(format!("cannot reach first hop {first_hop}: {error}"));
                 }
-            }
+            },
         }
         progress |= self.read_stdin()?;
         progress |= self.send_frames()?;

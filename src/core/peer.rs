@@ -64,6 +64,35 @@ impl Peer {
         }
     }
 
+    /// Starts a non-blocking connect to `target`, registered for read and write readiness under
+    /// `token`: the first writable readiness says how it ended ([`Peer::connected`]). The
+    /// source's first hop and a hop's next hop are connected here alike.
+    pub fn connect(
+        target: SocketAddr,
+        registry: &mio::Registry,
+        token: mio::Token,
+        who: &str,
+    ) -> io::Result<Peer> {
+        let mut peer = Peer::new(net::connect(target)?, target, who);
+        registry.register(
+            &mut peer.stream,
+            token,
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )?;
+        Ok(peer)
+    }
+
+    /// After a writable readiness of a connecting socket: `Ok(true)` once connected,
+    /// `Ok(false)` while the connect is under way (the readiness is spent), or why it failed.
+    pub fn connected(&mut self) -> io::Result<bool> {
+        if !self.writable {
+            return Ok(false);
+        }
+        let connected = net::connect_result(&self.stream)?;
+        self.writable &= connected;
+        Ok(connected)
+    }
+
     /// Reads into `into` until the socket would block or the buffer is full, stamping each read
     /// right after it returns.
     pub fn fill(&mut self, into: &mut Inbound) -> io::Result<bool> {

@@ -14,8 +14,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
-use mio::Interest;
-
 mod echo;
 mod egress;
 pub mod ingress;
@@ -324,17 +322,8 @@ impl Connection {
     }
 
     fn start_connect(&mut self, registry: &mio::Registry, target: SocketAddr, config: &HopConfig) {
-        let started = net::connect(target).and_then(|stream| {
-            let mut downstream = Peer::new(stream, target, &config.name);
-            let token = token_of(self.slot, Side::Downstream);
-            registry.register(
-                &mut downstream.stream,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            Ok(downstream)
-        });
-        match started {
+        let token = token_of(self.slot, Side::Downstream);
+        match Peer::connect(target, registry, token, &config.name) {
             Ok(mut downstream) => {
                 if self.tx_stamps {
                     enable_tx_stamps(&mut downstream, &config.name);
@@ -354,10 +343,7 @@ impl Connection {
         let NextHop::Connecting(downstream) = &mut self.downstream else {
             return false;
         };
-        if !downstream.writable {
-            return false;
-        }
-        match net::connect_result(&downstream.stream) {
+        match downstream.connected() {
             Ok(true) => {
                 let connecting = std::mem::replace(&mut self.downstream, NextHop::Closed);
                 if let NextHop::Connecting(peer) = connecting {
@@ -365,10 +351,7 @@ impl Connection {
                 }
                 true
             }
-            Ok(false) => {
-                downstream.writable = false;
-                false
-            }
+            Ok(false) => false,
             Err(error) => {
                 self.fail_downstream(
                     registry,
