@@ -41,7 +41,7 @@ use crate::report::metrics::{HopSnapshot, Snapshot};
 use crate::scrape::Publisher;
 use crate::tuning;
 use crate::wire::{FaultCode, Role, Tag};
-use connection::{Connection, Context, Round};
+use connection::{CloseReason, Connection, Context, Round};
 use ingress::{IngressConfig, IngressTotals};
 
 const LISTENER: Token = Token(0);
@@ -254,7 +254,7 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
                 return Ok(hop.totals);
             }
             if now_ns >= deadline_ns || tuning::stop_signals() > 1 {
-                hop.close_all(poll.registry(), "stopped before the drain was complete");
+                hop.close_all(poll.registry());
                 return Ok(hop.totals);
             }
         }
@@ -321,7 +321,7 @@ struct HopMetrics {
     changed: bool,
 }
 /// Why a connection is closed: `None` for a clean end.
-type CloseReason = Option<String>;
+type Closing = Option<CloseReason>;
 
 impl Hop {
     fn count(&mut self, what: fn(&mut HopSnapshot) -> &mut u64) {
@@ -468,9 +468,10 @@ impl Hop {
         );
     }
 
-    fn close_all(&mut self, registry: &mio::Registry, reason: &str) {
+    /// The drain's time ran out.
+    fn close_all(&mut self, registry: &mio::Registry) {
         for slot in 0..self.connections.len() {
-            self.close(registry, slot, Some(reason.to_string()));
+            self.close(registry, slot, Some(CloseReason::Stopped));
         }
     }
 
@@ -597,13 +598,13 @@ impl Hop {
                 connection.last_progress_ns = now_ns;
                 self.pump(registry, slot, now_ns);
             } else {
-                let reason = format!("no progress for {seconds} s{}", connection.stall_detail());
-                self.close(registry, slot, Some(reason));
+                let detail = connection.stall_detail();
+                self.close(registry, slot, Some(CloseReason::NoProgress { seconds, detail }));
             }
         }
     }
 
-    fn close(&mut self, registry: &mio::Registry, slot: usize, reason: CloseReason) {
+    fn close(&mut self, registry: &mio::Registry, slot: usize, reason: Closing) {
         let Some(mut connection) = self.connections[slot].take() else {
             return;
         };
@@ -642,9 +643,9 @@ impl Hop {
         if let Some(ingress) = connection.ingress.as_ref() {
             ingress.close_into(&mut self.totals, clock::now_ns());
             if let Some(output) = self.totals.output.as_mut().filter(|output| output.jsonl) {
-                let failure = connection.failure.as_ref().map(|failure| failure.message.as_str());
-                let reason = reason.as_deref().or(failure);
-                let line = ingress.record(connection.upstream.addr, reason);
+                let failure = connection.failure.as_ref().map(|failure| failure.message.clone());
+                let reason = reason.as_ref().map(ToString::to_string).or(failure);
+                let line = ingress.record(connection.upstream.addr, reason.as_deref());
                 output.send(Destination::Jsonl, line);
             }
         }
@@ -653,7 +654,8 @@ impl Hop {
             .as_ref()
             .map_or(String::new(), |ingress| format!(" ({})", ingress.summary()));
         let failure = connection.failure.map(|failure| failure.message);
-        let reason = reason.or(failure).or(connection.passed_fault);
+        let reason =
+            reason.map(|reason| reason.to_string()).or(failure).or(connection.passed_fault);
         // One line per connection: a fault this hop reported or passed on is its reason too.
         let ending = match reason {
             None => String::new(),

@@ -85,6 +85,43 @@ pub(super) struct Connection {
     pub(super) ingress: Option<Box<IngressState>>,
 }
 
+/// Why a hop closes a connection before its orderly end; put in words only at the edge, its
+/// close line (and an ingress's connection record).
+#[derive(Debug)]
+pub(super) enum CloseReason {
+    /// Reading from the upstream peer failed (a reset, say).
+    UpstreamRead(io::Error),
+    /// Writing to the upstream peer failed.
+    UpstreamWrite(io::Error),
+    /// The upstream peer broke the protocol, or ended inside a frame: what it did.
+    BadUpstream(String),
+    /// The next hop broke while the upstream peer had stopped reading: the timeout ran out on
+    /// the way down first, and the peer that does not read is named.
+    NextHopGaveUp(String),
+    /// Nothing moved for the timeout while work was outstanding; `detail` says what waited.
+    NoProgress { seconds: f64, detail: String },
+    /// At an ingress: the chain broke (a fault reported or passed on); the client hears a reset.
+    ChainBroke(String),
+    /// A stop signal, and the drain's time ran out.
+    Stopped,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            CloseReason::UpstreamRead(error) => write!(f, "read: {error}"),
+            CloseReason::UpstreamWrite(error) => write!(f, "write: {error}"),
+            CloseReason::BadUpstream(what)
+            | CloseReason::NextHopGaveUp(what)
+            | CloseReason::ChainBroke(what) => f.write_str(what),
+            CloseReason::NoProgress { seconds, detail } => {
+                write!(f, "no progress for {seconds} s{detail}")
+            }
+            CloseReason::Stopped => f.write_str("stopped before the drain was complete"),
+        }
+    }
+}
+
 /// The next hop's socket through its life; the transitions are `start_connect`,
 /// `finish_connect` and `fail_downstream`.
 pub(super) enum NextHop {
@@ -249,7 +286,7 @@ impl Connection {
         context: &mut Context,
         registry: &mio::Registry,
         now_ns: u64,
-    ) -> Result<Round, String> {
+    ) -> Result<Round, CloseReason> {
         // `advanced`: frames moved, bytes written, a connect finished; what the no-progress
         // timeout watches. Bytes read alone do not count, or a peer sending one byte a second
         // would hold a connection forever.
@@ -264,9 +301,9 @@ impl Connection {
             read_any |= self
                 .upstream
                 .fill_at_most(&mut self.down.input, ROUND_BYTES)
-                .map_err(|error| format!("read: {error}"))?;
+                .map_err(CloseReason::UpstreamRead)?;
         }
-        advanced |= self.process_down(context, registry)?;
+        advanced |= self.process_down(context, registry).map_err(CloseReason::BadUpstream)?;
         if let Some(downstream) = self.downstream.connected_mut() {
             match downstream.flush_at_most(&mut self.down.output, ROUND_BYTES) {
                 Ok(wrote) => advanced |= wrote,
@@ -303,18 +340,19 @@ impl Connection {
         {
             // The client hears of a broken chain as it would of a broken server.
             self.upstream.reset();
-            return Err(reason);
+            return Err(CloseReason::ChainBroke(reason));
         }
         advanced |= self.queue_fault(context.config);
         advanced |= self
             .upstream
             .flush_at_most(&mut self.up.output, ROUND_BYTES)
-            .map_err(|error| format!("write: {error}"))?;
+            .map_err(CloseReason::UpstreamWrite)?;
 
         if advanced {
             self.last_progress_ns = now_ns;
         }
-        let more_to_send = self.pass_on_end_of_stream(context, registry)?;
+        let more_to_send =
+            self.pass_on_end_of_stream(context, registry).map_err(CloseReason::BadUpstream)?;
         if self.upstream.write_shut && self.upstream.read_closed && self.up.output.is_empty() {
             return Ok(Round::Finished);
         }
@@ -794,14 +832,14 @@ impl Connection {
         registry: &mio::Registry,
         config: &HopConfig,
         error: io::Error,
-    ) -> Result<(), String> {
+    ) -> Result<(), CloseReason> {
         if self.upstream_stuck() {
-            return Err(format!(
+            return Err(CloseReason::NextHopGaveUp(format!(
                 "no progress for {} s{}; next hop {} gave up first: {error}",
                 config.timeout.as_secs_f64(),
                 self.stall_detail(),
                 next_hop_text(config)
-            ));
+            )));
         }
         let what = format!("lost the connection after {} frames: {error}", self.frames_down);
         self.fail_downstream(registry, config, FaultCode::Lost, what);
