@@ -33,6 +33,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::buffer::Buffer;
 use crate::clock;
+use crate::core::transmit::TxMode;
 use crate::core::{Inbound, Outbound, Peer};
 use crate::kernel;
 use crate::log_line;
@@ -90,7 +91,7 @@ pub struct SourceConfig {
     /// Ask every hop for its `TCP_INFO` readings (and read the source's own socket's).
     pub kernel_info: bool,
     /// Ask every hop for transmit timestamps on its sockets (and take the source's own).
-    pub kernel_stamps: bool,
+    pub kernel_stamps: TxMode,
     /// Continuous runs: keep each interval's p50 and p99 per subsegment in the run (for
     /// `--plot`), bounded by [`crate::report::interval::HISTORY_LEN`].
     pub keep_history: bool,
@@ -421,9 +422,7 @@ pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
         io::Error::new(error.kind(), format!("cannot reach first hop {first_hop}: {error}"))
     })?;
     let mut upstream = Peer::new(stream, target, &config.name);
-    if config.kernel_stamps
-        && let Err(error) = upstream.enable_tx_stamps()
-    {
+    if let Err(error) = upstream.enable_tx_stamps(config.kernel_stamps) {
         log_line!(
             "{}: warning: no transmit timestamps ({error}; they need Linux 6.2); the kernel readings carry none",
             config.name
@@ -701,9 +700,7 @@ impl Source<'_> {
         let target = self.config.forward_to.0;
         let registered = net::connect(target).and_then(|stream| {
             let mut upstream = Peer::new(stream, target, &self.config.name);
-            if self.config.kernel_stamps {
-                let _ = upstream.enable_tx_stamps();
-            }
+            let _ = upstream.enable_tx_stamps(self.config.kernel_stamps);
             poll.registry().register(
                 &mut upstream.stream,
                 UPSTREAM,
@@ -1280,10 +1277,7 @@ fn announce(send: &mut Outbound, config: &SourceConfig, upstream: &Peer) {
     PathEntry::new(Role::Source, &config.name, upstream.stream.local_addr().ok(), None)
         .with_tags(config.tags.clone())
         .emit(&mut announcement);
-    let mut flags = if config.kernel_info { wire::PATH_ASKS_KERNEL_INFO } else { 0 };
-    if config.kernel_stamps {
-        flags |= wire::PATH_ASKS_TX_STAMPS;
-    }
+    let flags = wire::path_flags(config.kernel_info, config.kernel_stamps);
     send.push(&wire::flagged_control_frame(Kind::Path, flags, &announcement));
 }
 

@@ -13,6 +13,7 @@ use mio::Interest;
 use super::{HopConfig, Side, next_hop_text, token_of};
 use crate::buffer::Buffer;
 use crate::clock;
+use crate::core::transmit::TxMode;
 use crate::core::{Inbound, Outbound, Peer, ReadStamp};
 use crate::net;
 use crate::wire::{
@@ -122,8 +123,8 @@ pub(super) struct Connection {
     pub(super) opened_ns: u64,
     pub(super) last_progress_ns: u64,
     kernel_info: KernelInfo,
-    /// The source asked for transmit timestamps on this connection's sockets.
-    tx_stamps: bool,
+    /// The transmit timestamps the source asked for on this connection's sockets.
+    tx_mode: TxMode,
 }
 
 /// Whether the source asked for this connection's `TCP_INFO` readings, and where they stand.
@@ -185,7 +186,7 @@ impl Connection {
             opened_ns: now_ns,
             last_progress_ns: now_ns,
             kernel_info: KernelInfo::NotAsked,
-            tx_stamps: false,
+            tx_mode: TxMode::Off,
         })
     }
 
@@ -271,9 +272,7 @@ impl Connection {
         });
         match started {
             Ok(mut downstream) => {
-                if self.tx_stamps {
-                    enable_tx_stamps(&mut downstream, &config.name);
-                }
+                enable_tx_stamps(&mut downstream, self.tx_mode, &config.name);
                 self.downstream = Some(downstream);
                 self.connecting = true;
             }
@@ -373,10 +372,8 @@ impl Connection {
                     if flags & wire::PATH_ASKS_KERNEL_INFO != 0 {
                         self.kernel_info = KernelInfo::Asked { bytes_at_last: 0 };
                     }
-                    self.tx_stamps = flags & wire::PATH_ASKS_TX_STAMPS != 0;
-                    if self.tx_stamps {
-                        enable_tx_stamps(&mut self.upstream, &context.config.name);
-                    }
+                    self.tx_mode = wire::path_tx_mode(flags);
+                    enable_tx_stamps(&mut self.upstream, self.tx_mode, &context.config.name);
                     let announced = frame.payload().to_vec();
                     let entries = PathEntry::parse_all(&announced)
                         .map_err(|error| self.bad_upstream(error))?;
@@ -852,11 +849,11 @@ impl Connection {
     }
 }
 
-/// Asks for a socket's transmit stamps; a kernel that refuses is said once per process, and
-/// the readings then carry none.
-fn enable_tx_stamps(peer: &mut Peer, who: &str) {
+/// Asks for a socket's transmit stamps (none when `mode` is off); a kernel that refuses is
+/// said once per process, and the readings then carry none.
+fn enable_tx_stamps(peer: &mut Peer, mode: TxMode, who: &str) {
     static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if let Err(error) = peer.enable_tx_stamps()
+    if let Err(error) = peer.enable_tx_stamps(mode)
         && !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed)
     {
         crate::log_line!(
