@@ -353,7 +353,7 @@ knob_args() {
         ours-bp-rt) echo "${busy_poll_args//\{cpu\}/$2} --realtime --mlock" ;;
         # The kernel-evidence variants: the source asks the hops (evidence_args), not the relay's
         # own options.
-        ours-nokernel | ours-sample | ours-stamps) ;;
+        ours-nokernel | ours-sample | ours-stamps | ours-quickack) ;;
         *) echo "bench.sh: unknown variant $1" >&2; return 1 ;;
     esac
 }
@@ -459,6 +459,7 @@ evidence_args() {
         ours-nokernel) echo --kernel-info off ;;
         ours-sample) echo --kernel-stamps sample ;;
         ours-stamps) echo --kernel-stamps all ;;
+        ours-quickack) echo --quickack ;;
     esac
 }
 
@@ -644,8 +645,8 @@ fi
 # --- kernel evidence ------------------------------------------------------------------------------
 
 # What the kernel evidence costs a probe: one hop of ours, 64 B frames, with the evidence off
-# (--kernel-info off), on (the default: TCP_INFO on the hops' 100 ms timer), and with transmit
-# stamps sampled and on every write. Source and echo on CPU 0, the hop on CPU 1 (taskset -c),
+# (--kernel-info off), on (the default: TCP_INFO on the hops' 100 ms timer), with transmit
+# stamps sampled and on every write, and with --quickack. Source and echo on CPU 0, the hop on CPU 1 (taskset -c),
 # variants alternated.
 if wants evidence; then
     section evidence
@@ -653,7 +654,8 @@ if wants evidence; then
     latency_header >"$latency_table"
     echo "bench.sh: kernel evidence, $evidence_reps repetitions, $evidence_frames round trips each, one hop on CPU $hop_cpu" >&2
     for ((rep = 1; rep <= evidence_reps; rep++)); do
-        run_rotated split 64 "$rep" "direct 0" "ours-nokernel 1" "ours 1" "ours-sample 1" "ours-stamps 1"
+        run_rotated split 64 "$rep" "direct 0" "ours-nokernel 1" "ours 1" "ours-sample 1" "ours-stamps 1" \
+            "ours-quickack 1"
     done
 fi
 
@@ -780,15 +782,16 @@ if wants syscalls; then
     echo "bench.sh: syscalls per round trip, one hop on CPU $hop_cpu, $syscall_frames frames of 64 B ($tool)" >&2
     # ours: the default (the hops' TCP_INFO readings on); ours-nokernel: --kernel-info off;
     # ours-sample: --kernel-stamps sample (one write per socket every 10 ms stamped);
-    # ours-stamps: --kernel-stamps all (transmit timestamps read from the error queue).
-    kinds=(ours ours-nokernel ours-sample ours-stamps socat haproxy nginx)
+    # ours-stamps: --kernel-stamps all (transmit timestamps read from the error queue);
+    # ours-quickack: --quickack (TCP_QUICKACK after every read).
+    kinds=(ours ours-nokernel ours-sample ours-stamps ours-quickack socat haproxy nginx)
     if $busy_poll; then kinds+=(ours-bp); fi
     # socat without fork: the process that accepts is the one that forwards, so it can be watched.
     socat_fork=
     for kind in "${kinds[@]}"; do
         chain_kind=$kind
         read -r -a probe_args <<<"$(evidence_args "$kind")"
-        case $kind in ours-nokernel | ours-sample | ours-stamps) chain_kind=ours ;; esac
+        case $kind in ours-nokernel | ours-sample | ours-stamps | ours-quickack) chain_kind=ours ;; esac
         if ! build_chain "$chain_kind" 1 "$hop_cpu"; then stop_chain; continue; fi
         counts=$tmp/syscalls-$kind.txt
         if [[ $tool == perf ]]; then

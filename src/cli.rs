@@ -23,8 +23,8 @@ pub const USAGE: &str =
     "usage: subsegment-tcp-speeds [-t SECS] [-l ADDR] [-f ADDR] [-s BYTES] [-r] [-n NAME]
        [-w FRAMES] [-c N [--size BYTES] [-i DURATION]] [--duration D] [--json PATH]
        [--jsonl PATH] [--plot PATH.svg] [--report-interval D] [--samples PATH] [--sla SPEC]
-       [--units U] [--ascii] [--kernel-info on|off] [--kernel-stamps all|sample|off] [--allow CIDR]
-       [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
+       [--units U] [--ascii] [--kernel-info on|off] [--kernel-stamps all|sample|off]
+       [--quickack] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
        [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME]]";
 
 pub const HELP: &str = "\
@@ -115,6 +115,9 @@ source only:
                                 each write waited in the sender's queue, and SND -> ACK; all:
                                 every write (two error-queue reads each); sample: one write
                                 per socket every 10 ms (default off; Linux 6.2+)
+      --quickack                every hop and the source set TCP_QUICKACK after each read, so
+                                ACKs go at once where the routes have no `quickack 1` (the
+                                kernel's srtt is then the wire's; one more call per read)
   -h, --help                    this text
   -V, --version                 the version
 
@@ -163,6 +166,8 @@ pub struct Options {
     pub kernel_info: bool,
     /// ... and for transmit timestamps on its sockets (`--kernel-stamps all|sample|off`).
     pub kernel_stamps: TxMode,
+    /// ... and for `TCP_QUICKACK` after every read (`--quickack`).
+    pub quickack: bool,
     /// Where to serve `GET /metrics` (`--metrics`), any mode.
     pub metrics: Option<SocketAddr>,
     /// The source's `chain` label (`--metrics-chain`, else `--name`).
@@ -212,6 +217,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut report_interval = None;
     let mut kernel_info = true;
     let mut kernel_stamps = TxMode::Off;
+    let mut quickack = false;
     let mut metrics = None;
     let mut metrics_chain = None;
 
@@ -310,6 +316,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 kernel_stamps = TxMode::parse(&text)
                     .ok_or_else(|| format!("--kernel-stamps: '{text}' (use all, sample or off)"))?;
             }
+            Long("quickack") => quickack = true,
             Long("kernel-info") => {
                 kernel_info = match parser.value()?.string()?.as_str() {
                     "on" => true,
@@ -440,6 +447,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         report_interval,
         kernel_info,
         kernel_stamps,
+        quickack,
         metrics,
         metrics_chain,
     })))
@@ -477,6 +485,7 @@ impl Options {
             kernel_info: self.kernel_info,
             kernel_stamps: self.kernel_stamps != TxMode::Off,
             kernel_stamps_mode: self.kernel_stamps.name(),
+            quickack: self.quickack,
         }
     }
 }
@@ -663,6 +672,8 @@ mod tests {
         let options = parse(&["-f", "127.0.0.1:9", "--kernel-stamps", "sample"]).unwrap();
         let parameters = options.parameters();
         assert_eq!((parameters.kernel_stamps, parameters.kernel_stamps_mode), (true, "sample"));
+        assert!(!parameters.quickack);
+        assert!(parse(&["-f", "127.0.0.1:9", "--quickack"]).unwrap().parameters().quickack);
     }
 
     #[test]

@@ -384,6 +384,25 @@ pub fn receive(fd: RawFd, into: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
     Ok((count as usize, stamp_ns))
 }
 
+/// Asks the kernel to acknowledge what this socket has received at once (`TCP_QUICKACK`),
+/// instead of holding the ACK for a reply to carry. Not sticky: the kernel returns to delayed
+/// ACKs on its own, so `--quickack` calls it after every read. A route with `quickack 1` does
+/// the same for every socket without a call.
+pub fn quick_ack(fd: RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: `one` lives across the call and its size is passed; errors are returned.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// The socket's `TCP_INFO`, the fields its kernel gives; `None` when the kernel refuses.
 pub fn tcp_info(fd: RawFd) -> Option<crate::kernel::TcpInfo> {
     let mut buffer = [0u8; crate::kernel::TCP_INFO_BUFFER];

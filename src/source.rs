@@ -92,6 +92,8 @@ pub struct SourceConfig {
     pub kernel_info: bool,
     /// Ask every hop for transmit timestamps on its sockets (and take the source's own).
     pub kernel_stamps: TxMode,
+    /// Ask every hop to set `TCP_QUICKACK` after every read (and do so on the source's own).
+    pub quickack: bool,
     /// Continuous runs: keep each interval's p50 and p99 per subsegment in the run (for
     /// `--plot`), bounded by [`crate::report::interval::HISTORY_LEN`].
     pub keep_history: bool,
@@ -422,6 +424,7 @@ pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
         io::Error::new(error.kind(), format!("cannot reach first hop {first_hop}: {error}"))
     })?;
     let mut upstream = Peer::new(stream, target, &config.name);
+    upstream.quickack = config.quickack;
     if let Err(error) = upstream.enable_tx_stamps(config.kernel_stamps) {
         log_line!(
             "{}: warning: no transmit timestamps ({error}; they need Linux 6.2); the kernel readings carry none",
@@ -700,6 +703,7 @@ impl Source<'_> {
         let target = self.config.forward_to.0;
         let registered = net::connect(target).and_then(|stream| {
             let mut upstream = Peer::new(stream, target, &self.config.name);
+            upstream.quickack = self.config.quickack;
             let _ = upstream.enable_tx_stamps(self.config.kernel_stamps);
             poll.registry().register(
                 &mut upstream.stream,
@@ -1277,7 +1281,10 @@ fn announce(send: &mut Outbound, config: &SourceConfig, upstream: &Peer) {
     PathEntry::new(Role::Source, &config.name, upstream.stream.local_addr().ok(), None)
         .with_tags(config.tags.clone())
         .emit(&mut announcement);
-    let flags = wire::path_flags(config.kernel_info, config.kernel_stamps);
+    let mut flags = wire::path_flags(config.kernel_info, config.kernel_stamps);
+    if config.quickack {
+        flags |= wire::PATH_ASKS_QUICKACK;
+    }
     send.push(&wire::flagged_control_frame(Kind::Path, flags, &announcement));
 }
 

@@ -64,8 +64,13 @@ pub const PATH_ASKS_TX_STAMPS: u8 = 2;
 /// (`--kernel-stamps sample`, one write per socket and tick asks for them). Alone it means
 /// nothing and is refused, like a flag no kind has.
 pub const PATH_SAMPLES_TX_STAMPS: u8 = 4;
+/// Header flag of a PATH frame: every hop (and the source) sets `TCP_QUICKACK` after each read
+/// (`--quickack`), so the peers' kernels see their ACKs at once even where the routes have no
+/// `quickack 1`.
+pub const PATH_ASKS_QUICKACK: u8 = 8;
 /// Every flag a PATH frame may carry.
-const PATH_FLAGS: u8 = PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS;
+const PATH_FLAGS: u8 =
+    PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS | PATH_ASKS_QUICKACK;
 
 /// A PATH frame's flags for what the source asks of every hop.
 pub fn path_flags(kernel_info: bool, tx: TxMode) -> u8 {
@@ -1072,8 +1077,10 @@ mod tests {
         let mut data = data_frame(1, &[], b"x");
         data[field::FLAGS] = PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS;
         assert!(matches!(frame_len(&data), Err(WireError::BadFlags { kind: 1, .. })));
-        bytes[field::FLAGS] = 8;
-        assert!(matches!(frame_len(&bytes), Err(WireError::BadFlags { flags: 8, .. })));
+        bytes[field::FLAGS] = PATH_ASKS_QUICKACK;
+        assert_eq!(frame_len(&bytes), Ok(Some(bytes.len())));
+        bytes[field::FLAGS] = 16;
+        assert!(matches!(frame_len(&bytes), Err(WireError::BadFlags { flags: 16, .. })));
     }
 
     #[test]

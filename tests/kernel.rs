@@ -175,6 +175,35 @@ fn sampled_transmit_stamps_are_fewer_than_all_and_still_give_the_figures() {
     }
 }
 
+/// Loopback routes have no `quickack 1`: with one probe every 2 ms, each hop's ACK of an
+/// answer waits for the next probe to carry it, so the far end's srtt is about the gap. With
+/// `--quickack` every hop acknowledges after each read, and the far end's srtt is the wire's.
+#[test]
+fn quickack_makes_the_far_end_s_srtt_the_wire_s() {
+    let (_hops, b) = chain();
+    let far_srtts = |extra: &[&str]| {
+        let mut args = vec!["-f", &b, "-n", "A", "-c", "200", "-i", "2ms", "-w", "1"];
+        args.extend_from_slice(extra);
+        let run = run_source(&args, b"", RUN_TIMEOUT);
+        assert_eq!(run.status.and_then(|status| status.code()), Some(0), "{}", run.stderr);
+        let report = run.report();
+        assert_valid(&report.json);
+        assert_eq!(report.json["parameters"]["quickack"], !extra.is_empty());
+        links(&report.json)
+            .iter()
+            .map(|link| link["kernel"]["far"]["rtt_ns"].as_u64().expect("a far-end srtt"))
+            .collect::<Vec<u64>>()
+    };
+    let delayed = far_srtts(&[]);
+    let quick = far_srtts(&["--quickack"]);
+    for (link, (delayed, quick)) in delayed.iter().zip(&quick).enumerate() {
+        assert!(
+            quick * 4 < *delayed,
+            "link {link}: far srtt {quick} ns with --quickack, {delayed} ns without"
+        );
+    }
+}
+
 /// A user-space element on B ⇄ Z (the project's `tcp-delay`, 2 ms each way) ends B's TCP
 /// connection short of Z: the stamps see a slow link, the kernel a fast wire, and the verdict
 /// says the bytes are held by something between the two hops.

@@ -14,9 +14,9 @@ use proptest::sample::Index;
 use subsegment_tcp_speeds::wire::{
     Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAGIC, MAX_HOPS,
     MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS,
-    PATH_ASKS_KERNEL_INFO, PATH_ASKS_TX_STAMPS, PATH_SAMPLES_TX_STAMPS, PathEntry, RECORD_LEN,
-    ReceiveClock, Role, Side, Stamp, Tag, TcpInfo, TxMode, TxTotals, VERSION, WireError,
-    emit_frame, emit_restamped, fault_frame, frame_len, next_frame,
+    PATH_ASKS_KERNEL_INFO, PATH_ASKS_QUICKACK, PATH_ASKS_TX_STAMPS, PATH_SAMPLES_TX_STAMPS,
+    PathEntry, RECORD_LEN, ReceiveClock, Role, Side, Stamp, Tag, TcpInfo, TxMode, TxTotals,
+    VERSION, WireError, emit_frame, emit_restamped, fault_frame, frame_len, next_frame,
 };
 
 /// The header's flags byte (see the layout in `src/wire.rs`): only a PATH frame may have one
@@ -194,7 +194,10 @@ impl RawFrame {
         if !(1..=4).contains(&self.kind) {
             faults.push(WireError::UnknownKind(self.kind));
         }
-        let path_flags = PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS;
+        let path_flags = PATH_ASKS_KERNEL_INFO
+            | PATH_ASKS_TX_STAMPS
+            | PATH_SAMPLES_TX_STAMPS
+            | PATH_ASKS_QUICKACK;
         let allowed = if self.kind == Kind::Path as u8 { path_flags } else { 0 };
         // Sampled stamps without the stamps ask for nothing: refused too.
         let sampling_nothing =
@@ -224,6 +227,9 @@ fn raw_frame() -> impl Strategy<Value = RawFrame> {
         1 => Just(PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS),
         1 => Just(PATH_SAMPLES_TX_STAMPS),
         1 => Just(PATH_ASKS_KERNEL_INFO | PATH_SAMPLES_TX_STAMPS),
+        1 => Just(PATH_ASKS_QUICKACK),
+        1 => Just(PATH_ASKS_QUICKACK | PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS),
+        1 => Just(PATH_ASKS_QUICKACK | PATH_SAMPLES_TX_STAMPS),
         1 => any::<u8>(),
     ];
     let count = prop_oneof![
@@ -794,14 +800,18 @@ proptest! {
     /// What the source asks of every hop survives the PATH header: the flags it writes for
     /// any mode parse back to that mode, and are within the limits.
     #[test]
-    fn path_flags_round_trip(kernel_info: bool, mode in prop_oneof![
+    fn path_flags_round_trip(kernel_info: bool, quickack: bool, mode in prop_oneof![
         Just(TxMode::Off), Just(TxMode::Sample), Just(TxMode::All)
     ]) {
-        let flags = subsegment_tcp_speeds::wire::path_flags(kernel_info, mode);
+        let mut flags = subsegment_tcp_speeds::wire::path_flags(kernel_info, mode);
+        if quickack {
+            flags |= PATH_ASKS_QUICKACK;
+        }
         let bytes = subsegment_tcp_speeds::wire::flagged_control_frame(Kind::Path, flags, b"");
         let frame = Frame::new_checked(&bytes[..]).expect("the source's own flags are valid");
         prop_assert_eq!(subsegment_tcp_speeds::wire::path_tx_mode(frame.flags()), mode);
         prop_assert_eq!(frame.flags() & PATH_ASKS_KERNEL_INFO != 0, kernel_info);
+        prop_assert_eq!(frame.flags() & PATH_ASKS_QUICKACK != 0, quickack);
     }
 
     /// (b) Any valid frame round-trips: emit, check, and the same fields come back.
@@ -929,10 +939,11 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
         .emit(&mut path);
     PathEntry::new(Role::Echo, "Z", addr("127.0.0.1:9001"), addr("127.0.0.1:41002"))
         .emit(&mut path);
-    // The announcement asks for everything a hop can give: readings and sampled stamps.
+    // The announcement asks for everything a hop can give: readings, sampled stamps, quick
+    // ACKs.
     let path_bin = subsegment_tcp_speeds::wire::flagged_control_frame(
         Kind::Path,
-        subsegment_tcp_speeds::wire::path_flags(true, TxMode::Sample),
+        subsegment_tcp_speeds::wire::path_flags(true, TxMode::Sample) | PATH_ASKS_QUICKACK,
         &path,
     );
     let kernel_bin = KernelSample {

@@ -287,7 +287,7 @@ ANCHORS = ("socat", "haproxy", "nginx")
 NOISY_PCT = 10
 PLACEMENT_LABELS = {"one": "all on one CPU", "split": "hop on the other CPU"}
 VARIANT_ORDER = (
-    "direct", "ours-nokernel", "ours", "ours-sample", "ours-stamps", "ours-rt", "ours-mlock", "ours-bp", "ours-bp-rt", "floor",
+    "direct", "ours-nokernel", "ours", "ours-sample", "ours-stamps", "ours-quickack", "ours-rt", "ours-mlock", "ours-bp", "ours-bp-rt", "floor",
     "floor-bp", "socat", "haproxy", "nginx",
 )
 # The copy-only relay measured beside each of ours: its ratio is the least a relay reaches here.
@@ -532,6 +532,7 @@ EVIDENCE_OPTIONS = {
     "ours": "(default) TCP_INFO on the hops' 100 ms timer",
     "ours-sample": "--kernel-stamps sample",
     "ours-stamps": "--kernel-stamps all",
+    "ours-quickack": "--quickack (TCP_QUICKACK after every read)",
 }
 
 

@@ -32,6 +32,8 @@ pub struct Peer {
     pub receive_times: ReceiveTimes,
     /// Transmit timestamps, once asked for (`--kernel-stamps`).
     pub tx: Option<TxStamps>,
+    /// `TCP_QUICKACK` after every read that brought bytes (`--quickack`).
+    pub quickack: bool,
 }
 
 impl Peer {
@@ -61,6 +63,7 @@ impl Peer {
             write_shut: false,
             receive_times: ReceiveTimes::new(kernel),
             tx: None,
+            quickack: false,
         }
     }
 
@@ -107,6 +110,11 @@ impl Peer {
                     }
                     into.received(count, stamp);
                     progress = true;
+                    // After the stamp, so the call never delays it. A refusal changes nothing
+                    // but the ACK's timing: not worth a word per read.
+                    if self.quickack {
+                        let _ = net::quick_ack(fd);
+                    }
                     self.readable = !emptied || self.hung_up;
                 }
                 Io::Closed => self.read_closed = true,

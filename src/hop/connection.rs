@@ -125,6 +125,8 @@ pub(super) struct Connection {
     kernel_info: KernelInfo,
     /// The transmit timestamps the source asked for on this connection's sockets.
     tx_mode: TxMode,
+    /// The source asked for `TCP_QUICKACK` after every read (`--quickack`).
+    quickack: bool,
 }
 
 /// Whether the source asked for this connection's `TCP_INFO` readings, and where they stand.
@@ -187,6 +189,7 @@ impl Connection {
             last_progress_ns: now_ns,
             kernel_info: KernelInfo::NotAsked,
             tx_mode: TxMode::Off,
+            quickack: false,
         })
     }
 
@@ -273,6 +276,7 @@ impl Connection {
         match started {
             Ok(mut downstream) => {
                 enable_tx_stamps(&mut downstream, self.tx_mode, &config.name);
+                downstream.quickack = self.quickack;
                 self.downstream = Some(downstream);
                 self.connecting = true;
             }
@@ -374,6 +378,8 @@ impl Connection {
                     }
                     self.tx_mode = wire::path_tx_mode(flags);
                     enable_tx_stamps(&mut self.upstream, self.tx_mode, &context.config.name);
+                    self.quickack = flags & wire::PATH_ASKS_QUICKACK != 0;
+                    self.upstream.quickack = self.quickack;
                     let announced = frame.payload().to_vec();
                     let entries = PathEntry::parse_all(&announced)
                         .map_err(|error| self.bad_upstream(error))?;
