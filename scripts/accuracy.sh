@@ -13,7 +13,7 @@ usage() {
     cat <<'EOF'
 usage: scripts/accuracy.sh [--hosts N] [--delays "0.1 1 10"] [--count 300] [--size 64]
                            [--interval 2ms] [--bulk BYTES] [--mechanism auto|netem|nfqueue|tcp-delay]
-                           [--bin PATH]
+                           [--kernel-stamps all|sample|off] [--keep-reports DIR] [--bin PATH]
 
 For every link hI⇄hI+1 of an N-host lab (default 4) and every delay D (ms, one way, default
 "0.1 1 10"), delays that link by D each way (so its round trip gains 2·D), measures with probes
@@ -24,6 +24,16 @@ the frames (its own log: p50 arrival → written, down plus up; with netem, the 
 the expected link round trip (bare + held), the tool's error (estimate − expected), whether it is
 within max(2%, 50 µs), and whether the verdict named that link. With --bulk BYTES the source sends BYTES as fast as the chain takes
 them (the default mode) instead of probes. Progress goes to stderr.
+
+The last columns come from the kernel split (the report's `kernel` object per link): the
+link's p50 less the time its bytes waited unsent in the send buffers at its two ends (the near
+end's for frames going down, the far end's for answers coming up; measured by the transmit
+stamps, else by Little's law on the TCP_INFO readings), the same for the bare link, and the
+split's error: (p50 − queues) − (bare − its queues) − held. In bulk mode every buffer in front
+of a link fills, so the p50 itself is far from the injected truth; the split's error is how far
+it stays once the queues are taken out. --kernel-stamps (default all with --bulk: a short bulk
+run has too few ticks for `sample` to measure the queues well; else off) is passed to the
+source. --keep-reports DIR keeps every run's JSON report there.
 Binaries: --bin (default: the newer of target/release and target/debug), and tcp-delay and
 nfq-delay beside it (or $TCP_DELAY_BIN, $NFQ_DELAY_BIN).
 EOF
@@ -37,6 +47,8 @@ interval=2ms
 mechanism=auto
 bulk=''
 bin=''
+kernel_stamps=''
+keep_reports=''
 while (($#)); do
     case $1 in
         -h | --help) usage; exit 0 ;;
@@ -48,10 +60,14 @@ while (($#)); do
         --mechanism) mechanism=${2:?}; shift 2 ;;
         --bulk) bulk=${2:?}; shift 2 ;;
         --bin) bin=${2:?}; shift 2 ;;
+        --kernel-stamps) kernel_stamps=${2:?}; shift 2 ;;
+        --keep-reports) keep_reports=${2:?}; shift 2 ;;
         *) echo "accuracy: unknown option '$1' (try --help)" >&2; exit 2 ;;
     esac
 done
 ((EUID == 0)) || { echo "accuracy: needs root (network namespaces)" >&2; exit 1; }
+if [[ -z $kernel_stamps ]]; then if [[ -n $bulk ]]; then kernel_stamps=all; else kernel_stamps=off; fi; fi
+[[ -z $keep_reports ]] || mkdir -p "$keep_reports"
 if [[ -z $bin ]]; then
     release=$script_dir/../target/release/subsegment-tcp-speeds
     debug=$script_dir/../target/debug/subsegment-tcp-speeds
@@ -83,6 +99,11 @@ trap 'exit 143' TERM
 #   p50 FILE LABEL  the p50 in µs of the subsegment labelled LABEL (as in the text table, e.g.
 #                   "h1 ⇄ h2"); nothing when there is no such row
 #   verdict FILE    the label of the subsegment the verdict names; nothing when it names none
+#   queues FILE LABEL  µs the kernel split says bytes of that link waited unsent in the send
+#                   buffers of its two ends: the near end's (the split's sender_queue_ns) plus
+#                   the far end's, whose answers go up (its transmit stamps' mean wait, else
+#                   Little's law: mean unsent bytes over the delivery rate); 0 when nothing
+#                   waited, nothing when the link has no kernel readings
 # (The verdict names a subsegment by its id; the document's subsegments[] give its label.)
 readonly report_py='
 import json, sys
@@ -98,6 +119,21 @@ if what == "p50":
         if row["label"] == sys.argv[3]:
             print("%.1f" % (row["p50_ns"] / 1000))
             break
+elif what == "queues":
+    for row in report["subsegments"]:
+        kernel = row.get("kernel")
+        if row["label"] != sys.argv[3] or not kernel or not kernel.get("split"):
+            continue
+        near = kernel["split"].get("sender_queue_ns") or 0
+        far_end = kernel.get("far") or {}
+        far = far_end.get("tx_queue_mean_ns")
+        if far is None:
+            unsent, rate = far_end.get("notsent_bytes_mean"), far_end.get("delivery_rate_bytes_per_second")
+            far = unsent * 1e9 / rate if unsent and rate else 0
+        # What the split can take out is at most what the row holds above the wire.
+        room = row["p50_ns"] - kernel["split"]["wire_ns"]
+        print("%.1f" % (min(near + far, room) / 1000))
+        break
 elif what == "verdict":
     named = (report["verdict"] or {}).get("subsegment")
     if named is not None:
@@ -105,6 +141,9 @@ elif what == "verdict":
 '
 row_p50_us() { python3 -c "$report_py" p50 "$1" "$2"; }
 verdict_of() { python3 -c "$report_py" verdict "$1"; }
+queues_us() { python3 -c "$report_py" queues "$1" "$2"; }
+# keep NAME FILE: a copy of a run's JSON report under --keep-reports.
+keep() { [[ -z $keep_reports ]] || cp "$2" "$keep_reports/$1.json"; }
 
 # Runs the chain once; the source's and hops' stderr go to file $1, the source's JSON report to
 # $1.json. Extra deploy options follow.
@@ -115,7 +154,7 @@ run_chain() {
     for ((k = 1; k < hosts; k++)); do hops+=("h$k"); done
     local load=()
     [[ -z $bulk ]] || load=(--bytes "$bulk")
-    local source_args=(--json "$out.json")
+    local source_args=(--json "$out.json" --kernel-stamps "$kernel_stamps")
     [[ -n $bulk ]] || source_args+=(--count "$count" --size "$size" --window 1 --interval "$interval")
     rm -f "$out.json"
     lab exec h0 "$script_dir/deploy-chain.sh" -F "$lab_dir/ssh_config" --bin "$bin" --source-name h0 "$@" \
@@ -149,9 +188,11 @@ held_us() {
 
 echo "accuracy: bare links (nothing injected)" >&2
 run_chain "$work/bare"
-declare -a bare
+keep bare "$work/bare.json"
+declare -a bare bare_queues
 for ((link = 0; link + 1 < hosts; link++)); do
     bare[link]=$(row_p50_us "$work/bare.json" "h$link ⇄ h$((link + 1))")
+    bare_queues[link]=$(queues_us "$work/bare.json" "h$link ⇄ h$((link + 1))")
 done
 
 # The 0 ms runs need the same element as the delayed ones, so the mechanism is settled first.
@@ -178,25 +219,36 @@ for ((link = 0; link + 1 < hosts; link++)); do
         echo "accuracy: $label, $delay ms each way" >&2
         run_impaired "$link" "$delay" "$work/run"
         estimated=$(row_p50_us "$work/run.json" "$label")
+        queues=$(queues_us "$work/run.json" "$label")
         held=$(held_us "$work/run.element" "$delay")
         verdict=$(verdict_of "$work/run.json")
+        keep "h$link-h$((link + 1))-$delay" "$work/run.json"
         rows+=("$(awk -v label="$label" -v d="$delay" -v est="$estimated" -v zero="$zero" \
-            -v bare="${bare[link]}" -v held="$held" -v verdict="$verdict" 'BEGIN {
+            -v bare="${bare[link]}" -v held="$held" -v verdict="$verdict" -v queues="$queues" \
+            -v bare_queues="${bare_queues[link]}" 'BEGIN {
                 injected = 2 * d * 1000; expected = bare + held; tool = est - expected
                 bound = (0.02 * injected > 50) ? 0.02 * injected : 50
-                printf "| %s | %g | %g | %.1f | %+.1f | %.1f | %.1f | %.1f | %.1f | %+.1f (%+.2f%%) | %s | %s |",
+                if (queues == "" || bare_queues == "") {
+                    cols = "| - | - | -"
+                } else {
+                    unqueued = est - queues; queue_error = unqueued - (bare - bare_queues) - held
+                    cols = sprintf("| %.1f | %.1f | %+.1f (%+.2f%%)", queues, unqueued, queue_error,
+                        100 * queue_error / injected)
+                }
+                printf "| %s | %g | %g | %.1f | %+.1f | %.1f | %.1f | %.1f | %.1f | %+.1f (%+.2f%%) | %s | %s %s |",
                     label, d, injected, est, est - injected, bare, zero, held, expected, tool,
                     100 * tool / injected, (tool <= bound && tool >= -bound) ? "yes" : "NO",
-                    (verdict == label) ? "correct" : "WRONG: " (verdict == "" ? "none named" : verdict)
+                    (verdict == label) ? "correct" : "WRONG: " (verdict == "" ? "none named" : verdict), cols
             }')")
     done
 done
 
 if [[ -n $bulk ]]; then measured_by="bulk: --bytes $bulk"; else
     measured_by="probes: --count $count --size $size --window 1 --interval $interval"; fi
+measured_by+=", --kernel-stamps $kernel_stamps"
 echo "lab: $hosts hosts, source on h0, chain h1..h$((hosts - 1)); delay by $used; $measured_by;" \
     "kernel $(uname -r), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| link | one way (ms) | injected round trip (µs) | estimated p50 (µs) | error (µs) | bare link p50 (µs) | element at 0 ms, p50 (µs) | element held, p50 down + up (µs) | expected (µs) | tool's error (µs) | within max(2%, 50 µs) | verdict |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+echo "| link | one way (ms) | injected round trip (µs) | estimated p50 (µs) | error (µs) | bare link p50 (µs) | element at 0 ms, p50 (µs) | element held, p50 down + up (µs) | expected (µs) | tool's error (µs) | within max(2%, 50 µs) | verdict | send queues, kernel split (µs) | p50 − queues (µs) | split's error (µs) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"

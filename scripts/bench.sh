@@ -42,10 +42,13 @@ usage: scripts/bench.sh [--quick] [options]
   --busy N              busy connections (our sources at 2 ms intervals) (100)
   --busy-seconds S      how long the busy sources run (full 6, quick 3)
   --placements LIST     one,split (default both)
-  --only LIST           any of latency,knobs,integrity,throughput,syscalls,rss (default all)
+  --only LIST           any of latency,knobs,evidence,integrity,throughput,syscalls,rss
+                        (default all)
   --knob-frames N       round trips per knobs run (full 25000, quick 3000): a run must last
                         over a second to meet the kernel's real-time throttle next to the hog
   --knob-reps R         knobs repetitions (full 3, quick 1)
+  --evidence-frames N   round trips per run of the evidence section (full 10000, quick 3000)
+  --evidence-reps R     evidence repetitions, variants alternated (full 5, quick 3)
   --busy-poll-args ARGS relay options for the busy-poll variant; "{cpu}" is replaced by the
                         hop's CPU (default "--busy-poll --cpu {cpu}", or "--busy-poll" when
                         the relay has no --cpu); e.g. add --realtime --mlock
@@ -77,15 +80,17 @@ done
 if [[ $mode == quick ]]; then
     reps=2 frames=3000 warmup=300 bytes=256M throughput_reps=1 check_bytes=16M
     syscall_frames=5000 busy_seconds=3 knob_frames=3000 knob_reps=1
+    evidence_frames=3000 evidence_reps=3
 else
     reps=7 frames=10000 warmup=500 bytes=1G throughput_reps=3 check_bytes=64M
     syscall_frames=20000 busy_seconds=6 knob_frames=25000 knob_reps=3
+    evidence_frames=10000 evidence_reps=5
 fi
 sizes="64 512"
 idle_conns=1000
 busy_conns=100
 placements=one,split
-sections=latency,knobs,integrity,throughput,syscalls,rss
+sections=latency,knobs,evidence,integrity,throughput,syscalls,rss
 throughput_block=65536
 busy_poll_args=''
 outdir=target/bench
@@ -113,6 +118,8 @@ while (($#)); do
         --syscall-frames) need_value "$@"; syscall_frames=$2; shift ;;
         --knob-frames) need_value "$@"; knob_frames=$2; shift ;;
         --knob-reps) need_value "$@"; knob_reps=$2; shift ;;
+        --evidence-frames) need_value "$@"; evidence_frames=$2; shift ;;
+        --evidence-reps) need_value "$@"; evidence_reps=$2; shift ;;
         --idle) need_value "$@"; idle_conns=$2; shift ;;
         --busy) need_value "$@"; busy_conns=$2; shift ;;
         --busy-seconds) need_value "$@"; busy_seconds=$2; shift ;;
@@ -131,7 +138,7 @@ done
 bytes=$(numfmt --from=iec "$bytes")
 check_bytes=$(numfmt --from=iec "$check_bytes")
 for number in "$reps" "$frames" "$warmup" "$bytes" "$throughput_reps" "$check_bytes" \
-    "$syscall_frames" "$knob_frames" "$knob_reps" "$idle_conns" "$busy_conns" "$busy_seconds" \
+    "$syscall_frames" "$knob_frames" "$knob_reps" "$evidence_frames" "$evidence_reps" "$idle_conns" "$busy_conns" "$busy_seconds" \
     "$throughput_block"; do
     [[ $number =~ ^[0-9]+$ ]] || { echo "bench.sh: '$number' is not a whole number" >&2; exit 2; }
 done
@@ -344,6 +351,9 @@ knob_args() {
         ours-rt) echo --realtime ;;
         ours-mlock) echo --mlock ;;
         ours-bp-rt) echo "${busy_poll_args//\{cpu\}/$2} --realtime --mlock" ;;
+        # The kernel-evidence variants: the source asks the hops (evidence_args), not the relay's
+        # own options.
+        ours-nokernel | ours-sample | ours-stamps | ours-quickack) ;;
         *) echo "bench.sh: unknown variant $1" >&2; return 1 ;;
     esac
 }
@@ -440,8 +450,18 @@ probe() {
         --count "$2" --size "$3" --interval 0 --window 1 "${json_args[@]}" "${probe_args[@]}" \
         </dev/null >/dev/null 2>"$4"
 }
-# Extra source options for the next probes (the syscalls section's kernel-evidence variants).
+# Extra source options for the next probes (the kernel-evidence variants).
 probe_args=()
+# evidence_args KIND: the source options of one of the kernel-evidence variants (ours: the
+# default, TCP_INFO readings on; the hops learn the rest from the source's path announcement).
+evidence_args() {
+    case $1 in
+        ours-nokernel) echo --kernel-info off ;;
+        ours-sample) echo --kernel-stamps sample ;;
+        ours-stamps) echo --kernel-stamps all ;;
+        ours-quickack) echo --quickack ;;
+    esac
+}
 
 # others_mark, then others_share: the share (percent of all CPUs) that processes other than
 # ours used in between, so a run disturbed by other work on the machine can be told apart.
@@ -492,6 +512,8 @@ meta frames "$frames"
 meta warmup "$warmup"
 meta knob_frames "$knob_frames"
 meta knob_reps "$knob_reps"
+meta evidence_frames "$evidence_frames"
+meta evidence_reps "$evidence_reps"
 meta throughput_reps "$throughput_reps"
 meta client_cpu "$client_cpu"
 meta hop_cpu "$hop_cpu"
@@ -531,6 +553,7 @@ run_latency() {
     else
         entry=$echo_addr
     fi
+    read -r -a probe_args <<<"$(evidence_args "$kind")"
     if [[ $status == ok ]]; then
         probe "$entry" "$warmup" "$size" "$log.warmup" || rc=$?
         if ((rc)); then
@@ -546,6 +569,7 @@ run_latency() {
             fi
         fi
     fi
+    probe_args=()
     stop_chain
     if [[ -z $numbers ]]; then numbers=$'0\t0\t0\t0\t0\t0'; fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$placement" "$size" "$kind" "$hops" "$rep" "$numbers" \
@@ -615,6 +639,23 @@ if wants knobs; then
             run_rotated "$condition" 64 "$rep" "${variants[@]}"
             if [[ -n $hog ]]; then stop_group "$hog"; fi
         done
+    done
+fi
+
+# --- kernel evidence ------------------------------------------------------------------------------
+
+# What the kernel evidence costs a probe: one hop of ours, 64 B frames, with the evidence off
+# (--kernel-info off), on (the default: TCP_INFO on the hops' 100 ms timer), with transmit
+# stamps sampled and on every write, and with --quickack. Source and echo on CPU 0, the hop on CPU 1 (taskset -c),
+# variants alternated.
+if wants evidence; then
+    section evidence
+    latency_table=$raw/evidence.tsv run_frames=$evidence_frames
+    latency_header >"$latency_table"
+    echo "bench.sh: kernel evidence, $evidence_reps repetitions, $evidence_frames round trips each, one hop on CPU $hop_cpu" >&2
+    for ((rep = 1; rep <= evidence_reps; rep++)); do
+        run_rotated split 64 "$rep" "direct 0" "ours-nokernel 1" "ours 1" "ours-sample 1" "ours-stamps 1" \
+            "ours-quickack 1"
     done
 fi
 
@@ -740,17 +781,17 @@ if wants syscalls; then
     fi
     echo "bench.sh: syscalls per round trip, one hop on CPU $hop_cpu, $syscall_frames frames of 64 B ($tool)" >&2
     # ours: the default (the hops' TCP_INFO readings on); ours-nokernel: --kernel-info off;
-    # ours-stamps: --kernel-stamps all (transmit timestamps read from the error queue).
-    kinds=(ours ours-nokernel ours-stamps socat haproxy nginx)
+    # ours-sample: --kernel-stamps sample (one write per socket every 10 ms stamped);
+    # ours-stamps: --kernel-stamps all (transmit timestamps read from the error queue);
+    # ours-quickack: --quickack (TCP_QUICKACK after every read).
+    kinds=(ours ours-nokernel ours-sample ours-stamps ours-quickack socat haproxy nginx)
     if $busy_poll; then kinds+=(ours-bp); fi
     # socat without fork: the process that accepts is the one that forwards, so it can be watched.
     socat_fork=
     for kind in "${kinds[@]}"; do
-        chain_kind=$kind probe_args=()
-        case $kind in
-            ours-nokernel) chain_kind=ours probe_args=(--kernel-info off) ;;
-            ours-stamps) chain_kind=ours probe_args=(--kernel-stamps all) ;;
-        esac
+        chain_kind=$kind
+        read -r -a probe_args <<<"$(evidence_args "$kind")"
+        case $kind in ours-nokernel | ours-sample | ours-stamps | ours-quickack) chain_kind=ours ;; esac
         if ! build_chain "$chain_kind" 1 "$hop_cpu"; then stop_chain; continue; fi
         counts=$tmp/syscalls-$kind.txt
         if [[ $tool == perf ]]; then

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::core::transmit::TxMode;
 use crate::net::{self, Cidr};
 use crate::report::sla::SlaSpec;
 use crate::report::{Parameters, Presentation, Units};
@@ -22,8 +23,8 @@ pub const USAGE: &str =
     "usage: subsegment-tcp-speeds [-t SECS] [-l ADDR] [-f ADDR] [-s BYTES] [-r] [-n NAME]
        [-w FRAMES] [-c N [--size BYTES] [-i DURATION]] [--duration D] [--json PATH]
        [--jsonl PATH] [--plot PATH.svg] [--report-interval D] [--samples PATH] [--sla SPEC]
-       [--units U] [--ascii] [--kernel-info on|off] [--kernel-stamps all|off] [--allow CIDR]
-       [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
+       [--units U] [--ascii] [--kernel-info on|off] [--kernel-stamps all|sample|off]
+       [--quickack] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
        [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME]]
        [--ingress [--probe-interval D]]";
 
@@ -116,9 +117,14 @@ source only:
       --kernel-info on|off      ask every hop for its sockets' TCP_INFO (read on its 100 ms
                                 timer, never per frame) to show what the kernel saw per link
                                 (default on)
-      --kernel-stamps all|off   with it, transmit timestamps on every hop's sockets: how long
-                                each write waited in the sender's queue, and SND -> ACK; costs
-                                two error-queue reads per write (default off; Linux 6.2+)
+      --kernel-stamps all|sample|off
+                                with it, transmit timestamps on every hop's sockets: how long
+                                each write waited in the sender's queue, and SND -> ACK; all:
+                                every write (two error-queue reads each); sample: one write
+                                per socket every 10 ms (default off; Linux 6.2+)
+      --quickack                every hop and the source set TCP_QUICKACK after each read, so
+                                ACKs go at once where the routes have no `quickack 1` (the
+                                kernel's srtt is then the wire's; one more call per read)
   -h, --help                    this text
   -V, --version                 the version
 
@@ -167,8 +173,10 @@ pub struct Options {
     pub report_interval: Option<Duration>,
     /// The source asks every hop for its `TCP_INFO` readings (`--kernel-info on|off`).
     pub kernel_info: bool,
-    /// ... and for transmit timestamps on its sockets (`--kernel-stamps all|off`).
-    pub kernel_stamps: bool,
+    /// ... and for transmit timestamps on its sockets (`--kernel-stamps all|sample|off`).
+    pub kernel_stamps: TxMode,
+    /// ... and for `TCP_QUICKACK` after every read (`--quickack`).
+    pub quickack: bool,
     /// Where to serve `GET /metrics` (`--metrics`), any mode.
     pub metrics: Option<SocketAddr>,
     /// The source's `chain` label (`--metrics-chain`, else `--name`).
@@ -224,7 +232,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut duration = None;
     let mut report_interval = None;
     let mut kernel_info = true;
-    let mut kernel_stamps = false;
+    let mut kernel_stamps = TxMode::Off;
+    let mut quickack = false;
     let mut metrics = None;
     let mut metrics_chain = None;
 
@@ -327,14 +336,11 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
             }
             Long("ascii") => ascii = true,
             Long("kernel-stamps") => {
-                kernel_stamps = match parser.value()?.string()?.as_str() {
-                    "all" => true,
-                    "off" => false,
-                    other => {
-                        return Err(format!("--kernel-stamps: '{other}' (use all or off)").into());
-                    }
-                }
+                let text = parser.value()?.string()?;
+                kernel_stamps = TxMode::parse(&text)
+                    .ok_or_else(|| format!("--kernel-stamps: '{text}' (use all, sample or off)"))?;
             }
+            Long("quickack") => quickack = true,
             Long("kernel-info") => {
                 kernel_info = match parser.value()?.string()?.as_str() {
                     "on" => true,
@@ -482,6 +488,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         report_interval,
         kernel_info,
         kernel_stamps,
+        quickack,
         metrics,
         metrics_chain,
         probe_interval: match (mode, probe_interval) {
@@ -525,7 +532,9 @@ impl Options {
             realtime: self.tuning.realtime,
             mlock: self.tuning.mlock,
             kernel_info: self.kernel_info,
-            kernel_stamps: self.kernel_stamps,
+            kernel_stamps: self.kernel_stamps != TxMode::Off,
+            kernel_stamps_mode: self.kernel_stamps.name(),
+            quickack: self.quickack,
         }
     }
 }
@@ -720,6 +729,21 @@ mod tests {
         assert!(parse(&["-f", "127.0.0.1:9", "-t", "0"]).unwrap_err().contains("more than 0"));
         assert!(parse(&["-f", "127.0.0.1:9", "-n", ""]).unwrap_err().contains("non-empty"));
         assert!(parse(&["-l", ":9", "-n", "a\tb"]).unwrap_err().contains("control"));
+    }
+
+    #[test]
+    fn test_kernel_stamps_modes() {
+        let mode = |args: &[&str]| parse(args).map(|options| options.kernel_stamps);
+        assert_eq!(mode(&["-f", "127.0.0.1:9"]), Ok(TxMode::Off));
+        assert_eq!(mode(&["-f", "127.0.0.1:9", "--kernel-stamps", "sample"]), Ok(TxMode::Sample));
+        assert_eq!(mode(&["-f", "127.0.0.1:9", "--kernel-stamps", "all"]), Ok(TxMode::All));
+        let error = mode(&["-f", "127.0.0.1:9", "--kernel-stamps", "1/10"]).unwrap_err();
+        assert!(error.contains("'1/10' (use all, sample or off)"), "{error}");
+        let options = parse(&["-f", "127.0.0.1:9", "--kernel-stamps", "sample"]).unwrap();
+        let parameters = options.parameters();
+        assert_eq!((parameters.kernel_stamps, parameters.kernel_stamps_mode), (true, "sample"));
+        assert!(!parameters.quickack);
+        assert!(parse(&["-f", "127.0.0.1:9", "--quickack"]).unwrap().parameters().quickack);
     }
 
     #[test]

@@ -74,6 +74,7 @@ fn run_source(options: Options) -> ExitCode {
         presentation: options.presentation,
         kernel_info: options.kernel_info,
         kernel_stamps: options.kernel_stamps,
+        quickack: options.quickack,
         keep_history: outputs.plot.is_some(),
         metrics: publisher.map(|publisher| (publisher, chain_label)),
     };

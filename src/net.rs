@@ -215,19 +215,60 @@ fn set_timestamping(fd: RawFd, flags: libc::c_uint) -> io::Result<()> {
 /// write's last byte since the option was set (libc does not export it yet).
 const SOF_TIMESTAMPING_OPT_ID_TCP: libc::c_uint = 1 << 16;
 
-/// Adds transmit timestamps to the receive timestamps: for each write, a software stamp when
-/// its last byte leaves for the device and one when the peer acknowledges it, on the error
-/// queue, keyed by byte offset (`OPT_ID_TCP`), without the packet (`OPT_TSONLY`, so entries
-/// cost little of the receive buffer). Refused by kernels before 6.2.
-pub fn enable_transmit_timestamps(fd: RawFd) -> io::Result<()> {
-    let flags: libc::c_uint = libc::SOF_TIMESTAMPING_RX_SOFTWARE
+/// Adds transmit timestamps to the receive timestamps: for each write that asks, a software
+/// stamp when its last byte leaves for the device and one when the peer acknowledges it, on the
+/// error queue, keyed by byte offset (`OPT_ID_TCP`), without the packet (`OPT_TSONLY`, so
+/// entries cost little of the receive buffer). `every_write`: the socket asks for every write
+/// (`TX_SOFTWARE | TX_ACK` here); else only the reporting and key options are set, and a write
+/// asks for itself through [`send_asking_tx_stamps`]. Refused by kernels before 6.2.
+pub fn enable_transmit_timestamps(fd: RawFd, every_write: bool) -> io::Result<()> {
+    let mut flags: libc::c_uint = libc::SOF_TIMESTAMPING_RX_SOFTWARE
         | libc::SOF_TIMESTAMPING_SOFTWARE
-        | libc::SOF_TIMESTAMPING_TX_SOFTWARE
-        | libc::SOF_TIMESTAMPING_TX_ACK
         | libc::SOF_TIMESTAMPING_OPT_ID
         | libc::SOF_TIMESTAMPING_OPT_TSONLY
         | SOF_TIMESTAMPING_OPT_ID_TCP;
+    if every_write {
+        flags |= TX_STAMPS_OF_A_WRITE;
+    }
     set_timestamping(fd, flags)
+}
+
+/// What a stamped write asks for: SND (its last byte left for the device) and ACK.
+const TX_STAMPS_OF_A_WRITE: libc::c_uint =
+    libc::SOF_TIMESTAMPING_TX_SOFTWARE | libc::SOF_TIMESTAMPING_TX_ACK;
+
+/// One `sendmsg` of `data` that asks for this write's transmit stamps with an `SCM_TIMESTAMPING`
+/// control message (its `TX_*` flags override the socket's for this call; the socket's
+/// reporting options, set by [`enable_transmit_timestamps`], say how they come back). Flags as
+/// `std`'s `send`: `MSG_NOSIGNAL`, so a peer gone is an error, not a SIGPIPE.
+pub fn send_asking_tx_stamps(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    let payload_len = std::mem::size_of::<u32>() as u32;
+    // u64 storage keeps the control buffer aligned for `cmsghdr`; CMSG_SPACE(4) is 24 bytes.
+    let mut control = [0u64; 4];
+    // SAFETY: pure arithmetic on a length.
+    let space = unsafe { libc::CMSG_SPACE(payload_len) } as usize;
+    debug_assert!(space <= std::mem::size_of_val(&control), "room for one u32 control message");
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: an all-zero msghdr is valid; the fields are set below.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = space;
+    // SAFETY: `control` holds CMSG_SPACE(4) bytes, so the first header and its u32 fit; the
+    // kernel wants `cmsg_len` exactly CMSG_LEN(4).
+    unsafe {
+        let header = libc::CMSG_FIRSTHDR(&message);
+        debug_assert!(!header.is_null(), "a control buffer of CMSG_SPACE(4) has a first header");
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = SO_TIMESTAMPING;
+        (*header).cmsg_len = libc::CMSG_LEN(payload_len) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<u32>(), TX_STAMPS_OF_A_WRITE);
+    }
+    // SAFETY: `message` points to `iov` (describing `data`, only read) and `control`, both live
+    // for the call.
+    let count = unsafe { libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL) };
+    if count < 0 { Err(io::Error::last_os_error()) } else { Ok(count as usize) }
 }
 
 /// `SO_EE_ORIGIN_TIMESTAMPING`, and `SCM_TSTAMP_SND` / `SCM_TSTAMP_ACK` in `ee_info`.
@@ -341,6 +382,25 @@ pub fn receive(fd: RawFd, into: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
         }
     }
     Ok((count as usize, stamp_ns))
+}
+
+/// Asks the kernel to acknowledge what this socket has received at once (`TCP_QUICKACK`),
+/// instead of holding the ACK for a reply to carry. Not sticky: the kernel returns to delayed
+/// ACKs on its own, so `--quickack` calls it after every read. A route with `quickack 1` does
+/// the same for every socket without a call.
+pub fn quick_ack(fd: RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: `one` lives across the call and its size is passed; errors are returned.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// The socket's `TCP_INFO`, the fields its kernel gives; `None` when the kernel refuses.

@@ -33,6 +33,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::buffer::Buffer;
 use crate::clock;
+use crate::core::transmit::TxMode;
 use crate::core::{Inbound, Outbound, Peer};
 use crate::kernel;
 use crate::log_line;
@@ -90,7 +91,9 @@ pub struct SourceConfig {
     /// Ask every hop for its `TCP_INFO` readings (and read the source's own socket's).
     pub kernel_info: bool,
     /// Ask every hop for transmit timestamps on its sockets (and take the source's own).
-    pub kernel_stamps: bool,
+    pub kernel_stamps: TxMode,
+    /// Ask every hop to set `TCP_QUICKACK` after every read (and do so on the source's own).
+    pub quickack: bool,
     /// Continuous runs: keep each interval's p50 and p99 per subsegment in the run (for
     /// `--plot`), bounded by [`crate::report::interval::HISTORY_LEN`].
     pub keep_history: bool,
@@ -435,9 +438,8 @@ pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
             let first_hop = first_hop(&config.forward_to);
             io::Error::new(error.kind(), format!("cannot reach first hop {first_hop}: {error}"))
         })?;
-    if config.kernel_stamps
-        && let Err(error) = upstream.enable_tx_stamps()
-    {
+    upstream.quickack = config.quickack;
+    if let Err(error) = upstream.enable_tx_stamps(config.kernel_stamps) {
         log_line!(
             "{}: warning: no transmit timestamps ({error}; they need Linux 6.2); the kernel readings carry none",
             config.name
@@ -710,9 +712,8 @@ impl Source<'_> {
         let target = self.config.forward_to.0;
         let registered = Peer::connect(target, poll.registry(), UPSTREAM, &self.config.name).map(
             |mut upstream| {
-                if self.config.kernel_stamps {
-                    let _ = upstream.enable_tx_stamps();
-                }
+                upstream.quickack = self.config.quickack;
+                let _ = upstream.enable_tx_stamps(self.config.kernel_stamps);
                 upstream
             },
         );
@@ -1279,9 +1280,9 @@ fn announce(send: &mut Outbound, config: &SourceConfig, upstream: &Peer) {
     PathEntry::new(Role::Source, &config.name, upstream.stream.local_addr().ok(), None)
         .with_tags(config.tags.clone())
         .emit(&mut announcement);
-    let mut flags = if config.kernel_info { wire::PATH_ASKS_KERNEL_INFO } else { 0 };
-    if config.kernel_stamps {
-        flags |= wire::PATH_ASKS_TX_STAMPS;
+    let mut flags = wire::path_flags(config.kernel_info, config.kernel_stamps);
+    if config.quickack {
+        flags |= wire::PATH_ASKS_QUICKACK;
     }
     send.push(&wire::flagged_control_frame(Kind::Path, flags, &announcement));
 }

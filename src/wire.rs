@@ -36,6 +36,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+pub use crate::core::transmit::TxMode;
 pub use crate::kernel::{Side, TcpInfo, TxTotals};
 
 /// "SSTS": subsegment TCP speeds.
@@ -54,8 +55,8 @@ pub const MAX_RECORDS: usize = 2 * MAX_HOPS;
 pub const MAX_PAYLOAD: usize = 1 << 20;
 pub const MAX_HEADERS_LEN: usize = HEADER_LEN + MAX_RECORDS * RECORD_LEN;
 pub const MAX_FRAME_LEN: usize = MAX_HEADERS_LEN + MAX_PAYLOAD;
-/// Header flag of a PATH frame: the source asks every hop for [`Kind::Kernel`] samples. No
-/// other kind has flags; a frame with a flag its kind does not have is refused.
+/// Header flag of a PATH frame: the source asks every hop for [`Kind::Kernel`] samples. A
+/// frame with a flag its kind does not have is refused.
 pub const PATH_ASKS_KERNEL_INFO: u8 = 1;
 /// Header flag of a PATH frame: the source asks every hop for transmit timestamps on its
 /// sockets (`--kernel-stamps all`), which its KERNEL samples then carry.
@@ -65,6 +66,37 @@ pub const PATH_ASKS_TX_STAMPS: u8 = 2;
 /// the way down), and it answers no frame: relays pass it on, the source or ingress delivers
 /// its payload. Without the flag, a DATA frame going up is an answer to one that went down.
 pub const DATA_FROM_SERVER: u8 = 1;
+/// Header flag of a PATH frame, only beside [`PATH_ASKS_TX_STAMPS`]: the stamps are sampled
+/// (`--kernel-stamps sample`, one write per socket and tick asks for them). Alone it means
+/// nothing and is refused, like a flag no kind has.
+pub const PATH_SAMPLES_TX_STAMPS: u8 = 4;
+/// Header flag of a PATH frame: every hop (and the source) sets `TCP_QUICKACK` after each read
+/// (`--quickack`), so the peers' kernels see their ACKs at once even where the routes have no
+/// `quickack 1`.
+pub const PATH_ASKS_QUICKACK: u8 = 8;
+/// Every flag a PATH frame may carry.
+const PATH_FLAGS: u8 =
+    PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS | PATH_ASKS_QUICKACK;
+
+/// A PATH frame's flags for what the source asks of every hop.
+pub fn path_flags(kernel_info: bool, tx: TxMode) -> u8 {
+    let mut flags = if kernel_info { PATH_ASKS_KERNEL_INFO } else { 0 };
+    match tx {
+        TxMode::Off => {}
+        TxMode::All => flags |= PATH_ASKS_TX_STAMPS,
+        TxMode::Sample => flags |= PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS,
+    }
+    flags
+}
+
+/// The transmit stamps a checked PATH frame's flags ask for.
+pub fn path_tx_mode(flags: u8) -> TxMode {
+    match (flags & PATH_ASKS_TX_STAMPS != 0, flags & PATH_SAMPLES_TX_STAMPS != 0) {
+        (false, _) => TxMode::Off,
+        (true, false) => TxMode::All,
+        (true, true) => TxMode::Sample,
+    }
+}
 /// Most fields a KERNEL sample may carry (this build sends [`crate::kernel::FIELDS`]).
 pub const MAX_KERNEL_FIELDS: usize = 32;
 
@@ -322,18 +354,20 @@ impl<T: AsRef<[u8]>> Frame<T> {
         }
         let (kind, flags) = (data[field::KIND], data[field::FLAGS]);
         let allowed = match Kind::from_byte(kind) {
-            Some(Kind::Path) => PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS,
+            Some(Kind::Path) => PATH_FLAGS,
             Some(Kind::Data) => DATA_FROM_SERVER,
             _ => 0,
         };
-        if flags & !allowed != 0 {
+        let sampling_nothing =
+            flags & PATH_SAMPLES_TX_STAMPS != 0 && flags & PATH_ASKS_TX_STAMPS == 0;
+        if flags & !allowed != 0 || (kind == Kind::Path as u8 && sampling_nothing) {
             return Err(WireError::BadFlags { kind, flags });
         }
         Ok(())
     }
 
-    /// The header's flags ([`PATH_ASKS_KERNEL_INFO`], [`PATH_ASKS_TX_STAMPS`] on a PATH frame,
-    /// [`DATA_FROM_SERVER`] on a DATA frame).
+    /// The header's flags (on a PATH frame, what the source asks of every hop; on a DATA frame,
+    /// [`DATA_FROM_SERVER`]).
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
@@ -1099,6 +1133,35 @@ mod tests {
         let mut bytes = good.clone();
         bytes[field::PAYLOAD_LEN].copy_from_slice(&((MAX_PAYLOAD + 1) as u32).to_be_bytes());
         assert_eq!(frame_len(&bytes), Err(WireError::PayloadTooLarge(MAX_PAYLOAD + 1)));
+    }
+
+    #[test]
+    fn test_path_flags_say_the_transmit_stamps_asked_for() {
+        for (kernel_info, mode) in [
+            (true, TxMode::Off),
+            (false, TxMode::All),
+            (true, TxMode::Sample),
+            (false, TxMode::Sample),
+        ] {
+            let flags = path_flags(kernel_info, mode);
+            let frame = flagged_control_frame(Kind::Path, flags, &[]);
+            let parsed = next_frame(&frame).unwrap().expect("a whole frame");
+            assert_eq!(path_tx_mode(parsed.flags()), mode);
+            assert_eq!(parsed.flags() & PATH_ASKS_KERNEL_INFO != 0, kernel_info);
+        }
+        // Sampling without the stamps asks for nothing: refused, as is the flag on another kind.
+        let mut bytes = flagged_control_frame(Kind::Path, PATH_SAMPLES_TX_STAMPS, &[]);
+        let refused = WireError::BadFlags { kind: Kind::Path as u8, flags: PATH_SAMPLES_TX_STAMPS };
+        assert_eq!(frame_len(&bytes), Err(refused));
+        bytes[field::FLAGS] = PATH_ASKS_KERNEL_INFO | PATH_SAMPLES_TX_STAMPS;
+        assert!(matches!(frame_len(&bytes), Err(WireError::BadFlags { .. })));
+        let mut data = data_frame(1, &[], b"x");
+        data[field::FLAGS] = PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS;
+        assert!(matches!(frame_len(&data), Err(WireError::BadFlags { kind: 1, .. })));
+        bytes[field::FLAGS] = PATH_ASKS_QUICKACK;
+        assert_eq!(frame_len(&bytes), Ok(Some(bytes.len())));
+        bytes[field::FLAGS] = 16;
+        assert!(matches!(frame_len(&bytes), Err(WireError::BadFlags { flags: 16, .. })));
     }
 
     #[test]

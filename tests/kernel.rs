@@ -131,6 +131,79 @@ fn transmit_stamps_give_each_end_its_send_queue_and_ack_round_trip() {
     }
 }
 
+/// `--kernel-stamps sample`: one write per socket every 10 ms asks for its stamps through a
+/// control message. At one probe a millisecond that is about one write in ten: every end has
+/// stamped writes and SND → ACK figures, far fewer than `all` stamps over the same probes, and
+/// the report says which mode gave them.
+#[test]
+fn sampled_transmit_stamps_are_fewer_than_all_and_still_give_the_figures() {
+    let (_hops, b) = chain();
+    let stamped = |mode: &str| {
+        let args =
+            ["-f", &b, "-n", "A", "-c", "300", "-i", "1ms", "-w", "1", "--kernel-stamps", mode];
+        let run = run_source(&args, b"", RUN_TIMEOUT);
+        assert_eq!(run.status.and_then(|status| status.code()), Some(0), "{}", run.stderr);
+        let report = run.report();
+        assert_valid(&report.json);
+        assert_eq!(report.json["parameters"]["kernel_stamps_mode"], mode);
+        assert_eq!(report.json["parameters"]["kernel_stamps"], true);
+        let mut counts = Vec::new();
+        for link in links(&report.json) {
+            for end in ["near", "far"] {
+                let end_json = &link["kernel"][end];
+                counts.push(end_json["tx_stamped"].as_u64().unwrap_or(0));
+                let ack_min = end_json["tx_ack_rtt_min_ns"].as_u64().unwrap_or(0);
+                assert!(ack_min > 0 && ack_min < 10_000_000, "{mode}: SND→ACK {end_json:#}");
+                assert!(end_json["tx_ack_rtt_mean_ns"].as_u64().is_some(), "{end_json:#}");
+                assert!(end_json["tx_queue_mean_ns"].as_u64().is_some(), "{end_json:#}");
+            }
+            assert!(link["kernel"]["split"]["sender_queue_ns"].as_u64().is_some());
+        }
+        (counts, run.stderr)
+    };
+    let (sampled, stderr) = stamped("sample");
+    if stderr.contains("no transmit timestamps") {
+        util::say_skipped("sampled_transmit_stamps", "the kernel refuses them (before 6.2)");
+        return;
+    }
+    assert!(stderr.contains("transmit stamps of one write per socket every 10 ms"), "{stderr}");
+    let (all, _) = stamped("all");
+    for (end, (sampled, all)) in sampled.iter().zip(&all).enumerate() {
+        // 300 probes 1 ms apart take 0.3 s: about 30 ticks, against about 300 writes.
+        assert!(*sampled >= 5, "end {end}: only {sampled} writes stamped");
+        assert!(sampled * 2 < *all, "end {end}: {sampled} sampled against {all} with all");
+    }
+}
+
+/// Loopback routes have no `quickack 1`: with one probe every 2 ms, each hop's ACK of an
+/// answer waits for the next probe to carry it, so the far end's srtt is about the gap. With
+/// `--quickack` every hop acknowledges after each read, and the far end's srtt is the wire's.
+#[test]
+fn quickack_makes_the_far_end_s_srtt_the_wire_s() {
+    let (_hops, b) = chain();
+    let far_srtts = |extra: &[&str]| {
+        let mut args = vec!["-f", &b, "-n", "A", "-c", "200", "-i", "2ms", "-w", "1"];
+        args.extend_from_slice(extra);
+        let run = run_source(&args, b"", RUN_TIMEOUT);
+        assert_eq!(run.status.and_then(|status| status.code()), Some(0), "{}", run.stderr);
+        let report = run.report();
+        assert_valid(&report.json);
+        assert_eq!(report.json["parameters"]["quickack"], !extra.is_empty());
+        links(&report.json)
+            .iter()
+            .map(|link| link["kernel"]["far"]["rtt_ns"].as_u64().expect("a far-end srtt"))
+            .collect::<Vec<u64>>()
+    };
+    let delayed = far_srtts(&[]);
+    let quick = far_srtts(&["--quickack"]);
+    for (link, (delayed, quick)) in delayed.iter().zip(&quick).enumerate() {
+        assert!(
+            quick * 4 < *delayed,
+            "link {link}: far srtt {quick} ns with --quickack, {delayed} ns without"
+        );
+    }
+}
+
 /// A user-space element on B ⇄ Z (the project's `tcp-delay`, 2 ms each way) ends B's TCP
 /// connection short of Z: the stamps see a slow link, the kernel a fast wire, and the verdict
 /// says the bytes are held by something between the two hops.

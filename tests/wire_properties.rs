@@ -14,9 +14,10 @@ use proptest::sample::Index;
 use subsegment_tcp_speeds::wire::{
     DATA_FROM_SERVER, Direction, Fault, FaultCode, Frame, HEADER_LEN, Header, KernelSample, Kind,
     MAGIC, MAX_HOPS, MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN,
-    MAX_TAG_VALUE_LEN, MAX_TAGS, PATH_ASKS_KERNEL_INFO, PATH_ASKS_TX_STAMPS, PathEntry, RECORD_LEN,
-    ReceiveClock, Role, Side, Stamp, Tag, TcpInfo, TxTotals, VERSION, WireError, emit_frame,
-    emit_restamped, fault_frame, frame_len, next_frame,
+    MAX_TAG_VALUE_LEN, MAX_TAGS, PATH_ASKS_KERNEL_INFO, PATH_ASKS_QUICKACK, PATH_ASKS_TX_STAMPS,
+    PATH_SAMPLES_TX_STAMPS, PathEntry, RECORD_LEN, ReceiveClock, Role, Side, Stamp, Tag, TcpInfo,
+    TxMode, TxTotals, VERSION, WireError, emit_frame, emit_restamped, fault_frame, frame_len,
+    next_frame,
 };
 
 /// A frame to be built: what `emit_frame` is given and what the parser must give back.
@@ -190,12 +191,20 @@ impl RawFrame {
         if !(1..=4).contains(&self.kind) {
             faults.push(WireError::UnknownKind(self.kind));
         }
+        let path_flags = PATH_ASKS_KERNEL_INFO
+            | PATH_ASKS_TX_STAMPS
+            | PATH_SAMPLES_TX_STAMPS
+            | PATH_ASKS_QUICKACK;
         let allowed = match self.kind {
-            kind if kind == Kind::Path as u8 => PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS,
+            kind if kind == Kind::Path as u8 => path_flags,
             kind if kind == Kind::Data as u8 => DATA_FROM_SERVER,
             _ => 0,
         };
-        if self.flags & !allowed != 0 {
+        // Sampled stamps without the stamps ask for nothing: refused too.
+        let sampling_nothing = self.kind == Kind::Path as u8
+            && self.flags & PATH_SAMPLES_TX_STAMPS != 0
+            && self.flags & PATH_ASKS_TX_STAMPS == 0;
+        if self.flags & !allowed != 0 || sampling_nothing {
             faults.push(WireError::BadFlags { kind: self.kind, flags: self.flags });
         }
         if self.records.len() > MAX_RECORDS {
@@ -217,6 +226,13 @@ fn raw_frame() -> impl Strategy<Value = RawFrame> {
         1 => Just(PATH_ASKS_TX_STAMPS),
         1 => Just(PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS),
         2 => Just(DATA_FROM_SERVER),
+        1 => Just(PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS),
+        1 => Just(PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS),
+        1 => Just(PATH_SAMPLES_TX_STAMPS),
+        1 => Just(PATH_ASKS_KERNEL_INFO | PATH_SAMPLES_TX_STAMPS),
+        1 => Just(PATH_ASKS_QUICKACK),
+        1 => Just(PATH_ASKS_QUICKACK | PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS),
+        1 => Just(PATH_ASKS_QUICKACK | PATH_SAMPLES_TX_STAMPS),
         1 => any::<u8>(),
     ];
     let count = prop_oneof![
@@ -814,6 +830,23 @@ proptest! {
         }
     }
 
+    /// What the source asks of every hop survives the PATH header: the flags it writes for
+    /// any mode parse back to that mode, and are within the limits.
+    #[test]
+    fn path_flags_round_trip(kernel_info: bool, quickack: bool, mode in prop_oneof![
+        Just(TxMode::Off), Just(TxMode::Sample), Just(TxMode::All)
+    ]) {
+        let mut flags = subsegment_tcp_speeds::wire::path_flags(kernel_info, mode);
+        if quickack {
+            flags |= PATH_ASKS_QUICKACK;
+        }
+        let bytes = subsegment_tcp_speeds::wire::flagged_control_frame(Kind::Path, flags, b"");
+        let frame = Frame::new_checked(&bytes[..]).expect("the source's own flags are valid");
+        prop_assert_eq!(subsegment_tcp_speeds::wire::path_tx_mode(frame.flags()), mode);
+        prop_assert_eq!(frame.flags() & PATH_ASKS_KERNEL_INFO != 0, kernel_info);
+        prop_assert_eq!(frame.flags() & PATH_ASKS_QUICKACK != 0, quickack);
+    }
+
     /// (b) Any valid frame round-trips: emit, check, and the same fields come back.
     #[test]
     fn valid_frames_round_trip(spec in frame_spec(4096)) {
@@ -953,9 +986,11 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
         .emit(&mut path);
     PathEntry::new(Role::Echo, "Z", addr("127.0.0.1:9001"), addr("127.0.0.1:41002"))
         .emit(&mut path);
+    // The announcement asks for everything a hop can give: readings, sampled stamps, quick
+    // ACKs.
     let path_bin = subsegment_tcp_speeds::wire::flagged_control_frame(
         Kind::Path,
-        PATH_ASKS_KERNEL_INFO,
+        subsegment_tcp_speeds::wire::path_flags(true, TxMode::Sample) | PATH_ASKS_QUICKACK,
         &path,
     );
     let kernel_bin = KernelSample {

@@ -287,7 +287,7 @@ ANCHORS = ("socat", "haproxy", "nginx")
 NOISY_PCT = 10
 PLACEMENT_LABELS = {"one": "all on one CPU", "split": "hop on the other CPU"}
 VARIANT_ORDER = (
-    "direct", "ours", "ours-nokernel", "ours-stamps", "ours-rt", "ours-mlock", "ours-bp", "ours-bp-rt", "floor",
+    "direct", "ours-nokernel", "ours", "ours-sample", "ours-stamps", "ours-quickack", "ours-rt", "ours-mlock", "ours-bp", "ours-bp-rt", "floor",
     "floor-bp", "socat", "haproxy", "nginx",
 )
 # The copy-only relay measured beside each of ours: its ratio is the least a relay reaches here.
@@ -527,6 +527,55 @@ def say_knobs(say, knobs, failed, meta):
     say("")
 
 
+EVIDENCE_OPTIONS = {
+    "ours-nokernel": "--kernel-info off (no evidence)",
+    "ours": "(default) TCP_INFO on the hops' 100 ms timer",
+    "ours-sample": "--kernel-stamps sample",
+    "ours-stamps": "--kernel-stamps all",
+    "ours-quickack": "--quickack (TCP_QUICKACK after every read)",
+}
+
+
+def say_evidence(say, evidence, rows, meta):
+    """The probe figures through one hop with the kernel evidence off and on, side by side,
+    with each variant's ratio to the evidence-off run of the same repetition (median)."""
+    say(
+        f"kernel evidence: end-to-end round trip through one hop of ours, 64 B frames, --window 1 --interval 0, "
+        f"{meta.get('evidence_frames', '?')} round trips per run, median of {meta.get('evidence_reps', '?')} "
+        "repetitions, variants alternated (µs)"
+    )
+    say(
+        f"  where: source and echo on CPU {meta.get('client_cpu', '0')} (taskset -c {meta.get('client_cpu', '0')}), "
+        f"the hop on CPU {meta.get('hop_cpu', '1')} (taskset -c {meta.get('hop_cpu', '1')})"
+    )
+    say("  vs off: this variant's p50 (p99) / the --kernel-info off run's of the same repetition, median")
+    ok = [row for row in rows if row["status"] == "ok"]
+    off = {row["rep"]: row for row in ok if row["variant"] == "ours-nokernel"}
+    say(
+        f"  {'variant':<13} {'options':<46} {'p50':>7} {'p99':>7} {'+p50/hop':>9} {'+p99/hop':>9} "
+        f"{'p50 vs off':>10} {'p99 vs off':>10}"
+    )
+    for entry in evidence:
+        if not entry["hops"]:
+            say(f"  {'direct':<13} {'(no hop)':<46} {fmt(entry['p50_us']):>7} {fmt(entry['p99_us']):>7}")
+            continue
+        ratios = {}
+        for stat in ("p50", "p99"):
+            values = [
+                float(row[stat]) / float(off[row["rep"]][stat])
+                for row in ok
+                if row["variant"] == entry["variant"] and row["rep"] in off and float(off[row["rep"]][stat]) > 0
+            ]
+            ratios[stat] = median(values)
+            entry[f"{stat}_vs_evidence_off"] = ratios[stat]
+        say(
+            f"  {entry['variant']:<13} {EVIDENCE_OPTIONS.get(entry['variant'], ''):<46} {fmt(entry['p50_us']):>7} "
+            f"{fmt(entry['p99_us']):>7} {fmt(entry.get('added_p50_per_hop_us'), signed=True):>9} "
+            f"{fmt(entry.get('added_p99_per_hop_us'), signed=True):>9} {fmt(ratios['p50'], 3):>10} {fmt(ratios['p99'], 3):>10}"
+        )
+    say("")
+
+
 def summarize(outdir):
     raw = os.path.join(outdir, "raw")
     meta = {row["key"]: row["value"] for row in read_tsv(os.path.join(raw, "meta.tsv"))}
@@ -538,6 +587,8 @@ def summarize(outdir):
     notes = [row["note"] for row in read_tsv(os.path.join(raw, "notes.tsv"))]
     checks = target_checks(latency, throughput)
     knobs, knobs_failed = summarize_latency(read_tsv(os.path.join(raw, "knobs.tsv")))
+    evidence_rows = read_tsv(os.path.join(raw, "evidence.tsv"))
+    evidence, evidence_failed = summarize_latency(evidence_rows)
 
     syscalls = {}
     for row in syscalls_rows:
@@ -614,6 +665,10 @@ def summarize(outdir):
         say("")
     if knobs:
         say_knobs(say, knobs, knobs_failed, meta)
+    if evidence:
+        say_evidence(say, evidence, evidence_rows, meta)
+        for row in evidence_failed[:10]:
+            say(f"  failed: {row['variant']} rep {row['rep']}: {row['status']}")
     if throughput:
         first = throughput[0]
         say(
@@ -708,6 +763,8 @@ def summarize(outdir):
         "targets": checks,
         "knobs": knobs,
         "knob_runs": read_tsv(os.path.join(raw, "knobs.tsv")),
+        "evidence": evidence,
+        "evidence_runs": evidence_rows,
     }
     with open(os.path.join(outdir, "results.json"), "w") as target:
         json.dump(results, target, indent=2, ensure_ascii=False)

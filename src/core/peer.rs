@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use mio::net::TcpStream;
 
 use super::stamping::{Inbound, KernelStamps, Outbound, ReadStamp, ReceiveTimes};
-use super::transmit::{TxEvent, TxStamps};
+use super::transmit::{TxEvent, TxMode, TxStamps};
 use super::{READ_CHUNK, WRITE_CHUNK};
 use crate::clock;
 use crate::log_line;
@@ -32,6 +32,8 @@ pub struct Peer {
     pub receive_times: ReceiveTimes,
     /// Transmit timestamps, once asked for (`--kernel-stamps`).
     pub tx: Option<TxStamps>,
+    /// `TCP_QUICKACK` after every read that brought bytes (`--quickack`).
+    pub quickack: bool,
 }
 
 impl Peer {
@@ -61,6 +63,7 @@ impl Peer {
             write_shut: false,
             receive_times: ReceiveTimes::new(kernel),
             tx: None,
+            quickack: false,
         }
     }
 
@@ -144,6 +147,11 @@ impl Peer {
                     into.received(count, stamp);
                     left -= count;
                     progress = true;
+                    // After the stamp, so the call never delays it. A refusal changes nothing
+                    // but the ACK's timing: not worth a word per read.
+                    if self.quickack {
+                        let _ = net::quick_ack(fd);
+                    }
                     self.readable = !emptied || self.hung_up;
                 }
                 Io::Closed => self.read_closed = true,
@@ -159,7 +167,9 @@ impl Peer {
     }
 
     /// Writes from `from` until it is empty or the socket would block; the frames each write
-    /// starts carry the clock read right before it.
+    /// starts carry the clock read right before it. With `--kernel-stamps sample`, the write a
+    /// sample is due on asks for its transmit stamps itself (a `sendmsg` with a control
+    /// message instead of the plain `send`: no extra call).
     pub fn flush(&mut self, from: &mut Outbound) -> io::Result<bool> {
         self.flush_at_most(from, usize::MAX)
     }
@@ -168,20 +178,27 @@ impl Peer {
     pub fn flush_at_most(&mut self, from: &mut Outbound, budget: usize) -> io::Result<bool> {
         let mut progress = false;
         let mut left = budget;
+        let fd = self.stream.as_raw_fd();
         while self.writable && !from.is_empty() && left > 0 {
             let write_ns = if from.has_unstarted() { clock::now_ns() } else { 0 };
             // The transmit stamps' base: CLOCK_REALTIME (theirs) right before the hand-over.
             let handed_realtime_ns = if self.tx.is_some() { clock::realtime_ns() } else { 0 };
+            let ask = self.tx.as_ref().is_some_and(|tx| tx.sample_due(handed_realtime_ns));
             let chunk = from.prepare_write(write_ns, WRITE_CHUNK.min(left));
             let chunk_len = chunk.len();
-            match net::classify(|| self.stream.write(chunk)) {
+            let outcome = if ask {
+                net::classify(|| net::send_asking_tx_stamps(fd, chunk))
+            } else {
+                net::classify(|| self.stream.write(chunk))
+            };
+            match outcome {
                 Io::Done(count) => {
                     // A short write filled the socket's buffer: wait for the next edge.
                     self.writable = count == chunk_len;
                     left -= count;
                     from.written(count, write_ns);
                     if let Some(tx) = self.tx.as_mut() {
-                        tx.wrote(count, handed_realtime_ns);
+                        tx.wrote(count, handed_realtime_ns, ask);
                     }
                     progress = true;
                 }
@@ -193,12 +210,12 @@ impl Peer {
         Ok(progress)
     }
 
-    /// Asks the kernel for transmit timestamps from the next write on; an error when the kernel
-    /// refuses (before Linux 6.2).
-    pub fn enable_tx_stamps(&mut self) -> io::Result<()> {
-        if self.tx.is_none() {
-            net::enable_transmit_timestamps(self.stream.as_raw_fd())?;
-            self.tx = Some(TxStamps::default());
+    /// Asks the kernel for transmit timestamps (`Sample` or `All`) from the next write on; an
+    /// error when the kernel refuses (before Linux 6.2).
+    pub fn enable_tx_stamps(&mut self, mode: TxMode) -> io::Result<()> {
+        if self.tx.is_none() && mode != TxMode::Off {
+            net::enable_transmit_timestamps(self.stream.as_raw_fd(), mode == TxMode::All)?;
+            self.tx = Some(TxStamps::new(mode));
         }
         Ok(())
     }

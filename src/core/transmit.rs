@@ -9,11 +9,61 @@
 //! round trip (including the peer's delayed ACK, when there is one). The kernel stamps one skb
 //! per write, and a later write merged into the same skb replaces the earlier request, so some
 //! writes never get a stamp: a stamp for a later key retires every write before it.
+//!
+//! Which writes ask ([`TxMode`]): `all` sets `TX_SOFTWARE | TX_ACK` on the socket, so every
+//! write asks; `sample` sets only the reporting flags and the key options on the socket, once,
+//! and the sampled write asks for itself with an `SCM_TIMESTAMPING` control message on its
+//! `sendmsg` (Documentation/networking/timestamping.rst, 1.3.4: a control message's `TX_*` flags
+//! override the socket's for that call). The key counts every byte written either way
+//! (`OPT_ID_TCP` counts from `write_seq`), so the sampled writes' keys match as in `all`.
 
 use std::collections::VecDeque;
 
 /// Writes awaiting their stamps at most; past it the oldest are given up (counted).
 pub const PENDING_WRITES: usize = 4096;
+
+/// In `--kernel-stamps sample`, one write per socket in this long asks for its stamps.
+///
+/// Why one per tick and not one write in N: the cost then has a bound that does not grow with
+/// the traffic. Each stamped write costs two error-queue entries, each an error event and a
+/// `recvmsg` or two; at one in N a bulk stream of 100,000 writes a second would still pay for
+/// 100,000 / N of them, a tick pays for 100 a second per socket whatever the rate. A tick also
+/// needs no agreement between hops on N, and a slow run (probes at 100 a second or fewer) has
+/// every write stamped, so short runs still get figures. What it gives up: time sampling picks
+/// the first write after each tick, which in bursty traffic is more often one after a gap (a
+/// short send queue) than one in a burst; bulk streams and evenly spaced probes are not bursty.
+pub const SAMPLE_EVERY_NS: u64 = 10_000_000;
+
+/// Which writes ask for transmit timestamps (`--kernel-stamps all|sample|off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxMode {
+    #[default]
+    Off,
+    /// One write per socket every [`SAMPLE_EVERY_NS`], through a control message.
+    Sample,
+    /// Every write, through the socket option.
+    All,
+}
+
+impl TxMode {
+    pub fn parse(text: &str) -> Option<TxMode> {
+        match text {
+            "off" => Some(TxMode::Off),
+            "sample" => Some(TxMode::Sample),
+            "all" => Some(TxMode::All),
+            _ => None,
+        }
+    }
+
+    /// The option's own word, as the report shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TxMode::Off => "off",
+            TxMode::Sample => "sample",
+            TxMode::All => "all",
+        }
+    }
+}
 
 /// What the kernel's error queue reported for one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +97,10 @@ struct PendingWrite {
 
 #[derive(Debug, Default)]
 pub struct TxStamps {
+    /// Only sampled writes ask (`TxMode::Sample`); else every write does.
+    sampled: bool,
+    /// CLOCK_REALTIME from which the next write is sampled.
+    next_sample_ns: u64,
     /// Bytes written since the option was set: the next write's first byte has this offset.
     written: u64,
     pending: VecDeque<PendingWrite>,
@@ -57,13 +111,34 @@ pub struct TxStamps {
 }
 
 impl TxStamps {
+    /// The stamps of a socket whose option was just set for `mode` (`Sample` or `All`).
+    pub fn new(mode: TxMode) -> TxStamps {
+        debug_assert!(mode != TxMode::Off, "no stamps are kept when none are asked for");
+        TxStamps { sampled: mode == TxMode::Sample, ..TxStamps::default() }
+    }
+
+    /// Whether a write handed over at `realtime_ns` must ask for its own stamps: in sample
+    /// mode, once a tick has passed since the last sampled write (or the clock stepped back).
+    pub fn sample_due(&self, realtime_ns: u64) -> bool {
+        self.sampled
+            && (realtime_ns >= self.next_sample_ns
+                || realtime_ns.saturating_add(SAMPLE_EVERY_NS) < self.next_sample_ns)
+    }
+
     /// A write of `count` bytes handed over at `realtime_ns` (CLOCK_REALTIME, as the kernel's
-    /// stamps are).
-    pub fn wrote(&mut self, count: usize, realtime_ns: u64) {
+    /// stamps are); `asked`: it asked for stamps (every write in `all`, the sampled one in
+    /// `sample`). The others only move the key on.
+    pub fn wrote(&mut self, count: usize, realtime_ns: u64, asked: bool) {
         if count == 0 {
             return;
         }
         self.written += count as u64;
+        if self.sampled && !asked {
+            return;
+        }
+        if self.sampled {
+            self.next_sample_ns = realtime_ns.saturating_add(SAMPLE_EVERY_NS);
+        }
         if self.pending.len() == PENDING_WRITES {
             self.pending.pop_front();
             self.given_up += 1;
@@ -127,9 +202,9 @@ mod tests {
     #[test]
     fn test_stamps_are_matched_to_writes_by_their_last_byte() {
         let mut tx = TxStamps::default();
-        tx.wrote(10, 1_000); // bytes 0..=9
-        tx.wrote(20, 2_000); // 10..=29
-        tx.wrote(30, 3_000); // 30..=59
+        tx.wrote(10, 1_000, true); // bytes 0..=9
+        tx.wrote(20, 2_000, true); // 10..=29
+        tx.wrote(30, 3_000, true); // 30..=59
         tx.stamped(TxEvent::Sent, 9, 1_500);
         tx.stamped(TxEvent::Acked, 9, 1_540);
         // The second write was merged into the third's skb: only key 59 is stamped.
@@ -154,13 +229,42 @@ mod tests {
     #[test]
     fn test_keys_wrap_after_4_gib_and_the_queue_is_bounded() {
         let mut tx = TxStamps { written: u64::from(u32::MAX) - 4, ..TxStamps::default() };
-        tx.wrote(10, 100); // bytes 2^32 - 5 ..= 2^32 + 4: key 4
+        tx.wrote(10, 100, true); // bytes 2^32 - 5 ..= 2^32 + 4: key 4
         tx.stamped(TxEvent::Sent, 4, 150);
         assert_eq!(tx.totals.sent, 1);
         for _ in 0..PENDING_WRITES + 3 {
-            tx.wrote(1, 200);
+            tx.wrote(1, 200, true);
         }
         assert_eq!(tx.pending.len(), PENDING_WRITES);
         assert_eq!(tx.given_up, 4);
+    }
+
+    #[test]
+    fn test_sample_mode_stamps_one_write_per_tick_and_keys_count_every_byte() {
+        let mut tx = TxStamps::new(TxMode::Sample);
+        let start_ns = 1_700_000_000_000_000_000;
+        assert!(tx.sample_due(start_ns), "the first write is sampled");
+        tx.wrote(100, start_ns, true); // bytes 0..=99, asked: key 99
+        assert!(!tx.sample_due(start_ns + SAMPLE_EVERY_NS - 1));
+        tx.wrote(50, start_ns + 1_000, false); // 100..=149, not asked
+        assert_eq!(tx.pending.len(), 1, "unasked writes wait for no stamp");
+        assert!(tx.sample_due(start_ns + SAMPLE_EVERY_NS));
+        tx.wrote(10, start_ns + SAMPLE_EVERY_NS, true); // 150..=159: key 159
+        tx.stamped(TxEvent::Sent, 99, start_ns + 400);
+        tx.stamped(TxEvent::Sent, 159, start_ns + SAMPLE_EVERY_NS + 300);
+        tx.stamped(TxEvent::Acked, 159, start_ns + SAMPLE_EVERY_NS + 1_300);
+        assert_eq!((tx.totals.sent, tx.totals.acked, tx.unmatched), (2, 1, 0));
+        assert_eq!(tx.totals.queue_sum_ns, 400 + 300);
+        assert_eq!(tx.totals.ack_rtt_min_ns, 1_000);
+        // A clock stepped back does not stop the sampling until it catches up.
+        assert!(tx.sample_due(start_ns - SAMPLE_EVERY_NS));
+        // In `all`, every write is stamped whatever it says.
+        let mut every = TxStamps::new(TxMode::All);
+        assert!(!every.sample_due(start_ns), "no write asks for itself: the socket does");
+        every.wrote(10, start_ns, false);
+        every.wrote(10, start_ns, false);
+        assert_eq!(every.pending.len(), 2);
+        assert_eq!(TxMode::parse("sample").map(TxMode::name), Some("sample"));
+        assert_eq!(TxMode::parse("some"), None);
     }
 }

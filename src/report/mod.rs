@@ -65,6 +65,11 @@ pub struct Parameters {
     /// Every hop was asked for its sockets' `TCP_INFO`, and for transmit timestamps.
     pub kernel_info: bool,
     pub kernel_stamps: bool,
+    /// Which writes asked for transmit timestamps, and so gave the `tx_` figures: `off`,
+    /// `sample` (one write per socket every 10 ms) or `all`.
+    pub kernel_stamps_mode: &'static str,
+    /// Every hop was asked for `TCP_QUICKACK` after each read (`--quickack`).
+    pub quickack: bool,
 }
 
 /// The unit the text report shows times in.

@@ -287,8 +287,16 @@ fn render_kernel(out: &mut String, report: &Report, width: usize) {
     let unit = &report.unit;
     let _ = writeln!(
         out,
-        "what the kernel saw per link ({}; TCP_INFO of each end's socket, near: the hop sending down, far: the hop after it; retrans and rto: during the run; unsent and unacked: the highest reading):",
-        unit.name
+        "what the kernel saw per link ({}; TCP_INFO of each end's socket, near: the hop sending down, far: the hop after it; retrans and rto: during the run; unsent and unacked: the highest reading{}):",
+        unit.name,
+        match report.parameters.kernel_stamps_mode {
+            "all" => "; transmit stamps of every write".to_string(),
+            "sample" => format!(
+                "; transmit stamps of one write per socket every {} ms",
+                crate::core::transmit::SAMPLE_EVERY_NS / 1_000_000
+            ),
+            _ => String::new(),
+        }
     );
     let _ = writeln!(
         out,

@@ -21,6 +21,7 @@ mod relay;
 
 use super::{HopConfig, ROUND_BYTES, Side, next_hop_text, token_of};
 use crate::buffer::Buffer;
+use crate::core::transmit::TxMode;
 use crate::core::{Inbound, Outbound, Peer, ReadStamp};
 use crate::net;
 use crate::wire::{
@@ -78,8 +79,10 @@ pub(super) struct Connection {
     pub(super) opened_ns: u64,
     pub(super) last_progress_ns: u64,
     kernel_info: KernelInfo,
-    /// The source asked for transmit timestamps on this connection's sockets.
-    tx_stamps: bool,
+    /// The transmit timestamps the source asked for on this connection's sockets.
+    tx_mode: TxMode,
+    /// The source asked for `TCP_QUICKACK` after every read (`--quickack`).
+    quickack: bool,
     origin: Origin,
     /// At an ingress: the client connection's framing and accounting.
     pub(super) ingress: Option<Box<IngressState>>,
@@ -252,7 +255,8 @@ impl Connection {
             opened_ns: now_ns,
             last_progress_ns: now_ns,
             kernel_info: KernelInfo::NotAsked,
-            tx_stamps: false,
+            tx_mode: TxMode::Off,
+            quickack: false,
             origin: if role == Role::Ingress { Origin::Ingress } else { Origin::Unknown },
             ingress: (role == Role::Ingress).then(|| Box::new(IngressState::new())),
         })
@@ -363,9 +367,8 @@ impl Connection {
         let token = token_of(self.slot, Side::Downstream);
         match Peer::connect(target, registry, token, &config.name) {
             Ok(mut downstream) => {
-                if self.tx_stamps {
-                    enable_tx_stamps(&mut downstream, &config.name);
-                }
+                enable_tx_stamps(&mut downstream, self.tx_mode, &config.name);
+                downstream.quickack = self.quickack;
                 self.downstream = NextHop::Connecting(downstream);
             }
             Err(error) => self.fail_downstream(
@@ -483,10 +486,10 @@ impl Connection {
                     if flags & wire::PATH_ASKS_KERNEL_INFO != 0 {
                         self.kernel_info = KernelInfo::Asked { bytes_at_last: 0 };
                     }
-                    self.tx_stamps = flags & wire::PATH_ASKS_TX_STAMPS != 0;
-                    if self.tx_stamps {
-                        enable_tx_stamps(&mut self.upstream, &context.config.name);
-                    }
+                    self.tx_mode = wire::path_tx_mode(flags);
+                    enable_tx_stamps(&mut self.upstream, self.tx_mode, &context.config.name);
+                    self.quickack = flags & wire::PATH_ASKS_QUICKACK != 0;
+                    self.upstream.quickack = self.quickack;
                     let announced = frame.payload().to_vec();
                     let entries = PathEntry::parse_all(&announced)
                         .map_err(|error| self.bad_upstream(error))?;
@@ -847,11 +850,11 @@ impl Connection {
     }
 }
 
-/// Asks for a socket's transmit stamps; a kernel that refuses is said once per process, and
-/// the readings then carry none.
-fn enable_tx_stamps(peer: &mut Peer, who: &str) {
+/// Asks for a socket's transmit stamps (none when `mode` is off); a kernel that refuses is
+/// said once per process, and the readings then carry none.
+fn enable_tx_stamps(peer: &mut Peer, mode: TxMode, who: &str) {
     static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if let Err(error) = peer.enable_tx_stamps()
+    if let Err(error) = peer.enable_tx_stamps(mode)
         && !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed)
     {
         crate::log_line!(
