@@ -7,6 +7,10 @@
 # usage: scripts/app-demo.sh [REQUESTS]   (default 20000; redis-benchmark -t ping,set,get -c 1)
 set -euo pipefail
 
+case ${1:-} in
+    -h | --help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    '' | *[!0-9]*) [[ -z ${1:-} ]] || { echo "app-demo.sh: REQUESTS must be a number (try --help)" >&2; exit 2; } ;;
+esac
 requests=${1:-20000}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

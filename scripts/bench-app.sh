@@ -56,30 +56,11 @@ bin=$outdir/subsegment-tcp-speeds
 cp "$given_bin" "$bin"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-app.XXXXXX")
 
-pids=()
-start() { # start LOG CMD...: in its own process group, remembered for the clean-up
-    local log=$1; shift
-    setsid "$@" >"$log" 2>&1 &
-    pids+=($!)
-}
-stop_all() {
-    local pid
-    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    pids=()
-}
-cleanup() { stop_all; rm -rf "$tmp"; }
+me=bench-app.sh
+# shellcheck source=scripts/bench/procs.sh
+. scripts/bench/procs.sh
+cleanup() { stop_from 0; rm -rf "$tmp"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    local port=$1 _
-    for _ in $(seq 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "bench-app.sh: nothing listens on $port" >&2
-    exit 1
-}
 haproxy_hop() { # haproxy_hop LISTEN NEXT
     sed -e "s/@LISTEN_PORT@/$1/" -e "s/@NEXT_PORT@/$2/" scripts/bench/haproxy.cfg.in >"$tmp/haproxy-$1.cfg"
     start "$outdir/haproxy-$1.log" taskset -c "$hop_cpu" haproxy -db -q -f "$tmp/haproxy-$1.cfg"
@@ -105,14 +86,7 @@ front() {
     esac
 }
 # Stops the hops a front started; the servers keep running.
-stop_hops() {
-    local pid
-    for pid in "${pids[@]:${#servers[@]}}"; do
-        kill -TERM -- "-$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    pids=("${servers[@]}")
-}
+stop_hops() { stop_from "${#servers[@]}"; }
 
 variants=(direct haproxy1 haproxy2 ours ours-noprobe)
 redis_port=$(free_port)

@@ -70,30 +70,11 @@ announced=$(( (fd_limit - 200) / 2 ))
 ((announced > idle)) && announced=$idle
 ((idle + 200 <= fd_limit)) || { echo "bench-loaded.sh: --idle $idle needs a descriptor limit above $((idle + 200)) (ulimit -Hn: $fd_limit)" >&2; exit 1; }
 
-pids=()
-start() { # start LOG CMD...: in its own process group, remembered for the clean-up
-    local log=$1; shift
-    setsid "$@" >"$log" 2>&1 &
-    pids+=($!)
-}
-stop_from() { # stop_from INDEX: stops the processes started from that index on
-    local pid
-    for pid in "${pids[@]:$1}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]:$1}"; do wait "$pid" 2>/dev/null || true; done
-    pids=("${pids[@]:0:$1}")
-}
+me=bench-loaded.sh
+# shellcheck source=scripts/bench/procs.sh
+. scripts/bench/procs.sh
 cleanup() { stop_from 0; rm -rf "$tmp"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    local _
-    for _ in $(seq 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "bench-loaded.sh: nothing listens on $1" >&2
-    exit 1
-}
 # hop KIND CPU NEXT_PORT: starts the hop, sets hop_port and hop_pid.
 hop() {
     local kind=$1 cpu=$2 next=$3
