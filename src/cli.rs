@@ -24,7 +24,7 @@ pub const USAGE: &str =
        [--jsonl PATH] [--plot PATH.svg] [--report-interval D] [--samples PATH] [--sla SPEC]
        [--units U] [--ascii] [--kernel-info on|off] [--kernel-stamps all|off] [--allow CIDR]
        [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
-       [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME]]";
+       [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME]] [--no-live]";
 
 pub const HELP: &str = "\
 subsegment-tcp-speeds: find which subsegment of a TCP chain (a link, or a relay host) adds the
@@ -106,6 +106,9 @@ source only:
       --units us|ms             the text report's unit (default: µs, or ms when the median round
                                 trip is 10 ms or more)
       --ascii                   the text report in ASCII (also in a locale that is not UTF-8)
+      --no-live                 no live table on stderr (shown by default when stderr is a
+                                terminal, TERM is not dumb and the run lasts over a second;
+                                keys in probe mode: q quit, r reset the view, p pause)
       --kernel-info on|off      ask every hop for its sockets' TCP_INFO (read on its 100 ms
                                 timer, never per frame) to show what the kernel saw per link
                                 (default on)
@@ -164,6 +167,8 @@ pub struct Options {
     pub metrics: Option<SocketAddr>,
     /// The source's `chain` label (`--metrics-chain`, else `--name`).
     pub metrics_chain: Option<String>,
+    /// The source may show the live view on a terminal (no `--no-live`).
+    pub live: bool,
 }
 
 /// Where the source writes what it found, besides the text report on stderr.
@@ -208,6 +213,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut duration = None;
     let mut report_interval = None;
     let mut kernel_info = true;
+    let mut live = true;
     let mut kernel_stamps = false;
     let mut metrics = None;
     let mut metrics_chain = None;
@@ -331,6 +337,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 }
                 metrics_chain = Some(text);
             }
+            Long("no-live") => live = false,
             Long("busy-poll") => tuning.busy_poll = true,
             Long("cpu") => tuning.cpu = Some(number(&mut parser, "--cpu")?),
             Long("realtime") => tuning.realtime = true,
@@ -414,6 +421,9 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 .into(),
         );
     }
+    if mode != Mode::Source && !live {
+        return Err("--no-live is for the source".into());
+    }
     if metrics_chain.is_some() && (mode != Mode::Source || metrics.is_none()) {
         return Err("--metrics-chain is for the source's --metrics".into());
     }
@@ -443,6 +453,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         kernel_stamps,
         metrics,
         metrics_chain,
+        live,
     })))
 }
 
@@ -590,6 +601,16 @@ mod tests {
         let timeout = parse(&["-f", "127.0.0.1:9", "-t", "0.25"]).unwrap().timeout;
         assert_eq!(timeout, Duration::from_millis(250));
         assert!(parse(&["-l", ":9", "-r", "-n", "zed"]).unwrap().remove_perf_headers);
+    }
+
+    #[test]
+    fn test_no_live_turns_the_live_view_off_and_is_for_the_source() {
+        assert!(parse(&["-f", "127.0.0.1:9", "-c", "0"]).unwrap().live);
+        assert!(!parse(&["-f", "127.0.0.1:9", "-c", "0", "--no-live"]).unwrap().live);
+        assert!(!parse(&["-f", "127.0.0.1:9", "--no-live"]).unwrap().live);
+        let relay = parse(&["-l", ":9", "-f", "127.0.0.1:9", "--no-live"]).unwrap_err();
+        assert!(relay.contains("--no-live is for the source"), "{relay}");
+        assert!(parse(&["-l", ":9", "--no-live"]).unwrap_err().contains("for the source"));
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::buffer::Buffer;
 use crate::clock;
 use crate::core::{Inbound, Outbound, Peer};
 use crate::kernel;
+use crate::live::LiveRecorder;
 use crate::log_line;
 use crate::net::{self, Io, NonBlocking};
 use crate::output::{Destination, Writer};
@@ -96,6 +97,8 @@ pub struct SourceConfig {
     pub keep_history: bool,
     /// `--metrics`: the server's end of the snapshot handover, and the `chain` label.
     pub metrics: Option<(Publisher, String)>,
+    /// The live view's end in the loop, when it is shown.
+    pub live: Option<LiveRecorder>,
 }
 
 /// Probe mode: `count` frames of `size` bytes, one every `interval` (0: back to back).
@@ -348,6 +351,7 @@ struct Source<'a> {
     writer: &'a mut Writer,
     /// `--metrics`: the bucket counts kept per answered frame, and the handover.
     metrics: Option<(Publisher, SourceRecorder)>,
+    live: Option<LiveRecorder>,
 }
 
 /// The connection to the first hop.
@@ -389,6 +393,9 @@ enum Stop {
     DurationElapsed,
     /// The first Ctrl-C or SIGTERM of a continuous run: the frames in flight still come back.
     Signal,
+    /// `q` in the live view: as a first Ctrl-C in a continuous run; a counted run ends early
+    /// but complete.
+    Quit,
 }
 
 /// A continuous run's report intervals: each has its own statistics.
@@ -414,6 +421,7 @@ pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
         .metrics
         .take()
         .map(|(publisher, chain)| (publisher, SourceRecorder::new(chain, &config.slas)));
+    let live = config.live.take();
     let mut poll = Poll::new()?;
     let target = config.forward_to.0;
     let stream = net::connect(target).map_err(|error| {
@@ -489,6 +497,7 @@ pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
         kernel_due_ns: now_ns,
         writer,
         metrics,
+        live,
     };
     source.ending_loop(&mut poll);
     source.read_own_kernel_info();
@@ -517,6 +526,7 @@ impl Source<'_> {
                 self.send_deadline_ns.filter(|_| self.stop.is_none()),
                 self.intervals.as_ref().map(|intervals| intervals.ends_ns),
                 self.metrics.as_ref().map(|(publisher, _)| publisher.next_ns()),
+                self.live.as_ref().map(LiveRecorder::next_ns),
                 retry_ns,
             ]
             .into_iter()
@@ -547,6 +557,10 @@ impl Source<'_> {
             }
             self.publish_interval_if_due(now_ns);
             self.publish_metrics_if_due(now_ns);
+            self.publish_live_if_due(now_ns);
+            if self.live.as_ref().is_some_and(LiveRecorder::quit_requested) {
+                self.stop_sending(Stop::Quit);
+            }
             if self.config.kernel_info && now_ns >= self.kernel_due_ns {
                 self.kernel_due_ns = now_ns + KERNEL_INFO_EVERY_NS;
                 self.read_own_kernel_info();
@@ -586,6 +600,7 @@ impl Source<'_> {
             if let Some(ending) = self.finished() {
                 let ending = match (ending, self.stop) {
                     (Ending::Complete, Some(Stop::Signal)) => Ending::Interrupted,
+                    (Ending::Complete, Some(Stop::Quit)) if continuous => Ending::Interrupted,
                     (ending, _) => ending,
                 };
                 if self.end_or_outage(poll, ending) {
@@ -786,6 +801,9 @@ impl Source<'_> {
         if let Some(intervals) = self.intervals.as_mut() {
             intervals.chain = Chain::new(path.clone());
         }
+        if let Some(live) = self.live.as_mut() {
+            live.start(&path, clock::now_ns());
+        }
         self.run.chain = chain;
         self.run.path = path;
         Ok(())
@@ -796,6 +814,15 @@ impl Source<'_> {
         if self.stop.is_none() && !self.stdin.closed {
             self.stop = Some(stop);
             self.stdin.closed = true;
+        }
+    }
+
+    /// Hands the live view its snapshot, a few times a second at most.
+    fn publish_live_if_due(&mut self, now_ns: u64) {
+        if let Some(live) = self.live.as_mut()
+            && live.due(now_ns)
+        {
+            live.publish(now_ns, &self.run);
         }
     }
 
@@ -1101,6 +1128,9 @@ impl Source<'_> {
                             self.intervals.as_mut().and_then(|intervals| intervals.chain.as_mut())
                         {
                             chain.record(&frame, read);
+                        }
+                        if let Some(live) = self.live.as_mut() {
+                            live.record(&frame, read);
                         }
                         if self.writer.samples {
                             let chain = self.run.chain.as_ref();

@@ -1,0 +1,718 @@
+//! The live view: an mtr-like table on stderr, redrawn once a second while a source run lasts,
+//! when stderr is a terminal (see [`wanted`]). It owns the terminal while it is shown (raw
+//! keys in probe mode, the redraws, the clearing at the end); it does not own the statistics
+//! of the run or the final report.
+//!
+//! The loop keeps a [`LiveRecorder`]: two [`Chain`]s of its own (since the start or the last
+//! `r`, and the current second), fed with the same frames as the run's, and a
+//! [`LiveSnapshot`] built from them at most every [`PUBLISH_EVERY_NS`] and handed over with
+//! the `try_lock` handover of [`crate::scrape`], so the loop never waits for the view. A
+//! snapshot reads a few quantiles per subsegment from the histograms (a walk over their
+//! counters, some microseconds), not a whole [`crate::report::Report`].
+//!
+//! The view's thread (normal priority, off the loop's `--cpu`) draws the latest snapshot with
+//! plain ANSI (cursor home, each line cleared to its end, the rest of the screen cleared), in
+//! colour unless `NO_COLOR` is set. In probe mode, with stdin a terminal, it reads keys: `q`
+//! asks the loop to end the run as a first Ctrl-C would, `r` restarts the view's statistics
+//! (not the report's), `p` pauses the redraw. The terminal is put in non-canonical mode
+//! without echo (signals still work: Ctrl-C stays Ctrl-C) and restored by a guard's `Drop`
+//! and, should anything panic, by a panic hook.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::report::verdict::Verdict;
+use crate::report::{Presentation, Stats, Unit};
+use crate::scrape::{Publisher, Reader};
+use crate::source::Run;
+use crate::stats::{self, Chain, Symbols};
+use crate::tuning;
+use crate::wire::{Frame, PathEntry};
+
+pub use crate::scrape::PUBLISH_EVERY_NS;
+
+/// How often the table is redrawn, and how long a run lasts before it first is.
+pub const REDRAW_EVERY: Duration = Duration::from_secs(1);
+/// The span of the "last second" columns.
+const RECENT_NS: u64 = 1_000_000_000;
+/// How long the view's thread waits for a key (or a stop, or a resize) at a time.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Whether the live view is shown: `live` (no `--no-live`), stderr a terminal, `TERM` not
+/// `dumb`.
+pub fn wanted(live: bool) -> bool {
+    // SAFETY: isatty takes a descriptor and no pointers.
+    let terminal = unsafe { libc::isatty(libc::STDERR_FILENO) } == 1;
+    let term = std::env::var("TERM").unwrap_or_default();
+    live && terminal && !term.is_empty() && term != "dumb"
+}
+
+/// What the view asks of the loop.
+#[derive(Debug, Default)]
+pub struct Controls {
+    /// `q`: end the run.
+    quit: AtomicBool,
+    /// `r`: restart the view's statistics.
+    reset: AtomicBool,
+}
+
+/// One subsegment's row (or the end-to-end one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRow {
+    pub label: String,
+    pub count: u64,
+    pub last_ns: Option<i64>,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    pub jitter_ns: u64,
+    /// p50 over the end-to-end p50.
+    pub share: f64,
+    /// p50 and p99 over the last complete second (the current one before there is one).
+    pub recent_p50_ns: Option<u64>,
+    pub recent_p99_ns: Option<u64>,
+}
+
+/// What the loop hands to the view.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveSnapshot {
+    pub name: String,
+    /// CLOCK_MONOTONIC_RAW when taken, and since the view's statistics started.
+    pub taken_ns: u64,
+    pub span_ns: u64,
+    pub path: Vec<String>,
+    pub symbols: Symbols,
+    pub unit: Option<Unit>,
+    pub rows: Vec<LiveRow>,
+    pub end_to_end: Option<LiveRow>,
+    pub sent: u64,
+    pub answered: u64,
+    pub lost: u64,
+    pub in_flight: u64,
+    pub outages: u64,
+    pub verdict: Option<String>,
+    /// Bulk mode (stdin is the payload): payload bytes sent and answered.
+    pub bulk: Option<(u64, u64)>,
+    /// Keys are read (probe mode on a terminal).
+    pub keys: bool,
+}
+
+/// The loop's end: its own statistics for the view, and the handover.
+pub struct LiveRecorder {
+    publisher: Publisher<LiveSnapshot>,
+    controls: Arc<Controls>,
+    name: String,
+    presentation: Presentation,
+    bulk: bool,
+    keys: bool,
+    chain: Option<Chain>,
+    recent: Option<Chain>,
+    /// The last complete second's p50 and p99 per part, then end-to-end.
+    last_second: Option<Vec<(u64, u64)>>,
+    recent_ends_ns: u64,
+    /// When the view's statistics started, and the run's counters then.
+    started_ns: u64,
+    base: (u64, u64, u64, usize),
+}
+
+impl LiveRecorder {
+    /// The path is known (again, or changed): the view starts over on it.
+    pub fn start(&mut self, path: &[PathEntry], now_ns: u64) {
+        self.chain = Chain::new(path.to_vec());
+        self.recent = Chain::new(path.to_vec());
+        self.last_second = None;
+        self.recent_ends_ns = now_ns + RECENT_NS;
+    }
+
+    pub fn record<T: AsRef<[u8]>>(&mut self, frame: &Frame<T>, read: crate::core::ReadStamp) {
+        for chain in [self.chain.as_mut(), self.recent.as_mut()].into_iter().flatten() {
+            chain.record(frame, read);
+        }
+    }
+
+    pub fn due(&self, now_ns: u64) -> bool {
+        self.publisher.due(now_ns)
+    }
+
+    pub fn next_ns(&self) -> u64 {
+        self.publisher.next_ns()
+    }
+
+    /// `q` was pressed.
+    pub fn quit_requested(&self) -> bool {
+        self.controls.quit.load(Ordering::Relaxed)
+    }
+
+    /// Builds the snapshot (after an `r`, on fresh statistics) and hands it over.
+    pub fn publish(&mut self, now_ns: u64, run: &Run) {
+        let sequencing = &run.sequencing;
+        if self.controls.reset.swap(false, Ordering::Relaxed) {
+            if let Some(chain) = &self.chain {
+                let path = chain.path.clone();
+                self.start(&path, now_ns);
+            }
+            self.started_ns = now_ns;
+            self.base = (sequencing.sent, sequencing.answered, sequencing.lost, run.outages.len());
+        }
+        if now_ns >= self.recent_ends_ns
+            && let Some(recent) = self.recent.as_mut()
+        {
+            let mut quantiles: Vec<(u64, u64)> = recent.parts.iter().map(p50_p99).collect();
+            quantiles.push(p50_p99(&recent.end_to_end));
+            self.last_second = Some(quantiles);
+            *recent = Chain::new(recent.path.clone()).expect("the path had a chain");
+            while self.recent_ends_ns <= now_ns {
+                self.recent_ends_ns += RECENT_NS;
+            }
+        }
+        let snapshot = self.snapshot(now_ns, run);
+        self.publisher.publish(now_ns, snapshot);
+    }
+
+    fn snapshot(&self, now_ns: u64, run: &Run) -> LiveSnapshot {
+        let sequencing = &run.sequencing;
+        let (sent, answered, lost, outages) = self.base;
+        let symbols = self.presentation.symbols;
+        let mut snapshot = LiveSnapshot {
+            name: self.name.clone(),
+            taken_ns: now_ns,
+            span_ns: now_ns.saturating_sub(self.started_ns),
+            symbols,
+            sent: sequencing.sent.saturating_sub(sent),
+            answered: sequencing.answered.saturating_sub(answered),
+            lost: sequencing.lost.saturating_sub(lost),
+            in_flight: sequencing.in_flight(),
+            outages: (run.outages.len().saturating_sub(outages)) as u64,
+            bulk: self.bulk.then_some((run.sent_payload_bytes, run.payload_bytes)),
+            keys: self.keys,
+            ..LiveSnapshot::default()
+        };
+        let Some(chain) = &self.chain else { return snapshot };
+        let labels = stats::hop_labels(&chain.path);
+        snapshot.path = labels.clone();
+        let end_to_end_p50_ns = chain.end_to_end.p50_ns();
+        let unit = Unit::choose(self.presentation, end_to_end_p50_ns);
+        snapshot.unit = Some(unit);
+        let recent = |index: usize| -> (Option<u64>, Option<u64>) {
+            match (&self.last_second, &self.recent) {
+                (Some(quantiles), _) => (Some(quantiles[index].0), Some(quantiles[index].1)),
+                (None, Some(recent)) => {
+                    let series = recent.parts.get(index).unwrap_or(&recent.end_to_end);
+                    if series.count() == 0 {
+                        (None, None)
+                    } else {
+                        let (p50, p99) = p50_p99(series);
+                        (Some(p50), Some(p99))
+                    }
+                }
+                (None, None) => (None, None),
+            }
+        };
+        let has_last = chain.end_to_end.count() > 0;
+        let row = |label: String, series: &stats::Series, last_ns: Option<i64>, index: usize| {
+            let stats = Stats::of(series);
+            let (recent_p50_ns, recent_p99_ns) = recent(index);
+            LiveRow {
+                label,
+                count: stats.count,
+                last_ns,
+                p50_ns: stats.p50_ns,
+                p99_ns: stats.p99_ns,
+                max_ns: stats.max_ns,
+                jitter_ns: stats.jitter_ns,
+                share: stats.p50_ns as f64 / end_to_end_p50_ns.max(1) as f64,
+                recent_p50_ns,
+                recent_p99_ns,
+            }
+        };
+        let last = chain.last_samples();
+        snapshot.rows = chain
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(index, series)| {
+                let label = stats::part_label(series.part, &labels, symbols);
+                let last_ns = has_last.then(|| last.get(index).copied()).flatten();
+                row(label, series, last_ns, index)
+            })
+            .collect();
+        let end_to_end_last = has_last.then(|| last.iter().sum::<i64>());
+        snapshot.end_to_end = Some(row(
+            "end-to-end".to_string(),
+            &chain.end_to_end,
+            end_to_end_last,
+            chain.parts.len(),
+        ));
+        snapshot.verdict = Verdict::of(chain).map(|verdict| {
+            let part_labels: Vec<String> =
+                snapshot.rows.iter().map(|row| row.label.clone()).collect();
+            verdict.describe(chain, &part_labels, &labels, unit, run.loaded, symbols)
+        });
+        snapshot
+    }
+}
+
+fn p50_p99(series: &stats::Series) -> (u64, u64) {
+    if series.count() == 0 {
+        return (0, 0);
+    }
+    (series.histogram.value_at_quantile(0.5), series.histogram.value_at_quantile(0.99))
+}
+
+/// The view's end: its thread, stopped (and the view cleared) by [`LiveView::finish`].
+pub struct LiveView {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts the view's thread and returns it with the loop's end. `probe`: stdin is not the
+/// payload, so keys may be read from it (when it is a terminal).
+pub fn start(
+    name: &str,
+    presentation: Presentation,
+    probe: bool,
+    loop_cpu: Option<usize>,
+) -> io::Result<(LiveView, LiveRecorder)> {
+    // SAFETY: isatty takes a descriptor and no pointers.
+    let keys = probe && unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
+    let (publisher, reader) = Publisher::with_first(LiveSnapshot::default());
+    let controls = Arc::new(Controls::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let colour = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let view = {
+        let (controls, stop) = (Arc::clone(&controls), Arc::clone(&stop));
+        std::thread::Builder::new().name("live".to_string()).spawn(move || {
+            tuning::leave_loop_settings(loop_cpu);
+            show(&reader, &controls, &stop, keys, colour);
+        })?
+    };
+    let now_ns = crate::clock::now_ns();
+    let recorder = LiveRecorder {
+        publisher,
+        controls,
+        name: name.to_string(),
+        presentation,
+        bulk: !probe,
+        keys,
+        chain: None,
+        recent: None,
+        last_second: None,
+        recent_ends_ns: now_ns + RECENT_NS,
+        started_ns: now_ns,
+        base: (0, 0, 0, 0),
+    };
+    Ok((LiveView { stop, thread: Some(view) }, recorder))
+}
+
+impl LiveView {
+    /// Stops the redraws and clears the view, so the final report prints on a clean screen.
+    pub fn finish(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for LiveView {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+static RESIZED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_resize(_: libc::c_int) {
+    RESIZED.store(true, Ordering::Relaxed);
+}
+
+/// The view thread's loop: a tick at a time, keys, a redraw each second (or on a resize).
+fn show(
+    reader: &Reader<LiveSnapshot>,
+    controls: &Controls,
+    stop: &AtomicBool,
+    keys: bool,
+    colour: bool,
+) {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_resize as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGWINCH, &action, std::ptr::null_mut());
+    }
+    let terminal = if keys { RawTerminal::enter(libc::STDIN_FILENO).ok() } else { None };
+    let mut next_draw = Instant::now() + REDRAW_EVERY;
+    let mut shown = false;
+    let mut paused = false;
+    let mut previous: Option<Arc<LiveSnapshot>> = None;
+    let mut rate: Option<f64> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let mut redraw = false;
+        if terminal.is_some() {
+            for key in read_keys(libc::STDIN_FILENO, TICK) {
+                match key {
+                    b'q' | b'Q' => controls.quit.store(true, Ordering::Relaxed),
+                    b'r' | b'R' => controls.reset.store(true, Ordering::Relaxed),
+                    b'p' | b'P' => {
+                        paused = !paused;
+                        redraw = shown;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            std::thread::sleep(TICK);
+        }
+        redraw |= RESIZED.swap(false, Ordering::Relaxed) && shown;
+        let now = Instant::now();
+        if now >= next_draw {
+            next_draw = now + REDRAW_EVERY;
+            redraw |= !paused;
+        }
+        if !redraw {
+            continue;
+        }
+        let snapshot = reader.latest();
+        if let Some(previous) = &previous
+            && let (Some((_, before)), Some((_, after))) = (previous.bulk, snapshot.bulk)
+            && snapshot.taken_ns > previous.taken_ns
+        {
+            let seconds = (snapshot.taken_ns - previous.taken_ns) as f64 / 1e9;
+            rate = Some(after.saturating_sub(before) as f64 * 8.0 / seconds);
+        }
+        previous = Some(Arc::clone(&snapshot));
+        let (width, height) = terminal_size();
+        let lines = render(&snapshot, paused, rate);
+        let mut out = String::from(if shown { "\x1b[H" } else { "\x1b[H\x1b[2J" });
+        for line in lines.iter().take(height.saturating_sub(1).max(1)) {
+            let text: String = line.text.chars().take(width).collect();
+            match (colour, line.style) {
+                (true, Style::Bold) => out.push_str(&format!("\x1b[1m{text}\x1b[0m")),
+                (true, Style::Alert) => out.push_str(&format!("\x1b[1;31m{text}\x1b[0m")),
+                _ => out.push_str(&text),
+            }
+            out.push_str("\x1b[K\r\n");
+        }
+        out.push_str("\x1b[J");
+        let _ = io::stderr().lock().write_all(out.as_bytes());
+        shown = true;
+    }
+    if shown {
+        let _ = io::stderr().lock().write_all(b"\x1b[H\x1b[J");
+    }
+    drop(terminal);
+}
+
+/// Waits up to `wait` for bytes on `fd` and returns those that came.
+fn read_keys(fd: libc::c_int, wait: Duration) -> Vec<u8> {
+    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&mut poll, 1, wait.as_millis() as libc::c_int) };
+    if ready <= 0 || poll.revents & libc::POLLIN == 0 {
+        if ready > 0 {
+            // Hung up or in error: do not spin on it.
+            std::thread::sleep(wait);
+        }
+        return Vec::new();
+    }
+    let mut bytes = [0u8; 64];
+    match crate::net::read_fd(fd, &mut bytes) {
+        Ok(count) => bytes[..count].to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Columns and rows of the terminal on stderr; 80 × 24 when it does not say.
+fn terminal_size() -> (usize, usize) {
+    // SAFETY: TIOCGWINSZ fills the winsize it is given.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 && size.ws_row > 0 {
+        (usize::from(size.ws_col), usize::from(size.ws_row))
+    } else {
+        (80, 24)
+    }
+}
+
+/// How a line is drawn when colour is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Plain,
+    Bold,
+    /// The row of the subsegment with the highest p50.
+    Alert,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub text: String,
+    pub style: Style,
+}
+
+/// The table for one snapshot, line by line, before truncation to the terminal's width.
+/// `rate_bits`: bulk mode's answered payload rate since the previous redraw.
+pub fn render(snapshot: &LiveSnapshot, paused: bool, rate_bits: Option<f64>) -> Vec<Line> {
+    let line = |text: String, style: Style| Line { text, style };
+    let mut lines = Vec::new();
+    let keys = if snapshot.keys { "   q quit, r reset view, p pause" } else { "" };
+    let state = if paused { " [paused]" } else { "" };
+    lines.push(line(
+        format!(
+            "{}: live view, {:.1} s{state}{keys}",
+            snapshot.name,
+            snapshot.span_ns as f64 / 1e9
+        ),
+        Style::Bold,
+    ));
+    let arrow = match snapshot.symbols {
+        Symbols::Unicode => " → ",
+        Symbols::Ascii => " -> ",
+    };
+    if snapshot.path.is_empty() {
+        lines.push(line("path: waiting for the path announcement".to_string(), Style::Plain));
+    } else {
+        lines.push(line(format!("path: {}", snapshot.path.join(arrow)), Style::Plain));
+    }
+    lines.push(line(String::new(), Style::Plain));
+    if let Some(unit) = snapshot.unit {
+        let width = snapshot
+            .rows
+            .iter()
+            .chain(&snapshot.end_to_end)
+            .map(|row| row.label.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(10);
+        lines.push(line(
+            format!(
+                "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}   {:>9} {:>9}",
+                format!("({})", unit.name),
+                "count",
+                "last",
+                "p50",
+                "p99",
+                "max",
+                "jitter",
+                "share",
+                "1s p50",
+                "1s p99"
+            ),
+            Style::Bold,
+        ));
+        let worst = snapshot
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|(_, row)| row.count > 0)
+            .max_by_key(|(_, row)| row.p50_ns)
+            .map(|(index, _)| index);
+        let show = |ns: Option<u64>| ns.map_or_else(|| "-".to_string(), |ns| unit.show(ns as f64));
+        let mut row_line = |row: &LiveRow, style: Style, share: bool| {
+            let has = row.count > 0;
+            let share =
+                if share && has { format!("{:.0}%", row.share * 100.0) } else { String::new() };
+            lines.push(line(
+                format!(
+                    "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}   {:>9} {:>9}",
+                    row.label,
+                    row.count,
+                    row.last_ns.map_or_else(|| "-".to_string(), |ns| unit.show(ns as f64)),
+                    show(has.then_some(row.p50_ns)),
+                    show(has.then_some(row.p99_ns)),
+                    show(has.then_some(row.max_ns)),
+                    show(has.then_some(row.jitter_ns)),
+                    share,
+                    show(row.recent_p50_ns),
+                    show(row.recent_p99_ns),
+                ),
+                style,
+            ));
+        };
+        for (index, row) in snapshot.rows.iter().enumerate() {
+            let style = if Some(index) == worst { Style::Alert } else { Style::Plain };
+            row_line(row, style, true);
+        }
+        if let Some(row) = &snapshot.end_to_end {
+            row_line(row, Style::Bold, false);
+        }
+        lines.push(line(String::new(), Style::Plain));
+    }
+    let loss =
+        if snapshot.sent == 0 { 0.0 } else { snapshot.lost as f64 * 100.0 / snapshot.sent as f64 };
+    let outages = match snapshot.outages {
+        0 => String::new(),
+        1 => ", 1 outage".to_string(),
+        count => format!(", {count} outages"),
+    };
+    lines.push(line(
+        format!(
+            "so far: sent {}, answered {}, in flight {}, lost {} ({loss:.2}%){outages}",
+            snapshot.sent, snapshot.answered, snapshot.in_flight, snapshot.lost
+        ),
+        Style::Plain,
+    ));
+    if let Some((sent, answered)) = snapshot.bulk {
+        let average = if snapshot.taken_ns > 0 && snapshot.span_ns > 0 {
+            format!(", {} on average", bits(answered as f64 * 8e9 / snapshot.span_ns as f64))
+        } else {
+            String::new()
+        };
+        let now = rate_bits.map_or_else(String::new, |rate| format!(", now {}", bits(rate)));
+        lines.push(line(
+            format!("bulk: {} sent, {} answered{now}{average}", bytes(sent), bytes(answered)),
+            Style::Plain,
+        ));
+    }
+    if let Some(verdict) = &snapshot.verdict {
+        lines.push(line(format!("verdict so far: {verdict}"), Style::Plain));
+    }
+    lines
+}
+
+fn bytes(count: u64) -> String {
+    match count {
+        count if count >= 1 << 30 => format!("{:.2} GiB", count as f64 / (1u64 << 30) as f64),
+        count if count >= 1 << 20 => format!("{:.2} MiB", count as f64 / (1u64 << 20) as f64),
+        count if count >= 1 << 10 => format!("{:.1} KiB", count as f64 / 1024.0),
+        count => format!("{count} B"),
+    }
+}
+
+fn bits(per_second: f64) -> String {
+    match per_second {
+        rate if rate >= 1e9 => format!("{:.2} Gbit/s", rate / 1e9),
+        rate if rate >= 1e6 => format!("{:.2} Mbit/s", rate / 1e6),
+        rate => format!("{:.1} kbit/s", rate / 1e3),
+    }
+}
+
+/// The terminal settings to restore, for the guard and the panic hook.
+static SAVED: Mutex<Option<(libc::c_int, libc::termios)>> = Mutex::new(None);
+
+/// stdin in non-canonical mode without echo while it lives.
+struct RawTerminal;
+
+impl RawTerminal {
+    fn enter(fd: libc::c_int) -> io::Result<RawTerminal> {
+        // SAFETY: tcgetattr fills the termios it is given; tcsetattr reads one.
+        unsafe {
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut saved) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            *SAVED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((fd, saved));
+            install_panic_hook();
+            let mut raw = saved;
+            // Keys one at a time, not echoed; ISIG stays, so Ctrl-C still interrupts.
+            raw.c_lflag &= !(libc::ICANON | libc::ECHO);
+            raw.c_cc[libc::VMIN] = 1;
+            raw.c_cc[libc::VTIME] = 0;
+            if libc::tcsetattr(fd, libc::TCSANOW, &raw) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(RawTerminal)
+    }
+}
+
+/// Puts back what [`RawTerminal::enter`] changed, once.
+fn restore_terminal() {
+    let saved = SAVED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    if let Some((fd, saved)) = saved {
+        // SAFETY: a termios read by tcgetattr.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+fn install_panic_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            previous(info);
+        }));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(label: &str, count: u64, p50_ns: u64) -> LiveRow {
+        LiveRow {
+            label: label.to_string(),
+            count,
+            last_ns: Some(p50_ns as i64),
+            p50_ns,
+            p99_ns: p50_ns * 2,
+            max_ns: p50_ns * 3,
+            jitter_ns: 500,
+            share: 0.5,
+            recent_p50_ns: Some(p50_ns),
+            recent_p99_ns: None,
+        }
+    }
+
+    #[test]
+    fn test_the_table_has_a_row_per_subsegment_and_marks_the_worst() {
+        let snapshot = LiveSnapshot {
+            name: "A".to_string(),
+            taken_ns: 5_000_000_000,
+            span_ns: 2_500_000_000,
+            path: vec!["A".to_string(), "B".to_string(), "Z".to_string()],
+            symbols: Symbols::Ascii,
+            unit: Some(Unit { name: "us", ns: 1e3, decimals: 1 }),
+            rows: vec![row("A - B", 10, 20_000), row("B", 10, 5_000), row("B - Z", 10, 40_000)],
+            end_to_end: Some(row("end-to-end", 10, 80_000)),
+            sent: 12,
+            answered: 10,
+            lost: 1,
+            in_flight: 1,
+            verdict: Some("B - Z adds the most delay".to_string()),
+            keys: true,
+            ..LiveSnapshot::default()
+        };
+        let lines = render(&snapshot, true, None);
+        let text: Vec<&str> = lines.iter().map(|line| line.text.as_str()).collect();
+        assert!(text[0].contains("A: live view, 2.5 s [paused]") && text[0].contains("q quit"));
+        assert_eq!(text[1], "path: A -> B -> Z");
+        assert!(text[3].contains("count") && text[3].contains("1s p99"), "{}", text[3]);
+        let worst = lines.iter().find(|line| line.text.starts_with("B - Z")).unwrap();
+        assert_eq!(worst.style, Style::Alert);
+        assert!(worst.text.contains("40.0") && worst.text.contains("120.0"), "{}", worst.text);
+        assert!(text.iter().any(|line| line.starts_with("end-to-end")));
+        assert!(text.contains(&"so far: sent 12, answered 10, in flight 1, lost 1 (8.33%)"));
+        assert!(text.contains(&"verdict so far: B - Z adds the most delay"));
+        // Nothing that the final report's lines would be taken for.
+        assert!(!text.iter().any(|line| line.contains("verdict:") || line.contains("frames:")));
+    }
+
+    #[test]
+    fn test_bulk_mode_shows_the_bytes_and_the_rate() {
+        let snapshot = LiveSnapshot {
+            taken_ns: 1,
+            span_ns: 2_000_000_000,
+            bulk: Some((3 << 20, 2 << 20)),
+            ..LiveSnapshot::default()
+        };
+        let lines = render(&snapshot, false, Some(12.5e6));
+        let bulk = lines.iter().find(|line| line.text.starts_with("bulk:")).unwrap();
+        assert_eq!(
+            bulk.text,
+            "bulk: 3.00 MiB sent, 2.00 MiB answered, now 12.50 Mbit/s, 8.39 Mbit/s on average"
+        );
+        assert!(lines.iter().any(|line| line.text.contains("waiting for the path")));
+    }
+}
