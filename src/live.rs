@@ -641,6 +641,9 @@ impl RawTerminal {
             }
             *SAVED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((fd, saved));
             install_panic_hook();
+            if SAVED_FOR_SIGNALS.set((fd, saved)).is_ok() {
+                install_fatal_signal_handlers();
+            }
             let mut raw = saved;
             // Keys one at a time, not echoed; ISIG stays, so Ctrl-C still interrupts.
             raw.c_lflag &= !(libc::ICANON | libc::ECHO);
@@ -666,6 +669,37 @@ fn restore_terminal() {
 impl Drop for RawTerminal {
     fn drop(&mut self) {
         restore_terminal();
+    }
+}
+
+/// The same settings for the handlers of the signals that would kill the process (SIGINT and
+/// SIGTERM do not: they end the run, and the guard restores). Set once, before the handlers,
+/// and only read by them: no lock in a signal handler.
+static SAVED_FOR_SIGNALS: std::sync::OnceLock<(libc::c_int, libc::termios)> =
+    std::sync::OnceLock::new();
+
+extern "C" fn on_fatal_signal(signal: libc::c_int) {
+    if let Some((fd, saved)) = SAVED_FOR_SIGNALS.get() {
+        // SAFETY: tcsetattr, signal and raise are async-signal-safe; `saved` is plain data.
+        unsafe { libc::tcsetattr(*fd, libc::TCSANOW, saved) };
+    }
+    // SAFETY: as above; the default action then ends the process as the signal meant to.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}
+
+/// SIGQUIT (Ctrl-\) and SIGHUP kill the process: restore the terminal on the way.
+fn install_fatal_signal_handlers() {
+    for signal in [libc::SIGQUIT, libc::SIGHUP] {
+        // SAFETY: the handler only makes async-signal-safe calls.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_fatal_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
     }
 }
 
