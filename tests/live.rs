@@ -1,6 +1,7 @@
 //! The live view on a real terminal: a continuous probe run inside tmux (a private tmux
-//! server, so no one's sessions are touched) shows the table, redraws it, quits on `q` with
-//! the final report as usual, and leaves the terminal as it found it. Skipped without tmux.
+//! server, so no one's sessions are touched) shows the table, redraws it, starts its
+//! statistics over on `r`, pauses on `p`, quits on `q` with the final report as usual, and
+//! leaves the terminal as it found it. Skipped without tmux.
 
 mod util;
 
@@ -77,7 +78,9 @@ fn the_live_view_redraws_quits_on_q_and_leaves_the_final_report() {
     let (_b, b_addr) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-f", &z_text, "-n", "B"]);
     let tmux = Tmux { socket: format!("subsegment-live-{}", std::process::id()) };
     // `stty -a` after the run: the terminal's modes as the source left them.
-    let command = format!("{MAIN_BIN} -f {b_addr} -n A -c 0 -i 2ms 2>&1; stty -a; sleep 30");
+    let command = format!(
+        "{MAIN_BIN} -f {b_addr} -n A -c 0 -i 2ms 2>&1; echo \"exit status $?\"; stty -a; sleep 30"
+    );
     let started = tmux.run(&["new-session", "-d", "-s", "live", "-x", "200", "-y", "50", &command]);
     assert!(started.status.success(), "tmux new-session: {started:?}");
 
@@ -91,10 +94,20 @@ fn the_live_view_redraws_quits_on_q_and_leaves_the_final_report() {
     assert!(pane.contains("path: A → B → Z") || pane.contains("path: A -> B -> Z"), "{pane}");
     assert!(pane.contains("so far: sent"), "{pane}");
     // Redrawn: the count grows from one capture to a later one.
-    tmux.wait_for("redraw", 0, |pane| end_to_end_count(pane).filter(|&count| count > first));
+    let before =
+        tmux.wait_for("redraw", 0, |pane| end_to_end_count(pane).filter(|&count| count > first));
+    // r: the view's statistics start over (the run's count never falls, the view's does).
+    let keys = |key: &str| {
+        let sent = tmux.run(&["send-keys", "-t", "live", key]);
+        assert!(sent.status.success(), "tmux send-keys {key}: {sent:?}");
+    };
+    keys("r");
+    tmux.wait_for("reset view", 0, |pane| end_to_end_count(pane).filter(|&count| count < before));
+    // p: the redraw pauses, and says so.
+    keys("p");
+    tmux.wait_for("paused view", 0, |pane| pane.contains("[paused]").then_some(()));
 
-    let sent = tmux.run(&["send-keys", "-t", "live", "q"]);
-    assert!(sent.status.success(), "tmux send-keys: {sent:?}");
+    keys("q");
     let pane = tmux.wait_for("final report and stty output", 200, |pane| {
         let done = pane.contains("verdict:") && pane.contains("frames: sent");
         let stty = pane.split_whitespace().any(|word| word.ends_with("icanon"));
@@ -102,6 +115,8 @@ fn the_live_view_redraws_quits_on_q_and_leaves_the_final_report() {
     });
     // tmux keeps a cleared screen in its scrollback (scroll-on-clear): the visible screen
     // is where the view must be gone.
+    // A continuous run ended by q exits as one ended by a first Ctrl-C: 0.
+    assert!(pane.contains("exit status 0"), "{pane}");
     let visible = tmux.capture(0);
     assert!(!visible.contains("live view"), "the view was not cleared:\n{visible}");
     let words: Vec<&str> = pane.split_whitespace().collect();
