@@ -81,8 +81,9 @@ impl Bench {
             text.lines().any(|line| mentions(line, peer))
         });
         assert!(logged.is_some(), "the relay said nothing about {peer}:\n{}", self.relay.stderr());
-        // Anything else the relay might add about this peer comes in the same wake-up.
-        thread::sleep(Duration::from_millis(200));
+        // Anything else the relay would say about this peer comes before a later connection's
+        // close.
+        frames::log_marker(&self.relay, self.addr, CLOSE_TIMEOUT * 2);
         let stderr = self.relay.stderr();
         let about: Vec<&str> = stderr.lines().filter(|line| mentions(line, peer)).collect();
         assert_eq!(about.len(), 1, "expected one line about {peer}, got:\n{stderr}");
@@ -380,9 +381,13 @@ fn a_reset_in_the_middle_of_a_frame_closes_only_that_connection() {
         client.round_trip(0, b"before the reset");
         let frame = data_frame(1, 1, &random_bytes(10_000, 6));
         client.send(&frame[..frame.len() / 2]);
-        // Let the relay read the half frame, so the reset interrupts a frame it holds.
-        thread::sleep(Duration::from_millis(200));
+        // Wait until the relay has read the half frame, so the reset interrupts a frame it holds.
         let peer = client.local_addr();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while frames::receive_queue(relay, peer) != Some(0) {
+            assert!(std::time::Instant::now() < deadline, "the relay never read the half frame");
+            thread::sleep(Duration::from_millis(5));
+        }
         socket2::SockRef::from(&client.stream).set_linger(Some(Duration::ZERO)).unwrap();
         drop(client);
         peer

@@ -113,8 +113,12 @@ fn two_sources_at_once_share_the_relays() {
         assert_eq!(run.status.map(|status| status.code()), Some(Some(0)), "{}", run.stderr);
         assert!(run.stdout == input, "a concurrent source got different bytes back");
     }
-    // Each relay logs one line per closed connection.
-    let relay_b = hops[2].stderr();
+    // Each relay logs one line per closed connection: wait for both (the sources may exit
+    // before B has written its lines), then check there are no more.
+    let both = util::frames::wait_for_stderr(&hops[2], Duration::from_secs(10), |text| {
+        text.matches("ended after").count() >= 2
+    });
+    let relay_b = both.unwrap_or_else(|| panic!("B did not log two closes: {}", hops[2].stderr()));
     assert_eq!(relay_b.matches("ended after").count(), 2, "{relay_b}");
 }
 

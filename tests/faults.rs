@@ -332,7 +332,9 @@ fn a_middle_relay_killed_mid_stream_is_named_at_the_source() {
     assert_eq!(run.output.first_difference, None, "what came back differs from what was sent");
     // Every payload answered is on stdout, and nothing else.
     assert_eq!(run.output.bytes, run.payload_answered(), "answered payload missing on stdout");
-    assert!(b.stderr().contains("next hop"), "B did not log its next hop's loss: {}", b.stderr());
+    let logged =
+        frames::wait_for_stderr(&b, Duration::from_secs(10), |text| text.contains("next hop"));
+    assert!(logged.is_some(), "B did not log its next hop's loss: {}", b.stderr());
 }
 
 /// The same after the source's input has ended: B has passed the end of stream on to C and

@@ -368,9 +368,14 @@ fn binding_every_interface_warns_once_and_names_the_flag() {
         vec!["--listen", "*:0", "--allow", "127.0.0.1", "--name", "Q"],
         vec!["--listen", "127.0.0.1:0", "--forward-to", &next, "--name", "Q"],
     ] {
-        let (hop, _) = spawn_listening(MAIN_BIN, &args);
-        // The warning would follow the listening line at once; give it a moment to show.
-        thread::sleep(Duration::from_millis(300));
+        let (hop, addr) = spawn_listening(MAIN_BIN, &args);
+        // A warning would be written before the hop serves its first connection.
+        let addr = if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port()).parse().unwrap()
+        } else {
+            addr
+        };
+        frames::log_marker(&hop, addr, LOG_TIMEOUT);
         assert!(!hop.stderr().contains("warning"), "{args:?}: {}", hop.stderr());
     }
 }

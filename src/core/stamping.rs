@@ -48,22 +48,6 @@ impl Inbound {
         })
     }
 
-    pub fn data(&self) -> &[u8] {
-        self.buffer.data()
-    }
-
-    pub fn len(&self) -> usize {
-        self.buffer.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buffer.is_empty()
-    }
-
-    pub fn room(&self) -> usize {
-        self.buffer.room()
-    }
-
     /// Where the next read goes: at least `wanted` bytes.
     pub fn tail(&mut self, wanted: usize) -> Option<&mut [u8]> {
         self.buffer.tail(wanted)
@@ -146,6 +130,22 @@ struct Unstarted {
     stamp_at: StampAt,
 }
 
+/// Both stamped buffers read like the [`Buffer`] they wrap (`data`, `len`, `is_empty`,
+/// `room`); only their own methods change it, so no byte moves without its stamps.
+impl std::ops::Deref for Inbound {
+    type Target = Buffer;
+    fn deref(&self) -> &Buffer {
+        &self.buffer
+    }
+}
+
+impl std::ops::Deref for Outbound {
+    type Target = Buffer;
+    fn deref(&self) -> &Buffer {
+        &self.buffer
+    }
+}
+
 /// Bytes waiting to be written to one socket, with the frames among them whose hand-over has
 /// not started: their write stamp is (re)patched right before every write call.
 pub struct Outbound {
@@ -165,22 +165,6 @@ impl Outbound {
             unstarted: VecDeque::new(),
             detached_started: VecDeque::new(),
         })
-    }
-
-    pub fn data(&self) -> &[u8] {
-        self.buffer.data()
-    }
-
-    pub fn len(&self) -> usize {
-        self.buffer.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buffer.is_empty()
-    }
-
-    pub fn room(&self) -> usize {
-        self.buffer.room()
     }
 
     pub fn tail(&mut self, wanted: usize) -> Option<&mut [u8]> {

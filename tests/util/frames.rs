@@ -258,3 +258,29 @@ pub fn wait_for_stderr(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Waits (bounded) until `proc` has logged the close of a connection made and dropped now: a
+/// marker in its log. A hop logs in the order it handles events, so a line about anything
+/// that happened before the marker's connection would already be there.
+#[track_caller]
+pub fn log_marker(proc: &super::Proc, addr: SocketAddr, timeout: Duration) {
+    let marker = TcpStream::connect(addr).unwrap_or_else(|error| panic!("connect {addr}: {error}"));
+    let peer = marker.local_addr().unwrap();
+    drop(marker);
+    let logged =
+        wait_for_stderr(proc, timeout, |text| text.lines().any(|line| mentions(line, peer)));
+    assert!(logged.is_some(), "no line about the marker {peer}:\n{}", proc.stderr());
+}
+
+/// The receive queue (bytes not yet read) of the socket at `local` connected to `peer`, as `ss`
+/// reports it; `None` while no such connection is listed.
+pub fn receive_queue(local: SocketAddr, peer: SocketAddr) -> Option<u64> {
+    let output =
+        std::process::Command::new("ss").args(["-Htn", "state", "established"]).output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [recv_q, _, here, there, ..] = fields[..] else { return None };
+        (here == local.to_string() && there == peer.to_string()).then(|| recv_q.parse().ok())?
+    })
+}
