@@ -1,44 +1,55 @@
 //! The live view: an mtr-like table on stderr, redrawn once a second while a source run lasts,
 //! when stderr is a terminal (see [`wanted`]). It owns the terminal while it is shown (raw
-//! keys in probe mode, the redraws, the clearing at the end); it does not own the statistics
-//! of the run or the final report.
+//! keys in probe mode, the redraws, the clearing at the end) and its own statistics of what
+//! it shows; it does not own the run's statistics or the final report.
 //!
-//! The loop keeps a [`LiveRecorder`]: two [`Chain`]s of its own (since the start or the last
-//! `r`, and the current second), fed with the same frames as the run's, and a
-//! [`LiveSnapshot`] built from them at most every [`PUBLISH_EVERY_NS`] and handed over with
-//! the `try_lock` handover of [`crate::scrape`], so the loop never waits for the view. A
-//! snapshot reads a few quantiles per subsegment from the histograms (a walk over their
-//! counters, some microseconds), not a whole [`crate::report::Report`].
+//! The loop's end is a [`LiveFeed`]: per answered frame it pushes the frame's stamp records
+//! (an [`Answer`], held inline up to [`INLINE_RECORDS`] records) onto a bounded queue with
+//! `try_send`, and that is all it pays: a full queue drops the answer and counts it, never
+//! waits, as `--samples` does through [`crate::output`]. Besides, the path when it is
+//! discovered, and four times a second the run's counters (a small copy). The view's thread
+//! never blocks on the queue (it drains it with `try_recv` on its own tick), so a push never
+//! has a sleeper to wake: no system call on the loop's side.
 //!
-//! The view's thread (normal priority, off the loop's `--cpu`) draws the latest snapshot with
-//! plain ANSI (cursor home, each line cleared to its end, the rest of the screen cleared), in
-//! colour unless `NO_COLOR` is set. In probe mode, with stdin a terminal, it reads keys: `q`
-//! asks the loop to end the run as a first Ctrl-C would, `r` restarts the view's statistics
-//! (not the report's), `p` pauses the redraw. The terminal is put in non-canonical mode
-//! without echo (signals still work: Ctrl-C stays Ctrl-C) and restored by a guard's `Drop`
-//! and, should anything panic, by a panic hook.
+//! The view's thread (normal priority, off the loop's `--cpu`) keeps two [`Chain`]s of its own,
+//! fed with those records exactly as the run's are: since the start (or the last `r`), and the
+//! current interval of [`INTERVAL_NS`], whose p50 and p99 are shown once it is complete. It
+//! builds a [`LiveSnapshot`] from them, the verdict included, and draws it with plain ANSI
+//! (cursor home, each line cleared to its end, the rest of the screen cleared), in colour unless
+//! `NO_COLOR` is set. In probe mode, with stdin a terminal, it reads keys: `q` asks the loop to
+//! end the run as a first Ctrl-C would, `r` restarts the view's statistics (not the report's),
+//! `p` pauses the redraw. The terminal is put in non-canonical mode without echo (signals still
+//! work: Ctrl-C stays Ctrl-C) and restored by a guard's `Drop`, by the handlers of SIGQUIT and
+//! SIGHUP and, should anything panic, by a panic hook.
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::core::ReadStamp;
 use crate::report::verdict::Verdict;
 use crate::report::{Presentation, Unit};
-use crate::scrape::{Publisher, Reader};
 use crate::source::Run;
 use crate::stats::{self, Chain, Symbols};
 use crate::tuning;
-use crate::wire::{Frame, PathEntry};
-
-pub use crate::scrape::PUBLISH_EVERY_NS;
+use crate::wire::{Direction, Frame, PathEntry, Stamp};
 
 /// How often the table is redrawn, and how long a run lasts before it first is.
 pub const REDRAW_EVERY: Duration = Duration::from_secs(1);
-/// The span of the "last second" columns.
-const RECENT_NS: u64 = 1_000_000_000;
-/// How long the view's thread waits for a key (or a stop, or a resize) at a time.
+/// The span of the "last interval" columns (`1s p50`, `1s p99`).
+pub const INTERVAL_NS: u64 = 1_000_000_000;
+/// How often the loop hands the view the run's counters.
+pub const COUNTERS_EVERY_NS: u64 = 250_000_000;
+/// Answers the queue holds: the view drains it every [`TICK`], so it keeps up to some 160 000
+/// answers a second (probe runs are far below; a bulk run past it shows what it missed).
+pub const QUEUE_ANSWERS: usize = 8192;
+/// Records an [`Answer`] holds without an allocation: a source, three relays and the echo end.
+pub const INLINE_RECORDS: usize = 8;
+/// How long the view's thread waits for a key (or a stop, or a resize) at a time, and so how
+/// often it drains the queue.
 const TICK: Duration = Duration::from_millis(50);
 
 /// Whether the live view is shown: `live` (no `--no-live`), stderr a terminal, `TERM` not
@@ -50,13 +61,169 @@ pub fn wanted(live: bool) -> bool {
     live && terminal && !term.is_empty() && term != "dumb"
 }
 
-/// What the view asks of the loop.
+/// What the view and the loop share besides the queue.
 #[derive(Debug, Default)]
-pub struct Controls {
+struct Shared {
     /// `q`: end the run.
     quit: AtomicBool,
-    /// `r`: restart the view's statistics.
-    reset: AtomicBool,
+    /// Answers the queue was too full to take (only the loop adds to it).
+    missed: AtomicU64,
+}
+
+/// One answered frame as the view needs it: its stamp records, its sequence number and the
+/// source's read stamp, which is what [`Chain::record_stamps`] takes.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    sequence: u64,
+    read: ReadStamp,
+    records: Records,
+}
+
+#[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "inline is the point: the queue's slots are allocated once, an answer never is"
+)]
+enum Records {
+    Inline {
+        len: u8,
+        stamps: [Stamp; INLINE_RECORDS],
+    },
+    /// A longer chain's: one allocation per answer.
+    Spilled(Box<[Stamp]>),
+}
+
+impl Answer {
+    pub fn of<T: AsRef<[u8]>>(frame: &Frame<T>, read: ReadStamp) -> Answer {
+        let count = frame.record_count();
+        let records = if count <= INLINE_RECORDS {
+            let mut stamps = [Stamp::new(0, Direction::Down, 0, 0); INLINE_RECORDS];
+            for (slot, stamp) in stamps.iter_mut().zip(frame.records()) {
+                *slot = stamp;
+            }
+            Records::Inline { len: count as u8, stamps }
+        } else {
+            Records::Spilled(frame.records().collect())
+        };
+        Answer { sequence: frame.sequence(), read, records }
+    }
+
+    fn records(&self) -> &[Stamp] {
+        match &self.records {
+            Records::Inline { len, stamps } => &stamps[..usize::from(*len)],
+            Records::Spilled(stamps) => stamps,
+        }
+    }
+}
+
+/// The run's counters as the view shows them, copied from the [`Run`] a few times a second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// CLOCK_MONOTONIC_RAW when copied.
+    pub taken_ns: u64,
+    pub sent: u64,
+    pub answered: u64,
+    pub lost: u64,
+    pub in_flight: u64,
+    pub outages: u64,
+    /// Bulk mode (stdin is the payload): payload bytes sent and answered.
+    pub bulk: Option<(u64, u64)>,
+    /// More than one frame may be in flight (for the verdict's words).
+    pub loaded: bool,
+}
+
+impl Counters {
+    pub fn of(run: &Run, bulk: bool, now_ns: u64) -> Counters {
+        let sequencing = &run.sequencing;
+        Counters {
+            taken_ns: now_ns,
+            sent: sequencing.sent,
+            answered: sequencing.answered,
+            lost: sequencing.lost,
+            in_flight: sequencing.in_flight(),
+            outages: run.outages.len() as u64,
+            bulk: bulk.then_some((run.sent_payload_bytes, run.payload_bytes)),
+            loaded: run.loaded,
+        }
+    }
+}
+
+/// What goes through the queue, in the loop's order: a path always before its answers.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "the queue's slots are allocated once, up front")]
+pub enum Message {
+    /// The path is known (again, or changed): the view starts over on it.
+    Path(Vec<PathEntry>),
+    Answer(Answer),
+    Counters(Counters),
+}
+
+/// The loop's end: the queue's sender, nothing else that costs.
+pub struct LiveFeed {
+    sender: SyncSender<Message>,
+    shared: Arc<Shared>,
+    bulk: bool,
+    /// A path the queue had no room for: sent before any further answer.
+    pending_path: Option<Vec<PathEntry>>,
+    next_counters_ns: u64,
+}
+
+impl LiveFeed {
+    fn new(sender: SyncSender<Message>, shared: Arc<Shared>, bulk: bool) -> LiveFeed {
+        LiveFeed { sender, shared, bulk, pending_path: None, next_counters_ns: 0 }
+    }
+
+    /// The path is known (again, or changed).
+    pub fn path(&mut self, path: &[PathEntry]) {
+        self.pending_path = Some(path.to_vec());
+        self.send_pending_path();
+    }
+
+    /// One answered frame: a push, or a count when the queue is full.
+    pub fn answer<T: AsRef<[u8]>>(&mut self, frame: &Frame<T>, read: ReadStamp) {
+        // An answer never goes ahead of its path: the view would record it on the old one.
+        if !self.send_pending_path()
+            || self.sender.try_send(Message::Answer(Answer::of(frame, read))).is_err()
+        {
+            self.shared.missed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// When the next counters are due (CLOCK_MONOTONIC_RAW), for the loop's poll timeout.
+    pub fn next_ns(&self) -> u64 {
+        self.next_counters_ns
+    }
+
+    /// The run's counters, at most every [`COUNTERS_EVERY_NS`]; dropped when the queue is full
+    /// (the next ones say the same, later).
+    pub fn counters_if_due(&mut self, now_ns: u64, run: &Run) {
+        if now_ns < self.next_counters_ns {
+            return;
+        }
+        self.next_counters_ns = now_ns + COUNTERS_EVERY_NS;
+        if self.send_pending_path() {
+            let _ = self.sender.try_send(Message::Counters(Counters::of(run, self.bulk, now_ns)));
+        }
+    }
+
+    /// `q` was pressed.
+    pub fn quit_requested(&self) -> bool {
+        self.shared.quit.load(Ordering::Relaxed)
+    }
+
+    /// Whether no path is waiting for room (true when it went now).
+    fn send_pending_path(&mut self) -> bool {
+        let Some(path) = self.pending_path.take() else { return true };
+        match self.sender.try_send(Message::Path(path)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(Message::Path(path))) => {
+                self.pending_path = Some(path);
+                false
+            }
+            // The view is gone: nothing to keep for it.
+            Err(_) => false,
+        }
+    }
 }
 
 /// One subsegment's row (or the end-to-end one).
@@ -71,16 +238,16 @@ pub struct LiveRow {
     pub jitter_ns: u64,
     /// p50 over the end-to-end p50.
     pub share: f64,
-    /// p50 and p99 over the last complete second (the current one before there is one).
+    /// p50 and p99 over the last complete interval (the current one before there is one).
     pub recent_p50_ns: Option<u64>,
     pub recent_p99_ns: Option<u64>,
 }
 
-/// What the loop hands to the view.
+/// What the view draws, built by its thread from its own statistics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LiveSnapshot {
     pub name: String,
-    /// CLOCK_MONOTONIC_RAW when taken, and since the view's statistics started.
+    /// CLOCK_MONOTONIC_RAW of the counters, and the span since the view's statistics started.
     pub taken_ns: u64,
     pub span_ns: u64,
     pub path: Vec<String>,
@@ -93,6 +260,8 @@ pub struct LiveSnapshot {
     pub lost: u64,
     pub in_flight: u64,
     pub outages: u64,
+    /// Answers the queue had no room for, over the run.
+    pub missed: u64,
     pub verdict: Option<String>,
     /// Bulk mode (stdin is the payload): payload bytes sent and answered.
     pub bulk: Option<(u64, u64)>,
@@ -100,112 +269,102 @@ pub struct LiveSnapshot {
     pub keys: bool,
 }
 
-/// The loop's end: its own statistics for the view, and the handover.
-pub struct LiveRecorder {
-    publisher: Publisher<LiveSnapshot>,
-    controls: Arc<Controls>,
+/// The view thread's statistics: its own chains, fed from the queue, and the counters.
+pub struct LiveState {
     name: String,
     presentation: Presentation,
-    bulk: bool,
     keys: bool,
+    /// Since the path was discovered or the last `r`.
     chain: Option<Chain>,
-    recent: Option<Chain>,
-    /// The last complete second's p50 and p99 per part, then end-to-end.
-    last_second: Option<Vec<(u64, u64)>>,
-    recent_ends_ns: u64,
+    /// The current interval.
+    interval: Option<Chain>,
+    /// The last complete interval's p50 and p99 per part, then end-to-end.
+    last_interval: Option<Vec<(u64, u64)>>,
+    interval_ends_ns: u64,
     /// When the view's statistics started, and the run's counters then.
     started_ns: u64,
-    base: (u64, u64, u64, usize),
-    /// The verdict's words, refreshed once a second.
-    verdict: Option<String>,
-    verdict_due_ns: u64,
+    base: Counters,
+    counters: Counters,
 }
 
-impl LiveRecorder {
-    /// The path is known (again, or changed): the view starts over on it.
-    pub fn start(&mut self, path: &[PathEntry], now_ns: u64) {
-        self.chain = Chain::new(path.to_vec());
-        self.recent = Chain::new(path.to_vec());
-        self.last_second = None;
-        self.recent_ends_ns = now_ns + RECENT_NS;
-        self.verdict = None;
-        self.verdict_due_ns = now_ns;
-    }
-
-    pub fn record<T: AsRef<[u8]>>(&mut self, frame: &Frame<T>, read: crate::core::ReadStamp) {
-        for chain in [self.chain.as_mut(), self.recent.as_mut()].into_iter().flatten() {
-            chain.record(frame, read);
+impl LiveState {
+    pub fn new(name: &str, presentation: Presentation, keys: bool, now_ns: u64) -> LiveState {
+        LiveState {
+            name: name.to_string(),
+            presentation,
+            keys,
+            chain: None,
+            interval: None,
+            last_interval: None,
+            interval_ends_ns: now_ns + INTERVAL_NS,
+            started_ns: now_ns,
+            base: Counters::default(),
+            counters: Counters::default(),
         }
     }
 
-    pub fn due(&self, now_ns: u64) -> bool {
-        self.publisher.due(now_ns)
-    }
-
-    pub fn next_ns(&self) -> u64 {
-        self.publisher.next_ns()
-    }
-
-    /// `q` was pressed.
-    pub fn quit_requested(&self) -> bool {
-        self.controls.quit.load(Ordering::Relaxed)
-    }
-
-    /// Builds the snapshot (after an `r`, on fresh statistics) and hands it over.
-    pub fn publish(&mut self, now_ns: u64, run: &Run) {
-        let sequencing = &run.sequencing;
-        if self.controls.reset.swap(false, Ordering::Relaxed) {
-            if let Some(chain) = &self.chain {
-                let path = chain.path.clone();
-                self.start(&path, now_ns);
+    pub fn take(&mut self, message: Message, now_ns: u64) {
+        match message {
+            Message::Path(path) => {
+                self.chain = Chain::new(path.clone());
+                self.interval = Chain::new(path);
+                self.last_interval = None;
+                self.interval_ends_ns = now_ns + INTERVAL_NS;
             }
-            self.started_ns = now_ns;
-            self.base = (sequencing.sent, sequencing.answered, sequencing.lost, run.outages.len());
-        }
-        if now_ns >= self.recent_ends_ns
-            && let Some(recent) = self.recent.as_mut()
-        {
-            let mut quantiles: Vec<(u64, u64)> = recent.parts.iter().map(p50_p99).collect();
-            quantiles.push(p50_p99(&recent.end_to_end));
-            self.last_second = Some(quantiles);
-            *recent = Chain::new(recent.path.clone()).expect("the path had a chain");
-            while self.recent_ends_ns <= now_ns {
-                self.recent_ends_ns += RECENT_NS;
+            Message::Answer(answer) => {
+                for chain in [self.chain.as_mut(), self.interval.as_mut()].into_iter().flatten() {
+                    chain.record_stamps(
+                        answer.records().iter().copied(),
+                        answer.sequence,
+                        answer.read,
+                    );
+                }
             }
+            Message::Counters(counters) => self.counters = counters,
         }
-        let mut snapshot = self.snapshot(now_ns, run);
-        // The verdict walks the histograms many times over: once a second is enough for a
-        // table redrawn once a second.
-        if now_ns >= self.verdict_due_ns {
-            self.verdict_due_ns = now_ns + RECENT_NS;
-            self.verdict = self.chain.as_ref().and_then(|chain| {
-                let verdict = Verdict::of(chain)?;
-                let unit = snapshot.unit?;
-                let labels: Vec<String> =
-                    snapshot.rows.iter().map(|row| row.label.clone()).collect();
-                let symbols = self.presentation.symbols;
-                Some(verdict.describe(chain, &labels, &snapshot.path, unit, run.loaded, symbols))
-            });
-        }
-        snapshot.verdict = self.verdict.clone();
-        self.publisher.publish(now_ns, snapshot);
     }
 
-    fn snapshot(&self, now_ns: u64, run: &Run) -> LiveSnapshot {
-        let sequencing = &run.sequencing;
-        let (sent, answered, lost, outages) = self.base;
+    /// Closes the current interval once it is over.
+    pub fn tick(&mut self, now_ns: u64) {
+        if now_ns < self.interval_ends_ns {
+            return;
+        }
+        if let Some(interval) = self.interval.as_mut() {
+            let mut quantiles: Vec<(u64, u64)> = interval.parts.iter().map(p50_p99).collect();
+            quantiles.push(p50_p99(&interval.end_to_end));
+            self.last_interval = Some(quantiles);
+            *interval = Chain::new(interval.path.clone()).expect("the path had a chain");
+        }
+        while self.interval_ends_ns <= now_ns {
+            self.interval_ends_ns += INTERVAL_NS;
+        }
+    }
+
+    /// `r`: the view's statistics and counters start over; the run's do not.
+    pub fn reset(&mut self, now_ns: u64) {
+        if let Some(chain) = &self.chain {
+            self.chain = Chain::new(chain.path.clone());
+        }
+        self.started_ns = now_ns;
+        self.base = self.counters;
+    }
+
+    /// The table's values now, the verdict as it stands included.
+    pub fn snapshot(&self, now_ns: u64, missed: u64) -> LiveSnapshot {
+        let (counters, base) = (&self.counters, &self.base);
         let symbols = self.presentation.symbols;
         let mut snapshot = LiveSnapshot {
             name: self.name.clone(),
-            taken_ns: now_ns,
+            taken_ns: counters.taken_ns,
             span_ns: now_ns.saturating_sub(self.started_ns),
             symbols,
-            sent: sequencing.sent.saturating_sub(sent),
-            answered: sequencing.answered.saturating_sub(answered),
-            lost: sequencing.lost.saturating_sub(lost),
-            in_flight: sequencing.in_flight(),
-            outages: (run.outages.len().saturating_sub(outages)) as u64,
-            bulk: self.bulk.then_some((run.sent_payload_bytes, run.payload_bytes)),
+            sent: counters.sent.saturating_sub(base.sent),
+            answered: counters.answered.saturating_sub(base.answered),
+            lost: counters.lost.saturating_sub(base.lost),
+            in_flight: counters.in_flight,
+            outages: counters.outages.saturating_sub(base.outages),
+            missed,
+            bulk: counters.bulk,
             keys: self.keys,
             ..LiveSnapshot::default()
         };
@@ -216,10 +375,10 @@ impl LiveRecorder {
         let unit = Unit::choose(self.presentation, end_to_end_p50_ns);
         snapshot.unit = Some(unit);
         let recent = |index: usize| -> (Option<u64>, Option<u64>) {
-            match (&self.last_second, &self.recent) {
+            match (&self.last_interval, &self.interval) {
                 (Some(quantiles), _) => (Some(quantiles[index].0), Some(quantiles[index].1)),
-                (None, Some(recent)) => {
-                    let series = recent.parts.get(index).unwrap_or(&recent.end_to_end);
+                (None, Some(interval)) => {
+                    let series = interval.parts.get(index).unwrap_or(&interval.end_to_end);
                     if series.count() == 0 {
                         (None, None)
                     } else {
@@ -265,6 +424,11 @@ impl LiveRecorder {
             end_to_end_last,
             chain.parts.len(),
         ));
+        // On this thread, once a redraw: the verdict's walks cost the loop nothing.
+        snapshot.verdict = Verdict::of(chain).map(|verdict| {
+            let labels: Vec<String> = snapshot.rows.iter().map(|row| row.label.clone()).collect();
+            verdict.describe(chain, &labels, &snapshot.path, unit, counters.loaded, symbols)
+        });
         snapshot
     }
 }
@@ -297,6 +461,7 @@ fn p50_p99(series: &stats::Series) -> (u64, u64) {
 /// The view's end: its thread, stopped (and the view cleared) by [`LiveView::finish`].
 pub struct LiveView {
     stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -307,38 +472,23 @@ pub fn start(
     presentation: Presentation,
     probe: bool,
     loop_cpu: Option<usize>,
-) -> io::Result<(LiveView, LiveRecorder)> {
+) -> io::Result<(LiveView, LiveFeed)> {
     // SAFETY: isatty takes a descriptor and no pointers.
     let keys = probe && unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
-    let (publisher, reader) = Publisher::with_first(LiveSnapshot::default());
-    let controls = Arc::new(Controls::default());
+    let (sender, receiver) = mpsc::sync_channel(QUEUE_ANSWERS);
+    let shared = Arc::new(Shared::default());
     let stop = Arc::new(AtomicBool::new(false));
     let colour = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let state = LiveState::new(name, presentation, keys, crate::clock::now_ns());
     let view = {
-        let (controls, stop) = (Arc::clone(&controls), Arc::clone(&stop));
+        let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
         std::thread::Builder::new().name("live".to_string()).spawn(move || {
             tuning::leave_loop_settings(loop_cpu);
-            show(&reader, &controls, &stop, keys, colour);
+            show(&receiver, state, &shared, &stop, keys, colour);
         })?
     };
-    let now_ns = crate::clock::now_ns();
-    let recorder = LiveRecorder {
-        publisher,
-        controls,
-        name: name.to_string(),
-        presentation,
-        bulk: !probe,
-        keys,
-        chain: None,
-        recent: None,
-        last_second: None,
-        recent_ends_ns: now_ns + RECENT_NS,
-        started_ns: now_ns,
-        base: (0, 0, 0, 0),
-        verdict: None,
-        verdict_due_ns: 0,
-    };
-    Ok((LiveView { stop, thread: Some(view) }, recorder))
+    let feed = LiveFeed::new(sender, Arc::clone(&shared), !probe);
+    Ok((LiveView { stop, shared, thread: Some(view) }, feed))
 }
 
 impl LiveView {
@@ -348,6 +498,11 @@ impl LiveView {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+
+    /// Answers the queue had no room for, over the run.
+    pub fn missed(&self) -> u64 {
+        self.shared.missed.load(Ordering::Relaxed)
     }
 }
 
@@ -363,10 +518,23 @@ extern "C" fn on_resize(_: libc::c_int) {
     RESIZED.store(true, Ordering::Relaxed);
 }
 
-/// The view thread's loop: a tick at a time, keys, a redraw each second (or on a resize).
+/// Takes what the queue holds, at most a queue's worth at a time, so that a loop filling it as
+/// fast as it is drained cannot keep the view from its keys and redraws.
+fn drain(receiver: &Receiver<Message>, state: &mut LiveState) {
+    for _ in 0..QUEUE_ANSWERS {
+        match receiver.try_recv() {
+            Ok(message) => state.take(message, crate::clock::now_ns()),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    }
+}
+
+/// The view thread's loop: a tick at a time, keys, the queue drained, a redraw each second (or
+/// on a resize).
 fn show(
-    reader: &Reader<LiveSnapshot>,
-    controls: &Controls,
+    receiver: &Receiver<Message>,
+    mut state: LiveState,
+    shared: &Shared,
     stop: &AtomicBool,
     keys: bool,
     colour: bool,
@@ -383,15 +551,18 @@ fn show(
     let mut next_draw = Instant::now() + REDRAW_EVERY;
     let mut shown = false;
     let mut paused = false;
-    let mut previous: Option<Arc<LiveSnapshot>> = None;
+    let mut previous: Option<LiveSnapshot> = None;
     let mut rate: Option<f64> = None;
     while !stop.load(Ordering::Relaxed) {
         let mut redraw = false;
         if terminal.is_some() {
             for key in read_keys(libc::STDIN_FILENO, TICK) {
                 match key {
-                    b'q' | b'Q' => controls.quit.store(true, Ordering::Relaxed),
-                    b'r' | b'R' => controls.reset.store(true, Ordering::Relaxed),
+                    b'q' | b'Q' => shared.quit.store(true, Ordering::Relaxed),
+                    b'r' | b'R' => {
+                        drain(receiver, &mut state);
+                        state.reset(crate::clock::now_ns());
+                    }
                     b'p' | b'P' => {
                         paused = !paused;
                         redraw = shown;
@@ -402,6 +573,8 @@ fn show(
         } else {
             std::thread::sleep(TICK);
         }
+        drain(receiver, &mut state);
+        state.tick(crate::clock::now_ns());
         redraw |= RESIZED.swap(false, Ordering::Relaxed) && shown;
         let now = Instant::now();
         if now >= next_draw {
@@ -411,7 +584,8 @@ fn show(
         if !redraw {
             continue;
         }
-        let snapshot = reader.latest();
+        let snapshot =
+            state.snapshot(crate::clock::now_ns(), shared.missed.load(Ordering::Relaxed));
         if let Some(previous) = &previous
             && let (Some((_, before)), Some((_, after))) = (previous.bulk, snapshot.bulk)
             && snapshot.taken_ns > previous.taken_ns
@@ -419,9 +593,9 @@ fn show(
             let seconds = (snapshot.taken_ns - previous.taken_ns) as f64 / 1e9;
             rate = Some(after.saturating_sub(before) as f64 * 8.0 / seconds);
         }
-        previous = Some(Arc::clone(&snapshot));
         let (width, height) = terminal_size();
         let lines = render(&snapshot, paused, rate);
+        previous = Some(snapshot);
         let mut out = String::from(if shown { "\x1b[H" } else { "\x1b[H\x1b[2J" });
         for line in lines.iter().take(height.saturating_sub(1).max(1)) {
             let text: String = line.text.chars().take(width).collect();
@@ -442,7 +616,6 @@ fn show(
     drop(terminal);
 }
 
-/// Waits up to `wait` for bytes on `fd` and returns those that came.
 fn read_keys(fd: libc::c_int, wait: Duration) -> Vec<u8> {
     let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
@@ -583,9 +756,14 @@ pub fn render(snapshot: &LiveSnapshot, paused: bool, rate_bits: Option<f64>) -> 
         1 => ", 1 outage".to_string(),
         count => format!(", {count} outages"),
     };
+    // The view's own queue overflowing is no loss of the run's: said apart.
+    let missed = match snapshot.missed {
+        0 => String::new(),
+        count => format!("; the view missed {count} answers (its queue was full)"),
+    };
     lines.push(line(
         format!(
-            "so far: sent {}, answered {}, in flight {}, lost {} ({loss:.2}%){outages}",
+            "so far: sent {}, answered {}, in flight {}, lost {} ({loss:.2}%){outages}{missed}",
             snapshot.sent, snapshot.answered, snapshot.in_flight, snapshot.lost
         ),
         Style::Plain,
@@ -717,33 +895,17 @@ fn install_panic_hook() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::ReadStamp;
     use crate::source::Ending;
-    use crate::wire::{Direction, Header, Kind, Role, Stamp, emit_frame};
+    use crate::wire::{Header, Kind, Role, emit_frame};
 
-    fn recorder() -> (LiveRecorder, Reader<LiveSnapshot>) {
-        let (publisher, reader) = Publisher::with_first(LiveSnapshot::default());
-        let recorder = LiveRecorder {
-            publisher,
-            controls: Arc::new(Controls::default()),
-            name: "A".to_string(),
-            presentation: Presentation::default(),
-            bulk: false,
-            keys: false,
-            chain: None,
-            recent: None,
-            last_second: None,
-            recent_ends_ns: RECENT_NS,
-            started_ns: 0,
-            base: (0, 0, 0, 0),
-            verdict: None,
-            verdict_due_ns: 0,
-        };
-        (recorder, reader)
+    fn feed(capacity: usize) -> (LiveFeed, Receiver<Message>, Arc<Shared>) {
+        let (sender, receiver) = mpsc::sync_channel(capacity);
+        let shared = Arc::new(Shared::default());
+        (LiveFeed::new(sender, Arc::clone(&shared), false), receiver, shared)
     }
 
     /// A → B → Z: a frame whose A ⇄ B and B ⇄ Z round trips took `a_b_ns` and `b_z_ns`.
-    fn record(recorder: &mut LiveRecorder, sequence: u64, a_b_ns: u64, b_z_ns: u64) {
+    fn frame(sequence: u64, a_b_ns: u64, b_z_ns: u64) -> (Vec<u8>, ReadStamp) {
         let stamps = [
             Stamp::new(0, Direction::Down, 0, 0),
             Stamp::new(1, Direction::Down, 0, 0),
@@ -753,8 +915,18 @@ mod tests {
         let header = Header { kind: Kind::Data, record_count: 4, sequence, payload_len: 0 };
         let mut bytes = vec![0; header.total_len()];
         emit_frame(&mut bytes, &header, &[], &stamps, &[]);
-        let read = ReadStamp { read_ns: a_b_ns + b_z_ns, ..ReadStamp::default() };
-        recorder.record(&Frame::new_checked(&bytes[..]).unwrap(), read);
+        (bytes, ReadStamp { read_ns: a_b_ns + b_z_ns, ..ReadStamp::default() })
+    }
+
+    fn answer(feed: &mut LiveFeed, sequence: u64, a_b_ns: u64, b_z_ns: u64) {
+        let (bytes, read) = frame(sequence, a_b_ns, b_z_ns);
+        feed.answer(&Frame::new_checked(&bytes[..]).unwrap(), read);
+    }
+
+    fn drained(receiver: &Receiver<Message>, state: &mut LiveState, now_ns: u64) {
+        while let Ok(message) = receiver.try_recv() {
+            state.take(message, now_ns);
+        }
     }
 
     fn path() -> Vec<PathEntry> {
@@ -766,69 +938,154 @@ mod tests {
     }
 
     #[test]
-    fn test_the_snapshot_follows_the_frames_the_seconds_and_a_reset() {
-        let (mut recorder, reader) = recorder();
+    fn test_the_view_keeps_its_own_statistics_by_interval_and_starts_over_on_r() {
+        let (mut feed, receiver, _shared) = feed(1024);
+        let mut state = LiveState::new("A", Presentation::default(), false, 0);
         let mut run = Run::ended(Ending::Complete, true);
-        recorder.publish(1, &run);
-        assert!(reader.latest().rows.is_empty(), "no path yet");
-        recorder.start(&path(), 0);
+        feed.counters_if_due(1, &run);
+        drained(&receiver, &mut state, 1);
+        assert!(state.snapshot(1, 0).rows.is_empty(), "no path yet");
+        feed.path(&path());
         for sequence in 0..100 {
-            record(&mut recorder, sequence, 10_000, 40_000);
+            answer(&mut feed, sequence, 10_000, 40_000);
         }
         run.sequencing.sent = 100;
         run.sequencing.answered = 100;
-        recorder.publish(RECENT_NS, &run);
-        let snapshot = reader.latest();
+        // The counters go at most every COUNTERS_EVERY_NS.
+        feed.counters_if_due(2, &run);
+        feed.counters_if_due(COUNTERS_EVERY_NS + 1, &run);
+        drained(&receiver, &mut state, COUNTERS_EVERY_NS + 1);
+        let snapshot = state.snapshot(COUNTERS_EVERY_NS + 1, 0);
         assert_eq!(snapshot.path, ["A", "B", "Z"]);
+        assert_eq!((snapshot.sent, snapshot.answered), (100, 100));
         let link = snapshot.rows.iter().find(|row| row.label == "B ⇄ Z").unwrap();
         assert_eq!((link.count, link.last_ns), (100, Some(40_000)));
-        // Quantiles come from the histogram: to its precision (3 significant digits).
+        // Quantiles come from the histogram: to its precision (3 significant digits). Before
+        // the first interval is complete, the current one is shown.
         assert!(link.recent_p50_ns.unwrap().abs_diff(40_000) < 100, "{:?}", link.recent_p50_ns);
         assert!((link.share - 0.8).abs() < 0.01, "{}", link.share);
         assert_eq!(snapshot.end_to_end.as_ref().unwrap().last_ns, Some(50_000));
         assert!(snapshot.verdict.as_deref().unwrap().contains("B ⇄ Z"), "{:?}", snapshot.verdict);
-        // The next second: its own p50; the run's rows keep all frames.
+        // The interval closes; the next one has frames twice as slow on B ⇄ Z.
+        let first_ends_ns = COUNTERS_EVERY_NS + 1 + INTERVAL_NS;
+        state.tick(first_ends_ns);
         for sequence in 100..200 {
-            record(&mut recorder, sequence, 10_000, 80_000);
+            answer(&mut feed, sequence, 10_000, 80_000);
         }
-        recorder.publish(2 * RECENT_NS, &run);
-        let link = reader.latest().rows.iter().find(|row| row.label == "B ⇄ Z").cloned().unwrap();
-        assert_eq!(link.count, 200);
+        drained(&receiver, &mut state, first_ends_ns);
+        let second_ends_ns = first_ends_ns + INTERVAL_NS;
+        state.tick(second_ends_ns);
+        let snapshot = state.snapshot(second_ends_ns, 0);
+        let link = snapshot.rows.iter().find(|row| row.label == "B ⇄ Z").unwrap();
+        assert_eq!(link.count, 200, "the whole run's rows keep every answer");
         let recent_p50 = link.recent_p50_ns.unwrap();
-        assert!(recent_p50.abs_diff(80_000) < 100, "the last second's p50: {recent_p50}");
-        // r: the view starts over, counters included.
-        recorder.controls.reset.store(true, Ordering::Relaxed);
+        assert!(recent_p50.abs_diff(80_000) < 100, "the last interval's p50: {recent_p50}");
+        // r: the view starts over, counters included; the run does not.
+        state.reset(second_ends_ns);
         run.sequencing.sent = 250;
-        recorder.publish(2 * RECENT_NS + PUBLISH_EVERY_NS, &run);
-        let snapshot = reader.latest();
-        assert_eq!((snapshot.sent, snapshot.span_ns), (0, 0));
+        feed.counters_if_due(second_ends_ns, &run);
+        drained(&receiver, &mut state, second_ends_ns);
+        let snapshot = state.snapshot(second_ends_ns, 0);
+        assert_eq!((snapshot.sent, snapshot.span_ns), (150, 0));
         assert!(snapshot.rows.iter().all(|row| row.count == 0));
+        // A changed path: the view starts over on it.
+        let mut longer = path();
+        longer.insert(2, PathEntry::new(Role::Relay, "C", None, None));
+        feed.path(&longer);
+        drained(&receiver, &mut state, second_ends_ns);
+        assert_eq!(state.snapshot(second_ends_ns, 0).path, ["A", "B", "C", "Z"]);
+    }
+
+    #[test]
+    fn test_a_full_queue_drops_and_counts_and_a_path_never_falls_behind_its_answers() {
+        let (mut feed, receiver, shared) = feed(4);
+        feed.path(&path());
+        for sequence in 0..10 {
+            answer(&mut feed, sequence, 10_000, 40_000);
+        }
+        // The path and three answers fit; seven found the queue full and were counted.
+        assert_eq!(shared.missed.load(Ordering::Relaxed), 7);
+        // A new path with no room waits, and so do the answers after it.
+        feed.path(&path()[..2]);
+        answer(&mut feed, 10, 10_000, 40_000);
+        assert_eq!(shared.missed.load(Ordering::Relaxed), 8);
+        let kinds = |receiver: &Receiver<Message>| -> Vec<&'static str> {
+            receiver
+                .try_iter()
+                .map(|message| match message {
+                    Message::Path(_) => "path",
+                    Message::Answer(_) => "answer",
+                    Message::Counters(_) => "counters",
+                })
+                .collect()
+        };
+        assert_eq!(kinds(&receiver), ["path", "answer", "answer", "answer"]);
+        answer(&mut feed, 11, 10_000, 40_000);
+        assert_eq!(kinds(&receiver), ["path", "answer"], "the waiting path went first");
+        assert_eq!(shared.missed.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn test_an_answer_keeps_a_long_chains_records() {
+        let stamps: Vec<Stamp> =
+            (0..12).map(|hop| Stamp::new(hop, Direction::Down, u64::from(hop), 0)).collect();
+        let header = Header { kind: Kind::Data, record_count: 12, sequence: 7, payload_len: 0 };
+        let mut bytes = vec![0; header.total_len()];
+        emit_frame(&mut bytes, &header, &[], &stamps, &[]);
+        let answer = Answer::of(&Frame::new_checked(&bytes[..]).unwrap(), ReadStamp::default());
+        assert_eq!((answer.records(), answer.sequence), (&stamps[..], 7));
+        let (bytes, read) = frame(3, 1, 2);
+        let answer = Answer::of(&Frame::new_checked(&bytes[..]).unwrap(), read);
+        assert!(matches!(answer.records, Records::Inline { len: 4, .. }));
+        assert_eq!(answer.records().len(), 4);
     }
 
     #[test]
     #[ignore = "a measurement: cargo test --release --lib live -- --ignored --nocapture"]
-    fn measure_the_snapshot_cost() {
-        let (mut recorder, _reader) = recorder();
-        let run = Run::ended(Ending::Complete, true);
-        recorder.start(&path(), 0);
-        // Samples spread from 5 µs to 500 µs (a LAN), or to 100 ms (the walks at their
-        // longest).
-        let spread_ns = std::env::var("SPREAD_NS").map_or(500_000, |text| text.parse().unwrap());
-        for sequence in 0..1_000_000u64 {
-            let spread = 5_000 + (sequence * 7_919) % spread_ns;
-            record(&mut recorder, sequence, spread, spread / 3);
+    fn measure_the_loops_cost_per_answer() {
+        let (mut feed, receiver, shared) = feed(QUEUE_ANSWERS);
+        feed.path(&path());
+        let frames: Vec<(Vec<u8>, ReadStamp)> =
+            (0..1000).map(|sequence| frame(sequence, 10_000, 5_000 + sequence * 7)).collect();
+        // The view's side, as its thread does it: drained every tick into its chains.
+        let stop = Arc::new(AtomicBool::new(false));
+        let view = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut state = LiveState::new("A", Presentation::default(), false, 0);
+                let (mut took, mut snapshots) = (Duration::ZERO, 0u32);
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    drain(&receiver, &mut state);
+                    let started = Instant::now();
+                    let _ = state.snapshot(0, 0);
+                    took += started.elapsed();
+                    snapshots += 1;
+                }
+                took / snapshots.max(1)
+            })
+        };
+        let answers = 1_000_000u32;
+        let (started, mut pushing) = (Instant::now(), Duration::ZERO);
+        for batch in 0..answers / 1000 {
+            let batch_started = Instant::now();
+            for (bytes, read) in &frames {
+                feed.answer(&Frame::new_unchecked(&bytes[..]), *read);
+            }
+            pushing += batch_started.elapsed();
+            // About 100 000 answers a second, as a fast probe run.
+            let due = started + Duration::from_millis(10) * (batch + 1);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
-        let started = Instant::now();
-        for round in 0..100 {
-            recorder.publish(round * PUBLISH_EVERY_NS, &run);
-        }
-        println!("a snapshot, one in four with the verdict: {:?}", started.elapsed() / 100);
-        let started = Instant::now();
-        for round in 0..100 {
-            recorder.verdict_due_ns = u64::MAX;
-            recorder.publish(round * PUBLISH_EVERY_NS, &run);
-        }
-        println!("a snapshot without the verdict: {:?}", started.elapsed() / 100);
+        let wall = started.elapsed();
+        let missed = shared.missed.load(Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        let snapshot = view.join().unwrap();
+        println!(
+            "the loop's push per answer: {:?}; {answers} answers over {wall:?}, {missed} missed; \
+             a snapshot on the view's thread: {snapshot:?}",
+            pushing / answers
+        );
     }
 
     fn row(label: &str, count: u64, p50_ns: u64) -> LiveRow {
@@ -876,6 +1133,13 @@ mod tests {
         assert!(text.iter().any(|line| line.starts_with("end-to-end")));
         assert!(text.contains(&"so far: sent 12, answered 10, in flight 1, lost 1 (8.33%)"));
         assert!(text.contains(&"verdict so far: B - Z adds the most delay"));
+        let missed = render(&LiveSnapshot { missed: 3, ..snapshot.clone() }, false, None);
+        assert!(
+            missed.iter().any(|line| line
+                .text
+                .ends_with("lost 1 (8.33%); the view missed 3 answers (its queue was full)")),
+            "{missed:?}"
+        );
         // Nothing that the final report's lines would be taken for.
         assert!(!text.iter().any(|line| line.contains("verdict:") || line.contains("frames:")));
     }

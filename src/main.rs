@@ -59,10 +59,10 @@ fn run_source(options: Options) -> ExitCode {
         Err(code) => return code,
     };
     let chain_label = options.metrics_chain.clone().unwrap_or_else(|| name.clone());
-    let (mut live_view, live_recorder) = if live::wanted(options.live) {
+    let (mut live_view, live_feed) = if live::wanted(options.live) {
         match live::start(&name, options.presentation, options.probe.is_some(), options.tuning.cpu)
         {
-            Ok((view, recorder)) => (Some(view), Some(recorder)),
+            Ok((view, feed)) => (Some(view), Some(feed)),
             Err(error) => {
                 log_line!("{name}: warning: no live view: {error}");
                 (None, None)
@@ -88,7 +88,7 @@ fn run_source(options: Options) -> ExitCode {
         kernel_stamps: options.kernel_stamps,
         keep_history: outputs.plot.is_some(),
         metrics: publisher.map(|publisher| (publisher, chain_label)),
-        live: live_recorder,
+        live: live_feed,
     };
     let started_unix_ns = clock::realtime_ns();
     let run = source::run(config, &mut writer).unwrap_or_else(|error| {
@@ -99,6 +99,13 @@ fn run_source(options: Options) -> ExitCode {
     });
     if let Some(view) = live_view.as_mut() {
         view.finish();
+        if view.missed() > 0 {
+            log_line!(
+                "{name}: the live view missed {} answers (its queue was full); the report has \
+                 them all",
+                view.missed()
+            );
+        }
     }
     let times = Times { started_unix_ns, ended_unix_ns: clock::realtime_ns() };
     let context = Context {

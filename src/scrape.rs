@@ -30,41 +30,19 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-type Slot<T = Snapshot> = Arc<Mutex<Arc<T>>>;
+type Slot = Arc<Mutex<Arc<Snapshot>>>;
 
-/// The loop's end of the handover. Generic over what is handed over: the metrics server takes
-/// a [`Snapshot`], the live view ([`crate::live`]) its own.
+/// The loop's end of the handover.
 #[derive(Debug)]
-pub struct Publisher<T = Snapshot> {
-    slot: Slot<T>,
+pub struct Publisher {
+    slot: Slot,
     next_ns: u64,
-}
-
-/// The reading thread's end of a [`Publisher`]'s handover.
-#[derive(Debug)]
-pub struct Reader<T> {
-    slot: Slot<T>,
-}
-
-impl<T> Reader<T> {
-    /// The latest snapshot; holds the lock only to clone the `Arc`.
-    pub fn latest(&self) -> Arc<T> {
-        Publisher::latest(&self.slot)
-    }
 }
 
 impl Publisher {
     /// A publisher with no server behind it (tests, and the server's own start).
     fn new() -> Publisher {
-        Publisher::with_first(Snapshot::Empty).0
-    }
-}
-
-impl<T> Publisher<T> {
-    /// A handover holding `first` until the loop publishes, and its reading end.
-    pub fn with_first(first: T) -> (Publisher<T>, Reader<T>) {
-        let slot = Arc::new(Mutex::new(Arc::new(first)));
-        (Publisher { slot: Arc::clone(&slot), next_ns: 0 }, Reader { slot })
+        Publisher { slot: Arc::new(Mutex::new(Arc::new(Snapshot::Empty))), next_ns: 0 }
     }
 
     /// Whether a snapshot is due; the loop builds one only then.
@@ -80,7 +58,7 @@ impl<T> Publisher<T> {
     /// Hands `snapshot` to the server without ever waiting: when the server holds the lock at
     /// this instant (to clone the `Arc`, a few nanoseconds), this one is dropped and the next
     /// wake-up publishes.
-    pub fn publish(&mut self, now_ns: u64, snapshot: T) {
+    pub fn publish(&mut self, now_ns: u64, snapshot: Snapshot) {
         let fresh = Arc::new(snapshot);
         let previous = match self.slot.try_lock() {
             Ok(mut slot) => std::mem::replace(&mut *slot, fresh),
@@ -94,7 +72,7 @@ impl<T> Publisher<T> {
         self.next_ns = now_ns + PUBLISH_EVERY_NS;
     }
 
-    fn latest(slot: &Slot<T>) -> Arc<T> {
+    fn latest(slot: &Slot) -> Arc<Snapshot> {
         match slot.lock() {
             Ok(slot) => Arc::clone(&slot),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),

@@ -35,7 +35,7 @@ use crate::buffer::Buffer;
 use crate::clock;
 use crate::core::{Inbound, Outbound, Peer};
 use crate::kernel;
-use crate::live::LiveRecorder;
+use crate::live::LiveFeed;
 use crate::log_line;
 use crate::net::{self, Io, NonBlocking};
 use crate::output::{Destination, Writer};
@@ -97,8 +97,8 @@ pub struct SourceConfig {
     pub keep_history: bool,
     /// `--metrics`: the server's end of the snapshot handover, and the `chain` label.
     pub metrics: Option<(Publisher, String)>,
-    /// The live view's end in the loop, when it is shown.
-    pub live: Option<LiveRecorder>,
+    /// The live view's end in the loop (its queue), when it is shown.
+    pub live: Option<LiveFeed>,
 }
 
 /// Probe mode: `count` frames of `size` bytes, one every `interval` (0: back to back).
@@ -351,7 +351,7 @@ struct Source<'a> {
     writer: &'a mut Writer,
     /// `--metrics`: the bucket counts kept per answered frame, and the handover.
     metrics: Option<(Publisher, SourceRecorder)>,
-    live: Option<LiveRecorder>,
+    live: Option<LiveFeed>,
 }
 
 /// The connection to the first hop.
@@ -526,7 +526,7 @@ impl Source<'_> {
                 self.send_deadline_ns.filter(|_| self.stop.is_none()),
                 self.intervals.as_ref().map(|intervals| intervals.ends_ns),
                 self.metrics.as_ref().map(|(publisher, _)| publisher.next_ns()),
-                self.live.as_ref().map(LiveRecorder::next_ns),
+                self.live.as_ref().map(LiveFeed::next_ns),
                 retry_ns,
             ]
             .into_iter()
@@ -558,7 +558,7 @@ impl Source<'_> {
             self.publish_interval_if_due(now_ns);
             self.publish_metrics_if_due(now_ns);
             self.publish_live_if_due(now_ns);
-            if self.live.as_ref().is_some_and(LiveRecorder::quit_requested) {
+            if self.live.as_ref().is_some_and(LiveFeed::quit_requested) {
                 self.stop_sending(Stop::Quit);
             }
             if self.config.kernel_info && now_ns >= self.kernel_due_ns {
@@ -802,7 +802,7 @@ impl Source<'_> {
             intervals.chain = Chain::new(path.clone());
         }
         if let Some(live) = self.live.as_mut() {
-            live.start(&path, clock::now_ns());
+            live.path(&path);
         }
         self.run.chain = chain;
         self.run.path = path;
@@ -817,12 +817,10 @@ impl Source<'_> {
         }
     }
 
-    /// Hands the live view its snapshot, a few times a second at most.
+    /// Hands the live view the run's counters, a few times a second at most.
     fn publish_live_if_due(&mut self, now_ns: u64) {
-        if let Some(live) = self.live.as_mut()
-            && live.due(now_ns)
-        {
-            live.publish(now_ns, &self.run);
+        if let Some(live) = self.live.as_mut() {
+            live.counters_if_due(now_ns, &self.run);
         }
     }
 
@@ -1129,8 +1127,9 @@ impl Source<'_> {
                         {
                             chain.record(&frame, read);
                         }
+                        // One push onto the view's queue; its thread does the statistics.
                         if let Some(live) = self.live.as_mut() {
-                            live.record(&frame, read);
+                            live.answer(&frame, read);
                         }
                         if self.writer.samples {
                             let chain = self.run.chain.as_ref();
