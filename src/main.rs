@@ -88,6 +88,7 @@ fn run_source(options: Options) -> ExitCode {
         kernel_stamps: options.kernel_stamps,
         keep_history: outputs.plot.is_some(),
         metrics: publisher.map(|publisher| (publisher, chain_label)),
+        metrics_buckets: options.metrics_buckets.clone(),
         live: live_feed,
     };
     let started_unix_ns = clock::realtime_ns();

@@ -40,7 +40,7 @@ use crate::log_line;
 use crate::net::{self, Io, NonBlocking};
 use crate::output::{Destination, Writer};
 use crate::report::interval::{History, Interval, IntervalFrames};
-use crate::report::metrics::{Snapshot, SourceRecorder};
+use crate::report::metrics::{BucketLayout, Snapshot, SourceRecorder};
 use crate::report::sla::{self, SlaSpec};
 use crate::report::{Presentation, Unit, json};
 use crate::scrape::Publisher;
@@ -97,6 +97,8 @@ pub struct SourceConfig {
     pub keep_history: bool,
     /// `--metrics`: the server's end of the snapshot handover, and the `chain` label.
     pub metrics: Option<(Publisher, String)>,
+    /// `--metrics-buckets`: the delay histograms' bounds.
+    pub metrics_buckets: BucketLayout,
     /// The live view's end in the loop (its queue), when it is shown.
     pub live: Option<LiveFeed>,
 }
@@ -417,10 +419,10 @@ struct Intervals {
 
 pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
     tuning::catch_stop_signals();
-    let metrics = config
-        .metrics
-        .take()
-        .map(|(publisher, chain)| (publisher, SourceRecorder::new(chain, &config.slas)));
+    let metrics = config.metrics.take().map(|(publisher, chain)| {
+        let layout = config.metrics_buckets.clone();
+        (publisher, SourceRecorder::new(chain, &config.slas, layout))
+    });
     let live = config.live.take();
     let mut poll = Poll::new()?;
     let target = config.forward_to.0;
@@ -501,6 +503,7 @@ pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
     };
     source.ending_loop(&mut poll);
     source.read_own_kernel_info();
+    source.publish_final_metrics();
     Ok(source.run)
 }
 
@@ -831,6 +834,14 @@ impl Source<'_> {
         {
             let snapshot = recorder.snapshot(&self.run);
             publisher.publish(now_ns, Snapshot::Source(Box::new(snapshot)));
+        }
+    }
+
+    /// The loop is over: the frames answered since the last snapshot and the last interval's
+    /// SLA results reach `/metrics` too.
+    fn publish_final_metrics(&mut self) {
+        if let Some((publisher, recorder)) = self.metrics.as_mut() {
+            publisher.publish_final(Snapshot::Source(Box::new(recorder.snapshot(&self.run))));
         }
     }
 
