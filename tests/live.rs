@@ -31,6 +31,12 @@ impl Tmux {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// The visible pane with its colours and attributes as escape sequences.
+    fn capture_styled(&self) -> String {
+        let output = self.run(&["capture-pane", "-p", "-e", "-t", "live"]);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Polls the pane until `check` finds what it wants in it, or panics after [`WAIT`].
     #[track_caller]
     fn wait_for<T>(&self, what: &str, history: usize, check: impl Fn(&str) -> Option<T>) -> T {
@@ -52,6 +58,23 @@ impl Drop for Tmux {
     }
 }
 
+/// The view's first line (`A: live view, 2.5 s ...`), when it is shown.
+fn header(pane: &str) -> Option<String> {
+    pane.lines().find(|line| line.contains(": live view, ")).map(str::to_string)
+}
+
+fn no_tmux(test: &str) -> bool {
+    let missing = Command::new("tmux")
+        .arg("-V")
+        .output()
+        .map(|output| !output.status.success())
+        .unwrap_or(true);
+    if missing {
+        say_skipped(test, "no tmux");
+    }
+    missing
+}
+
 /// The end-to-end row's count, when the live table shows one.
 fn end_to_end_count(pane: &str) -> Option<u64> {
     if !pane.contains("live view") {
@@ -63,14 +86,7 @@ fn end_to_end_count(pane: &str) -> Option<u64> {
 
 #[test]
 fn the_live_view_redraws_quits_on_q_and_leaves_the_final_report() {
-    let test = "the_live_view_redraws_quits_on_q_and_leaves_the_final_report";
-    if Command::new("tmux")
-        .arg("-V")
-        .output()
-        .map(|output| !output.status.success())
-        .unwrap_or(true)
-    {
-        say_skipped(test, "no tmux");
+    if no_tmux("the_live_view_redraws_quits_on_q_and_leaves_the_final_report") {
         return;
     }
     let (_z, z_addr) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-n", "Z"]);
@@ -93,6 +109,8 @@ fn the_live_view_redraws_quits_on_q_and_leaves_the_final_report() {
     }
     assert!(pane.contains("path: A → B → Z") || pane.contains("path: A -> B -> Z"), "{pane}");
     assert!(pane.contains("so far: sent"), "{pane}");
+    // In colour (no NO_COLOR here): tmux shows the attributes as escape sequences.
+    assert!(tmux.capture_styled().contains("\x1b["), "no colour or bold in the view");
     // Redrawn: the count grows from one capture to a later one.
     let before =
         tmux.wait_for("redraw", 0, |pane| end_to_end_count(pane).filter(|&count| count > first));
@@ -105,7 +123,17 @@ fn the_live_view_redraws_quits_on_q_and_leaves_the_final_report() {
     tmux.wait_for("reset view", 0, |pane| end_to_end_count(pane).filter(|&count| count < before));
     // p: the redraw pauses, and says so.
     keys("p");
-    tmux.wait_for("paused view", 0, |pane| pane.contains("[paused]").then_some(()));
+    let paused = tmux.wait_for("paused view", 0, |pane| {
+        header(pane).filter(|header| header.contains("[paused]"))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(header(&tmux.capture(0)), Some(paused.clone()), "redrawn while paused");
+    // A resized window (SIGWINCH) is redrawn at once, paused or not: the span moves on.
+    let resized = tmux.run(&["resize-window", "-t", "live", "-x", "150", "-y", "40"]);
+    assert!(resized.status.success(), "tmux resize-window: {resized:?}");
+    tmux.wait_for("redraw after the resize", 0, |pane| {
+        header(pane).filter(|header| *header != paused && header.contains("[paused]"))
+    });
 
     keys("q");
     let pane = tmux.wait_for("final report and stty output", 200, |pane| {
@@ -124,4 +152,41 @@ fn the_live_view_redraws_quits_on_q_and_leaves_the_final_report() {
         words.contains(&"icanon") && words.contains(&"echo") && !words.contains(&"-icanon"),
         "the terminal was left in raw mode:\n{pane}"
     );
+}
+
+/// No view with `TERM=dumb` or `--no-live` (not even for a moment: tmux keeps a cleared
+/// screen in its scrollback), each run's report as usual; and with `NO_COLOR`, a view without
+/// colour or bold.
+#[test]
+fn no_view_with_term_dumb_or_no_live_and_no_colour_with_no_color() {
+    if no_tmux("no_view_with_term_dumb_or_no_live_and_no_colour_with_no_color") {
+        return;
+    }
+    let (_z, z_addr) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-n", "Z"]);
+    let z_text = z_addr.to_string();
+    let (_b, b_addr) = spawn_listening(MAIN_BIN, &["-l", "127.0.0.1:0", "-f", &z_text, "-n", "B"]);
+    let tmux = Tmux { socket: format!("subsegment-nolive-{}", std::process::id()) };
+    // 300 probes 5 ms apart: 1.5 s, long enough for a view to be drawn.
+    let source = format!("{MAIN_BIN} -f {b_addr} -n A -c 300 -i 5ms");
+    let command = format!(
+        "NO_COLOR=1 {source} 2>&1; clear; echo \"colourless done $?\"; \
+         TERM=dumb {source} 2>&1; echo \"dumb exit $?\"; \
+         {source} --no-live 2>&1; echo \"no-live exit $?\"; sleep 30"
+    );
+    let started = tmux.run(&["new-session", "-d", "-s", "live", "-x", "200", "-y", "50", &command]);
+    assert!(started.status.success(), "tmux new-session: {started:?}");
+
+    tmux.wait_for("the NO_COLOR view", 0, |pane| header(pane).map(|_| ()));
+    let styled = tmux.capture_styled();
+    assert!(header(&styled).is_some() && !styled.contains("\x1b["), "colour:\n{styled:?}");
+    tmux.wait_for("the colourless run's end", 0, |pane| {
+        pane.contains("colourless done 0").then_some(())
+    });
+    tmux.run(&["clear-history", "-t", "live"]);
+    let pane = tmux.wait_for("both runs without a view", 1000, |pane| {
+        pane.contains("no-live exit 0").then(|| pane.to_string())
+    });
+    assert!(pane.contains("dumb exit 0"), "{pane}");
+    assert_eq!(pane.matches("verdict:").count(), 2, "two final reports:\n{pane}");
+    assert!(header(&pane).is_none(), "a view was drawn:\n{pane}");
 }
