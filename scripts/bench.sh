@@ -49,6 +49,9 @@ usage: scripts/bench.sh [--quick] [options]
   --watch-frames N      probes per watch run, one every 250 µs (full 20000 = 5 s, quick 6000):
                         a run must last some seconds for the view to redraw and to be scraped
   --watch-reps R        watch repetitions, the four variants alternated (full 5, quick 2)
+  --watch-realtime      the watch section with --realtime on the source, the relay and an echo
+                        of its own (SCHED_FIFO: other work at normal priority cannot delay
+                        them; the view and metrics threads still run at normal priority)
   --busy-poll-args ARGS relay options for the busy-poll variant; "{cpu}" is replaced by the
                         hop's CPU (default "--busy-poll --cpu {cpu}", or "--busy-poll" when
                         the relay has no --cpu); e.g. add --realtime --mlock
@@ -98,6 +101,7 @@ busy_poll_args=''
 outdir=target/bench
 install=true
 given_bin=''
+watch_realtime=false
 readonly client_cpu=0 hop_cpu=1
 
 need_value() {
@@ -122,6 +126,7 @@ while (($#)); do
         --knob-reps) need_value "$@"; knob_reps=$2; shift ;;
         --watch-frames) need_value "$@"; watch_frames=$2; shift ;;
         --watch-reps) need_value "$@"; watch_reps=$2; shift ;;
+        --watch-realtime) watch_realtime=true ;;
         --idle) need_value "$@"; idle_conns=$2; shift ;;
         --busy) need_value "$@"; busy_conns=$2; shift ;;
         --busy-seconds) need_value "$@"; busy_seconds=$2; shift ;;
@@ -503,6 +508,7 @@ meta knob_frames "$knob_frames"
 meta knob_reps "$knob_reps"
 meta watch_frames "$watch_frames"
 meta watch_reps "$watch_reps"
+meta watch_realtime "$watch_realtime"
 meta throughput_reps "$throughput_reps"
 meta client_cpu "$client_cpu"
 meta hop_cpu "$hop_cpu"
@@ -901,8 +907,9 @@ watch_variants=(view-off view-on metrics scraped)
 run_watch() {
     local variant=$1 rep=$2 status=ok rc=0 numbers='' check='' port='' scraper='' others_pct=0
     local log=$logs/watch/$variant-r$rep.typescript json=$logs/watch/$variant-r$rep.json
-    local args=(--no-live)
-    build_chain ours 1 "$hop_cpu" || status="hop did not start"
+    local args=(--no-live) relay=ours rt=()
+    if $watch_realtime; then relay=ours-rt rt=(--realtime); fi
+    build_chain "$relay" 1 "$hop_cpu" || status="hop did not start"
     if [[ $status == ok ]]; then
         probe "$entry" "$warmup" 64 "$logs/watch/$variant-r$rep.warmup" || status="warm-up failed"
     fi
@@ -922,7 +929,7 @@ run_watch() {
         fi
         local command
         printf -v command '%q ' env TERM=xterm "$bin" --forward-to "$entry" --name source --count "$watch_frames" \
-            --size 64 --interval 250us --window 1 --cpu "$client_cpu" --json "$json" "${args[@]}"
+            --size 64 --interval 250us --window 1 --cpu "$client_cpu" --json "$json" "${rt[@]}" "${args[@]}"
         rm -f "$json"
         others_mark
         timeout --foreground -k 5 $((watch_frames / 2000 + 60)) taskset -c "$hop_cpu" \
@@ -964,12 +971,28 @@ if wants watch; then
         note "no script(1) (util-linux): the watch section needs it for a terminal; skipped"
     else
         echo "bench.sh: watch, $watch_reps repetitions, $watch_frames probes every 250 µs each: the live view on and off, --metrics scraped and not" >&2
+        if $watch_realtime; then
+            # An echoing end of its own with --realtime, on the source's CPU as the other one.
+            start_group "$logs/hops/echo-rt.log" taskset -c "$client_cpu" "$bin" --listen 127.0.0.1:0 --name echo \
+                --realtime
+            wait_line "$logs/hops/echo-rt.log" "$started" 'listening on '
+            plain_echo_addr=$echo_addr plain_echo_pgid=$echo_pgid
+            echo_pgid=$started
+            echo_addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$logs/hops/echo-rt.log" | head -n 1)
+            if grep -q 'warning: cannot' "$logs/hops/echo-rt.log"; then
+                note "watch: $(grep -m 1 'warning: cannot' "$logs/hops/echo-rt.log")"
+            fi
+        fi
         for ((rep = 1; rep <= watch_reps; rep++)); do
             count=${#watch_variants[@]}
             for ((index = 0; index < count; index++)); do
                 run_watch "${watch_variants[(index + rep - 1) % count]}" "$rep"
             done
         done
+        if $watch_realtime; then
+            stop_group "$echo_pgid"
+            echo_addr=$plain_echo_addr echo_pgid=$plain_echo_pgid
+        fi
     fi
 fi
 

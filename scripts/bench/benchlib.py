@@ -615,6 +615,8 @@ def say_watch(say, entries, differences, failed, meta):
         f"{meta.get('watch_frames', '?')} per run after {meta.get('warmup', '?')} warm-up frames; median of "
         f"{meta.get('watch_reps', '?')} repetitions, variants alternated (µs, the end-to-end round trip)"
     )
+    if meta.get("watch_realtime") == "true":
+        say("  --realtime on the source, the relay and the echo (SCHED_FIFO 10; the view and metrics threads at normal priority)")
     say(
         f"  CPU {meta.get('client_cpu', '0')}: the source's loop (--cpu {meta.get('client_cpu', '0')}) and the echo; "
         f"CPU {meta.get('hop_cpu', '1')}: the relay, script(1), the source's helper threads (view, metrics server) "
