@@ -265,6 +265,8 @@ pub struct LiveSnapshot {
     pub verdict: Option<String>,
     /// Bulk mode (stdin is the payload): payload bytes sent and answered.
     pub bulk: Option<(u64, u64)>,
+    /// Bulk mode with stdin a regular file: the bytes it had left at the start (for an ETA).
+    pub stdin_bytes: Option<u64>,
     /// Keys are read (probe mode on a terminal).
     pub keys: bool,
 }
@@ -274,6 +276,8 @@ pub struct LiveState {
     name: String,
     presentation: Presentation,
     keys: bool,
+    /// What is left of stdin when it is a regular file (bulk mode).
+    stdin_bytes: Option<u64>,
     /// Since the path was discovered or the last `r`.
     chain: Option<Chain>,
     /// The current interval.
@@ -293,6 +297,7 @@ impl LiveState {
             name: name.to_string(),
             presentation,
             keys,
+            stdin_bytes: None,
             chain: None,
             interval: None,
             last_interval: None,
@@ -365,6 +370,7 @@ impl LiveState {
             outages: counters.outages.saturating_sub(base.outages),
             missed,
             bulk: counters.bulk,
+            stdin_bytes: self.stdin_bytes,
             keys: self.keys,
             ..LiveSnapshot::default()
         };
@@ -458,6 +464,22 @@ fn p50_p99(series: &stats::Series) -> (u64, u64) {
     (p50.unwrap_or(max), max)
 }
 
+/// When stdin is a regular file, the bytes from its offset to its end (what a bulk run will
+/// send, unless `--duration` stops it first).
+fn stdin_file_bytes() -> Option<u64> {
+    // SAFETY: fstat fills the stat it is given; lseek with SEEK_CUR only reads the offset.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        if libc::fstat(libc::STDIN_FILENO, &mut stat) != 0
+            || stat.st_mode & libc::S_IFMT != libc::S_IFREG
+        {
+            return None;
+        }
+        let offset = libc::lseek(libc::STDIN_FILENO, 0, libc::SEEK_CUR).max(0);
+        Some((stat.st_size - offset).max(0) as u64)
+    }
+}
+
 /// The view's end: its thread, stopped (and the view cleared) by [`LiveView::finish`].
 pub struct LiveView {
     stop: Arc<AtomicBool>,
@@ -479,7 +501,8 @@ pub fn start(
     let shared = Arc::new(Shared::default());
     let stop = Arc::new(AtomicBool::new(false));
     let colour = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    let state = LiveState::new(name, presentation, keys, crate::clock::now_ns());
+    let mut state = LiveState::new(name, presentation, keys, crate::clock::now_ns());
+    state.stdin_bytes = if probe { None } else { stdin_file_bytes() };
     let view = {
         let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
         std::thread::Builder::new().name("live".to_string()).spawn(move || {
@@ -775,8 +798,23 @@ pub fn render(snapshot: &LiveSnapshot, paused: bool, rate_bits: Option<f64>) -> 
             String::new()
         };
         let now = rate_bits.map_or_else(String::new, |rate| format!(", now {}", bits(rate)));
+        let (of, eta) = match snapshot.stdin_bytes {
+            Some(total) => {
+                let share = sent as f64 * 100.0 / total.max(1) as f64;
+                let left_bits = total.saturating_sub(answered) as f64 * 8.0;
+                let eta = rate_bits
+                    .filter(|&rate| rate > 0.0)
+                    .map_or_else(String::new, |rate| format!(", ETA {}", eta(left_bits / rate)));
+                (format!(" of {} ({share:.0}%)", bytes(total)), eta)
+            }
+            None => (String::new(), String::new()),
+        };
         lines.push(line(
-            format!("bulk: {} sent, {} answered{now}{average}", bytes(sent), bytes(answered)),
+            format!(
+                "bulk: {}{of} sent, {} answered{now}{average}{eta}",
+                bytes(sent),
+                bytes(answered)
+            ),
             Style::Plain,
         ));
     }
@@ -792,6 +830,16 @@ fn bytes(count: u64) -> String {
         count if count >= 1 << 20 => format!("{:.2} MiB", count as f64 / (1u64 << 20) as f64),
         count if count >= 1 << 10 => format!("{:.1} KiB", count as f64 / 1024.0),
         count => format!("{count} B"),
+    }
+}
+
+/// Seconds left, as a person reads them: `42 s`, `3 min 20 s`, `2 h 05 min`.
+fn eta(seconds: f64) -> String {
+    let seconds = seconds.round().min(360_000.0) as u64;
+    match seconds {
+        seconds if seconds < 60 => format!("{seconds} s"),
+        seconds if seconds < 3600 => format!("{} min {:02} s", seconds / 60, seconds % 60),
+        seconds => format!("{} h {:02} min", seconds / 3600, seconds % 3600 / 60),
     }
 }
 
@@ -1159,5 +1207,18 @@ mod tests {
             "bulk: 3.00 MiB sent, 2.00 MiB answered, now 12.50 Mbit/s, 8.39 Mbit/s on average"
         );
         assert!(lines.iter().any(|line| line.text.contains("waiting for the path")));
+        // stdin a regular file of 12 MiB: how far, and when it will be through at this rate.
+        let file = LiveSnapshot { stdin_bytes: Some(12 << 20), ..snapshot };
+        let lines = render(&file, false, Some(8.0 * f64::from(1u32 << 20)));
+        let bulk = lines.iter().find(|line| line.text.starts_with("bulk:")).unwrap();
+        assert_eq!(
+            bulk.text,
+            "bulk: 3.00 MiB of 12.00 MiB (25%) sent, 2.00 MiB answered, now 8.39 Mbit/s, 8.39 \
+             Mbit/s on average, ETA 10 s"
+        );
+        assert_eq!(
+            (eta(59.4), eta(200.0), eta(7_500.0)),
+            ("59 s".into(), "3 min 20 s".into(), "2 h 05 min".into())
+        );
     }
 }
