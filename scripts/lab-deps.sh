@@ -2,11 +2,13 @@
 # Installs, from Debian's packages, what scripts/lab.sh, scripts/deploy-chain.sh and tests/lab.rs
 # need: ip/tc/ss/nstat (iproute2), sshd (openssh-server), ssh (openssh-client), the impairments'
 # nft (nftables: loss), iptables (its NFQUEUE target: the nfq-delay element) and ethtool (offloads
-# off on an impaired link), shellcheck to lint the scripts, and prometheus (tests/metrics.rs and
-# scripts/monitor-demo.sh run its server binary against --metrics). Idempotent: installs only what is missing, runs `apt-get update` at most once.
+# off on an impaired link), shellcheck to lint the scripts, prometheus (tests/metrics.rs and
+# scripts/monitor-demo.sh run its server binary against --metrics), and the unmodified clients
+# and servers tests/ingress.rs puts a chain between: nginx and curl, redis-server and
+# redis-tools (redis-cli, redis-benchmark), iperf3 and sockperf. Idempotent: installs only what is missing, runs `apt-get update` at most once.
 #
-# openssh-server's and prometheus's installs would normally start a system-wide sshd and a
-# Prometheus server; the lab runs its own sshd per namespace, and the metrics test its own
+# openssh-server's, prometheus's, nginx's and redis-server's installs would normally start
+# system-wide services; the lab runs its own sshd per namespace, and the metrics test its own
 # Prometheus with its own config, so a temporary policy-rc.d forbids starting services while this
 # script installs.
 set -euo pipefail
@@ -16,12 +18,13 @@ usage() {
 usage: scripts/lab-deps.sh [--no-shellcheck]
 
 Installs (apt-get, as root) whichever of iproute2, openssh-server, openssh-client, nftables,
-iptables, ethtool, prometheus and shellcheck is missing. Does nothing when all are present. Never
-starts a system-wide sshd or Prometheus server.
+iptables, ethtool, prometheus, nginx, curl, redis-server, redis-tools, iperf3, sockperf and
+shellcheck is missing. Does nothing when all are present. Never starts a system-wide service.
 EOF
 }
 
-packages=(iproute2 openssh-server openssh-client nftables iptables ethtool prometheus shellcheck)
+packages=(iproute2 openssh-server openssh-client nftables iptables ethtool prometheus
+    nginx curl redis-server redis-tools iperf3 sockperf shellcheck)
 while (($#)); do
     case $1 in
         -h | --help) usage; exit 0 ;;

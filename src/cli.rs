@@ -26,7 +26,7 @@ pub const USAGE: &str =
        [--units U] [--ascii] [--kernel-info on|off] [--kernel-stamps all|off] [--allow CIDR]
        [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
        [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME] [--metrics-buckets B]]
-       [--no-live]";
+       [--no-live] [--ingress [--probe-interval D]]";
 
 pub const HELP: &str = "\
 subsegment-tcp-speeds: find which subsegment of a TCP chain (a link, or a relay host) adds the
@@ -50,6 +50,12 @@ options:
                                 (default 512, at most 1048576)
   -r, --remove-perf-headers     relay: forward plain payload to an ordinary TCP server and
                                 frame its answers; echo: answer plain payload
+      --ingress                 relay in front of an unmodified client: frame its bytes, probe
+                                its connection, deliver what comes back plain; put -r on the
+                                hop in front of the server (the README: Measuring your own
+                                application)
+      --probe-interval D        ingress: a probe on every client connection this often
+                                (default 10ms; 0: none)
   -n, --name NAME               this hop's name in reports (default: the host name)
       --tag KEY=VALUE           a label of this hop carried in the path (site, rack, provider,
                                 circuit id; repeatable, at most 8, keys unique); KEY: 1 to 32
@@ -137,6 +143,8 @@ pub enum Mode {
     Source,
     Relay,
     Echo,
+    /// `--ingress`: a hop in front of an unmodified client.
+    Ingress,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +186,8 @@ pub struct Options {
     pub metrics_buckets: BucketLayout,
     /// The source may show the live view on a terminal (no `--no-live`).
     pub live: bool,
+    /// An ingress's probes per client connection (`--probe-interval`; `None`: off).
+    pub probe_interval: Option<Duration>,
 }
 
 /// Where the source writes what it found, besides the text report on stderr.
@@ -198,6 +208,9 @@ pub enum Command {
     Version,
 }
 
+/// An ingress probes each client connection this often unless told otherwise.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexopt::Error> {
     use lexopt::prelude::*;
 
@@ -206,6 +219,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut forward_to = None;
     let mut block_size = 512;
     let mut remove_perf_headers = false;
+    let mut ingress = false;
+    let mut probe_interval = None;
     let mut name = None;
     let mut tags: Vec<Tag> = Vec::new();
     let mut window = None;
@@ -257,6 +272,14 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 }
             }
             Short('r') | Long("remove-perf-headers") => remove_perf_headers = true,
+            Long("ingress") => ingress = true,
+            Long("probe-interval") => {
+                let value = duration_of(&mut parser, "--probe-interval")?;
+                if !value.is_zero() && value < Duration::from_micros(100) {
+                    return Err("--probe-interval must be 0 (no probes) or at least 100us".into());
+                }
+                probe_interval = Some(value);
+            }
             Short('n') | Long("name") => {
                 let text = parser.value()?.string()?;
                 if text.is_empty() || text.chars().any(char::is_control) {
@@ -375,12 +398,20 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         }
     }
 
-    let mode = match (&listen, &forward_to) {
-        (None, None) => return Err("the source needs --forward-to (or give --listen)".into()),
-        (None, Some(_)) => Mode::Source,
-        (Some(_), Some(_)) => Mode::Relay,
-        (Some(_), None) => Mode::Echo,
+    let mode = match (&listen, &forward_to, ingress) {
+        (None, None, _) => return Err("the source needs --forward-to (or give --listen)".into()),
+        (Some(_), Some(_), true) => Mode::Ingress,
+        (_, _, true) => return Err("--ingress needs --listen and --forward-to".into()),
+        (None, Some(_), false) => Mode::Source,
+        (Some(_), Some(_), false) => Mode::Relay,
+        (Some(_), None, false) => Mode::Echo,
     };
+    if mode == Mode::Ingress && remove_perf_headers {
+        return Err("--ingress and --remove-perf-headers are the two ends of a chain: put -r on the hop in front of the server".into());
+    }
+    if probe_interval.is_some() && mode != Mode::Ingress {
+        return Err("--probe-interval is for --ingress (the source probes with --count)".into());
+    }
     if mode == Mode::Source && remove_perf_headers {
         return Err("--remove-perf-headers is for relays and the echoing end".into());
     }
@@ -402,13 +433,16 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         (None, Some(_)) => return Err("--size needs --count (probe mode)".into()),
     };
     let continuous = probe.is_some_and(|probe| probe.count.is_none());
-    if report_interval.is_some() && !continuous {
+    if report_interval.is_some() && !continuous && mode != Mode::Ingress {
         return Err("--report-interval is for continuous runs (--count 0)".into());
     }
-    if outputs.jsonl.is_some() && !continuous {
+    if outputs.jsonl.is_some() && !continuous && mode != Mode::Ingress {
         return Err("--jsonl is for continuous runs (--count 0); use --json for one report".into());
     }
-    let report_interval = continuous.then(|| report_interval.unwrap_or(CONTINUOUS_REPORT_INTERVAL));
+    let report_interval = match mode {
+        Mode::Ingress => report_interval,
+        _ => continuous.then(|| report_interval.unwrap_or(CONTINUOUS_REPORT_INTERVAL)),
+    };
     let stdout_outputs = [&outputs.json, &outputs.jsonl, &outputs.samples, &outputs.plot];
     if probe.is_none() && stdout_outputs.iter().any(|output| output.as_deref() == Some("-")) {
         return Err("--json -, --jsonl -, --samples - and --plot - need probe mode (--count): a stdin run writes its payload to stdout".into());
@@ -421,9 +455,15 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         || duration.is_some()
         || ascii
         || units != Units::Auto;
-    if mode != Mode::Source && source_only {
+    let ingress_output = mode == Mode::Ingress
+        && slas.is_empty()
+        && outputs == Outputs { jsonl: outputs.jsonl.clone(), ..Outputs::default() }
+        && duration.is_none()
+        && !ascii
+        && units == Units::Auto;
+    if mode != Mode::Source && source_only && !ingress_output {
         return Err(
-            "--json, --jsonl, --samples, --plot, --sla, --duration, --units and --ascii are for the source"
+            "--json, --jsonl, --samples, --plot, --sla, --duration, --units and --ascii are for the source (an ingress takes --jsonl)"
                 .into(),
         );
     }
@@ -475,6 +515,10 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         metrics_chain,
         metrics_buckets: metrics_buckets.unwrap_or_default(),
         live,
+        probe_interval: match (mode, probe_interval) {
+            (Mode::Ingress, None) => Some(DEFAULT_PROBE_INTERVAL),
+            (_, interval) => interval.filter(|interval| !interval.is_zero()),
+        },
     })))
 }
 
@@ -490,7 +534,11 @@ impl Options {
             name: self.name.clone(),
             forward_to: text,
             forward_to_addr: addr.to_string(),
-            input: if self.probe.is_some() { "probes" } else { "stdin" },
+            input: match (self.mode, self.probe) {
+                (Mode::Ingress, _) => "application",
+                (_, Some(_)) => "probes",
+                (_, None) => "stdin",
+            },
             block_size: self.block_size,
             probe_count: self.probe.map(|probe| probe.count.unwrap_or(0)),
             probe_size: self.probe.map(|probe| probe.size),
@@ -609,6 +657,27 @@ mod tests {
         assert_eq!(parse(&["-l", ":9", "-f", "127.0.0.1:9"]).unwrap().mode, Mode::Relay);
         assert_eq!(parse(&["--listen", "*:9"]).unwrap().mode, Mode::Echo);
         assert!(parse(&[]).unwrap_err().contains("--forward-to"));
+    }
+
+    #[test]
+    fn test_ingress_options() {
+        let hop = ["-l", ":9", "-f", "127.0.0.1:9", "--ingress"];
+        let options = parse(&hop).unwrap();
+        assert_eq!(options.mode, Mode::Ingress);
+        assert_eq!(options.probe_interval, Some(DEFAULT_PROBE_INTERVAL));
+        assert_eq!(options.parameters().input, "application");
+        let with = |extra: &[&str]| parse(&[&hop[..], extra].concat());
+        assert_eq!(with(&["--probe-interval", "0"]).unwrap().probe_interval, None);
+        let every = with(&["--probe-interval", "250us"]).unwrap().probe_interval;
+        assert_eq!(every, Some(Duration::from_micros(250)));
+        assert!(with(&["--probe-interval", "10us"]).unwrap_err().contains("at least 100us"));
+        assert!(with(&["-r"]).unwrap_err().contains("two ends of a chain"));
+        assert!(with(&["--jsonl", "x", "--report-interval", "1s"]).is_ok());
+        assert!(with(&["--json", "x"]).unwrap_err().contains("an ingress takes --jsonl"));
+        assert!(parse(&["-l", ":9", "--ingress"]).unwrap_err().contains("--forward-to"));
+        assert!(parse(&["-f", "127.0.0.1:9", "--ingress"]).unwrap_err().contains("--listen"));
+        let relay = parse(&["-l", ":9", "-f", "127.0.0.1:9", "--probe-interval", "1ms"]);
+        assert!(relay.unwrap_err().contains("is for --ingress"));
     }
 
     #[test]

@@ -960,7 +960,8 @@ mod tests {
             Stamp::new(2, Direction::Turn, 0, 0),
             Stamp::new(1, Direction::Up, b_z_ns, b_z_ns),
         ];
-        let header = Header { kind: Kind::Data, record_count: 4, sequence, payload_len: 0 };
+        let header =
+            Header { flags: 0, kind: Kind::Data, record_count: 4, sequence, payload_len: 0 };
         let mut bytes = vec![0; header.total_len()];
         emit_frame(&mut bytes, &header, &[], &stamps, &[]);
         (bytes, ReadStamp { read_ns: a_b_ns + b_z_ns, ..ReadStamp::default() })
@@ -1077,7 +1078,8 @@ mod tests {
     fn test_an_answer_keeps_a_long_chains_records() {
         let stamps: Vec<Stamp> =
             (0..12).map(|hop| Stamp::new(hop, Direction::Down, u64::from(hop), 0)).collect();
-        let header = Header { kind: Kind::Data, record_count: 12, sequence: 7, payload_len: 0 };
+        let header =
+            Header { flags: 0, kind: Kind::Data, record_count: 12, sequence: 7, payload_len: 0 };
         let mut bytes = vec![0; header.total_len()];
         emit_frame(&mut bytes, &header, &[], &stamps, &[]);
         let answer = Answer::of(&Frame::new_checked(&bytes[..]).unwrap(), ReadStamp::default());

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     options.tuning.apply(&options.name);
     match options.mode {
         Mode::Source => run_source(options),
-        Mode::Relay | Mode::Echo => run_hop(options),
+        Mode::Relay | Mode::Echo | Mode::Ingress => run_hop(options),
     }
 }
 
@@ -195,27 +195,120 @@ fn start_metrics(options: &Options) -> Result<Option<Publisher>, ExitCode> {
 
 fn run_hop(options: Options) -> ExitCode {
     let name = options.name.clone();
+    let parameters = options.parameters();
     let metrics = match start_metrics(&options) {
         Ok(publisher) => publisher,
         Err(code) => return code,
     };
+    let ingress = if options.mode == Mode::Ingress {
+        let jsonl = options.outputs.jsonl.as_deref();
+        let output = match (jsonl, options.report_interval) {
+            (None, None) => None,
+            _ => match Writer::start(None, jsonl, options.tuning.cpu) {
+                Ok(writer) => Some(writer),
+                Err(error) => {
+                    log_line!("{name}: error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        Some(hop::ingress::IngressConfig {
+            probe_interval: options.probe_interval,
+            report_interval: options.report_interval,
+            presentation: options.presentation,
+            output,
+        })
+    } else {
+        None
+    };
     let config = hop::HopConfig {
-        name: options.name,
-        tags: options.tags,
+        name: options.name.clone(),
+        tags: options.tags.clone(),
         listen: options.listen.expect("a hop has --listen"),
-        forward_to: options.forward_to,
+        forward_to: options.forward_to.clone(),
         remove_perf_headers: options.remove_perf_headers,
         timeout: options.timeout,
         busy_poll: options.tuning.busy_poll,
-        allow: options.allow,
+        allow: options.allow.clone(),
         max_conns: options.max_conns,
         metrics,
+        ingress,
     };
+    let started_unix_ns = clock::realtime_ns();
     match hop::run(config) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(totals) if options.mode == Mode::Ingress => {
+            let times = Times { started_unix_ns, ended_unix_ns: clock::realtime_ns() };
+            report_ingress(&options, &parameters, times, totals)
+        }
+        Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             log_line!("{name}: error: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// An ingress's reports when it exits: one per distinct path its client connections took,
+/// rendered like a source's (text on stderr, `--jsonl` summary lines).
+fn report_ingress(
+    options: &Options,
+    parameters: &report::Parameters,
+    times: Times,
+    mut totals: hop::ingress::IngressTotals,
+) -> ExitCode {
+    let context = Context {
+        parameters,
+        presentation: options.presentation,
+        slas: &options.slas,
+        times,
+        dropped_lines: Default::default(),
+    };
+    let count = totals.paths.len();
+    let mut output = totals.output.take();
+    for (index, kept) in totals.paths.iter().enumerate() {
+        let report = Report::build(&kept.run, &context);
+        log_line!(
+            "{}: path {} of {count}, {} client connections:",
+            options.name,
+            index + 1,
+            kept.connections
+        );
+        eprint!("{}", report::text::render(&report));
+        eprint!("{}", hop::ingress::render_server_data(&kept.run.path, &kept.server_data));
+        if let [ingress, .., egress, server] = &kept.run.path[..] {
+            log_line!(
+                "not measured: the client ⇄ {} link (the client stamps nothing) and {} ⇄ {} with \
+                 the server's own time (receipts turn at {}; the server stamps nothing)",
+                ingress.name,
+                egress.name,
+                server.name,
+                egress.name
+            );
+        }
+        if let Some(output) = output.as_mut().filter(|output| output.jsonl) {
+            output.send_waiting(Destination::Jsonl, report::json::summary_line(&report));
+        }
+    }
+    if totals.uncounted_connections > 0 {
+        log_line!(
+            "{}: {} client connections ended before their path came back, or took a path past the {} kept",
+            options.name,
+            totals.uncounted_connections,
+            hop::ingress::MAX_PATHS
+        );
+    }
+    if let Some(mut output) = output {
+        if let Err(error) = output.finish() {
+            log_line!("{}: error: writing the outputs: {error}", options.name);
+            return ExitCode::FAILURE;
+        }
+        if output.dropped.total() > 0 {
+            log_line!(
+                "{}: {} lines dropped: the output thread fell behind",
+                options.name,
+                output.dropped.total()
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }

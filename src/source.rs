@@ -44,11 +44,11 @@ use crate::report::metrics::{BucketLayout, Snapshot, SourceRecorder};
 use crate::report::sla::{self, SlaSpec};
 use crate::report::{Presentation, Unit, json};
 use crate::scrape::Publisher;
-use crate::stats::{Chain, Part, Sequencing};
+use crate::stats::{self, Chain, Part, Sequencing};
 use crate::tuning;
 use crate::wire::{
-    self, Direction, Fault, HEADER_LEN, Header, KernelSample, Kind, MAX_FRAME_LEN, PathEntry,
-    RECORD_LEN, Role, Stamp, UNSOLICITED,
+    self, Direction, Fault, FaultCode, HEADER_LEN, Header, KernelSample, Kind, MAX_FRAME_LEN,
+    PathEntry, RECORD_LEN, Role, Stamp,
 };
 
 const UPSTREAM: Token = Token(0);
@@ -112,6 +112,20 @@ pub struct Probe {
     pub interval: Duration,
 }
 
+/// The link below the hop that reported a fault in-band, and the kind of the fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokenLink {
+    /// The reporting hop's index: the link is between it and the next.
+    pub hop: usize,
+    pub code: FaultCode,
+}
+
+impl BrokenLink {
+    fn of(fault: &Fault) -> BrokenLink {
+        BrokenLink { hop: fault.hop.into(), code: fault.code }
+    }
+}
+
 /// How the run ended, for the report and the exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
@@ -119,9 +133,9 @@ pub enum Ending {
     Complete,
     /// Interrupted by SIGINT or SIGTERM: report what came back so far.
     Interrupted,
-    /// The chain broke; `broken_link` is the hop that reported the fault in-band (the link
+    /// The chain broke; `broken_link` is the fault a hop reported in-band (the link below it)
     /// below it broke), when one did.
-    Failed { message: String, broken_link: Option<usize> },
+    Failed { message: String, broken_link: Option<BrokenLink> },
     /// No progress for the timeout.
     TimedOut(String),
     /// The path showed the command line wrong (an `--sla` naming a subsegment it lacks).
@@ -379,8 +393,8 @@ pub struct Outage {
     /// CLOCK_MONOTONIC_RAW at the break, for its length.
     started_ns: u64,
     pub message: String,
-    /// The hop that reported the fault in-band: the link below it broke.
-    pub broken_link: Option<usize>,
+    /// The fault a hop reported in-band: the link below it broke.
+    pub broken_link: Option<BrokenLink>,
     /// Frames in flight when it broke, given up for lost.
     pub lost: u64,
     /// From the break until the path came back; `None` while it lasts.
@@ -675,7 +689,7 @@ impl Source<'_> {
                 started_unix_ns: clock::realtime_ns(),
                 started_ns: now_ns,
                 message: message.clone(),
-                broken_link: self.fault.as_ref().map(|fault| fault.hop.into()),
+                broken_link: self.fault.as_ref().map(BrokenLink::of),
                 lost,
                 down_ns: None,
                 path_changed: false,
@@ -756,7 +770,7 @@ impl Source<'_> {
         {
             let now_ns = clock::now_ns();
             outage.down_ns = Some(now_ns.saturating_sub(outage.started_ns));
-            outage.path_changed = !same_path(&self.run.path, &path);
+            outage.path_changed = !stats::same_path(&self.run.path, &path);
             self.backoff = FIRST_BACKOFF;
             let (down_ns, changed) = (outage.down_ns.unwrap_or(0), outage.path_changed);
             let how = if changed {
@@ -960,7 +974,7 @@ impl Source<'_> {
     fn append_frame(&mut self, read_ns: u64, payload_len: usize) {
         let sequence = self.run.sequencing.sent_one();
         let tail = self.send.tail(self.frame_room()).expect("room checked");
-        let header = Header { kind: Kind::Data, record_count: 1, sequence, payload_len };
+        let header = Header { flags: 0, kind: Kind::Data, record_count: 1, sequence, payload_len };
         header.emit(&mut tail[..HEADER_LEN]);
         // The write stamp is patched in by the connection core, right before the hand-over.
         Stamp::new(0, Direction::Down, read_ns, 0).emit(&mut tail[HEADER_LEN..PAYLOAD_AT]);
@@ -1113,13 +1127,15 @@ impl Source<'_> {
                         self.receive_stalled = true;
                         break;
                     }
+                    let from_server = frame.flags() & wire::DATA_FROM_SERVER != 0;
                     let pattern = (0..=u8::MAX).cycle();
                     if probing
+                        && !from_server
                         && !frame.payload().iter().copied().eq(pattern.take(frame.payload_len()))
                     {
                         self.run.corrupted += 1;
                     }
-                    if frame.sequence() == UNSOLICITED {
+                    if from_server {
                         self.run.unsolicited_bytes += frame.payload_len() as u64;
                     } else {
                         let read = self.receive.stamp_of_head(len);
@@ -1160,7 +1176,8 @@ impl Source<'_> {
                     self.path_discovered(path)?;
                 }
                 Kind::Fault => {
-                    let fault = Fault::parse(frame.payload());
+                    let fault = Fault::parse(frame.payload())
+                        .map_err(|error| self.broken(&format!("bad answer: {error}")))?;
                     self.fault.get_or_insert(fault);
                 }
                 Kind::Kernel => {
@@ -1234,7 +1251,7 @@ impl Source<'_> {
 
     /// A failure, naming the link below the hop that reported a fault in-band, if one did.
     fn failed(&self, message: String) -> Ending {
-        Ending::Failed { message, broken_link: self.fault.as_ref().map(|fault| fault.hop.into()) }
+        Ending::Failed { message, broken_link: self.fault.as_ref().map(BrokenLink::of) }
     }
 
     fn broken(&self, what: &str) -> String {
@@ -1325,18 +1342,6 @@ fn announce(send: &mut Outbound, config: &SourceConfig, upstream: &Peer) {
         flags |= wire::PATH_ASKS_TX_STAMPS;
     }
     send.push(&wire::flagged_control_frame(Kind::Path, flags, &announcement));
-}
-
-/// Whether two discoveries found the same path: the same hops, in the same roles, reached at
-/// the same addresses (where each saw its peer come from changes with every connection).
-fn same_path(before: &[PathEntry], after: &[PathEntry]) -> bool {
-    before.len() == after.len()
-        && before.iter().zip(after).enumerate().all(|(index, (old, new))| {
-            old.role == new.role
-                && old.name == new.name
-                && (index == 0 || old.local == new.local)
-                && old.tags == new.tags
-        })
 }
 
 /// `A → B (10.0.0.2:9000) → Z (10.0.0.3:9000)`, for the line that says a path changed.

@@ -211,6 +211,9 @@ pub struct Chain {
     pub path: Vec<PathEntry>,
     /// Index of the last hop that stamps (the echoing end or a stripping relay).
     last_stamped: usize,
+    /// The last stamping hop turns frames (the echoing end, or an ingress's egress), rather
+    /// than passing them to a server and framing its answers.
+    last_turns: bool,
     pub parts: Vec<Series>,
     pub end_to_end: Series,
     /// Answered frames whose records did not match the path.
@@ -256,9 +259,12 @@ impl Chain {
                 parts.extend([Part::ResidenceDown(hop + 1), Part::ResidenceUp(hop + 1)]);
             }
         }
-        match path[last_stamped].role {
-            Role::Echo => parts.push(Part::Turn(last_stamped)),
-            _ => parts.extend([
+        // An ingress's egress turns every frame into a receipt, as an echoing end does; the
+        // server's answers are its own frames, not answers to ours.
+        let last_turns = path[last_stamped].role == Role::Echo || path[0].role == Role::Ingress;
+        match last_turns {
+            true => parts.push(Part::Turn(last_stamped)),
+            false => parts.extend([
                 Part::ResidenceDown(last_stamped),
                 Part::ResidenceUp(last_stamped),
                 Part::Link(last_stamped),
@@ -277,6 +283,7 @@ impl Chain {
         Some(Chain {
             path,
             last_stamped,
+            last_turns,
             parts,
             end_to_end: Series::new(Part::Link(0), "end-to-end".to_string()),
             malformed: 0,
@@ -403,7 +410,7 @@ impl Chain {
     fn samples_into(&self, stamps: &Stamps, samples: &mut Vec<i64>) -> bool {
         let last = self.last_stamped;
         let held = |hop: usize| -> Option<i64> {
-            if hop == last && self.path[last].role == Role::Echo {
+            if hop == last && self.last_turns {
                 sub(written(stamps.turn[hop]), arrival(stamps.turn[hop]))
             } else {
                 sub(written(stamps.up[hop]), arrival(stamps.down[hop]))
@@ -435,6 +442,18 @@ impl Chain {
 fn sub(later: Option<u64>, earlier: Option<u64>) -> Option<i64> {
     let difference = i64::try_from(later?).ok()?.checked_sub(i64::try_from(earlier?).ok()?)?;
     (difference.unsigned_abs() <= HISTOGRAM_MAX_NS).then_some(difference)
+}
+
+/// Whether two discoveries found the same path: the same hops, in the same roles, reached at
+/// the same addresses (where each saw its peer come from changes with every connection).
+pub fn same_path(before: &[PathEntry], after: &[PathEntry]) -> bool {
+    before.len() == after.len()
+        && before.iter().zip(after).enumerate().all(|(index, (old, new))| {
+            old.role == new.role
+                && old.name == new.name
+                && (index == 0 || old.local == new.local)
+                && old.tags == new.tags
+        })
 }
 
 /// Hop names for labels; a name used by two hops gets its hop index, so labels stay distinct.
@@ -548,8 +567,13 @@ mod tests {
     }
 
     fn frame(stamps: &[Stamp]) -> Vec<u8> {
-        let header =
-            Header { kind: Kind::Data, record_count: stamps.len(), sequence: 0, payload_len: 0 };
+        let header = Header {
+            flags: 0,
+            kind: Kind::Data,
+            record_count: stamps.len(),
+            sequence: 0,
+            payload_len: 0,
+        };
         let mut out = vec![0; header.total_len()];
         emit_frame(&mut out, &header, &[], stamps, &[]);
         out

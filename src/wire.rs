@@ -40,8 +40,9 @@ pub use crate::kernel::{Side, TcpInfo, TxTotals};
 
 /// "SSTS": subsegment TCP speeds.
 pub const MAGIC: [u8; 4] = *b"SSTS";
-/// 3: path entries carry tags; 2: 32-byte records with the receive clock; 1: 20-byte records.
-pub const VERSION: u8 = 3;
+/// 4: FAULT frames carry a code; 3: path entries carry tags; 2: 32-byte records with the
+/// receive clock; 1: 20-byte records.
+pub const VERSION: u8 = 4;
 pub const HEADER_LEN: usize = 20;
 pub const RECORD_LEN: usize = 32;
 /// Hops in a chain, the source and the echoing end included. A forwarding loop (A→B→A…)
@@ -59,10 +60,13 @@ pub const PATH_ASKS_KERNEL_INFO: u8 = 1;
 /// Header flag of a PATH frame: the source asks every hop for transmit timestamps on its
 /// sockets (`--kernel-stamps all`), which its KERNEL samples then carry.
 pub const PATH_ASKS_TX_STAMPS: u8 = 2;
+/// Header flag of a DATA frame: bytes an ordinary server sent, framed by the egress (`-r`) in
+/// front of it and travelling upstream. Its records start at the egress (no hop stamped it on
+/// the way down), and it answers no frame: relays pass it on, the source or ingress delivers
+/// its payload. Without the flag, a DATA frame going up is an answer to one that went down.
+pub const DATA_FROM_SERVER: u8 = 1;
 /// Most fields a KERNEL sample may carry (this build sends [`crate::kernel::FIELDS`]).
 pub const MAX_KERNEL_FIELDS: usize = 32;
-/// The sequence number a stripping relay gives to bytes a plain server sends unasked.
-pub const UNSOLICITED: u64 = u64::MAX;
 
 mod field {
     use std::ops::Range;
@@ -179,6 +183,7 @@ pub enum WireError {
     LengthMismatch { header: usize, actual: usize },
     BadFlags { kind: u8, flags: u8 },
     BadKernelSample(&'static str),
+    BadFault(&'static str),
 }
 
 impl fmt::Display for WireError {
@@ -206,6 +211,7 @@ impl fmt::Display for WireError {
                 write!(f, "header flags {flags:#04x} are not defined for frame kind {kind}")
             }
             WireError::BadKernelSample(why) => write!(f, "malformed kernel sample: {why}"),
+            WireError::BadFault(why) => write!(f, "malformed fault report: {why}"),
             WireError::TooManyHops => write!(
                 f,
                 "the path has more than {MAX_HOPS} hops (is the chain forwarding in a loop?)"
@@ -315,15 +321,19 @@ impl<T: AsRef<[u8]>> Frame<T> {
             return Err(WireError::PayloadTooLarge(self.payload_len()));
         }
         let (kind, flags) = (data[field::KIND], data[field::FLAGS]);
-        let allowed =
-            if kind == Kind::Path as u8 { PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS } else { 0 };
+        let allowed = match Kind::from_byte(kind) {
+            Some(Kind::Path) => PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS,
+            Some(Kind::Data) => DATA_FROM_SERVER,
+            _ => 0,
+        };
         if flags & !allowed != 0 {
             return Err(WireError::BadFlags { kind, flags });
         }
         Ok(())
     }
 
-    /// The header's flags ([`PATH_ASKS_KERNEL_INFO`] on a PATH frame; nothing else yet).
+    /// The header's flags ([`PATH_ASKS_KERNEL_INFO`], [`PATH_ASKS_TX_STAMPS`] on a PATH frame,
+    /// [`DATA_FROM_SERVER`] on a DATA frame).
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
@@ -452,6 +462,8 @@ pub fn patch_write_stamp(field: &mut [u8], write_ns: u64) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub kind: Kind,
+    /// Only the flags the kind defines (see [`Frame::flags`]).
+    pub flags: u8,
     pub record_count: usize,
     pub sequence: u64,
     pub payload_len: usize,
@@ -465,7 +477,7 @@ impl Header {
         out[field::VERSION] = VERSION;
         out[field::KIND] = self.kind as u8;
         out[field::RECORD_COUNT] = self.record_count as u8;
-        out[field::FLAGS] = 0;
+        out[field::FLAGS] = self.flags;
         out[field::SEQUENCE].copy_from_slice(&self.sequence.to_be_bytes());
         out[field::PAYLOAD_LEN].copy_from_slice(&(self.payload_len as u32).to_be_bytes());
     }
@@ -477,6 +489,7 @@ impl Header {
     pub fn of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Header {
         Header {
             kind: frame.kind(),
+            flags: frame.flags(),
             record_count: frame.record_count(),
             sequence: frame.sequence(),
             payload_len: frame.payload_len(),
@@ -531,11 +544,10 @@ pub fn control_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
 
 /// As [`control_frame`], with header flags (a PATH frame's [`PATH_ASKS_KERNEL_INFO`]).
 pub fn flagged_control_frame(kind: Kind, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let header = Header { kind, record_count: 0, sequence: 0, payload_len: payload.len() };
+    debug_assert!(kind == Kind::Path || flags == 0, "only PATH frames have flags");
+    let header = Header { kind, flags, record_count: 0, sequence: 0, payload_len: payload.len() };
     let mut out = vec![0u8; header.total_len()];
     emit_frame(&mut out, &header, &[], &[], payload);
-    debug_assert!(kind == Kind::Path || flags == 0, "only PATH frames have flags");
-    out[field::FLAGS] = flags;
     out
 }
 
@@ -615,6 +627,9 @@ pub enum Role {
     PlainServer = 5,
     /// The next hop of a relay that could not reach it.
     Unreached = 6,
+    /// The chain's origin in front of an unmodified client (`--ingress`): it frames the
+    /// client's bytes and interleaves probes, in place of a source.
+    Ingress = 7,
 }
 
 impl Role {
@@ -626,6 +641,7 @@ impl Role {
             4 => Some(Role::StrippingRelay),
             5 => Some(Role::PlainServer),
             6 => Some(Role::Unreached),
+            7 => Some(Role::Ingress),
             _ => None,
         }
     }
@@ -638,6 +654,7 @@ impl Role {
             Role::StrippingRelay => "relay, strips headers",
             Role::PlainServer => "plain TCP server",
             Role::Unreached => "unreachable",
+            Role::Ingress => "ingress",
         }
     }
 }
@@ -863,26 +880,88 @@ fn truncate(text: &str) -> String {
     text[..end].to_string()
 }
 
-/// The payload of a FAULT frame: which hop gave up and why.
+/// Why a hop gave up on its next hop: the code a FAULT frame carries, so that the source (and a
+/// dashboard) can tell kinds of failure apart without reading the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultCode {
+    /// The next hop refused the connection, or could not be reached.
+    Unreachable = 1,
+    /// Connecting took longer than the timeout.
+    ConnectTimeout = 2,
+    /// The connection to the next hop broke (a reset, a broken pipe).
+    Lost = 3,
+    /// Frames were outstanding and nothing came back for the timeout.
+    NoAnswer = 4,
+    /// The next hop ended the connection early: frames unanswered, in the middle of a frame,
+    /// before the whole stream or the path's answer; a plain server that answered less.
+    ClosedEarly = 5,
+    /// The next hop sent something that is not the protocol, or breaks its rules.
+    BadInput = 6,
+    /// The path reached the hop limit (a forwarding loop, most likely).
+    TooManyHops = 7,
+}
+
+impl FaultCode {
+    pub const ALL: [FaultCode; 7] = [
+        FaultCode::Unreachable,
+        FaultCode::ConnectTimeout,
+        FaultCode::Lost,
+        FaultCode::NoAnswer,
+        FaultCode::ClosedEarly,
+        FaultCode::BadInput,
+        FaultCode::TooManyHops,
+    ];
+
+    fn from_byte(byte: u8) -> Option<FaultCode> {
+        FaultCode::ALL.into_iter().find(|code| *code as u8 == byte)
+    }
+
+    /// The code's name in the JSON report and in metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultCode::Unreachable => "unreachable",
+            FaultCode::ConnectTimeout => "connect_timeout",
+            FaultCode::Lost => "lost",
+            FaultCode::NoAnswer => "no_answer",
+            FaultCode::ClosedEarly => "closed_early",
+            FaultCode::BadInput => "bad_input",
+            FaultCode::TooManyHops => "too_many_hops",
+        }
+    }
+}
+
+/// The payload of a FAULT frame: which hop gave up, the kind of failure, and its words.
+///
+/// ```text
+///  0     1      2
+///  +-----+------+-----------------------+
+///  | hop | code | message (UTF-8, lossy) |
+///  +-----+------+-----------------------+
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
     pub hop: u8,
+    pub code: FaultCode,
     pub message: String,
 }
 
 impl Fault {
     pub fn emit(&self, out: &mut Vec<u8>) {
         out.push(self.hop);
+        out.push(self.code as u8);
         out.extend_from_slice(self.message.as_bytes());
     }
 
-    pub fn parse(payload: &[u8]) -> Fault {
-        match payload.split_first() {
-            Some((&hop, message)) => {
-                Fault { hop, message: String::from_utf8_lossy(message).into_owned() }
-            }
-            None => Fault { hop: 0, message: "empty fault report".to_string() },
+    /// Checked: a relay passes on only what parses, so the source can trust the hop and code.
+    pub fn parse(payload: &[u8]) -> Result<Fault, WireError> {
+        let [hop, code, message @ ..] = payload else {
+            return Err(WireError::BadFault("shorter than its 2-byte head"));
+        };
+        if usize::from(*hop) >= MAX_HOPS {
+            return Err(WireError::BadFault("hop index beyond the hop limit"));
         }
+        let code = FaultCode::from_byte(*code).ok_or(WireError::BadFault("unknown fault code"))?;
+        Ok(Fault { hop: *hop, code, message: String::from_utf8_lossy(message).into_owned() })
     }
 }
 
@@ -904,6 +983,7 @@ mod tests {
 
     fn data_frame(sequence: u64, stamps: &[Stamp], payload: &[u8]) -> Vec<u8> {
         let header = Header {
+            flags: 0,
             kind: Kind::Data,
             record_count: stamps.len(),
             sequence,
@@ -926,7 +1006,7 @@ mod tests {
         let bytes = data_frame(0x0102, &[STAMP], b"hi");
         #[rustfmt::skip]
         let expected: &[u8] = &[
-            b'S', b'S', b'T', b'S', 3, 1, 1, 0,
+            b'S', b'S', b'T', b'S', 4, 1, 1, 0,
             0, 0, 0, 0, 0, 0, 0x01, 0x02,
             0, 0, 0, 2,
             1, 1, 1, 1, 0, 0, 0, 0,
@@ -1179,9 +1259,13 @@ mod tests {
 
     #[test]
     fn test_fault_round_trip() {
-        let out = fault_frame(&Fault { hop: 2, message: "refused".to_string() });
+        let fault = Fault { hop: 2, code: FaultCode::Unreachable, message: "refused".to_string() };
+        let out = fault_frame(&fault);
         let frame = Frame::new_checked(&out[..]).unwrap();
         assert_eq!(frame.kind(), Kind::Fault);
-        assert_eq!(Fault::parse(frame.payload()), Fault { hop: 2, message: "refused".into() });
+        assert_eq!(Fault::parse(frame.payload()), Ok(fault));
+        assert!(Fault::parse(&[2]).is_err());
+        assert!(Fault::parse(&[2, 0]).is_err(), "code 0 is none");
+        assert!(Fault::parse(&[MAX_HOPS as u8, 1]).is_err());
     }
 }

@@ -187,7 +187,7 @@ fn a_wrong_version_is_closed_and_named() {
     // A version-2 hop (path entries without tags) meets this version-3 one.
     let mut frame = path_frame("A");
     frame[4] = 2;
-    bench.survives("unsupported protocol version 2 (this build speaks 3)", |relay| {
+    bench.survives("unsupported protocol version 2 (this build speaks 4)", |relay| {
         send_and_expect_close(relay, &frame)
     });
 }
@@ -232,7 +232,8 @@ fn send_and_stay(relay: SocketAddr, bytes: &[u8], then: impl FnOnce(&mut TcpStre
 #[test]
 fn a_frame_over_the_length_limit_is_refused_from_its_header() {
     let bench = bench("60");
-    let header = Header { kind: Kind::Data, record_count: 1, sequence: 0, payload_len: 0 };
+    let header =
+        Header { flags: 0, kind: Kind::Data, record_count: 1, sequence: 0, payload_len: 0 };
     let mut bytes = vec![0; HEADER_LEN];
     header.emit(&mut bytes);
     bytes[16..20].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_be_bytes());
@@ -538,8 +539,13 @@ fn an_answer_with_too_many_records_from_the_next_hop_is_a_fault_not_a_crash() {
     // Valid for the parser (every record names a real hop), one record too many for B.
     let stamps: Vec<Stamp> =
         (0..MAX_RECORDS).map(|index| Stamp::new((index % 32) as u8, Direction::Up, 1, 2)).collect();
-    let header =
-        Header { kind: Kind::Data, record_count: MAX_RECORDS, sequence: 0, payload_len: 1 };
+    let header = Header {
+        flags: 0,
+        kind: Kind::Data,
+        record_count: MAX_RECORDS,
+        sequence: 0,
+        payload_len: 1,
+    };
     let mut answer = vec![0; header.total_len()];
     emit_frame(&mut answer, &header, &[], &stamps, b"x");
     downstream.write_all(&answer).unwrap();

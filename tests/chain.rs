@@ -187,8 +187,9 @@ fn a_stripping_relay_serves_a_plain_tcp_echo_server() {
 /// A plain server that answers every read with twice its bytes: answers run ahead of the
 /// frames sent, and the surplus comes back as unsolicited. No sample may go negative, and
 /// probes of no bytes at all are answered at once instead of waiting for bytes that never
-/// come (they used to hang until the timeout, which then blamed the server). Answers that
-/// arrive before their payload has left the relay are unit-tested in `hop/connection.rs`.
+/// come (they used to hang until the timeout, which then blamed the server). Bytes that
+/// arrive before a frame's payload has left the relay are the server's own, never its answer
+/// (`tests/ingress.rs`, a server that talks first).
 #[test]
 fn a_stripping_relay_copes_with_a_server_answering_more_than_asked_and_with_empty_probes() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -728,6 +728,7 @@ fn an_unreachable_next_hop_ends_the_path_and_is_the_failed_link() {
         ending["subsegment"], "1-2",
         "the failed link is B's to the unreached hop: {ending}"
     );
+    assert_eq!(ending["fault"], "unreachable", "the FAULT frame's code: {ending}");
     let message = ending["message"].as_str().unwrap_or_default();
     assert!(message.contains(&closed.to_string()) && message.contains("refused"), "{message}");
 }

@@ -399,6 +399,8 @@ fn a_continuous_run_survives_a_broken_chain_and_says_when_the_path_changed() {
     let outages = summary["outages"].as_array().unwrap();
     assert_eq!(outages.len(), 2, "{outages:#?}");
     assert_eq!(outages[0]["subsegment"], "1-2", "{outages:#?}");
+    let fault = outages[0]["fault"].as_str().unwrap_or_default();
+    assert!(["lost", "closed_early"].contains(&fault), "a killed relay: {outages:#?}");
     assert_eq!(
         (outages[0]["path_changed"].as_bool(), outages[1]["path_changed"].as_bool()),
         (Some(false), Some(true))

@@ -12,17 +12,12 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use subsegment_tcp_speeds::wire::{
-    Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAGIC, MAX_HOPS,
-    MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS,
-    PATH_ASKS_KERNEL_INFO, PATH_ASKS_TX_STAMPS, PathEntry, RECORD_LEN, ReceiveClock, Role, Side,
-    Stamp, Tag, TcpInfo, TxTotals, VERSION, WireError, emit_frame, emit_restamped, fault_frame,
-    frame_len, next_frame,
+    DATA_FROM_SERVER, Direction, Fault, FaultCode, Frame, HEADER_LEN, Header, KernelSample, Kind,
+    MAGIC, MAX_HOPS, MAX_KERNEL_FIELDS, MAX_PAYLOAD, MAX_RECORDS, MAX_TAG_KEY_LEN,
+    MAX_TAG_VALUE_LEN, MAX_TAGS, PATH_ASKS_KERNEL_INFO, PATH_ASKS_TX_STAMPS, PathEntry, RECORD_LEN,
+    ReceiveClock, Role, Side, Stamp, Tag, TcpInfo, TxTotals, VERSION, WireError, emit_frame,
+    emit_restamped, fault_frame, frame_len, next_frame,
 };
-
-/// The header's flags byte (see the layout in `src/wire.rs`): only a PATH frame may have one
-/// (asking for kernel samples); `Header::emit` writes zero, so it is the one header byte a
-/// re-emit may change.
-const FLAGS_AT: usize = 7;
 
 /// A frame to be built: what `emit_frame` is given and what the parser must give back.
 #[derive(Debug, Clone)]
@@ -36,6 +31,7 @@ struct FrameSpec {
 impl FrameSpec {
     fn header(&self) -> Header {
         Header {
+            flags: 0,
             kind: self.kind,
             record_count: self.stamps.len(),
             sequence: self.sequence,
@@ -194,8 +190,11 @@ impl RawFrame {
         if !(1..=4).contains(&self.kind) {
             faults.push(WireError::UnknownKind(self.kind));
         }
-        let path_flags = PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS;
-        let allowed = if self.kind == Kind::Path as u8 { path_flags } else { 0 };
+        let allowed = match self.kind {
+            kind if kind == Kind::Path as u8 => PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS,
+            kind if kind == Kind::Data as u8 => DATA_FROM_SERVER,
+            _ => 0,
+        };
         if self.flags & !allowed != 0 {
             faults.push(WireError::BadFlags { kind: self.kind, flags: self.flags });
         }
@@ -217,6 +216,7 @@ fn raw_frame() -> impl Strategy<Value = RawFrame> {
         2 => Just(PATH_ASKS_KERNEL_INFO),
         1 => Just(PATH_ASKS_TX_STAMPS),
         1 => Just(PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS),
+        2 => Just(DATA_FROM_SERVER),
         1 => any::<u8>(),
     ];
     let count = prop_oneof![
@@ -284,6 +284,7 @@ fn role() -> impl Strategy<Value = Role> {
         Just(Role::StrippingRelay),
         Just(Role::PlainServer),
         Just(Role::Unreached),
+        Just(Role::Ingress),
     ]
 }
 
@@ -520,7 +521,8 @@ fn emit_entries(entries: &[PathEntry]) -> Vec<u8> {
 }
 
 /// Everything a caller may do with a frame that passed `new_checked`: none of it may panic,
-/// and re-emitting it gives back the input (but for the flags byte).
+/// and re-emitting it gives back the input, flags included (a relay restamping a frame keeps
+/// them: a server's DATA frame stays one on its way up).
 fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
     assert_eq!(frame.total_len(), bytes.len());
     assert!(frame.record_count() <= MAX_RECORDS);
@@ -538,25 +540,14 @@ fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
         Kind::Data => {}
         Kind::Path => check_path_payload(frame.payload()),
         Kind::Kernel => check_kernel_payload(frame.payload()),
-        Kind::Fault => {
-            let fault = Fault::parse(frame.payload());
-            if let Some((_, message)) = frame.payload().split_first()
-                && std::str::from_utf8(message).is_ok()
-            {
-                let mut again = Vec::new();
-                fault.emit(&mut again);
-                assert_eq!(again, frame.payload());
-            }
-        }
+        Kind::Fault => check_fault_payload(frame.payload()),
     }
 
     let header = Header::of(frame);
     let mut out = vec![0xa5; header.total_len()];
     let records = &frame.headers()[HEADER_LEN..];
     assert_eq!(emit_frame(&mut out, &header, records, &[], frame.payload()), out.len());
-    let mut expected = bytes.to_vec();
-    expected[FLAGS_AT] = 0;
-    assert_eq!(out, expected, "re-emitted frame differs from its input");
+    assert_eq!(out, bytes, "re-emitted frame differs from its input");
 
     if frame.record_count() < MAX_RECORDS {
         let added = Stamp::new(0, Direction::Up, 1, 2);
@@ -565,6 +556,7 @@ fn exercise_accessors(frame: &Frame<&[u8]>, bytes: &[u8]) {
         let again = Frame::new_checked(&out[..]).expect("a restamped frame is valid");
         assert_eq!(again.records().last(), Some(added));
         assert_eq!(again.payload(), frame.payload());
+        assert_eq!(again.flags(), frame.flags(), "restamping keeps the flags");
     }
 }
 
@@ -578,6 +570,20 @@ fn check_kernel_payload(payload: &[u8]) {
     let mut again = Vec::new();
     sample.emit(&mut again);
     assert_eq!(KernelSample::parse(&again), Ok(sample), "re-emitted kernel sample differs");
+}
+
+/// A FAULT payload from a peer: parsing never panics, what parses has a hop within the limit,
+/// and it re-emits to the same bytes unless lossy UTF-8 decoding replaced something.
+fn check_fault_payload(payload: &[u8]) {
+    let Ok(fault) = Fault::parse(payload) else {
+        return;
+    };
+    assert!(usize::from(fault.hop) < MAX_HOPS);
+    if std::str::from_utf8(&payload[2..]).is_ok() {
+        let mut again = Vec::new();
+        fault.emit(&mut again);
+        assert_eq!(again, payload);
+    }
 }
 
 fn tcp_info() -> impl Strategy<Value = TcpInfo> {
@@ -695,6 +701,30 @@ proptest! {
         let frame = Frame::new_checked(&bytes[..]).expect("a KERNEL frame is valid");
         prop_assert_eq!(frame.kind(), Kind::Kernel);
         prop_assert_eq!(KernelSample::parse(frame.payload()), Ok(sample));
+    }
+
+    /// FAULT reports round-trip through a whole frame, every code and any message; one past a
+    /// limit (a hop at the hop limit, a code no build defines, a cut head) is refused for it.
+    #[test]
+    fn fault_reports_round_trip_and_limits_are_refused(
+        hop in 0..MAX_HOPS as u8,
+        code in proptest::sample::select(FaultCode::ALL.to_vec()),
+        message in ".{0,80}",
+        breach in 0usize..3,
+        bad_code in prop_oneof![Just(0u8), 8u8..=u8::MAX],
+    ) {
+        let fault = Fault { hop, code, message };
+        let bytes = fault_frame(&fault);
+        let frame = Frame::new_checked(&bytes[..]).expect("a FAULT frame is valid");
+        prop_assert_eq!(frame.kind(), Kind::Fault);
+        prop_assert_eq!(Fault::parse(frame.payload()), Ok(fault.clone()));
+        let mut bad = frame.payload().to_vec();
+        let reason = match breach {
+            0 => { bad[0] = MAX_HOPS as u8; "hop index beyond the hop limit" }
+            1 => { bad[1] = bad_code; "unknown fault code" }
+            _ => { bad.truncate(1); "shorter than its 2-byte head" }
+        };
+        prop_assert_eq!(Fault::parse(&bad), Err(WireError::BadFault(reason)));
     }
 
     /// A KERNEL payload past any limit is refused for that reason; one with fewer fields than
@@ -880,6 +910,7 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
     let addr = |text: &str| Some(text.parse::<SocketAddr>().unwrap());
     let data = |sequence: u64, stamps: &[Stamp], payload: &[u8]| {
         let header = Header {
+            flags: 0,
             kind: Kind::Data,
             record_count: stamps.len(),
             sequence,
@@ -896,6 +927,19 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
     };
     let payload: Vec<u8> = (0..16).collect();
     let data_bin = data(7, &[Stamp::new(0, Direction::Down, 1000, 2000), waited], &payload);
+    let server_data_bin = {
+        let (stamp, payload) = (Stamp::new(2, Direction::Up, 5000, 6000), b"+PONG\r\n");
+        let header = Header {
+            flags: DATA_FROM_SERVER,
+            kind: Kind::Data,
+            record_count: 1,
+            sequence: 3,
+            payload_len: payload.len(),
+        };
+        let mut out = vec![0; header.total_len()];
+        emit_frame(&mut out, &header, &[], &[stamp], payload);
+        out
+    };
     let mut path = Vec::new();
     PathEntry::new(Role::Source, "A", None, None)
         .with_tags(vec![tag("site", "lab"), tag("rack", "r1")])
@@ -934,8 +978,11 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
         },
     }
     .frame();
-    let fault_bin =
-        fault_frame(&Fault { hop: 2, message: "cannot connect: connection refused".to_string() });
+    let fault_bin = fault_frame(&Fault {
+        hop: 2,
+        code: FaultCode::Unreachable,
+        message: "cannot connect: connection refused".to_string(),
+    });
     let third = data(2, &[Stamp::new(0, Direction::Down, 7, 8)], b"world!");
     let stream_bin = [
         &path_bin[..],
@@ -945,6 +992,7 @@ fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
     .concat();
     vec![
         ("data.bin", data_bin),
+        ("server-data.bin", server_data_bin),
         ("path.bin", path_bin),
         ("fault.bin", fault_bin),
         ("kernel.bin", kernel_bin),
@@ -977,6 +1025,7 @@ fn fuzz_seeds_are_frames_of_this_version() {
     }
     for (name, kind) in [
         ("data.bin", Kind::Data),
+        ("server-data.bin", Kind::Data),
         ("path.bin", Kind::Path),
         ("fault.bin", Kind::Fault),
         ("kernel.bin", Kind::Kernel),

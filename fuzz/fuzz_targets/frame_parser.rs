@@ -150,10 +150,11 @@ fn check_kernel(payload: &[u8]) {
 }
 
 fn check_fault(payload: &[u8]) {
-    let fault = Fault::parse(payload);
-    if let Some((_, message)) = payload.split_first()
-        && std::str::from_utf8(message).is_ok()
-    {
+    let Ok(fault) = Fault::parse(payload) else {
+        return;
+    };
+    assert!(usize::from(fault.hop) < MAX_HOPS);
+    if std::str::from_utf8(&payload[2..]).is_ok() {
         let mut out = Vec::new();
         fault.emit(&mut out);
         assert!(out == payload, "re-emitted fault differs from its input");

@@ -67,10 +67,17 @@ impl Peer {
     /// Reads into `into` until the socket would block or the buffer is full, stamping each read
     /// right after it returns.
     pub fn fill(&mut self, into: &mut Inbound) -> io::Result<bool> {
+        self.fill_at_most(into, usize::MAX)
+    }
+
+    /// As [`Peer::fill`], stopping once `budget` bytes have been read: the socket stays
+    /// readable, and the caller comes back for the rest (a hop's turn, see `hop`).
+    pub fn fill_at_most(&mut self, into: &mut Inbound, budget: usize) -> io::Result<bool> {
         let mut progress = false;
+        let mut left = budget;
         let fd = self.stream.as_raw_fd();
         while self.readable && !self.read_closed {
-            let want = into.room().min(READ_CHUNK);
+            let want = into.room().min(READ_CHUNK).min(left);
             if want == 0 {
                 break;
             }
@@ -106,6 +113,7 @@ impl Peer {
                         into.queue_emptied();
                     }
                     into.received(count, stamp);
+                    left -= count;
                     progress = true;
                     self.readable = !emptied || self.hung_up;
                 }
@@ -124,17 +132,24 @@ impl Peer {
     /// Writes from `from` until it is empty or the socket would block; the frames each write
     /// starts carry the clock read right before it.
     pub fn flush(&mut self, from: &mut Outbound) -> io::Result<bool> {
+        self.flush_at_most(from, usize::MAX)
+    }
+
+    /// As [`Peer::flush`], stopping once `budget` bytes have been written (a hop's turn).
+    pub fn flush_at_most(&mut self, from: &mut Outbound, budget: usize) -> io::Result<bool> {
         let mut progress = false;
-        while self.writable && !from.is_empty() {
+        let mut left = budget;
+        while self.writable && !from.is_empty() && left > 0 {
             let write_ns = if from.has_unstarted() { clock::now_ns() } else { 0 };
             // The transmit stamps' base: CLOCK_REALTIME (theirs) right before the hand-over.
             let handed_realtime_ns = if self.tx.is_some() { clock::realtime_ns() } else { 0 };
-            let chunk = from.prepare_write(write_ns, WRITE_CHUNK);
+            let chunk = from.prepare_write(write_ns, WRITE_CHUNK.min(left));
             let chunk_len = chunk.len();
             match net::classify(|| self.stream.write(chunk)) {
                 Io::Done(count) => {
                     // A short write filled the socket's buffer: wait for the next edge.
                     self.writable = count == chunk_len;
+                    left -= count;
                     from.written(count, write_ns);
                     if let Some(tx) = self.tx.as_mut() {
                         tx.wrote(count, handed_realtime_ns);
@@ -179,6 +194,13 @@ impl Peer {
         self.readable |= event.is_readable() || self.hung_up;
         self.writable |=
             event.is_writable() || event.is_write_closed() || (event.is_error() && !stamps);
+    }
+
+    /// Makes the socket's close a reset (SO_LINGER 0), as a broken server's would be: for a
+    /// peer that must hear that the connection failed, not that it ended.
+    pub fn reset(&mut self) {
+        // Best effort: the close that follows happens either way.
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(std::time::Duration::ZERO));
     }
 
     pub fn shut_write(&mut self) {

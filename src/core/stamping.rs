@@ -84,6 +84,11 @@ impl Inbound {
     }
 
     /// Drops `count` bytes from the head, and the marks of reads wholly consumed.
+    /// Bytes read into this buffer since it was made.
+    pub fn total_received(&self) -> u64 {
+        self.consumed + self.buffer.len() as u64
+    }
+
     pub fn consume(&mut self, count: usize) {
         self.buffer.consume(count);
         self.consumed += count as u64;
@@ -231,6 +236,11 @@ impl Outbound {
 
     /// After a write call took `count` bytes: frames it started keep the stamp they were given
     /// before it; the rest wait for the next write's.
+    /// Bytes handed to the kernel from this buffer since it was made.
+    pub fn total_written(&self) -> u64 {
+        self.consumed
+    }
+
     pub fn written(&mut self, count: usize, write_ns: u64) {
         self.buffer.consume(count);
         self.consumed += count as u64;
@@ -352,7 +362,7 @@ mod tests {
     }
 
     fn frame(sequence: u64, payload_len: usize) -> Vec<u8> {
-        let header = Header { kind: Kind::Data, record_count: 1, sequence, payload_len };
+        let header = Header { flags: 0, kind: Kind::Data, record_count: 1, sequence, payload_len };
         let mut out = vec![0; header.total_len()];
         let stamp = Stamp::new(0, Direction::Down, 1, 0);
         emit_frame(&mut out, &header, &[], &[stamp], &vec![0xa5; payload_len]);

@@ -19,6 +19,7 @@
 //! the connection core ([`crate::core`]): each read call and each write call takes its own
 //! clock reading, so a stamp never precedes the bytes it stamps.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -28,19 +29,39 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 mod connection;
+pub use connection::ingress;
 
 use crate::clock;
 use crate::core::Peer;
 use crate::log_line;
 use crate::net::{self, Cidr};
+use crate::output::Destination;
+use crate::report::Unit;
 use crate::report::metrics::{HopSnapshot, Snapshot};
 use crate::scrape::Publisher;
 use crate::tuning;
-use crate::wire::{Role, Tag};
+use crate::wire::{FaultCode, Role, Tag};
 use connection::{Connection, Context, Round};
+use ingress::{IngressConfig, IngressTotals};
 
 const LISTENER: Token = Token(0);
-/// Rounds of read/process/write for one connection per wake-up before the others get a turn.
+/// The loop's fairness rule (issue 15: a probe through a busy relay must not wait behind bulk
+/// streams). A connection's *turn* is rounds of read, process and write until it has nothing to
+/// do or has moved `TURN_BYTES` (each round reads and writes at most `ROUND_BYTES` on each
+/// socket, so a backlog waiting for a slow peer is budgeted too);
+/// one left with work joins the back of the *busy* queue. Each wake-up serves, in the order the
+/// poll reported them, the connections that became ready and are not queued (a probe, a
+/// request: little to do), and then only the busy queue's first turn, before polling again
+/// without sleeping. So a frame that becomes readable waits for the turn in progress (a
+/// bounded 64 KiB of copying, tens of µs) and the other newly ready connections, never behind
+/// every bulk stream's turn: before, a connection took up to 16 rounds of up to a megabyte
+/// each per wake-up, served in slot order. Bulk streams keep their throughput: their turns
+/// follow back to back, one poll (a system call with nothing to wait for) per 64 KiB turn.
+const TURN_BYTES: u64 = 64 * 1024;
+/// See [`TURN_BYTES`].
+pub(super) const ROUND_BYTES: usize = 64 * 1024;
+/// A turn whose rounds make progress without moving bytes (frames turned, faults queued)
+/// ends after this many.
 const ROUNDS_PER_TURN: usize = 16;
 /// How often connections are checked for the no-progress timeout.
 const SWEEP_INTERVAL_NS: u64 = 100_000_000;
@@ -60,20 +81,24 @@ pub struct HopConfig {
     pub max_conns: Option<usize>,
     /// `--metrics`: the server's end of the snapshot handover.
     pub metrics: Option<Publisher>,
+    /// `--ingress`: in front of an unmodified client.
+    pub ingress: Option<IngressConfig>,
 }
 
 /// Runs the hop until SIGTERM or SIGINT, then stops accepting and lets the open connections
-/// finish within the timeout. Returns an error only when setting up fails.
-pub fn run(mut config: HopConfig) -> io::Result<()> {
+/// finish within the timeout. Returns an error only when setting up fails; an ingress returns
+/// what it measured, per distinct path.
+pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
     let mut poll = Poll::new()?;
     let mut listener = net::listen(config.listen).map_err(|error| {
         io::Error::new(error.kind(), format!("listen on {}: {error}", config.listen))
     })?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-    let role = match (&config.forward_to, config.remove_perf_headers) {
-        (Some(_), false) => Role::Relay,
-        (Some(_), true) => Role::StrippingRelay,
-        (None, _) => Role::Echo,
+    let role = match (&config.forward_to, config.remove_perf_headers, config.ingress.is_some()) {
+        (Some(_), _, true) => Role::Ingress,
+        (Some(_), false, false) => Role::Relay,
+        (Some(_), true, false) => Role::StrippingRelay,
+        (None, _, _) => Role::Echo,
     };
     // Everything the hop holds while idle is open before it says it listens, so the line
     // marks a steady state (tests count descriptors from there).
@@ -99,6 +124,7 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
             role: match role {
                 Role::Relay => "relay",
                 Role::StrippingRelay => "egress",
+                Role::Ingress => "ingress",
                 _ => "echo",
             },
             ..HopSnapshot::default()
@@ -106,6 +132,24 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
         changed: true,
     });
 
+    let nanos = |interval: Duration| interval.as_nanos() as u64;
+    let probe_interval_ns =
+        config.ingress.as_ref().and_then(|ingress| ingress.probe_interval).map(nanos);
+    let intervals =
+        config.ingress.as_ref().and_then(|ingress| ingress.report_interval).map(|every| {
+            ReportIntervals {
+                every_ns: nanos(every),
+                ends_ns: clock::now_ns() + nanos(every),
+                index: 0,
+                start_unix_ns: clock::realtime_ns(),
+            }
+        });
+    let mut totals = if intervals.is_some() {
+        IngressTotals::with_intervals()
+    } else {
+        IngressTotals::default()
+    };
+    totals.output = config.ingress.as_mut().and_then(|ingress| ingress.output.take());
     let mut hop = Hop {
         config,
         role,
@@ -114,10 +158,17 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
         connections: Vec::new(),
         free_slots: Vec::new(),
         open_count: 0,
-        busy: Vec::new(),
+        busy: VecDeque::new(),
+        queued: Vec::new(),
+        served_in: Vec::new(),
+        generation: 0,
         last_sweep_ns: clock::now_ns(),
         drain_deadline_ns: None,
         metrics,
+        totals,
+        intervals,
+        next_probe_ns: probe_interval_ns.map(|interval_ns| clock::now_ns() + interval_ns),
+        probe_interval_ns,
     };
     let mut events = Events::with_capacity(1024);
     let mut touched = Vec::new();
@@ -128,6 +179,14 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
             Some(Duration::from_nanos(SWEEP_INTERVAL_NS))
         } else {
             None
+        };
+        // An ingress wakes up for its probes while it has connections.
+        let timeout = match hop.next_probe_ns {
+            Some(due_ns) if hop.open_count > 0 => {
+                let until = Duration::from_nanos(due_ns.saturating_sub(clock::now_ns()));
+                Some(timeout.map_or(until, |timeout| timeout.min(until)))
+            }
+            _ => timeout,
         };
         // Wake up for a snapshot only when there is something new to publish.
         let timeout = match &hop.metrics {
@@ -145,7 +204,7 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
         }
         let now_ns = clock::now_ns();
         touched.clear();
-        touched.append(&mut hop.busy);
+        hop.generation += 1;
         for event in events.iter() {
             if event.token() == LISTENER {
                 hop.accept_all(poll.registry(), &mut touched);
@@ -158,18 +217,26 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
             };
             let peer = match side {
                 Side::Upstream => Some(&mut connection.upstream),
-                Side::Downstream => connection.downstream.as_mut(),
+                Side::Downstream => connection.downstream.peer_mut(),
             };
             if let Some(peer) = peer {
                 peer.on_event(event);
             }
-            touched.push(slot);
+            // A queued connection waits for its turn in the queue (see TURN_BYTES).
+            if !hop.is_queued(slot) && hop.first_time_this_wake_up(slot) {
+                touched.push(slot);
+            }
         }
-        touched.sort_unstable();
-        touched.dedup();
         for &slot in &touched {
             hop.pump(poll.registry(), slot, now_ns);
         }
+        if let Some(slot) = hop.busy.pop_front() {
+            hop.queued[slot] = false;
+            touched.push(slot);
+            hop.pump(poll.registry(), slot, now_ns);
+        }
+        hop.probe_if_due(poll.registry());
+        hop.report_interval_if_due(now_ns);
         if let Some(metrics) = hop.metrics.as_mut() {
             metrics.changed |= !touched.is_empty();
         }
@@ -184,11 +251,11 @@ pub fn run(mut config: HopConfig) -> io::Result<()> {
         if let Some(deadline_ns) = hop.drain_deadline_ns {
             if hop.open_count == 0 {
                 log_line!("{}: drained; exiting", hop.config.name);
-                return Ok(());
+                return Ok(hop.totals);
             }
             if now_ns >= deadline_ns || tuning::stop_signals() > 1 {
                 hop.close_all(poll.registry(), "stopped before the drain was complete");
-                return Ok(());
+                return Ok(hop.totals);
             }
         }
     }
@@ -220,10 +287,30 @@ struct Hop {
     open_count: usize,
     /// Set by a stop signal: no new connections, and the open ones have until then.
     drain_deadline_ns: Option<u64>,
-    /// Connections that used up their turn with work left: served again without sleeping.
-    busy: Vec<usize>,
+    /// Connections that used up their turn with work left, in the order they get their next
+    /// turns (one per wake-up; see [`TURN_BYTES`]); `queued` says which slots are in it.
+    busy: VecDeque<usize>,
+    queued: Vec<bool>,
+    /// Per slot, the wake-up whose newly ready list it is in (`generation`): one turn each.
+    served_in: Vec<u64>,
+    generation: u64,
     last_sweep_ns: u64,
     metrics: Option<HopMetrics>,
+    /// An ingress's measurement, per distinct path.
+    totals: IngressTotals,
+    /// An ingress's `--report-interval`.
+    intervals: Option<ReportIntervals>,
+    /// An ingress's probes: every connection gets one per interval, all at the same tick.
+    probe_interval_ns: Option<u64>,
+    next_probe_ns: Option<u64>,
+}
+
+/// An ingress's report intervals: every path's statistics since the last one.
+struct ReportIntervals {
+    every_ns: u64,
+    ends_ns: u64,
+    index: u64,
+    start_unix_ns: u64,
 }
 
 /// `--metrics`: totals since the start, closed connections' counts folded in when they close.
@@ -318,6 +405,55 @@ impl Hop {
         }
     }
 
+    fn probe_if_due(&mut self, registry: &mio::Registry) {
+        let (Some(due_ns), Some(interval_ns)) = (self.next_probe_ns, self.probe_interval_ns) else {
+            return;
+        };
+        let now_ns = clock::now_ns();
+        if now_ns < due_ns {
+            return;
+        }
+        // From the due time, not from now: a late wake-up does not shift every later probe.
+        let missed = (now_ns - due_ns) / interval_ns;
+        self.next_probe_ns = Some(due_ns + (missed + 1) * interval_ns);
+        for slot in 0..self.connections.len() {
+            if let Some(connection) = self.connections[slot].as_mut()
+                && connection.queue_probe(now_ns)
+            {
+                self.pump(registry, slot, now_ns);
+            }
+        }
+    }
+
+    /// Hands each path's interval to the output thread (its JSON line and a stderr line) and
+    /// starts the next.
+    fn report_interval_if_due(&mut self, now_ns: u64) {
+        let Some(intervals) = self.intervals.as_mut() else { return };
+        if now_ns < intervals.ends_ns {
+            return;
+        }
+        let end_unix_ns = clock::realtime_ns();
+        let ingress = self.config.ingress.as_ref().expect("intervals are an ingress's");
+        let presentation = ingress.presentation;
+        let span = (intervals.start_unix_ns, end_unix_ns);
+        let taken = self.totals.take_intervals(intervals.index, span, presentation.symbols);
+        for (path, interval) in taken {
+            let unit =
+                Unit::choose(presentation, interval.end_to_end.map_or(0, |stats| stats.p50_ns));
+            let Some(output) = self.totals.output.as_mut() else { break };
+            let line = format!("{}: path {path}: {}", self.config.name, interval.line(&unit));
+            output.send(Destination::Stderr, line);
+            if output.jsonl {
+                output.send(Destination::Jsonl, crate::report::json::line(&interval));
+            }
+        }
+        intervals.index += 1;
+        intervals.start_unix_ns = end_unix_ns;
+        while intervals.ends_ns <= now_ns {
+            intervals.ends_ns += intervals.every_ns;
+        }
+    }
+
     fn start_draining(&mut self, registry: &mio::Registry, now_ns: u64) {
         if let Some(mut listener) = self.listener.take() {
             let _ = registry.deregister(&mut listener);
@@ -366,22 +502,56 @@ impl Hop {
                 return Err(error);
             }
         };
-        self.connections[slot] = Some(connection);
+        let connection = self.connections[slot].insert(connection);
+        if self.role == Role::Ingress {
+            connection.start_ingress(registry, &self.config);
+        }
         self.open_count += 1;
         touched.push(slot);
         Ok(())
     }
 
+    fn is_queued(&self, slot: usize) -> bool {
+        self.queued.get(slot).copied().unwrap_or(false)
+    }
+
+    /// Puts `slot` at the back of the busy queue, unless it is in it.
+    fn queue_busy(&mut self, slot: usize) {
+        if self.queued.len() <= slot {
+            self.queued.resize(slot + 1, false);
+        }
+        if !self.queued[slot] {
+            self.queued[slot] = true;
+            self.busy.push_back(slot);
+        }
+    }
+
+    /// Whether `slot` is not yet in this wake-up's list (marking it as in).
+    fn first_time_this_wake_up(&mut self, slot: usize) -> bool {
+        if self.served_in.len() <= slot {
+            self.served_in.resize(slot + 1, 0);
+        }
+        let first = self.served_in[slot] != self.generation;
+        self.served_in[slot] = self.generation;
+        first
+    }
+
+    /// One turn of `slot` (see [`TURN_BYTES`]).
     fn pump(&mut self, registry: &mio::Registry, slot: usize, now_ns: u64) {
         let Some(Some(connection)) = self.connections.get_mut(slot) else {
             return;
         };
-        let context = Context { config: &self.config, role: self.role };
+        let moved_before = connection.bytes_moved();
+        let mut context =
+            Context { config: &self.config, role: self.role, totals: &mut self.totals };
         let mut rounds = 0;
         let outcome = loop {
-            match connection.round(&context, registry, now_ns) {
-                Ok(Round::Progress) if rounds + 1 == ROUNDS_PER_TURN => {
-                    self.busy.push(slot);
+            match connection.round(&mut context, registry, now_ns) {
+                Ok(Round::Progress)
+                    if rounds + 1 == ROUNDS_PER_TURN
+                        || connection.bytes_moved() - moved_before >= TURN_BYTES =>
+                {
+                    self.queue_busy(slot);
                     return;
                 }
                 Ok(Round::Progress) => rounds += 1,
@@ -411,19 +581,19 @@ impl Hop {
                 continue;
             }
             let seconds = self.config.timeout.as_secs_f64();
-            if connection.downstream.is_some()
+            if connection.downstream.is_open()
                 && connection.failure.is_none()
                 && connection.waits_for_downstream()
             {
-                let what = if connection.connecting {
-                    format!("timed out after {seconds} s connecting")
+                let (code, what) = if connection.downstream.is_connecting() {
+                    (FaultCode::ConnectTimeout, format!("timed out after {seconds} s connecting"))
                 } else {
-                    format!(
-                        "no answer for {seconds} s with {} frames outstanding",
-                        connection.frames_down.saturating_sub(connection.frames_up)
-                    )
+                    let outstanding = connection.frames_down.saturating_sub(connection.frames_up);
+                    let what =
+                        format!("no answer for {seconds} s with {outstanding} frames outstanding");
+                    (FaultCode::NoAnswer, what)
                 };
-                connection.fail_downstream(registry, &self.config, what);
+                connection.fail_downstream(registry, &self.config, code, what);
                 connection.last_progress_ns = now_ns;
                 self.pump(registry, slot, now_ns);
             } else {
@@ -437,22 +607,25 @@ impl Hop {
         let Some(mut connection) = self.connections[slot].take() else {
             return;
         };
+        if reason.is_some() && connection.passes_resets() {
+            // An application's connection breaks as it would without the chain: both peers
+            // hear a reset, not an orderly end.
+            connection.upstream.reset();
+            if let Some(downstream) = connection.downstream.peer_mut() {
+                downstream.reset();
+            }
+        }
         let _ = registry.deregister(&mut connection.upstream.stream);
-        if let Some(downstream) = connection.downstream.as_mut() {
+        if let Some(downstream) = connection.downstream.peer_mut() {
             let _ = registry.deregister(&mut downstream.stream);
         }
         self.free_slots.push(slot);
         self.open_count -= 1;
-        self.busy.retain(|&busy| busy != slot);
+        if self.is_queued(slot) {
+            self.queued[slot] = false;
+            self.busy.retain(|&busy| busy != slot);
+        }
         let seconds = (clock::now_ns() - connection.opened_ns) as f64 / 1e9;
-        // One line per connection: a fault this hop reported or passed on is its reason too.
-        let early = match connection.answered_before_sent() {
-            0 => String::new(),
-            count => format!(
-                "; {count} answers came before their frame reached the server (it sent more \
-                 than it was asked), their last link counted as 0"
-            ),
-        };
         if let Some(metrics) = self.metrics.as_mut() {
             let totals = &mut metrics.totals;
             totals.frames_down += connection.frames_down;
@@ -466,13 +639,28 @@ impl Hop {
             }
             metrics.changed = true;
         }
-        let reason = reason.or(connection.failure).or(connection.passed_fault);
+        if let Some(ingress) = connection.ingress.as_ref() {
+            ingress.close_into(&mut self.totals, clock::now_ns());
+            if let Some(output) = self.totals.output.as_mut().filter(|output| output.jsonl) {
+                let failure = connection.failure.as_ref().map(|failure| failure.message.as_str());
+                let reason = reason.as_deref().or(failure);
+                let line = ingress.record(connection.upstream.addr, reason);
+                output.send(Destination::Jsonl, line);
+            }
+        }
+        let ingress = connection
+            .ingress
+            .as_ref()
+            .map_or(String::new(), |ingress| format!(" ({})", ingress.summary()));
+        let failure = connection.failure.map(|failure| failure.message);
+        let reason = reason.or(failure).or(connection.passed_fault);
+        // One line per connection: a fault this hop reported or passed on is its reason too.
         let ending = match reason {
-            None => early,
-            Some(reason) => format!("{early}; closed: {reason}"),
+            None => String::new(),
+            Some(reason) => format!("; closed: {reason}"),
         };
         log_line!(
-            "{}: connection from {} ended after {seconds:.3} s: {} frames / {} B down, {} frames / {} B up{ending}",
+            "{}: connection from {} ended after {seconds:.3} s: {} frames / {} B down, {} frames / {} B up{ingress}{ending}",
             self.config.name,
             connection.upstream.addr,
             connection.frames_down,

@@ -162,6 +162,8 @@ pub struct EndingReport {
     pub message: Option<String>,
     /// For a failure in the chain: the id of the link that broke.
     pub subsegment: Option<String>,
+    /// ... and the kind of failure the hop above it reported (`wire::FaultCode::name`).
+    pub fault: Option<&'static str>,
 }
 
 /// One hop of the path as it announced itself.
@@ -524,6 +526,8 @@ pub struct OutageReport {
     pub message: String,
     /// The id of the link that broke, when a hop reported it in-band.
     pub subsegment: Option<String>,
+    /// The kind of failure that hop reported.
+    pub fault: Option<&'static str>,
     /// Frames in flight when it broke (and during failed attempts), given up for lost.
     pub lost_frames: u64,
     /// Until the path came back; `null` when the run ended during the outage.
@@ -714,7 +718,8 @@ impl Report {
                     started_at: rfc3339(outage.started_unix_ns),
                     started_unix_ns: outage.started_unix_ns,
                     message: outage.message.clone(),
-                    subsegment: outage.broken_link.map(|hop| Part::Link(hop).id()),
+                    subsegment: outage.broken_link.map(|link| Part::Link(link.hop).id()),
+                    fault: outage.broken_link.map(|link| link.code.name()),
                     lost_frames: outage.lost,
                     down_ns: outage.down_ns,
                     path_changed: outage.path_changed,
@@ -787,6 +792,7 @@ fn hop(index: usize, entry: &PathEntry) -> Hop {
             Role::StrippingRelay => "egress",
             Role::PlainServer => "server",
             Role::Unreached => "unreached",
+            Role::Ingress => "ingress",
         },
         reached_at: address(&entry.local),
         seen_from: address(&entry.peer),
@@ -798,13 +804,19 @@ fn ending_report(ending: &Ending) -> EndingReport {
     let (reason, message, subsegment) = match ending {
         Ending::Complete => (EndReason::Complete, None, None),
         Ending::Interrupted => (EndReason::Interrupted, None, None),
-        Ending::Failed { message, broken_link } => {
-            (EndReason::Failed, Some(message.clone()), broken_link.map(|hop| Part::Link(hop).id()))
-        }
+        Ending::Failed { message, broken_link } => (
+            EndReason::Failed,
+            Some(message.clone()),
+            broken_link.map(|link| Part::Link(link.hop).id()),
+        ),
         Ending::TimedOut(message) => (EndReason::TimedOut, Some(message.clone()), None),
         Ending::UsageError(message) => (EndReason::UsageError, Some(message.clone()), None),
     };
-    EndingReport { reason, message, subsegment }
+    let fault = match ending {
+        Ending::Failed { broken_link: Some(link), .. } => Some(link.code.name()),
+        _ => None,
+    };
+    EndingReport { reason, message, subsegment, fault }
 }
 
 fn schedule_report(schedule: &Schedule) -> ScheduleReport {
@@ -1116,7 +1128,8 @@ pub(crate) mod tests {
                 Stamp::new(2, Direction::Turn, 0, 0),
                 Stamp::new(1, Direction::Up, b_z_ns, b_z_ns),
             ];
-            let header = Header { kind: Kind::Data, record_count: 4, sequence, payload_len: 0 };
+            let header =
+                Header { flags: 0, kind: Kind::Data, record_count: 4, sequence, payload_len: 0 };
             let mut bytes = vec![0; header.total_len()];
             emit_frame(&mut bytes, &header, &[], &stamps, &[]);
             let read = ReadStamp { read_ns: a_b_ns + b_z_ns, ..ReadStamp::default() };

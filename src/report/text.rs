@@ -30,15 +30,21 @@ pub fn render(report: &Report) -> String {
         None if frames.answered == 0 => out.push_str("no data frame came back\n"),
         None => out.push_str("no answered frame carried a complete set of stamps\n"),
     }
+    let application = report.parameters.input == "application";
     let _ = writeln!(
         out,
-        "frames: sent {}, answered {}, missing {}{}, out of order {}, duplicated {}",
+        "frames: sent {}, answered {}, missing {}{}, out of order {}, duplicated {}{}",
         frames.sent,
         frames.answered,
         frames.missing,
         if frames.lost > 0 { format!(" ({} lost to outages)", frames.lost) } else { String::new() },
         frames.out_of_order,
-        frames.duplicated
+        frames.duplicated,
+        if application {
+            " (the clients' bytes and the probes; each answered by its receipt from the egress)"
+        } else {
+            ""
+        }
     );
     if frames.unwritten_bytes > 0 {
         let _ = writeln!(
@@ -55,14 +61,26 @@ pub fn render(report: &Report) -> String {
             if frames.corrupted == 1 { "answer differs" } else { "answers differ" }
         );
     }
-    if frames.unsolicited_bytes > 0 {
+    if frames.unsolicited_bytes > 0 && application {
+        let _ = writeln!(
+            out,
+            "from the servers: {} B, delivered to the clients",
+            frames.unsolicited_bytes
+        );
+    } else if frames.unsolicited_bytes > 0 {
         let _ = writeln!(
             out,
             "unsolicited: {} B sent by the plain server unasked",
             frames.unsolicited_bytes
         );
     }
-    if let Some(throughput) = &report.throughput {
+    if let (Some(throughput), true) = (&report.throughput, application) {
+        let _ = writeln!(
+            out,
+            "from the clients: {} B, delivered to the servers",
+            throughput.payload_bytes
+        );
+    } else if let Some(throughput) = &report.throughput {
         match (throughput.bytes_per_second, throughput.frames_per_second) {
             (Some(bytes), Some(frames)) => {
                 let _ = writeln!(

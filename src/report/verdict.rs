@@ -401,6 +401,7 @@ mod tests {
                 Stamp::new(1, Direction::Up, b_holds_ns + b_z_ns, b_holds_ns + b_z_ns),
             ];
             let header = Header {
+                flags: 0,
                 kind: Kind::Data,
                 record_count: 4,
                 sequence: sequence as u64,

@@ -38,8 +38,13 @@ pub fn path_frame_with_hops(hops: usize) -> Vec<u8> {
 pub fn data_frame(sequence: u64, records: usize, payload: &[u8]) -> Vec<u8> {
     let stamps: Vec<Stamp> =
         (0..records).map(|hop| Stamp::new(hop as u8, Direction::Down, 1, 2)).collect();
-    let header =
-        Header { kind: Kind::Data, record_count: records, sequence, payload_len: payload.len() };
+    let header = Header {
+        flags: 0,
+        kind: Kind::Data,
+        record_count: records,
+        sequence,
+        payload_len: payload.len(),
+    };
     let mut out = vec![0; header.total_len()];
     emit_frame(&mut out, &header, &[], &stamps, payload);
     out

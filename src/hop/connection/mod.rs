@@ -1,7 +1,13 @@
 //! One connection through a hop: its upstream and downstream sockets with their software
-//! readiness, the two pipes between them, and everything done to the frames on the way:
-//! stamping, path discovery, faults, stripping for a plain server, half-close.
-//! The loop in [`super`] decides when a connection runs; this module decides what it does.
+//! readiness, the two pipes between them, and its life: connecting the next hop, path
+//! discovery, faults, the kernel readings, the end of each direction. The loop in [`super`]
+//! decides when a connection runs; this module decides what it does.
+//!
+//! What each role does to the frames lives in a file of its own: [`relay`] (restamp, both
+//! ways), [`echo`] (turn; plain echo with `-r`), [`egress`] (`-r` in front of a server: strip
+//! and match answers for a source, receipts for an ingress, the server's own bytes framed) and
+//! [`ingress`] (in front of a client: frame its bytes, probe, take receipts). Frames going down
+//! are dispatched by role here, in one exhaustive match on the frame kind.
 
 use std::collections::VecDeque;
 use std::io;
@@ -10,20 +16,24 @@ use std::os::fd::AsRawFd;
 
 use mio::Interest;
 
-use super::{HopConfig, Side, next_hop_text, token_of};
+mod echo;
+mod egress;
+pub mod ingress;
+mod relay;
+
+use super::{HopConfig, ROUND_BYTES, Side, next_hop_text, token_of};
 use crate::buffer::Buffer;
-use crate::clock;
 use crate::core::{Inbound, Outbound, Peer, ReadStamp};
 use crate::net;
 use crate::wire::{
-    self, Direction, Fault, Frame, HEADER_LEN, Header, KernelSample, Kind, MAX_FRAME_LEN,
-    MAX_HEADERS_LEN, MAX_HOPS, MAX_RECORDS, PathEntry, RECORD_LEN, Role, Stamp, UNSOLICITED,
-    WireError,
+    self, Direction, Fault, FaultCode, Frame, KernelSample, Kind, MAX_FRAME_LEN, MAX_HOPS,
+    PathEntry, RECORD_LEN, Role, Stamp, WireError,
 };
+use echo::Speech;
+use egress::{PENDING_HEADERS_LEN, PendingAnswers, deliver_with_receipt, strip_into};
+use ingress::{IngressState, IngressTotals};
 /// Room for the largest frame plus the record this hop adds.
 const BUFFER_LEN: usize = MAX_FRAME_LEN + RECORD_LEN;
-/// A stripping relay keeps the headers of frames whose answer has not come back yet.
-const PENDING_HEADERS_LEN: usize = 256 * 1024;
 
 /// One direction through the hop: bytes read from one socket, frames written to another.
 struct Pipe {
@@ -43,65 +53,11 @@ impl Pipe {
     }
 }
 
-/// What an echoing end with `--remove-perf-headers` found its peer speaking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Speech {
-    Undecided,
-    Frames,
-    Plain,
-}
-
-/// A stripping relay's memory of the frames sent to the plain server and not yet answered:
-/// their headers and records (this hop's down record included) and payload lengths.
-struct PendingAnswers {
-    headers: Buffer,
-    frames: VecDeque<PendingFrame>,
-    /// Write stamps still to come for payloads whose frames were answered before their
-    /// hand-over started: dropped as they come, so later frames keep their own.
-    stale_stamps: usize,
-    /// Answers that came before their frame's payload had been handed over (the server sent
-    /// more than it was asked): their last link is counted as 0, and the close line says so.
-    answered_before_sent: u64,
-}
-
-/// One frame sent to the plain server and not answered yet.
-struct PendingFrame {
-    headers_len: usize,
-    payload_len: usize,
-    /// When the payload's hand-over to the server started; `None` until it has. An empty
-    /// payload has nothing to hand over and counts as sent when it is read.
-    sent_ns: Option<u64>,
-}
-
-impl PendingAnswers {
-    /// Gives the payloads whose hand-over has started their write stamps, in order.
-    fn collect_sent(&mut self, output: &mut Outbound) {
-        while let Some(sent_ns) = output.take_detached() {
-            if self.stale_stamps > 0 {
-                self.stale_stamps -= 1;
-                continue;
-            }
-            let waiting = self.frames.iter_mut().find(|frame| frame.sent_ns.is_none());
-            debug_assert!(waiting.is_some(), "a write stamp for a payload never queued");
-            if let Some(frame) = waiting {
-                frame.sent_ns = Some(sent_ns);
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        self.frames.clear();
-        self.headers.consume(self.headers.len());
-        self.stale_stamps = 0;
-    }
-}
-
 pub(super) struct Connection {
     slot: usize,
     pub(super) upstream: Peer,
     /// The next hop; `None` at the echoing end, and once it has failed.
-    pub(super) downstream: Option<Peer>,
-    pub(super) connecting: bool,
+    pub(super) downstream: NextHop,
     down: Pipe,
     up: Pipe,
     /// This hop's index in the chain, learnt from the path announcement.
@@ -109,7 +65,7 @@ pub(super) struct Connection {
     speech: Speech,
     pending: PendingAnswers,
     /// Why the next hop is unusable; reported upstream in a FAULT frame.
-    pub(super) failure: Option<String>,
+    pub(super) failure: Option<Failure>,
     fault_queued: bool,
     /// The path announcement forwarded down, until its answer comes back up.
     unanswered_path: Option<Vec<u8>>,
@@ -117,6 +73,8 @@ pub(super) struct Connection {
     pub(super) passed_fault: Option<String>,
     pub(super) frames_down: u64,
     pub(super) frames_up: u64,
+    /// DATA frames of a plain server's own bytes, framed by the egress and passed up.
+    pub(super) server_frames_up: u64,
     pub(super) bytes_down: u64,
     pub(super) bytes_up: u64,
     pub(super) opened_ns: u64,
@@ -124,6 +82,80 @@ pub(super) struct Connection {
     kernel_info: KernelInfo,
     /// The source asked for transmit timestamps on this connection's sockets.
     tx_stamps: bool,
+    origin: Origin,
+    /// At an ingress: the client connection's framing and accounting.
+    pub(super) ingress: Option<Box<IngressState>>,
+}
+
+/// The next hop's socket through its life; the transitions are `start_connect`,
+/// `finish_connect` and `fail_downstream`.
+pub(super) enum NextHop {
+    /// None opened: no path has come by yet, the echoing end has none, or it failed (the
+    /// connection's `failure` then says why).
+    Closed,
+    /// The connect is under way; the socket's first writable readiness says how it ended.
+    Connecting(Peer),
+    Connected(Peer),
+}
+
+impl NextHop {
+    /// The socket, connecting or connected: what poll events are for.
+    pub(super) fn peer_mut(&mut self) -> Option<&mut Peer> {
+        match self {
+            NextHop::Closed => None,
+            NextHop::Connecting(peer) | NextHop::Connected(peer) => Some(peer),
+        }
+    }
+
+    fn peer(&self) -> Option<&Peer> {
+        match self {
+            NextHop::Closed => None,
+            NextHop::Connecting(peer) | NextHop::Connected(peer) => Some(peer),
+        }
+    }
+
+    fn connected_mut(&mut self) -> Option<&mut Peer> {
+        match self {
+            NextHop::Connected(peer) => Some(peer),
+            _ => None,
+        }
+    }
+
+    fn connected(&self) -> Option<&Peer> {
+        match self {
+            NextHop::Connected(peer) => Some(peer),
+            _ => None,
+        }
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        !matches!(self, NextHop::Closed)
+    }
+
+    pub(super) fn is_connecting(&self) -> bool {
+        matches!(self, NextHop::Connecting(_))
+    }
+}
+
+/// Why the next hop is unusable: what the FAULT frame upstream says (its code and words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Failure {
+    pub(super) code: FaultCode,
+    pub(super) message: String,
+}
+
+/// Who opened the chain this connection belongs to, from the first path entry: it decides
+/// what an answer is and how the stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The path has not come by yet.
+    Unknown,
+    /// A source (stdin or probes): every frame down is answered by one frame up, and the
+    /// stream ends from the source down and back.
+    Source,
+    /// An ingress in front of an unmodified client: frames down get receipts, the server
+    /// sends what it likes, and each direction ends on its own (TCP's half-close).
+    Ingress,
 }
 
 /// Whether the source asked for this connection's `TCP_INFO` readings, and where they stand.
@@ -140,6 +172,8 @@ enum KernelInfo {
 pub(super) struct Context<'a> {
     pub(super) config: &'a HopConfig,
     pub(super) role: Role,
+    /// At an ingress: the statistics the connections' receipts go into.
+    pub(super) totals: &'a mut IngressTotals,
 }
 
 pub(super) enum Round {
@@ -161,8 +195,7 @@ impl Connection {
         Ok(Connection {
             slot,
             upstream,
-            downstream: None,
-            connecting: false,
+            downstream: NextHop::Closed,
             // The echoing end answers into `up.output`; it has no downstream buffers.
             down: Pipe::new(BUFFER_LEN, if echo { 0 } else { BUFFER_LEN })?,
             up: Pipe::new(if echo { 0 } else { BUFFER_LEN }, BUFFER_LEN)?,
@@ -171,8 +204,6 @@ impl Connection {
             pending: PendingAnswers {
                 headers: Buffer::with_capacity(if stripping { PENDING_HEADERS_LEN } else { 0 })?,
                 frames: VecDeque::new(),
-                stale_stamps: 0,
-                answered_before_sent: 0,
             },
             failure: None,
             fault_queued: false,
@@ -180,19 +211,44 @@ impl Connection {
             unanswered_path: None,
             frames_down: 0,
             frames_up: 0,
+            server_frames_up: 0,
             bytes_down: 0,
             bytes_up: 0,
             opened_ns: now_ns,
             last_progress_ns: now_ns,
             kernel_info: KernelInfo::NotAsked,
             tx_stamps: false,
+            origin: if role == Role::Ingress { Origin::Ingress } else { Origin::Unknown },
+            ingress: (role == Role::Ingress).then(|| Box::new(IngressState::new())),
         })
+    }
+
+    /// At an ingress, right after the client's accept: the next hop is connected at once (the
+    /// client will not announce a path) and the announcement queued.
+    pub(super) fn start_ingress(&mut self, registry: &mio::Registry, config: &HopConfig) {
+        let Some((target, _)) = &config.forward_to else { return };
+        self.hop = Some(0);
+        self.start_connect(registry, *target, config);
+        let local = self.downstream.peer().and_then(|peer| peer.stream.local_addr().ok());
+        self.down.output.push(&IngressState::announcement(config, local, self.upstream.addr));
+    }
+
+    /// At an ingress, on the probe timer: one probe into the connection, unless the client has
+    /// ended its side (nothing more goes down then) or the path is broken.
+    pub(super) fn queue_probe(&mut self, now_ns: u64) -> bool {
+        let Some(ingress) = self.ingress.as_mut() else { return false };
+        if self.upstream.read_closed || self.failure.is_some() || !self.downstream.is_open() {
+            return false;
+        }
+        let queued = ingress.queue_probe(&mut self.down.output, now_ns);
+        self.frames_down += u64::from(queued);
+        queued
     }
 
     /// One round of connect, read, process and write in both directions.
     pub(super) fn round(
         &mut self,
-        context: &Context,
+        context: &mut Context,
         registry: &mio::Registry,
         now_ns: u64,
     ) -> Result<Round, String> {
@@ -201,7 +257,7 @@ impl Connection {
         // would hold a connection forever.
         let mut advanced = false;
         let mut read_any = false;
-        if self.connecting {
+        if self.downstream.is_connecting() {
             advanced |= self.finish_connect(registry, context.config);
         }
 
@@ -209,12 +265,12 @@ impl Connection {
         if !self.down.stalled {
             read_any |= self
                 .upstream
-                .fill(&mut self.down.input)
+                .fill_at_most(&mut self.down.input, ROUND_BYTES)
                 .map_err(|error| format!("read: {error}"))?;
         }
         advanced |= self.process_down(context, registry)?;
-        if let (Some(downstream), false) = (self.downstream.as_mut(), self.connecting) {
-            match downstream.flush(&mut self.down.output) {
+        if let Some(downstream) = self.downstream.connected_mut() {
+            match downstream.flush_at_most(&mut self.down.output, ROUND_BYTES) {
                 Ok(wrote) => advanced |= wrote,
                 Err(error) => {
                     self.lose_downstream(registry, context.config, error)?;
@@ -224,10 +280,8 @@ impl Connection {
         }
 
         // Up: downstream socket -> up.input -> frames -> up.output -> upstream socket.
-        if let (Some(downstream), false, false) =
-            (self.downstream.as_mut(), self.connecting, self.up.stalled)
-        {
-            match downstream.fill(&mut self.up.input) {
+        if let (Some(downstream), false) = (self.downstream.connected_mut(), self.up.stalled) {
+            match downstream.fill_at_most(&mut self.up.input, ROUND_BYTES) {
                 Ok(got) => read_any |= got,
                 Err(error) => {
                     self.lose_downstream(registry, context.config, error)?;
@@ -239,14 +293,25 @@ impl Connection {
             Ok(moved) => advanced |= moved,
             // The next hop does not speak the protocol: the source must hear which one.
             Err(what) => {
-                self.fail_downstream(registry, context.config, what);
+                self.fail_downstream(registry, context.config, FaultCode::BadInput, what);
                 self.up.input.clear();
                 advanced = true;
             }
         }
+        if self.origin == Origin::Ingress
+            && context.role == Role::Ingress
+            && let Some(reason) =
+                self.failure.take().map(|failure| failure.message).or(self.passed_fault.take())
+        {
+            // The client hears of a broken chain as it would of a broken server.
+            self.upstream.reset();
+            return Err(reason);
+        }
         advanced |= self.queue_fault(context.config);
-        advanced |=
-            self.upstream.flush(&mut self.up.output).map_err(|error| format!("write: {error}"))?;
+        advanced |= self
+            .upstream
+            .flush_at_most(&mut self.up.output, ROUND_BYTES)
+            .map_err(|error| format!("write: {error}"))?;
 
         if advanced {
             self.last_progress_ns = now_ns;
@@ -274,17 +339,19 @@ impl Connection {
                 if self.tx_stamps {
                     enable_tx_stamps(&mut downstream, &config.name);
                 }
-                self.downstream = Some(downstream);
-                self.connecting = true;
+                self.downstream = NextHop::Connecting(downstream);
             }
-            Err(error) => {
-                self.fail_downstream(registry, config, format!("cannot connect: {error}"))
-            }
+            Err(error) => self.fail_downstream(
+                registry,
+                config,
+                FaultCode::Unreachable,
+                format!("cannot connect: {error}"),
+            ),
         }
     }
 
     fn finish_connect(&mut self, registry: &mio::Registry, config: &HopConfig) -> bool {
-        let Some(downstream) = self.downstream.as_mut() else {
+        let NextHop::Connecting(downstream) = &mut self.downstream else {
             return false;
         };
         if !downstream.writable {
@@ -292,7 +359,10 @@ impl Connection {
         }
         match net::connect_result(&downstream.stream) {
             Ok(true) => {
-                self.connecting = false;
+                let connecting = std::mem::replace(&mut self.downstream, NextHop::Closed);
+                if let NextHop::Connecting(peer) = connecting {
+                    self.downstream = NextHop::Connected(peer);
+                }
                 true
             }
             Ok(false) => {
@@ -300,7 +370,12 @@ impl Connection {
                 false
             }
             Err(error) => {
-                self.fail_downstream(registry, config, format!("cannot connect: {error}"));
+                self.fail_downstream(
+                    registry,
+                    config,
+                    FaultCode::Unreachable,
+                    format!("cannot connect: {error}"),
+                );
                 true
             }
         }
@@ -311,14 +386,15 @@ impl Connection {
         &mut self,
         registry: &mio::Registry,
         config: &HopConfig,
+        code: FaultCode,
         what: String,
     ) {
-        if let Some(mut downstream) = self.downstream.take() {
+        if let Some(downstream) = self.downstream.peer_mut() {
             let _ = registry.deregister(&mut downstream.stream);
         }
-        self.connecting = false;
-        let failure = format!("next hop {}: {what}", next_hop_text(config));
-        self.failure = Some(failure);
+        self.downstream = NextHop::Closed;
+        let message = format!("next hop {}: {what}", next_hop_text(config));
+        self.failure = Some(Failure { code, message });
         self.down.output.clear();
         self.pending.clear();
     }
@@ -338,8 +414,9 @@ impl Connection {
             }
             self.unanswered_path = None;
         }
-        let message = format!("{} (hop {hop}): {failure}", config.name);
-        self.fault_queued = self.up.output.push(&wire::fault_frame(&Fault { hop, message }));
+        let message = format!("{} (hop {hop}): {}", config.name, failure.message);
+        let fault = Fault { hop, code: failure.code, message };
+        self.fault_queued = self.up.output.push(&wire::fault_frame(&fault));
         self.fault_queued
     }
 
@@ -348,6 +425,18 @@ impl Connection {
         context: &Context,
         registry: &mio::Registry,
     ) -> Result<bool, String> {
+        if let Some(ingress) = self.ingress.as_mut() {
+            let sent_before = ingress.sent();
+            let bytes_before = ingress.client_bytes;
+            let moved = ingress.frame_client_bytes(&mut self.down.input, &mut self.down.output);
+            self.frames_down += ingress.sent() - sent_before;
+            self.bytes_down += ingress.client_bytes - bytes_before;
+            self.down.stalled = !self.down.input.is_empty();
+            if self.down.stalled {
+                self.down.input.hold_back();
+            }
+            return Ok(moved);
+        }
         if context.role == Role::Echo && context.config.remove_perf_headers {
             self.decide_speech();
             if self.speech == Speech::Plain {
@@ -381,9 +470,14 @@ impl Connection {
                     let entries = PathEntry::parse_all(&announced)
                         .map_err(|error| self.bad_upstream(error))?;
                     self.hop = Some(entries.len() as u8);
+                    self.origin = match entries.first().map(|entry| entry.role) {
+                        Some(Role::Ingress) => Origin::Ingress,
+                        _ => Origin::Source,
+                    };
                     if entries.len() >= MAX_HOPS {
                         // A loop, most likely: tell the source instead of going round again.
-                        self.failure = Some(WireError::TooManyHops.to_string());
+                        let message = WireError::TooManyHops.to_string();
+                        self.failure = Some(Failure { code: FaultCode::TooManyHops, message });
                         self.down.input.consume(len);
                         progress = true;
                         continue;
@@ -408,6 +502,9 @@ impl Connection {
                         &mut self.up.output,
                     )
                 }
+                Kind::Data if frame.flags() & wire::DATA_FROM_SERVER != 0 => {
+                    return Err("server data travelling downstream".to_string());
+                }
                 Kind::Data => {
                     let hop = self
                         .hop
@@ -429,6 +526,11 @@ impl Connection {
                                 restamp_into(&mut self.up.output, &frame, stamp)
                             }
                             (Role::Echo, true) => self.up.output.push(frame.payload()),
+                            (Role::StrippingRelay, _) if self.origin == Origin::Ingress => {
+                                let stamp = unwritten(hop, Direction::Turn, read);
+                                let up = (!self.upstream.write_shut).then_some(&mut self.up.output);
+                                deliver_with_receipt(&mut self.down.output, up, &frame, stamp)
+                            }
                             (Role::StrippingRelay, _) => {
                                 let stamp = unwritten(hop, Direction::Down, read);
                                 strip_into(&mut self.down.output, &mut self.pending, &frame, stamp)
@@ -451,9 +553,13 @@ impl Connection {
             if kind == Kind::Data {
                 self.frames_down += 1;
                 self.bytes_down += payload_len as u64;
+                let receipted =
+                    context.role == Role::StrippingRelay && self.origin == Origin::Ingress;
                 if context.role == Role::Echo {
                     self.frames_up += 1;
                     self.bytes_up += payload_len as u64;
+                } else if receipted {
+                    self.frames_up += 1;
                 }
             }
             self.down.input.consume(len);
@@ -479,197 +585,27 @@ impl Connection {
         } else if let (Role::StrippingRelay, Some((target, text))) =
             (context.role, &context.config.forward_to)
         {
-            let seen_from = self.downstream.as_ref().and_then(|peer| peer.stream.local_addr().ok());
+            let seen_from = self.downstream.peer().and_then(|peer| peer.stream.local_addr().ok());
             PathEntry::new(Role::PlainServer, text, Some(*target), seen_from).emit(&mut extended);
         }
         extended
-    }
-
-    fn decide_speech(&mut self) {
-        if self.speech != Speech::Undecided {
-            return;
-        }
-        let data = self.down.input.data();
-        let seen = data.len().min(wire::MAGIC.len());
-        if data[..seen] != wire::MAGIC[..seen] {
-            self.speech = Speech::Plain;
-        } else if seen == wire::MAGIC.len() {
-            self.speech = Speech::Frames;
-        } else if self.upstream.read_closed && !data.is_empty() {
-            self.speech = Speech::Plain;
-        }
-    }
-
-    /// An echoing end with `-r` whose peer speaks plain bytes: echo them verbatim.
-    fn echo_plain(&mut self) -> bool {
-        let count = self.down.input.len().min(self.up.output.room());
-        if count == 0 {
-            return false;
-        }
-        self.up.output.push(&self.down.input.data()[..count]);
-        self.down.input.consume(count);
-        self.bytes_down += count as u64;
-        self.bytes_up += count as u64;
-        true
-    }
-
-    fn process_up(&mut self, context: &Context) -> Result<bool, String> {
-        if self.downstream.is_none() && self.up.input.is_empty() {
-            return Ok(false);
-        }
-        if context.role == Role::StrippingRelay {
-            return Ok(self.frame_plain_answers());
-        }
-        let mut progress = false;
-        self.up.stalled = false;
-        loop {
-            let frame = match wire::next_frame(self.up.input.data()) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(error) => return Err(Self::bad_downstream(error)),
-            };
-            let len = frame.total_len();
-            let moved = match frame.kind() {
-                Kind::Data => {
-                    let hop = self.hop.unwrap_or(0);
-                    if frame.record_count() <= usize::from(hop)
-                        || frame.record_count() >= MAX_RECORDS
-                    {
-                        return Err(format!(
-                            "answer {} carries {} stamp records, expected between {} and {}",
-                            frame.sequence(),
-                            frame.record_count(),
-                            usize::from(hop) + 1,
-                            MAX_RECORDS - 1
-                        ));
-                    }
-                    let read = self.up.input.stamp_of_head(len);
-                    restamp_into(&mut self.up.output, &frame, unwritten(hop, Direction::Up, read))
-                }
-                Kind::Path => {
-                    self.unanswered_path = None;
-                    self.up.output.push(frame.as_bytes())
-                }
-                Kind::Fault => {
-                    let fault = Fault::parse(frame.payload());
-                    self.passed_fault = Some(format!("passed on: {}", fault.message));
-                    self.up.output.push(frame.as_bytes())
-                }
-                Kind::Kernel => {
-                    KernelSample::parse(frame.payload()).map_err(Self::bad_downstream)?;
-                    self.up.output.push(frame.as_bytes())
-                }
-            };
-            if !moved {
-                self.up.stalled = true;
-                self.up.input.hold_back();
-                break;
-            }
-            if frame.kind() == Kind::Data {
-                self.frames_up += 1;
-                self.bytes_up += frame.payload_len() as u64;
-            }
-            self.up.input.consume(len);
-            progress = true;
-        }
-        Ok(progress)
     }
 
     fn bad_downstream(error: WireError) -> String {
         format!("sent bad input: {error}")
     }
 
-    /// At a stripping relay: match the plain server's answer bytes, in order, to the frames
-    /// sent to it, and frame them again so the hops upstream go on measuring.
-    fn frame_plain_answers(&mut self) -> bool {
-        let mut progress = false;
-        let hop = self.hop.unwrap_or(0);
-        self.pending.collect_sent(&mut self.down.output);
-        loop {
-            let available = self.up.input.len();
-            let front = self
-                .pending
-                .frames
-                .front()
-                .map(|frame| (frame.headers_len, frame.payload_len, frame.sent_ns));
-            if available == 0 && !matches!(front, Some((_, 0, _))) {
-                break;
-            }
-            let moved = match front {
-                Some((headers_len, payload_len, sent_ns)) => {
-                    if available < payload_len {
-                        break;
-                    }
-                    // An empty answer is owed no bytes: it is complete the moment it is due.
-                    let read = if payload_len == 0 {
-                        ReadStamp { read_ns: clock::now_ns(), ..ReadStamp::default() }
-                    } else {
-                        self.up.input.stamp_of_head(payload_len)
-                    };
-                    let stamp = unwritten(hop, Direction::Up, read);
-                    let record_count =
-                        Frame::new_unchecked(&self.pending.headers.data()[..headers_len])
-                            .record_count();
-                    let frame_len = HEADER_LEN + (record_count + 1) * RECORD_LEN + payload_len;
-                    if self.up.output.room() < frame_len {
-                        break;
-                    }
-                    let sent_ns = sent_ns.unwrap_or_else(|| {
-                        // Answered before its payload was handed over: the server sent bytes
-                        // unasked. The link is counted as 0 rather than as a negative time,
-                        // and the payload's own write stamp, still to come, is dropped.
-                        self.pending.answered_before_sent += 1;
-                        self.pending.stale_stamps += 1;
-                        stamp.arrival_ns().unwrap_or(stamp.read_ns)
-                    });
-                    let stored = &mut self.pending.headers.data_mut()[..headers_len];
-                    wire::patch_write_stamp(
-                        &mut stored[wire::write_stamp_offset(record_count - 1)..],
-                        sent_ns,
-                    );
-                    let stored = &self.pending.headers.data()[..headers_len];
-                    let stored_frame = Frame::new_unchecked(stored);
-                    let header = Header {
-                        record_count: record_count + 1,
-                        payload_len,
-                        ..Header::of(&stored_frame)
-                    };
-                    let tail = self.up.output.tail(header.total_len()).expect("room checked");
-                    let written = wire::emit_frame(
-                        tail,
-                        &header,
-                        &stored[HEADER_LEN..],
-                        &[stamp],
-                        &self.up.input.data()[..payload_len],
-                    );
-                    self.up.output.commit_frame(written, wire::write_stamp_offset(record_count));
-                    self.pending.headers.consume(headers_len);
-                    self.pending.frames.pop_front();
-                    self.frames_up += 1;
-                    payload_len
-                }
-                None => {
-                    let count = available.min(wire::MAX_PAYLOAD);
-                    let header = Header {
-                        kind: Kind::Data,
-                        record_count: 0,
-                        sequence: UNSOLICITED,
-                        payload_len: count,
-                    };
-                    let Some(tail) = self.up.output.tail(header.total_len()) else {
-                        break;
-                    };
-                    let written =
-                        wire::emit_frame(tail, &header, &[], &[], &self.up.input.data()[..count]);
-                    self.up.output.commit_unstamped(written);
-                    count
-                }
-            };
-            self.bytes_up += moved as u64;
-            self.up.input.consume(moved);
-            progress = true;
+    fn process_up(&mut self, context: &mut Context) -> Result<bool, String> {
+        if !self.downstream.is_open() && self.up.input.is_empty() {
+            return Ok(false);
         }
-        progress
+        if context.role == Role::Ingress {
+            return self.take_answers(context.totals);
+        }
+        if context.role == Role::StrippingRelay {
+            return Ok(self.frame_plain_answers());
+        }
+        self.pass_answers_up()
     }
 
     /// Half-close, end to end: each side's EOF is passed on once everything before it has been.
@@ -692,12 +628,29 @@ impl Connection {
         }
         let down_drained =
             self.upstream.read_closed && self.down.input.is_empty() && self.down.output.is_empty();
-        match self.downstream.as_mut() {
-            Some(downstream) if !self.connecting => {
+        match &mut self.downstream {
+            NextHop::Connected(downstream) => {
                 if down_drained {
                     downstream.shut_write();
                 }
-                if downstream.read_closed && self.up.output.is_empty() && !self.up.stalled {
+                if downstream.read_closed
+                    && self.up.output.is_empty()
+                    && !self.up.stalled
+                    && self.origin == Origin::Ingress
+                {
+                    // Each direction ends on its own: the server's end goes up as it came.
+                    if !self.up.input.is_empty() && context.role != Role::StrippingRelay {
+                        if self.failure.is_none() && self.passed_fault.is_none() {
+                            let what = "closed in the middle of a frame".to_string();
+                            let code = FaultCode::ClosedEarly;
+                            self.fail_downstream(registry, context.config, code, what);
+                            return Ok(true);
+                        }
+                    } else if !self.upstream.write_shut && self.queue_last_kernel_samples() {
+                        return Ok(true);
+                    }
+                    self.upstream.shut_write();
+                } else if downstream.read_closed && self.up.output.is_empty() && !self.up.stalled {
                     // The next hop ended its stream; everything whole has been passed up. Only
                     // an end after ours, with every frame and the path answered, is clean.
                     let unanswered = self.frames_down.saturating_sub(self.frames_up);
@@ -706,7 +659,16 @@ impl Connection {
                         self.frames_down,
                         if self.frames_down == 1 { "frame" } else { "frames" }
                     );
-                    let what = if !self.up.input.is_empty() {
+                    let owed: usize =
+                        self.pending.frames.iter().map(|frame| frame.payload_len).sum();
+                    let what = if context.role == Role::StrippingRelay && unanswered > 0 {
+                        // A plain server: it owes bytes, not frames.
+                        Some(format!(
+                            "answered {} of the {owed} bytes it was sent last, then closed the \
+                             connection ({passed_on})",
+                            self.up.input.len()
+                        ))
+                    } else if !self.up.input.is_empty() {
                         Some(format!("closed in the middle of a frame, {passed_on}"))
                     } else if unanswered > 0 {
                         Some(format!("closed the connection early, {passed_on}"))
@@ -723,7 +685,8 @@ impl Connection {
                     };
                     match what {
                         Some(what) if self.failure.is_none() && self.passed_fault.is_none() => {
-                            self.fail_downstream(registry, context.config, what);
+                            let code = FaultCode::ClosedEarly;
+                            self.fail_downstream(registry, context.config, code, what);
                             return Ok(true);
                         }
                         _ if self.queue_last_kernel_samples() => return Ok(true),
@@ -731,8 +694,8 @@ impl Connection {
                     }
                 }
             }
-            Some(_) => {}
-            None => {
+            NextHop::Connecting(_) => {}
+            NextHop::Closed => {
                 // The echoing end, or a relay whose next hop failed: once the answers (and any
                 // FAULT frame) are out, the stream ends.
                 let fault_done =
@@ -777,7 +740,7 @@ impl Connection {
 
     fn queue_kernel_samples(&mut self) -> bool {
         let Some(hop) = self.hop else { return false };
-        let connected = if self.connecting { None } else { self.downstream.as_ref() };
+        let connected = self.downstream.connected();
         let sockets = [(Side::Upstream, Some(&self.upstream)), (Side::Downstream, connected)];
         let mut queued = false;
         for (side, peer) in sockets {
@@ -789,9 +752,19 @@ impl Connection {
         queued
     }
 
-    /// Answers a stripping relay framed before their payload had reached the server.
-    pub(super) fn answered_before_sent(&self) -> u64 {
-        self.pending.answered_before_sent
+    /// An ingress's chain: an error closes both sockets with a reset, which passes the
+    /// client's or the server's reset on hop by hop.
+    pub(super) fn passes_resets(&self) -> bool {
+        self.origin == Origin::Ingress
+    }
+
+    /// Bytes read from and written to both sockets since the connection opened: what a turn
+    /// is counted in.
+    pub(super) fn bytes_moved(&self) -> u64 {
+        self.down.input.total_received()
+            + self.up.input.total_received()
+            + self.down.output.total_written()
+            + self.up.output.total_written()
     }
 
     /// Whether the connection holds work that should make progress within the timeout.
@@ -800,14 +773,16 @@ impl Connection {
             || !self.down.output.is_empty()
             || !self.up.input.is_empty()
             || !self.up.output.is_empty()
-            || self.connecting
-            || self.frames_down > self.frames_up && self.downstream.is_some()
+            || self.downstream.is_connecting()
+            || self.frames_down > self.frames_up && self.downstream.is_open()
             || self.failure.is_some()
             || self.upstream.write_shut
     }
 
     pub(super) fn waits_for_downstream(&self) -> bool {
-        self.connecting || self.frames_down > self.frames_up || !self.down.output.is_empty()
+        self.downstream.is_connecting()
+            || self.frames_down > self.frames_up
+            || !self.down.output.is_empty()
     }
 
     pub(super) fn stall_detail(&self) -> String {
@@ -847,7 +822,7 @@ impl Connection {
             ));
         }
         let what = format!("lost the connection after {} frames: {error}", self.frames_down);
-        self.fail_downstream(registry, config, what);
+        self.fail_downstream(registry, config, FaultCode::Lost, what);
         Ok(())
     }
 }
@@ -897,81 +872,8 @@ fn restamp_into<T: AsRef<[u8]>>(output: &mut Outbound, frame: &Frame<T>, stamp: 
     true
 }
 
-/// Sends only the payload on, and keeps the frame's headers (with this hop's record) until the
-/// plain server's answer comes back.
-fn strip_into<T: AsRef<[u8]>>(
-    output: &mut Outbound,
-    pending: &mut PendingAnswers,
-    frame: &Frame<T>,
-    stamp: Stamp,
-) -> bool {
-    let headers_len = frame.headers_len() + RECORD_LEN;
-    debug_assert!(headers_len <= MAX_HEADERS_LEN + RECORD_LEN, "checked by Frame::new_checked");
-    if output.room() < frame.payload_len() || pending.headers.room() < headers_len {
-        return false;
-    }
-    // Stored without the payload: the plain server's answer will take its place.
-    let header =
-        Header { record_count: frame.record_count() + 1, payload_len: 0, ..Header::of(frame) };
-    let tail = pending.headers.tail(headers_len).expect("room checked");
-    let written = wire::emit_frame(tail, &header, &frame.headers()[HEADER_LEN..], &[stamp], &[]);
-    pending.headers.commit(written);
-    let payload_len = frame.payload_len();
-    // An empty payload has nothing to hand over: sent as it is read.
-    let sent_ns = (payload_len == 0).then_some(stamp.read_ns);
-    pending.frames.push_back(PendingFrame { headers_len: written, payload_len, sent_ns });
-    payload_len == 0 || output.push_detached(frame.payload())
-}
 /// The path entry for a next hop this relay could not reach.
 fn unreached_entry(config: &HopConfig) -> PathEntry {
     let target = config.forward_to.as_ref().map(|(addr, _)| *addr);
     PathEntry::new(Role::Unreached, &next_hop_text(config), target, None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pending(lens: &[usize]) -> PendingAnswers {
-        let frames = lens
-            .iter()
-            .map(|&payload_len| PendingFrame {
-                headers_len: 0,
-                payload_len,
-                sent_ns: (payload_len == 0).then_some(1),
-            })
-            .collect();
-        PendingAnswers {
-            headers: Buffer::with_capacity(0).unwrap(),
-            frames,
-            stale_stamps: 0,
-            answered_before_sent: 0,
-        }
-    }
-
-    #[test]
-    fn test_write_stamps_reach_their_own_frames_even_after_an_early_answer() {
-        let mut output = Outbound::with_capacity(64).unwrap();
-        for payload in [&b"aaaa"[..], b"bbbb", b"cccc"] {
-            assert!(output.push_detached(payload));
-        }
-        // Frames a, an empty one, b, c.
-        let mut pending = pending(&[4, 0, 4, 4]);
-        output.written(4, 100); // a's hand-over
-        pending.collect_sent(&mut output);
-        let sent: Vec<_> = pending.frames.iter().map(|frame| frame.sent_ns).collect();
-        assert_eq!(sent, [Some(100), Some(1), None, None]);
-        // a and the empty frame are answered; then b is answered before its payload left (the
-        // server sent more than asked), as the relay does it: its stamp, to come, is stale.
-        pending.frames.pop_front();
-        pending.frames.pop_front();
-        pending.frames.pop_front();
-        pending.stale_stamps += 1;
-        output.written(4, 300); // b's hand-over
-        output.written(4, 400); // c's
-        pending.collect_sent(&mut output);
-        // c gets its own stamp, not b's.
-        assert_eq!(pending.frames.front().map(|frame| frame.sent_ns), Some(Some(400)));
-        assert_eq!(pending.stale_stamps, 0);
-    }
 }
