@@ -42,13 +42,19 @@ usage: scripts/bench.sh [--quick] [options]
   --busy N              busy connections (our sources at 2 ms intervals) (100)
   --busy-seconds S      how long the busy sources run (full 6, quick 3)
   --placements LIST     one,split (default both)
-  --only LIST           any of latency,knobs,evidence,integrity,throughput,syscalls,rss
+  --only LIST           any of latency,knobs,evidence,integrity,throughput,syscalls,rss,watch
                         (default all)
   --knob-frames N       round trips per knobs run (full 25000, quick 3000): a run must last
                         over a second to meet the kernel's real-time throttle next to the hog
   --knob-reps R         knobs repetitions (full 3, quick 1)
   --evidence-frames N   round trips per run of the evidence section (full 10000, quick 3000)
   --evidence-reps R     evidence repetitions, variants alternated (full 5, quick 3)
+  --watch-frames N      probes per watch run, one every 250 µs (full 20000 = 5 s, quick 6000):
+                        a run must last some seconds for the view to redraw and to be scraped
+  --watch-reps R        watch repetitions, the four variants alternated (full 5, quick 2)
+  --watch-realtime      the watch section with --realtime on the source, the relay and an echo
+                        of its own (SCHED_FIFO: other work at normal priority cannot delay
+                        them; the view and metrics threads still run at normal priority)
   --busy-poll-args ARGS relay options for the busy-poll variant; "{cpu}" is replaced by the
                         hop's CPU (default "--busy-poll --cpu {cpu}", or "--busy-poll" when
                         the relay has no --cpu); e.g. add --realtime --mlock
@@ -67,6 +73,10 @@ machine. floor-bp is it spinning.
 The busy-poll variant (ours-bp) runs only when `subsegment-tcp-speeds --help` mentions
 --busy-poll, and only as one hop on the other CPU: a spinning hop needs a CPU of its own, and
 this bench has one to give (CPU 0 is the source's and the echo's).
+
+The watch section (issue 13) measures what watching a run costs it: probe p50 and p99 through
+one hop of ours with the live view on and off (the source runs under script(1), so its stderr
+and stdin are a terminal), and with --metrics scraped every 100 ms and not scraped.
 EOF
 }
 
@@ -80,22 +90,23 @@ done
 if [[ $mode == quick ]]; then
     reps=2 frames=3000 warmup=300 bytes=256M throughput_reps=1 check_bytes=16M
     syscall_frames=5000 busy_seconds=3 knob_frames=3000 knob_reps=1
-    evidence_frames=3000 evidence_reps=3
+    evidence_frames=3000 evidence_reps=3 watch_frames=6000 watch_reps=2
 else
     reps=7 frames=10000 warmup=500 bytes=1G throughput_reps=3 check_bytes=64M
     syscall_frames=20000 busy_seconds=6 knob_frames=25000 knob_reps=3
-    evidence_frames=10000 evidence_reps=5
+    evidence_frames=10000 evidence_reps=5 watch_frames=20000 watch_reps=5
 fi
 sizes="64 512"
 idle_conns=1000
 busy_conns=100
 placements=one,split
-sections=latency,knobs,evidence,integrity,throughput,syscalls,rss
+sections=latency,knobs,evidence,integrity,throughput,syscalls,rss,watch
 throughput_block=65536
 busy_poll_args=''
 outdir=target/bench
 install=true
 given_bin=''
+watch_realtime=false
 readonly client_cpu=0 hop_cpu=1
 
 need_value() {
@@ -120,6 +131,9 @@ while (($#)); do
         --knob-reps) need_value "$@"; knob_reps=$2; shift ;;
         --evidence-frames) need_value "$@"; evidence_frames=$2; shift ;;
         --evidence-reps) need_value "$@"; evidence_reps=$2; shift ;;
+        --watch-frames) need_value "$@"; watch_frames=$2; shift ;;
+        --watch-reps) need_value "$@"; watch_reps=$2; shift ;;
+        --watch-realtime) watch_realtime=true ;;
         --idle) need_value "$@"; idle_conns=$2; shift ;;
         --busy) need_value "$@"; busy_conns=$2; shift ;;
         --busy-seconds) need_value "$@"; busy_seconds=$2; shift ;;
@@ -139,7 +153,7 @@ bytes=$(numfmt --from=iec "$bytes")
 check_bytes=$(numfmt --from=iec "$check_bytes")
 for number in "$reps" "$frames" "$warmup" "$bytes" "$throughput_reps" "$check_bytes" \
     "$syscall_frames" "$knob_frames" "$knob_reps" "$evidence_frames" "$evidence_reps" "$idle_conns" "$busy_conns" "$busy_seconds" \
-    "$throughput_block"; do
+    "$throughput_block" "$watch_frames" "$watch_reps"; do
     [[ $number =~ ^[0-9]+$ ]] || { echo "bench.sh: '$number' is not a whole number" >&2; exit 2; }
 done
 read -r -a size_list <<<"$sizes"
@@ -514,6 +528,9 @@ meta knob_frames "$knob_frames"
 meta knob_reps "$knob_reps"
 meta evidence_frames "$evidence_frames"
 meta evidence_reps "$evidence_reps"
+meta watch_frames "$watch_frames"
+meta watch_reps "$watch_reps"
+meta watch_realtime "$watch_realtime"
 meta throughput_reps "$throughput_reps"
 meta client_cpu "$client_cpu"
 meta hop_cpu "$hop_cpu"
@@ -911,6 +928,113 @@ if wants rss; then
         rss_row "$when, busy ones ended" "$relay" "VmHWM = the peak while busy"
         stop_chain
     done
+fi
+
+# --- watching: the live view and --metrics ---------------------------------------------------------
+
+# What watching a run costs it (issue 13): probe p50 and p99 through one hop of ours, 64 B probes
+# every 250 µs, --window 1, in four variants alternated:
+#   view-off  the source under script(1) with --no-live
+#   view-on   the same without --no-live: the live view is drawn (TERM=xterm, stderr a terminal)
+#   metrics   --no-live --metrics 127.0.0.1:PORT, not scraped
+#   scraped   the same, GET /metrics every 100 ms (benchlib scrape)
+# All four run under script, so only the view or the scrapes differ. Where each process runs:
+# the source's loop on CPU 0 (--cpu 0) with the echoing end (taskset); the relay on CPU 1
+# (taskset); script, and with it the source's helper threads (the view, the metrics server, the
+# output writer), which the source moves off its --cpu, on CPU 1; the scraper on CPU 1.
+watch_variants=(view-off view-on metrics scraped)
+
+# run_watch VARIANT REP: one measured run, appended to $raw/watch.tsv.
+run_watch() {
+    local variant=$1 rep=$2 status=ok rc=0 numbers='' check='' port='' scraper='' others_pct=0
+    local log=$logs/watch/$variant-r$rep.typescript json=$logs/watch/$variant-r$rep.json
+    local args=(--no-live) relay=ours rt=()
+    if $watch_realtime; then relay=ours-rt rt=(--realtime); fi
+    build_chain "$relay" 1 "$hop_cpu" || status="hop did not start"
+    if [[ $status == ok ]]; then
+        probe "$entry" "$warmup" 64 "$logs/watch/$variant-r$rep.warmup" || status="warm-up failed"
+    fi
+    if [[ $status == ok ]]; then
+        case $variant in
+            view-on) args=() ;;
+            metrics | scraped)
+                port=$("${lib[@]}" free-ports 1)
+                args=(--no-live --metrics "127.0.0.1:$port")
+                ;;
+        esac
+        if [[ $variant == scraped ]]; then
+            rm -f "$tmp/scrapes"
+            start_group "$logs/watch/scraper-r$rep.log" taskset -c "$hop_cpu" "${lib[@]}" scrape "$port" 0.1 \
+                "$tmp/scrapes"
+            scraper=$started
+        fi
+        local command
+        printf -v command '%q ' env TERM=xterm "$bin" --forward-to "$entry" --name source --count "$watch_frames" \
+            --size 64 --interval 250us --window 1 --cpu "$client_cpu" --json "$json" "${rt[@]}" "${args[@]}"
+        rm -f "$json"
+        others_mark
+        timeout --foreground -k 5 $((watch_frames / 2000 + 60)) taskset -c "$hop_cpu" \
+            script -q -e -c "$command" "$log" </dev/null >/dev/null 2>&1 || rc=$?
+        others_pct=$(others_share)
+        if [[ -n $scraper ]]; then
+            stop_group "$scraper"
+            local answered failed _
+            read -r answered failed _ <"$tmp/scrapes" 2>/dev/null || answered=0 failed=0
+            check="$answered scrapes answered, $failed failed"
+            if ((answered == 0)); then status="no scrape answered"; fi
+        fi
+        # The view's header line, once per redraw: none without the view.
+        local redraws
+        redraws=$(grep -ao 'source: live view, ' "$log" | wc -l || true)
+        if [[ $variant != scraped ]]; then check="view drawn $redraws times"; fi
+        if [[ $variant == view-on ]] && ((redraws == 0)); then status="the view was not drawn"; fi
+        if [[ $variant != view-on ]] && ((redraws > 0)); then status="a view was drawn with --no-live"; fi
+        if ((rc)); then
+            status="source failed (exit $rc), see $log"
+        elif [[ $status == ok ]] && ! numbers=$("${lib[@]}" parse-latency "$json" 2>&1); then
+            status=$numbers numbers=''
+        fi
+    fi
+    stop_chain
+    if [[ -z $numbers ]]; then numbers=$'0\t0\t0\t0\t0\t0'; fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$variant" "$rep" "$numbers" "$others_pct" "$check" "$status" >>"$raw/watch.tsv"
+    local p50 p99
+    IFS=$'\t' read -r _ p50 p99 _ <<<"$numbers"
+    printf '  %-8s rep %s  p50 %s  p99 %s µs  (%s; other work %s%%)  %s\n' "$variant" "$rep" "$p50" "$p99" "$check" \
+        "$others_pct" "$([[ $status == ok ]] || echo "$status")" >&2
+}
+
+if wants watch; then
+    section watch
+    mkdir -p "$logs/watch"
+    printf 'variant\trep\tcount\tp50\tp99\tp99.9\tmax\tmean\tothers_pct\tcheck\tstatus\n' >"$raw/watch.tsv"
+    if ! command -v script >/dev/null; then
+        note "no script(1) (util-linux): the watch section needs it for a terminal; skipped"
+    else
+        echo "bench.sh: watch, $watch_reps repetitions, $watch_frames probes every 250 µs each: the live view on and off, --metrics scraped and not" >&2
+        if $watch_realtime; then
+            # An echoing end of its own with --realtime, on the source's CPU as the other one.
+            start_group "$logs/hops/echo-rt.log" taskset -c "$client_cpu" "$bin" --listen 127.0.0.1:0 --name echo \
+                --realtime
+            wait_line "$logs/hops/echo-rt.log" "$started" 'listening on '
+            plain_echo_addr=$echo_addr plain_echo_pgid=$echo_pgid
+            echo_pgid=$started
+            echo_addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$logs/hops/echo-rt.log" | head -n 1)
+            if grep -q 'warning: cannot' "$logs/hops/echo-rt.log"; then
+                note "watch: $(grep -m 1 'warning: cannot' "$logs/hops/echo-rt.log")"
+            fi
+        fi
+        for ((rep = 1; rep <= watch_reps; rep++)); do
+            count=${#watch_variants[@]}
+            for ((index = 0; index < count; index++)); do
+                run_watch "${watch_variants[(index + rep - 1) % count]}" "$rep"
+            done
+        done
+        if $watch_realtime; then
+            stop_group "$echo_pgid"
+            echo_addr=$plain_echo_addr echo_pgid=$plain_echo_pgid
+        fi
+    fi
 fi
 
 # --- summary ------------------------------------------------------------------------------------

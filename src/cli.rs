@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::core::transmit::TxMode;
 use crate::net::{self, Cidr};
+use crate::report::metrics::BucketLayout;
 use crate::report::sla::SlaSpec;
 use crate::report::{Parameters, Presentation, Units};
 use crate::source::Probe;
@@ -25,8 +26,8 @@ pub const USAGE: &str =
        [--jsonl PATH] [--plot PATH.svg] [--report-interval D] [--samples PATH] [--sla SPEC]
        [--units U] [--ascii] [--kernel-info on|off] [--kernel-stamps all|sample|off]
        [--quickack] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
-       [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME]]
-       [--ingress [--probe-interval D]]";
+       [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME] [--metrics-buckets B]]
+       [--no-live] [--ingress [--probe-interval D]]";
 
 pub const HELP: &str = "\
 subsegment-tcp-speeds: find which subsegment of a TCP chain (a link, or a relay host) adds the
@@ -67,6 +68,11 @@ options:
                                 at a relay or the echoing end (see the README's Prometheus
                                 section); --allow restricts who may scrape
       --metrics-chain NAME      source: the `chain` label of its metrics (default: --name)
+      --metrics-buckets FIRST,FACTOR,COUNT
+                                source: the delay histograms' buckets, COUNT upper bounds
+                                FIRST × FACTOR^k, then +Inf (default 5us,2,22: from 5 µs to
+                                10.49 s); FIRST 100ns to 10s, FACTOR above 1 and at most 10,
+                                COUNT 1 to 64, the last bound at most 1 h
 
 relays and the echoing end:
       --allow CIDR              accept only peers in this block (repeatable; e.g. 10.0.0.0/8);
@@ -114,6 +120,9 @@ source only:
       --units us|ms             the text report's unit (default: µs, or ms when the median round
                                 trip is 10 ms or more)
       --ascii                   the text report in ASCII (also in a locale that is not UTF-8)
+      --no-live                 no live table on stderr (shown by default when stderr is a
+                                terminal, TERM is not dumb and the run lasts over a second;
+                                keys in probe mode: q quit, r reset the view, p pause)
       --kernel-info on|off      ask every hop for its sockets' TCP_INFO (read on its 100 ms
                                 timer, never per frame) to show what the kernel saw per link
                                 (default on)
@@ -181,6 +190,10 @@ pub struct Options {
     pub metrics: Option<SocketAddr>,
     /// The source's `chain` label (`--metrics-chain`, else `--name`).
     pub metrics_chain: Option<String>,
+    /// The source's delay histogram buckets (`--metrics-buckets`).
+    pub metrics_buckets: BucketLayout,
+    /// The source may show the live view on a terminal (no `--no-live`).
+    pub live: bool,
     /// An ingress's probes per client connection (`--probe-interval`; `None`: off).
     pub probe_interval: Option<Duration>,
 }
@@ -232,10 +245,12 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut duration = None;
     let mut report_interval = None;
     let mut kernel_info = true;
+    let mut live = true;
     let mut kernel_stamps = TxMode::Off;
     let mut quickack = false;
     let mut metrics = None;
     let mut metrics_chain = None;
+    let mut metrics_buckets = None;
 
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next()? {
@@ -361,6 +376,13 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 }
                 metrics_chain = Some(text);
             }
+            Long("metrics-buckets") => {
+                let text = parser.value()?.string()?;
+                let layout = BucketLayout::parse(&text, parse_duration)
+                    .map_err(|error| format!("--metrics-buckets: {error}"))?;
+                metrics_buckets = Some(layout);
+            }
+            Long("no-live") => live = false,
             Long("busy-poll") => tuning.busy_poll = true,
             Long("cpu") => tuning.cpu = Some(number(&mut parser, "--cpu")?),
             Long("realtime") => tuning.realtime = true,
@@ -461,8 +483,15 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                 .into(),
         );
     }
+    if mode != Mode::Source && !live {
+        return Err("--no-live is for the source".into());
+    }
     if metrics_chain.is_some() && (mode != Mode::Source || metrics.is_none()) {
         return Err("--metrics-chain is for the source's --metrics".into());
+    }
+    if metrics_buckets.is_some() && (mode != Mode::Source || metrics.is_none()) {
+        // A hop counts no delays: it has no histograms to lay out.
+        return Err("--metrics-buckets is for the source's --metrics".into());
     }
     Ok(Command::Run(Box::new(Options {
         mode,
@@ -491,6 +520,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         quickack,
         metrics,
         metrics_chain,
+        metrics_buckets: metrics_buckets.unwrap_or_default(),
+        live,
         probe_interval: match (mode, probe_interval) {
             (Mode::Ingress, None) => Some(DEFAULT_PROBE_INTERVAL),
             (_, interval) => interval.filter(|interval| !interval.is_zero()),
@@ -669,6 +700,42 @@ mod tests {
         let timeout = parse(&["-f", "127.0.0.1:9", "-t", "0.25"]).unwrap().timeout;
         assert_eq!(timeout, Duration::from_millis(250));
         assert!(parse(&["-l", ":9", "-r", "-n", "zed"]).unwrap().remove_perf_headers);
+    }
+
+    #[test]
+    fn test_no_live_turns_the_live_view_off_and_is_for_the_source() {
+        assert!(parse(&["-f", "127.0.0.1:9", "-c", "0"]).unwrap().live);
+        assert!(!parse(&["-f", "127.0.0.1:9", "-c", "0", "--no-live"]).unwrap().live);
+        assert!(!parse(&["-f", "127.0.0.1:9", "--no-live"]).unwrap().live);
+        let relay = parse(&["-l", ":9", "-f", "127.0.0.1:9", "--no-live"]).unwrap_err();
+        assert!(relay.contains("--no-live is for the source"), "{relay}");
+        assert!(parse(&["-l", ":9", "--no-live"]).unwrap_err().contains("for the source"));
+    }
+
+    #[test]
+    fn test_metrics_buckets_are_the_sources_and_checked() {
+        let source = ["-f", "127.0.0.1:9", "-c", "0", "--metrics", "127.0.0.1:9464"];
+        let default = parse(&source).unwrap().metrics_buckets;
+        assert_eq!(default.bounds_ns()[..3], [5_000, 10_000, 20_000]);
+        let chosen =
+            parse(&[&source[..], &["--metrics-buckets", "250us,1.5,30"]].concat()).unwrap();
+        assert_eq!(chosen.metrics_buckets.bounds_ns()[..3], [250_000, 375_000, 562_500]);
+        assert_eq!(chosen.metrics_buckets.count, 30);
+        let bad = parse(&[&source[..], &["--metrics-buckets", "5us,2,99"]].concat()).unwrap_err();
+        assert!(bad.contains("--metrics-buckets: the count must be from 1 to 64"), "{bad}");
+        let bad = parse(&[&source[..], &["--metrics-buckets", "20,2,3"]].concat()).unwrap_err();
+        assert!(bad.contains("from 100ns to 10s, not 20s"), "{bad}");
+        let seconds = parse(&[&source[..], &["--metrics-buckets", "1,2,3"]].concat()).unwrap();
+        assert_eq!(
+            seconds.metrics_buckets.bounds_ns(),
+            [1_000_000_000, 2_000_000_000, 4_000_000_000]
+        );
+        let unit = parse(&[&source[..], &["--metrics-buckets", "5qs,2,3"]].concat()).unwrap_err();
+        assert!(unit.contains("--metrics-buckets: unknown unit 'qs'"), "{unit}");
+        let alone = parse(&["-f", "127.0.0.1:9", "--metrics-buckets", "5us,2,22"]).unwrap_err();
+        assert!(alone.contains("--metrics-buckets is for the source's --metrics"), "{alone}");
+        let hop = ["-l", ":9", "--metrics", ":9465", "--metrics-buckets", "5us,2,22"];
+        assert!(parse(&hop).unwrap_err().contains("is for the source's --metrics"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod core;
 pub mod hop;
 pub mod kernel;
+pub mod live;
 pub mod net;
 pub mod nfqueue;
 pub mod output;

@@ -9,7 +9,7 @@ use subsegment_tcp_speeds::output::{Destination, Writer};
 use subsegment_tcp_speeds::report::{self, Context, Report, Times};
 use subsegment_tcp_speeds::scrape::{self, Publisher};
 use subsegment_tcp_speeds::source::{self, Ending, Run};
-use subsegment_tcp_speeds::{clock, hop, log_line, net};
+use subsegment_tcp_speeds::{clock, hop, live, log_line, net};
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -59,6 +59,18 @@ fn run_source(options: Options) -> ExitCode {
         Err(code) => return code,
     };
     let chain_label = options.metrics_chain.clone().unwrap_or_else(|| name.clone());
+    let (mut live_view, live_feed) = if live::wanted(options.live) {
+        match live::start(&name, options.presentation, options.probe.is_some(), options.tuning.cpu)
+        {
+            Ok((view, feed)) => (Some(view), Some(feed)),
+            Err(error) => {
+                log_line!("{name}: warning: no live view: {error}");
+                (None, None)
+            }
+        }
+    } else {
+        (None, None)
+    };
     let config = source::SourceConfig {
         name: options.name,
         tags: options.tags,
@@ -77,6 +89,8 @@ fn run_source(options: Options) -> ExitCode {
         quickack: options.quickack,
         keep_history: outputs.plot.is_some(),
         metrics: publisher.map(|publisher| (publisher, chain_label)),
+        metrics_buckets: options.metrics_buckets.clone(),
+        live: live_feed,
     };
     let started_unix_ns = clock::realtime_ns();
     let run = source::run(config, &mut writer).unwrap_or_else(|error| {
@@ -85,6 +99,16 @@ fn run_source(options: Options) -> ExitCode {
             options.window != Some(1),
         )
     });
+    if let Some(view) = live_view.as_mut() {
+        view.finish();
+        if view.missed() > 0 {
+            log_line!(
+                "{name}: the live view missed {} answers (its queue was full); the report has \
+                 them all",
+                view.missed()
+            );
+        }
+    }
     let times = Times { started_unix_ns, ended_unix_ns: clock::realtime_ns() };
     let context = Context {
         parameters: &parameters,

@@ -72,6 +72,18 @@ impl Publisher {
         self.next_ns = now_ns + PUBLISH_EVERY_NS;
     }
 
+    /// The run's last snapshot, once its loop is over: waits for the lock (the server holds
+    /// it only to clone the `Arc`), so the final figures are never dropped, and the server
+    /// answers with them until the process exits.
+    pub fn publish_final(&mut self, snapshot: Snapshot) {
+        let fresh = Arc::new(snapshot);
+        let previous = match self.slot.lock() {
+            Ok(mut slot) => std::mem::replace(&mut *slot, fresh),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), fresh),
+        };
+        drop(previous);
+    }
+
     fn latest(slot: &Slot) -> Arc<Snapshot> {
         match slot.lock() {
             Ok(slot) => Arc::clone(&slot),

@@ -36,11 +36,12 @@ use crate::clock;
 use crate::core::transmit::TxMode;
 use crate::core::{Inbound, Outbound, Peer};
 use crate::kernel;
+use crate::live::LiveFeed;
 use crate::log_line;
 use crate::net::{self, Io, NonBlocking};
 use crate::output::{Destination, Writer};
 use crate::report::interval::{History, Interval, IntervalFrames};
-use crate::report::metrics::{Snapshot, SourceRecorder};
+use crate::report::metrics::{BucketLayout, Snapshot, SourceRecorder};
 use crate::report::sla::{self, SlaSpec};
 use crate::report::{Presentation, Unit, json};
 use crate::scrape::Publisher;
@@ -99,6 +100,10 @@ pub struct SourceConfig {
     pub keep_history: bool,
     /// `--metrics`: the server's end of the snapshot handover, and the `chain` label.
     pub metrics: Option<(Publisher, String)>,
+    /// `--metrics-buckets`: the delay histograms' bounds.
+    pub metrics_buckets: BucketLayout,
+    /// The live view's end in the loop (its queue), when it is shown.
+    pub live: Option<LiveFeed>,
 }
 
 /// Probe mode: `count` frames of `size` bytes, one every `interval` (0: back to back).
@@ -365,6 +370,7 @@ struct Source<'a> {
     writer: &'a mut Writer,
     /// `--metrics`: the bucket counts kept per answered frame, and the handover.
     metrics: Option<(Publisher, SourceRecorder)>,
+    live: Option<LiveFeed>,
 }
 
 /// The connection to the first hop.
@@ -406,6 +412,9 @@ enum Stop {
     DurationElapsed,
     /// The first Ctrl-C or SIGTERM of a continuous run: the frames in flight still come back.
     Signal,
+    /// `q` in the live view: as a first Ctrl-C in a continuous run; a counted run ends early
+    /// but complete.
+    Quit,
 }
 
 /// A continuous run's report intervals: each has its own statistics.
@@ -427,10 +436,11 @@ struct Intervals {
 
 pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
     tuning::catch_stop_signals();
-    let metrics = config
-        .metrics
-        .take()
-        .map(|(publisher, chain)| (publisher, SourceRecorder::new(chain, &config.slas)));
+    let metrics = config.metrics.take().map(|(publisher, chain)| {
+        let layout = config.metrics_buckets.clone();
+        (publisher, SourceRecorder::new(chain, &config.slas, layout))
+    });
+    let live = config.live.take();
     let mut poll = Poll::new()?;
     let target = config.forward_to.0;
     let mut upstream =
@@ -500,9 +510,11 @@ pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
         kernel_due_ns: now_ns,
         writer,
         metrics,
+        live,
     };
     source.ending_loop(&mut poll);
     source.read_own_kernel_info();
+    source.publish_final_metrics();
     Ok(source.run)
 }
 
@@ -528,6 +540,7 @@ impl Source<'_> {
                 self.send_deadline_ns.filter(|_| self.stop.is_none()),
                 self.intervals.as_ref().map(|intervals| intervals.ends_ns),
                 self.metrics.as_ref().map(|(publisher, _)| publisher.next_ns()),
+                self.live.as_ref().map(LiveFeed::next_ns),
                 retry_ns,
             ]
             .into_iter()
@@ -558,6 +571,10 @@ impl Source<'_> {
             }
             self.publish_interval_if_due(now_ns);
             self.publish_metrics_if_due(now_ns);
+            self.publish_live_if_due(now_ns);
+            if self.live.as_ref().is_some_and(LiveFeed::quit_requested) {
+                self.stop_sending(Stop::Quit);
+            }
             if self.config.kernel_info && now_ns >= self.kernel_due_ns {
                 self.kernel_due_ns = now_ns + KERNEL_INFO_EVERY_NS;
                 self.read_own_kernel_info();
@@ -597,6 +614,7 @@ impl Source<'_> {
             if let Some(ending) = self.finished() {
                 let ending = match (ending, self.stop) {
                     (Ending::Complete, Some(Stop::Signal)) => Ending::Interrupted,
+                    (Ending::Complete, Some(Stop::Quit)) if continuous => Ending::Interrupted,
                     (ending, _) => ending,
                 };
                 if self.end_or_outage(poll, ending) {
@@ -792,6 +810,9 @@ impl Source<'_> {
         if let Some(intervals) = self.intervals.as_mut() {
             intervals.chain = Chain::new(path.clone());
         }
+        if let Some(live) = self.live.as_mut() {
+            live.path(&path);
+        }
         self.run.chain = chain;
         self.run.path = path;
         Ok(())
@@ -805,6 +826,13 @@ impl Source<'_> {
         }
     }
 
+    /// Hands the live view the run's counters, a few times a second at most.
+    fn publish_live_if_due(&mut self, now_ns: u64) {
+        if let Some(live) = self.live.as_mut() {
+            live.counters_if_due(now_ns, &self.run);
+        }
+    }
+
     /// Hands a metrics snapshot to the `--metrics` server, a few times a second at most.
     fn publish_metrics_if_due(&mut self, now_ns: u64) {
         if let Some((publisher, recorder)) = self.metrics.as_mut()
@@ -812,6 +840,14 @@ impl Source<'_> {
         {
             let snapshot = recorder.snapshot(&self.run);
             publisher.publish(now_ns, Snapshot::Source(Box::new(snapshot)));
+        }
+    }
+
+    /// The loop is over: the frames answered since the last snapshot and the last interval's
+    /// SLA results reach `/metrics` too.
+    fn publish_final_metrics(&mut self) {
+        if let Some((publisher, recorder)) = self.metrics.as_mut() {
+            publisher.publish_final(Snapshot::Source(Box::new(recorder.snapshot(&self.run))));
         }
     }
 
@@ -1100,6 +1136,10 @@ impl Source<'_> {
                             self.intervals.as_mut().and_then(|intervals| intervals.chain.as_mut())
                         {
                             chain.record(&frame, read);
+                        }
+                        // One push onto the view's queue; its thread does the statistics.
+                        if let Some(live) = self.live.as_mut() {
+                            live.answer(&frame, read);
                         }
                         if self.writer.samples {
                             let chain = self.run.chain.as_ref();

@@ -302,13 +302,24 @@ impl Chain {
         frame: &Frame<T>,
         source_read: ReadStamp,
     ) -> Option<i64> {
+        self.record_stamps(frame.records(), frame.sequence(), source_read)
+    }
+
+    /// [`Chain::record`] from a frame's records already taken out of it (the live view's
+    /// thread gets them so, through its queue).
+    pub fn record_stamps(
+        &mut self,
+        records: impl Iterator<Item = Stamp>,
+        sequence: u64,
+        source_read: ReadStamp,
+    ) -> Option<i64> {
         let mut stamps = std::mem::take(&mut self.stamps);
         // Only the path's hops are read; records of hops past it are ignored.
         let hops = self.path.len().min(MAX_HOPS);
         for slots in [&mut stamps.down, &mut stamps.up, &mut stamps.turn] {
             slots[..hops].fill(None);
         }
-        for stamp in frame.records().filter(|stamp| usize::from(stamp.hop) < hops) {
+        for stamp in records.filter(|stamp| usize::from(stamp.hop) < hops) {
             let slot = match stamp.direction {
                 Direction::Down => &mut stamps.down,
                 Direction::Up => &mut stamps.up,
@@ -325,7 +336,6 @@ impl Chain {
         samples.clear();
         let complete = self.samples_into(&stamps, &mut samples);
         let end_to_end = sub(arrival(stamps.up[0]), written(stamps.down[0]));
-        let sequence = frame.sequence();
         let recorded = match (complete, end_to_end) {
             (true, Some(end_to_end)) => {
                 debug_assert_eq!(

@@ -279,6 +279,88 @@ fn a_silent_scraper_neither_stops_the_probes_nor_holds_the_endpoint() {
     assert!(intervals() > before + during, "the interval records still come");
 }
 
+/// The value of the sample line that starts with `name{labels} `.
+#[track_caller]
+fn sample(body: &str, name_and_labels: &str) -> f64 {
+    let prefix = format!("{name_and_labels} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name_and_labels} in:\n{body}"))
+}
+
+/// When the run ends, its last figures reach `/metrics`: every answer (not only those up to the
+/// last four-a-second snapshot) and the last report interval's SLA breach. The source runs in
+/// this process (the library's `source::run`), so its metrics server still answers after the
+/// loop is over. Its buckets are another layout than the default, and the encoding follows it.
+#[test]
+fn the_final_snapshot_has_every_answer_and_the_last_intervals_breach() {
+    use subsegment_tcp_speeds::output::Writer;
+    use subsegment_tcp_speeds::report::Presentation;
+    use subsegment_tcp_speeds::report::metrics::BucketLayout;
+    use subsegment_tcp_speeds::report::sla::SlaSpec;
+    use subsegment_tcp_speeds::scrape;
+    use subsegment_tcp_speeds::source::{self, Ending, Probe, SourceConfig};
+
+    let (_z, z_addr) = spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "--name", "Z"]);
+    let z_text = z_addr.to_string();
+    let (_b, b_addr) =
+        spawn_listening(MAIN_BIN, &["--listen", "127.0.0.1:0", "-f", &z_text, "--name", "B"]);
+    let metrics = free_port();
+    let publisher = scrape::start(metrics, Vec::new(), "A", None).expect("start --metrics");
+    let layout = BucketLayout::new(100_000, 10.0, 4).unwrap();
+    let config = SourceConfig {
+        name: "A".to_string(),
+        tags: Vec::new(),
+        forward_to: (b_addr, b_addr.to_string()),
+        block_size: 512,
+        timeout: Duration::from_secs(10),
+        window: Some(1),
+        probe: Some(Probe { count: None, size: 64, interval: Duration::from_millis(5) }),
+        busy_poll: false,
+        // Loopback's round trip is some tens of µs: breached in every interval.
+        slas: vec![SlaSpec::parse("end-to-end:p50<1us").unwrap()],
+        // Shorter than one report interval: the only interval is the last one, closed as the
+        // run ends, after the last four-a-second snapshot.
+        duration: Some(Duration::from_millis(700)),
+        report_interval: Some(Duration::from_secs(10)),
+        presentation: Presentation::default(),
+        kernel_info: false,
+        kernel_stamps: subsegment_tcp_speeds::core::transmit::TxMode::Off,
+        quickack: false,
+        keep_history: false,
+        metrics: Some((publisher, "A".to_string())),
+        metrics_buckets: layout,
+        live: None,
+    };
+    let mut writer = Writer::start(None, None, None).unwrap();
+    let run = source::run(config, &mut writer).expect("the run");
+    writer.finish().unwrap();
+    assert_eq!(run.ending, Ending::Complete, "a continuous run ended by its --duration");
+    let answered = run.sequencing.answered;
+    assert!(answered > 50, "{answered} answered");
+
+    let (status, body) = get(metrics, "/metrics").expect("scrape after the run");
+    assert_eq!(status, 200, "{body}");
+    let chain = "{chain=\"A\"}";
+    let count = |name: &str| sample(&body, &format!("subsegment_tcp_speeds_{name}{chain}"));
+    assert_eq!(count("frames_answered_total"), answered as f64, "{body}");
+    assert_eq!(count("frames_sent_total"), run.sequencing.sent as f64, "{body}");
+    assert_eq!(count("end_to_end_delay_seconds_count"), answered as f64, "{body}");
+    let breaches = sample(
+        &body,
+        "subsegment_tcp_speeds_sla_breaches_total{chain=\"A\",sla=\"end-to-end:p50<1us\"}",
+    );
+    assert_eq!(breaches, 1.0, "the last (and only) interval's breach: {body}");
+    // The layout asked for: 100 µs × 10^k, four of them, then +Inf.
+    let bounds: Vec<&str> = body
+        .lines()
+        .filter(|line| line.starts_with("subsegment_tcp_speeds_end_to_end_delay_seconds_bucket"))
+        .filter_map(|line| line.split("le=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(bounds, ["0.0001", "0.001", "0.01", "0.1", "+Inf"], "{body}");
+}
+
 /// `--metrics` on every interface without `--allow` warns, as the hop's listener does; with
 /// `--allow`, a scraper outside it is closed without an answer.
 #[test]

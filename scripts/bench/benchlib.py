@@ -23,6 +23,9 @@ bench.sh runs the processes; this file reads what they leave behind and does the
   idle-connections ADDR N READY HOLD
                                 open N plain TCP connections that send nothing, write READY when
                                 all are up, keep them for HOLD seconds (or until killed)
+  scrape PORT EVERY_S OUT       GET /metrics from 127.0.0.1:PORT every EVERY_S seconds (on an
+                                absolute schedule; connection refused is retried at the next
+                                tick) until SIGTERM, then write "answered failed bytes" to OUT
   summarize OUTDIR              read OUTDIR/raw/*.tsv, print the table, write results.json/.tsv
 
 Units: every latency is in microseconds (the _us suffix), every CPU time in seconds.
@@ -189,6 +192,41 @@ def idle_connections(addr, count, ready_path, hold_s):
 
 
 # --- reports ------------------------------------------------------------------------------------
+
+
+def scrape(port, every_s, out_path):
+    """A Prometheus-like scraper, as light as one can be: one connection per scrape."""
+    import signal
+
+    counts = {"answered": 0, "failed": 0, "bytes": 0}
+
+    def stop(_signal, _frame):
+        with open(out_path, "w") as out:
+            out.write(f"{counts['answered']} {counts['failed']} {counts['bytes']}\n")
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/openmetrics-text\r\n\r\n"
+    started = time.monotonic()
+    tick = 0
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(request)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            if answer.startswith(b"HTTP/1.1 200"):
+                counts["answered"] += 1
+                counts["bytes"] += len(answer)
+            else:
+                counts["failed"] += 1
+        except ConnectionRefusedError:
+            pass  # not serving yet
+        except OSError:
+            counts["failed"] += 1
+        tick += 1
+        time.sleep(max(0.0, started + tick * every_s - time.monotonic()))
 
 
 def read(path):
@@ -576,6 +614,93 @@ def say_evidence(say, evidence, rows, meta):
     say("")
 
 
+WATCH_VARIANTS = ("view-off", "view-on", "metrics", "scraped")
+# (watched, baseline): each difference is taken within one repetition, then summarized.
+WATCH_PAIRS = (("view-on", "view-off"), ("scraped", "metrics"))
+
+
+def summarize_watch(rows):
+    """Per variant the medians over the repetitions; per pair the differences by repetition."""
+    good = [row for row in rows if row["status"] == "ok"]
+    failed = [row for row in rows if row["status"] != "ok"]
+    stats = ("p50", "p99", "p99.9", "max")
+    entries = []
+    for variant in WATCH_VARIANTS:
+        runs = [row for row in good if row["variant"] == variant]
+        if not runs:
+            continue
+        entry = {"variant": variant, "reps": len(runs)}
+        for stat in stats:
+            values = [float(row[stat]) for row in runs]
+            entry[f"{stat}_us"] = median(values)
+            entry[f"{stat}_runs_us"] = values
+        entry["others_pct"] = median([float(row["others_pct"] or 0) for row in runs])
+        entry["checks"] = [row["check"] for row in runs]
+        entries.append(entry)
+    differences = []
+    for watched, baseline in WATCH_PAIRS:
+        by_rep = {}
+        for row in good:
+            if row["variant"] in (watched, baseline):
+                by_rep.setdefault(row["rep"], {})[row["variant"]] = row
+        pairs = [both for both in by_rep.values() if len(both) == 2]
+        if not pairs:
+            continue
+        entry = {"watched": watched, "baseline": baseline, "pairs": len(pairs)}
+        for stat in ("p50", "p99"):
+            deltas = [float(both[watched][stat]) - float(both[baseline][stat]) for both in pairs]
+            own = [float(both[baseline][stat]) for both in pairs]
+            entry[f"{stat}_delta_us"] = median(deltas)
+            entry[f"{stat}_delta_runs_us"] = deltas
+            # The baseline's own spread over the repetitions: the noise the delta is judged by.
+            entry[f"{stat}_baseline_spread_us"] = max(own) - min(own)
+        differences.append(entry)
+    return entries, differences, failed
+
+
+def say_watch(say, entries, differences, failed, meta):
+    say(
+        f"watch: what watching a run costs it; one hop of ours, 64 B probes every 250 µs, --window 1, "
+        f"{meta.get('watch_frames', '?')} per run after {meta.get('warmup', '?')} warm-up frames; median of "
+        f"{meta.get('watch_reps', '?')} repetitions, variants alternated (µs, the end-to-end round trip)"
+    )
+    if meta.get("watch_realtime") == "true":
+        say("  --realtime on the source, the relay and the echo (SCHED_FIFO 10; the view and metrics threads at normal priority)")
+    say(
+        f"  CPU {meta.get('client_cpu', '0')}: the source's loop (--cpu {meta.get('client_cpu', '0')}) and the echo; "
+        f"CPU {meta.get('hop_cpu', '1')}: the relay, script(1), the source's helper threads (view, metrics server) "
+        "and the scraper"
+    )
+    say("  view-off: under script with --no-live; view-on: the live view drawn; metrics: --metrics not scraped;")
+    say("  scraped: --metrics with GET /metrics every 100 ms")
+    say(f"  {'variant':<9} {'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>8} {'other':>6}   runs p50 | p99")
+    for entry in entries:
+        say(
+            f"  {entry['variant']:<9} {fmt(entry['p50_us']):>7} {fmt(entry['p99_us']):>7} "
+            f"{fmt(entry['p99.9_us']):>7} {fmt(entry['max_us']):>8} {fmt(entry['others_pct'], 0):>5}%   "
+            + " ".join(fmt(value) for value in entry["p50_runs_us"])
+            + " | "
+            + " ".join(fmt(value) for value in entry["p99_runs_us"])
+        )
+    for entry in entries:
+        say(f"  {entry['variant']:<9} checks: " + "; ".join(sorted(set(entry["checks"]))))
+    for entry in differences:
+        say(
+            f"  {entry['watched']} - {entry['baseline']}, by repetition ({entry['pairs']}): "
+            f"p50 {fmt(entry['p50_delta_us'], signed=True)} (runs "
+            + " ".join(fmt(value, signed=True) for value in entry["p50_delta_runs_us"])
+            + f"; {entry['baseline']}'s own p50 spread {fmt(entry['p50_baseline_spread_us'])}), "
+            f"p99 {fmt(entry['p99_delta_us'], signed=True)} (runs "
+            + " ".join(fmt(value, signed=True) for value in entry["p99_delta_runs_us"])
+            + f"; {entry['baseline']}'s own p99 spread {fmt(entry['p99_baseline_spread_us'])})"
+        )
+    if failed:
+        say(f"  failed runs (left out): {len(failed)}")
+        for row in failed[:10]:
+            say(f"    {row['variant']} rep {row['rep']}: {row['status']}")
+    say("")
+
+
 def summarize(outdir):
     raw = os.path.join(outdir, "raw")
     meta = {row["key"]: row["value"] for row in read_tsv(os.path.join(raw, "meta.tsv"))}
@@ -589,6 +714,7 @@ def summarize(outdir):
     knobs, knobs_failed = summarize_latency(read_tsv(os.path.join(raw, "knobs.tsv")))
     evidence_rows = read_tsv(os.path.join(raw, "evidence.tsv"))
     evidence, evidence_failed = summarize_latency(evidence_rows)
+    watch, watch_differences, watch_failed = summarize_watch(read_tsv(os.path.join(raw, "watch.tsv")))
 
     syscalls = {}
     for row in syscalls_rows:
@@ -718,6 +844,8 @@ def summarize(outdir):
                 f"  VmSize {int(row['size_kb']) / 1024:8.1f} MiB  sockets {row['sockets']:>5}  {row['note']}"
             )
         say("")
+    if watch:
+        say_watch(say, watch, watch_differences, watch_failed, meta)
     if checks:
         say("targets (issue 4):")
         for check in checks:
@@ -765,6 +893,9 @@ def summarize(outdir):
         "knob_runs": read_tsv(os.path.join(raw, "knobs.tsv")),
         "evidence": evidence,
         "evidence_runs": evidence_rows,
+        "watch": watch,
+        "watch_differences": watch_differences,
+        "watch_runs": read_tsv(os.path.join(raw, "watch.tsv")),
     }
     with open(os.path.join(outdir, "results.json"), "w") as target:
         json.dump(results, target, indent=2, ensure_ascii=False)
@@ -793,6 +924,13 @@ def summarize(outdir):
             row("rss", "split", "-", "ours", 1, f"{entry['case']}: VmRSS kB", entry["rss_kb"], "")
             row("rss", "split", "-", "ours", 1, f"{entry['case']}: VmHWM kB", entry["hwm_kb"], "")
             row("rss", "split", "-", "ours", 1, f"{entry['case']}: VmSize kB", entry["size_kb"], "")
+        for entry in watch:
+            for stat in ("p50", "p99", "p99.9", "max"):
+                row("watch", "split", 64, entry["variant"], 1, f"{stat}_us", fmt(entry[f"{stat}_us"], 3), "")
+        for entry in watch_differences:
+            for stat in ("p50", "p99"):
+                name = f"{entry['watched']} - {entry['baseline']}"
+                row("watch", "split", 64, name, 1, f"{stat}_delta_us", fmt(entry[f"{stat}_delta_us"], 3), "")
         for check in checks:
             verdict = "pass" if check["pass"] else "fail"
             row("target", "-", "-", "-", "-", check["what"], fmt(check["ratio"], 3), verdict)
@@ -827,6 +965,8 @@ def main(argv):
         parse_strace(args[0], int(args[1]))
     elif command == "idle-connections":
         idle_connections(args[0], int(args[1]), args[2], float(args[3]))
+    elif command == "scrape":
+        scrape(int(args[0]), float(args[1]), args[2])
     elif command == "summarize":
         summarize(args[0])
     else:

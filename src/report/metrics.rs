@@ -3,13 +3,14 @@
 //! `prometheus-client` crate. No sockets here, and nothing the loop would wait for.
 //!
 //! The delay histograms are kept in the loop as cumulative bucket counts since the chain's path
-//! was discovered: one array increment per subsegment per answered frame (a shift and a
-//! compare find the bucket). Building them at publish time from the run's hdrhistograms
-//! instead would walk some 30 000 counters per subsegment several times a second inside the
-//! measuring loop; the increments cost less than a stamp, and a publish copies 23 counts.
-//! Buckets: upper bounds 5 µs × 2^k for k = 0..=21 (5 µs to 10.49 s), then `+Inf`; a bucket
-//! is a factor 2 wide, so `histogram_quantile` is within a factor 2 of the truth, and exact
-//! enough to alert on a p99 crossing a threshold.
+//! was discovered: one array increment per subsegment per answered frame (a binary search over
+//! at most [`MAX_BUCKETS`] bounds finds the bucket). Building them at publish time from the
+//! run's hdrhistograms instead would walk some 30 000 counters per subsegment several times a
+//! second inside the measuring loop; the increments cost less than a stamp, and a publish copies
+//! the counts. Buckets: a [`BucketLayout`], exponential, by default upper bounds 5 µs × 2^k for
+//! k = 0..=21 (5 µs to 10.49 s), then `+Inf`; a bucket is then a factor 2 wide, so
+//! `histogram_quantile` is within a factor 2 of the truth, and exact enough to alert on a p99
+//! crossing a threshold. `--metrics-buckets FIRST,FACTOR,COUNT` chooses another layout.
 //!
 //! Names (prefix `subsegment_tcp_speeds_`, the crate adds `_total` to counters and `_seconds`
 //! to the unit): see the README's "Prometheus" section.
@@ -28,56 +29,148 @@ use crate::stats::{Chain, Part, hop_labels};
 
 /// Every metric's name starts with this (and `_`).
 pub const PREFIX: &str = "subsegment_tcp_speeds";
-/// The first bucket's upper bound.
-pub const FIRST_BOUND_NS: u64 = 5_000;
-/// Finite buckets, each twice as wide as the one before; one more counts the rest (`+Inf`).
-pub const FINITE_BUCKETS: usize = 22;
+/// The most finite buckets a layout may have: each is a series per subsegment in Prometheus.
+pub const MAX_BUCKETS: usize = 64;
+/// A layout's first bound at least and at most, in ns.
+pub const FIRST_BOUND_RANGE_NS: (u64, u64) = (100, 10_000_000_000);
+/// A layout's factor at most.
+pub const MAX_FACTOR: f64 = 10.0;
+/// A layout's last bound at most: the longest delay the histograms tell apart, one hour.
+pub const MAX_BOUND_NS: u64 = 3_600_000_000_000;
 
-/// The upper bound of finite bucket `k`, in ns.
-pub fn bound_ns(k: usize) -> u64 {
-    FIRST_BOUND_NS << k
+/// Exponential bucket bounds: `first × factor^k` for k = 0..count, rounded to the ns, then
+/// `+Inf` (what Prometheus's client libraries call `exponential_buckets(start, factor, count)`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketLayout {
+    pub first_ns: u64,
+    pub factor: f64,
+    pub count: usize,
+    /// The finite upper bounds, ascending.
+    bounds_ns: std::sync::Arc<[u64]>,
 }
 
-/// Cumulative counts since start of one delay series, per bucket (not yet summed up).
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Default for BucketLayout {
+    /// 5 µs × 2^k for k = 0..=21: 5 µs to 10.49 s.
+    fn default() -> BucketLayout {
+        BucketLayout::new(5_000, 2.0, 22).expect("the default layout is within the limits")
+    }
+}
+
+impl BucketLayout {
+    /// Checks the limits: the first bound within [`FIRST_BOUND_RANGE_NS`], a factor above 1 and
+    /// at most [`MAX_FACTOR`], 1 to [`MAX_BUCKETS`] buckets, each bound above the one before
+    /// once rounded to the ns, and the last at most [`MAX_BOUND_NS`].
+    pub fn new(first_ns: u64, factor: f64, count: usize) -> Result<BucketLayout, String> {
+        let (lowest, highest) = FIRST_BOUND_RANGE_NS;
+        if !(lowest..=highest).contains(&first_ns) {
+            return Err(format!(
+                "the first bound must be from 100ns to 10s, not {}",
+                show(first_ns)
+            ));
+        }
+        if !(factor.is_finite() && factor > 1.0 && factor <= MAX_FACTOR) {
+            return Err(format!("the factor must be above 1 and at most 10, not {factor}"));
+        }
+        if !(1..=MAX_BUCKETS).contains(&count) {
+            return Err(format!("the count must be from 1 to {MAX_BUCKETS}, not {count}"));
+        }
+        let mut bounds_ns = Vec::with_capacity(count);
+        for k in 0..count {
+            let bound = first_ns as f64 * factor.powi(k as i32);
+            if bound > MAX_BOUND_NS as f64 {
+                return Err(format!(
+                    "bucket {} would end at {:.0} s, past the 1 h the histograms reach (fewer \
+                     buckets, or a smaller factor)",
+                    k + 1,
+                    bound / 1e9
+                ));
+            }
+            let bound = bound.round() as u64;
+            if bounds_ns.last().is_some_and(|&previous| bound <= previous) {
+                return Err(format!(
+                    "buckets {k} and {} round to the same {bound} ns (a larger factor, or a \
+                     larger first bound)",
+                    k + 1
+                ));
+            }
+            bounds_ns.push(bound);
+        }
+        Ok(BucketLayout { first_ns, factor, count, bounds_ns: bounds_ns.into() })
+    }
+
+    /// `FIRST,FACTOR,COUNT` with FIRST a duration (`5us`, `0.1ms`; a bare number is seconds),
+    /// as `--metrics-buckets` takes it; `parse_duration` is the command line's.
+    pub fn parse(
+        text: &str,
+        parse_duration: impl Fn(&str) -> Result<std::time::Duration, String>,
+    ) -> Result<BucketLayout, String> {
+        let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+        let [first, factor, count] = parts[..] else {
+            return Err(format!("'{text}': expected FIRST,FACTOR,COUNT, e.g. 5us,2,22"));
+        };
+        let first_ns = parse_duration(first)?.as_nanos();
+        let factor: f64 =
+            factor.parse().map_err(|_| format!("'{factor}' is not a factor (e.g. 2 or 1.5)"))?;
+        let count: usize =
+            count.parse().map_err(|_| format!("'{count}' is not a number of buckets"))?;
+        BucketLayout::new(u64::try_from(first_ns).unwrap_or(u64::MAX), factor, count)
+    }
+
+    /// The finite upper bounds, ascending, in ns.
+    pub fn bounds_ns(&self) -> &[u64] {
+        &self.bounds_ns
+    }
+
+    /// The bucket a sample falls in: the first whose bound it does not exceed (Prometheus's
+    /// `le`); `count` (the `+Inf` bucket) past the last.
+    pub fn bucket_of(&self, sample_ns: u64) -> usize {
+        self.bounds_ns.partition_point(|&bound| bound < sample_ns)
+    }
+}
+
+/// A bound as one would write it on the command line: `50ns`, `7.5us`, `20s`.
+fn show(ns: u64) -> String {
+    match ns {
+        ns if ns >= 1_000_000_000 => format!("{}s", ns as f64 / 1e9),
+        ns if ns >= 1_000_000 => format!("{}ms", ns as f64 / 1e6),
+        ns if ns >= 1_000 => format!("{}us", ns as f64 / 1e3),
+        ns => format!("{ns}ns"),
+    }
+}
+
+/// Cumulative counts since start of one delay series, per bucket of its layout (not yet summed
+/// up); the last counts the samples past every bound.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Buckets {
-    counts: [u64; FINITE_BUCKETS + 1],
+    layout: BucketLayout,
+    counts: Vec<u64>,
     pub count: u64,
     pub sum_ns: u128,
 }
 
 impl Default for Buckets {
     fn default() -> Buckets {
-        Buckets { counts: [0; FINITE_BUCKETS + 1], count: 0, sum_ns: 0 }
+        Buckets::new(&BucketLayout::default())
     }
 }
 
 impl Buckets {
-    /// The bucket a sample falls in: the first whose bound it does not exceed (Prometheus's
-    /// `le`). `v ≤ 5 µs × 2^k` exactly when `(v − 1) / 5 µs < 2^k`, that is when the quotient
-    /// has at most k bits.
-    pub fn bucket_of(sample_ns: u64) -> usize {
-        let quotient = sample_ns.saturating_sub(1) / FIRST_BOUND_NS;
-        ((u64::BITS - quotient.leading_zeros()) as usize).min(FINITE_BUCKETS)
+    pub fn new(layout: &BucketLayout) -> Buckets {
+        Buckets { layout: layout.clone(), counts: vec![0; layout.count + 1], count: 0, sum_ns: 0 }
     }
 
     /// A negative sample (a bug, counted elsewhere) is left out, as the histograms do.
     pub fn add(&mut self, sample_ns: i64) {
         let Ok(sample_ns) = u64::try_from(sample_ns) else { return };
-        self.counts[Self::bucket_of(sample_ns)] += 1;
+        self.counts[self.layout.bucket_of(sample_ns)] += 1;
         self.count += 1;
         self.sum_ns += u128::from(sample_ns);
     }
 
     /// `(upper bound in seconds, count in that bucket)` as the encoder takes them.
     fn encoder_buckets(&self) -> Vec<(f64, u64)> {
-        (0..=FINITE_BUCKETS)
-            .map(|k| {
-                let bound =
-                    if k == FINITE_BUCKETS { f64::INFINITY } else { bound_ns(k) as f64 / 1e9 };
-                (bound, self.counts[k])
-            })
-            .collect()
+        let bounds = self.layout.bounds_ns().iter().map(|&bound| bound as f64 / 1e9);
+        bounds.chain([f64::INFINITY]).zip(self.counts.iter().copied()).collect()
     }
 }
 
@@ -157,6 +250,7 @@ pub enum Snapshot {
 #[derive(Debug, Default)]
 pub struct SourceRecorder {
     chain: String,
+    layout: BucketLayout,
     labels: Vec<Labels>,
     parts: Vec<Buckets>,
     end_to_end: Buckets,
@@ -164,9 +258,11 @@ pub struct SourceRecorder {
 }
 
 impl SourceRecorder {
-    pub fn new(chain: String, slas: &[SlaSpec]) -> SourceRecorder {
+    pub fn new(chain: String, slas: &[SlaSpec], layout: BucketLayout) -> SourceRecorder {
         SourceRecorder {
             chain,
+            end_to_end: Buckets::new(&layout),
+            layout,
             sla_breaches: slas.iter().map(|spec| (spec.text.clone(), 0)).collect(),
             ..SourceRecorder::default()
         }
@@ -204,8 +300,8 @@ impl SourceRecorder {
                 }
             })
             .collect();
-        self.parts = vec![Buckets::default(); chain.parts.len()];
-        self.end_to_end = Buckets::default();
+        self.parts = vec![Buckets::new(&self.layout); chain.parts.len()];
+        self.end_to_end = Buckets::new(&self.layout);
     }
 
     /// One answered frame: its samples per part (in the chain's order) and end to end.
@@ -461,23 +557,101 @@ fn encode_hop(hop: &HopSnapshot, encoder: &mut DescriptorEncoder) -> fmt::Result
 mod tests {
     use super::*;
 
+    /// The command line's duration syntax, enough of it for these tests.
+    fn duration(text: &str) -> Result<std::time::Duration, String> {
+        let (number, scale) = match text {
+            text if text.ends_with("us") => (&text[..text.len() - 2], 1e-6),
+            text if text.ends_with("ms") => (&text[..text.len() - 2], 1e-3),
+            text if text.ends_with("ns") => (&text[..text.len() - 2], 1e-9),
+            text => (text.trim_end_matches('s'), 1.0),
+        };
+        let value: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration"))?;
+        Ok(std::time::Duration::from_secs_f64(value * scale))
+    }
+
     #[test]
     fn a_sample_falls_in_the_first_bucket_whose_bound_it_does_not_exceed() {
-        assert_eq!(Buckets::bucket_of(0), 0);
-        assert_eq!(Buckets::bucket_of(5_000), 0);
-        assert_eq!(Buckets::bucket_of(5_001), 1);
-        assert_eq!(Buckets::bucket_of(10_000), 1);
-        assert_eq!(Buckets::bucket_of(10_001), 2);
-        assert_eq!(Buckets::bucket_of(bound_ns(FINITE_BUCKETS - 1)), FINITE_BUCKETS - 1);
-        assert_eq!(Buckets::bucket_of(bound_ns(FINITE_BUCKETS - 1) + 1), FINITE_BUCKETS);
-        assert_eq!(Buckets::bucket_of(u64::MAX), FINITE_BUCKETS);
-        // Against the definition, on a spread of values.
-        for sample in (0..40_000_000u64).step_by(4_999).chain([1, 2, 4_999, 20_000, 20_001]) {
-            let expected =
-                (0..FINITE_BUCKETS).find(|&k| sample <= bound_ns(k)).unwrap_or(FINITE_BUCKETS);
-            assert_eq!(Buckets::bucket_of(sample), expected, "{sample} ns");
+        let layout = BucketLayout::default();
+        let expected: Vec<u64> = (0..22).map(|k| 5_000u64 << k).collect();
+        assert_eq!(layout.bounds_ns(), &expected[..], "5 µs × 2^k, k = 0..=21");
+        assert!(*layout.bounds_ns().last().unwrap() > 10_000_000_000, "the last passes 10 s");
+        assert_eq!(layout.bucket_of(0), 0);
+        assert_eq!(layout.bucket_of(5_000), 0);
+        assert_eq!(layout.bucket_of(5_001), 1);
+        assert_eq!(layout.bucket_of(10_000), 1);
+        assert_eq!(layout.bucket_of(10_001), 2);
+        assert_eq!(layout.bucket_of(expected[21]), 21);
+        assert_eq!(layout.bucket_of(expected[21] + 1), 22, "+Inf");
+        assert_eq!(layout.bucket_of(u64::MAX), 22);
+        // Against the definition, on a spread of values and another layout.
+        let fine = BucketLayout::parse("1us,1.5,40", duration).unwrap();
+        for layout in [&layout, &fine] {
+            for sample in (0..40_000_000u64).step_by(4_999).chain([1, 2, 4_999, 20_000, 20_001]) {
+                let bounds = layout.bounds_ns();
+                let expected = bounds.iter().position(|&b| sample <= b).unwrap_or(bounds.len());
+                assert_eq!(layout.bucket_of(sample), expected, "{sample} ns in {layout:?}");
+            }
         }
-        assert!(bound_ns(FINITE_BUCKETS - 1) > 10_000_000_000, "the last bound passes 10 s");
+    }
+
+    #[test]
+    fn a_bucket_layout_is_parsed_and_held_to_its_limits() {
+        assert_eq!(BucketLayout::parse("5us,2,22", duration).unwrap(), BucketLayout::default());
+        let decades = BucketLayout::parse("0.1ms, 10, 6", duration).unwrap();
+        assert_eq!(
+            decades.bounds_ns(),
+            [100_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000, 10_000_000_000]
+        );
+        let finer = BucketLayout::parse("10us,1.5,4", duration).unwrap();
+        assert_eq!(finer.bounds_ns(), [10_000, 15_000, 22_500, 33_750]);
+        for (text, error) in [
+            ("5us,2", "expected FIRST,FACTOR,COUNT"),
+            ("5us,2,22,1", "expected FIRST,FACTOR,COUNT"),
+            ("5xs,2,22", "not a duration"),
+            ("5us,two,22", "'two' is not a factor"),
+            ("5us,2,-1", "'-1' is not a number of buckets"),
+            ("50ns,2,22", "from 100ns to 10s, not 50ns"),
+            ("20s,2,2", "from 100ns to 10s, not 20s"),
+            ("5us,1,22", "above 1 and at most 10"),
+            ("5us,11,3", "above 1 and at most 10"),
+            ("5us,NaN,3", "above 1 and at most 10"),
+            ("5us,2,0", "from 1 to 64"),
+            ("5us,1.1,65", "from 1 to 64"),
+            ("1s,10,5", "bucket 5 would end at 10000 s, past the 1 h"),
+            ("100ns,1.001,10", "round to the same 100 ns"),
+        ] {
+            let got = BucketLayout::parse(text, duration).unwrap_err();
+            assert!(got.contains(error), "{text}: {got}");
+        }
+        // At the limits.
+        assert_eq!(BucketLayout::parse("100ns,1.3,64", duration).unwrap().count, 64);
+        assert!(BucketLayout::parse("1s,10,4", duration).is_ok(), "1 s to 1000 s");
+    }
+
+    #[test]
+    fn another_layout_encodes_its_own_bounds() {
+        let layout = BucketLayout::parse("100us,10,3", duration).unwrap();
+        let mut buckets = Buckets::new(&layout);
+        for sample in [50_000, 100_000, 2_000_000, 20_000_000_000] {
+            buckets.add(sample);
+        }
+        let snapshot = Snapshot::Source(Box::new(SourceSnapshot {
+            chain: "A".to_string(),
+            end_to_end: Some(buckets),
+            ..SourceSnapshot::default()
+        }));
+        let text = encode(&snapshot);
+        let buckets: Vec<&str> = text.lines().filter(|line| line.contains("_bucket{")).collect();
+        assert_eq!(
+            buckets,
+            [
+                "subsegment_tcp_speeds_end_to_end_delay_seconds_bucket{le=\"0.0001\",chain=\"A\"} 2",
+                "subsegment_tcp_speeds_end_to_end_delay_seconds_bucket{le=\"0.001\",chain=\"A\"} 2",
+                "subsegment_tcp_speeds_end_to_end_delay_seconds_bucket{le=\"0.01\",chain=\"A\"} 3",
+                "subsegment_tcp_speeds_end_to_end_delay_seconds_bucket{le=\"+Inf\",chain=\"A\"} 4",
+            ],
+            "{text}"
+        );
     }
 
     #[test]
