@@ -17,6 +17,7 @@ set -Eeuo pipefail
 trap 'echo "bench-app.sh: line $LINENO: \"$BASH_COMMAND\" failed (status $?)" >&2' ERR
 
 reps=5 requests=20000 seconds=3 given_bin='' outdir=target/bench/app
+command_line="scripts/bench-app.sh${*:+ $*}"
 while (($#)); do
     case $1 in
         --quick) reps=2 requests=5000 seconds=2 ;;
@@ -29,7 +30,6 @@ while (($#)); do
     esac
     shift
 done
-command_line="scripts/bench-app.sh${*:+ $*}"
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

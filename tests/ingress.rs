@@ -42,6 +42,39 @@ fn have(program: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
+/// A third-party server run for one test, killed (and reaped) when dropped: started directly,
+/// never under a shell, so no process of it outlives the test.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `program` and waits until it accepts on 127.0.0.1:`port` (10 s at most); a server
+/// that serves any number of clients takes the connection that tells as one of them.
+#[track_caller]
+fn serve(program: &str, args: &[&str], port: u16) -> Server {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|error| panic!("spawn {program}: {error}"));
+    let mut server = Server(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let exited = server.0.try_wait().unwrap();
+        assert!(exited.is_none(), "{program} {args:?} exited: {exited:?}");
+        assert!(std::time::Instant::now() < deadline, "{program} never listened on {port}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -165,11 +198,13 @@ fn check_measured(report: &util::Report, min_frames: u64) {
     assert_eq!(report.json["parameters"]["input"], "application");
 }
 
-fn nginx(dir: &Path) -> (Proc, SocketAddr) {
+fn nginx(dir: &Path) -> (Server, SocketAddr) {
     let port = free_port();
     let dir_text = dir.to_str().unwrap();
+    // One process (no master), so killing it ends nginx.
     let config = format!(
-        "daemon off; worker_processes 1; pid {dir_text}/nginx.pid; error_log {dir_text}/error.log;\n\
+        "daemon off; master_process off; worker_processes 1; pid {dir_text}/nginx.pid;\n\
+         error_log {dir_text}/error.log;\n\
          events {{ worker_connections 64; }}\n\
          http {{ access_log off; client_body_temp_path {dir_text}; proxy_temp_path {dir_text};\n\
            fastcgi_temp_path {dir_text}; uwsgi_temp_path {dir_text}; scgi_temp_path {dir_text};\n\
@@ -178,17 +213,9 @@ fn nginx(dir: &Path) -> (Proc, SocketAddr) {
     );
     std::fs::create_dir_all(dir.join("www")).unwrap();
     std::fs::write(dir.join("nginx.conf"), config).unwrap();
-    let (proc, _) = util::spawn_until(
-        "sh",
-        &[
-            "-c",
-            &format!(
-                "nginx -e stderr -c {dir_text}/nginx.conf -p {dir_text} & wait_for() {{ for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.05; done; }}; wait_for; echo 'nginx up' >&2; wait"
-            ),
-        ],
-        "nginx up",
-    );
-    (proc, format!("127.0.0.1:{port}").parse().unwrap())
+    let conf = format!("{dir_text}/nginx.conf");
+    let server = serve("nginx", &["-e", "stderr", "-c", &conf, "-p", dir_text], port);
+    (server, format!("127.0.0.1:{port}").parse().unwrap())
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -250,25 +277,10 @@ fn redis_cli_and_redis_benchmark_get_every_reply_right() {
             "redis-server or redis-tools not installed",
         );
     }
-    let port = free_port().to_string();
-    let (_redis, _) = util::spawn_until(
-        "redis-server",
-        &[
-            "--port",
-            &port,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--loglevel",
-            "notice",
-            "--logfile",
-            "/dev/stderr",
-        ],
-        "Ready to accept connections",
-    );
+    let port_number = free_port();
+    let port = port_number.to_string();
+    let redis_args = ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+    let _redis = serve("redis-server", &redis_args, port_number);
     let dir = scratch("redis");
     let mut chain = Chain::to(
         format!("127.0.0.1:{port}").parse().unwrap(),
@@ -372,17 +384,10 @@ fn iperf3_runs_its_control_and_data_connections_through_the_chain() {
     if !have("iperf3") {
         return say_skipped("iperf3_runs_through_the_chain", "iperf3 not installed");
     }
-    let port = free_port().to_string();
-    let (_server, _) = util::spawn_until(
-        "sh",
-        &[
-            "-c",
-            &format!(
-                "iperf3 -s -1 -B 127.0.0.1 -p {port} --forceflush 2>&1 | tee /dev/stderr >/dev/null"
-            ),
-        ],
-        "Server listening",
-    );
+    let port_number = free_port();
+    let port = port_number.to_string();
+    // Without -1: the connection that tells it listens would be its one test.
+    let _server = serve("iperf3", &["-s", "-B", "127.0.0.1", "-p", &port], port_number);
     let dir = scratch("iperf3");
     let mut chain =
         Chain::to(format!("127.0.0.1:{port}").parse().unwrap(), dir.join("ingress.jsonl"), &[]);
@@ -405,24 +410,10 @@ fn sockperf_ping_pong_over_tcp_through_the_chain() {
     if !have("sockperf") {
         return say_skipped("sockperf_ping_pong", "sockperf not installed");
     }
-    let port = free_port().to_string();
-    let (_server, _) = util::spawn_until(
-        "sh",
-        &[
-            "-c",
-            &format!(
-                "sockperf server --tcp -i 127.0.0.1 -p {port} 2>&1 | tee /dev/stderr >/dev/null"
-            ),
-        ],
-        "Warmup stage",
-    );
-    // sockperf says nothing once it listens; it serves any number of clients, so a connection
-    // that opens and closes tells.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
-        assert!(std::time::Instant::now() < deadline, "sockperf server never listened");
-        thread::sleep(Duration::from_millis(20));
-    }
+    let port_number = free_port();
+    let port = port_number.to_string();
+    let _server =
+        serve("sockperf", &["server", "--tcp", "-i", "127.0.0.1", "-p", &port], port_number);
     let dir = scratch("sockperf");
     let mut chain =
         Chain::to(format!("127.0.0.1:{port}").parse().unwrap(), dir.join("ingress.jsonl"), &[]);
