@@ -55,8 +55,9 @@ const LISTENER: Token = Token(0);
 /// without sleeping. So a frame that becomes readable waits for the turn in progress (a
 /// bounded 64 KiB of copying, tens of µs) and the other newly ready connections, never behind
 /// every bulk stream's turn: before, a connection took up to 16 rounds of up to a megabyte
-/// each per wake-up, served in slot order. Bulk streams keep their throughput: their turns
-/// follow back to back, one poll (a system call with nothing to wait for) per 64 KiB turn.
+/// each per wake-up, served in slot order. Bulk streams' turns follow back to back, one poll (a
+/// system call with nothing to wait for) per 64 KiB turn; they lose about a tenth of their
+/// throughput for it (the README's *Under load* has the figures).
 const TURN_BYTES: u64 = 64 * 1024;
 /// See [`TURN_BYTES`].
 pub(super) const ROUND_BYTES: usize = 64 * 1024;
