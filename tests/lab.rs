@@ -411,6 +411,30 @@ fn wait_for_source_connection(lab: &Lab, run: &Running) {
     }
 }
 
+/// Waits until the source's connection to the first hop has received at least `bytes` (the
+/// path's answer and some probes' answers), as `ss -i` counts them.
+fn wait_for_source_bytes_received(lab: &Lab, run: &Running, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &lab.namespace(0)])
+            .args(["ss", "-Htni", "state", "established", "( dport = :9000 )"])
+            .output()
+            .expect("ss");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let received = text
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("bytes_received:"))
+            .and_then(|count| count.parse::<u64>().ok())
+            .unwrap_or(0);
+        if received >= bytes {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {received} B came back:\n{}", run.stderr());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Which element lab.sh says it used.
 fn mechanism_name(lab_stderr: &str) -> &'static str {
     if lab_stderr.contains("user-space delay element tcp-delay") {
@@ -831,6 +855,9 @@ fn ctrl_c_reports_and_stops_every_remote_hop() {
     let lab = Lab::up(3);
     let run = start_endless_probes(&lab, &[]);
     assert!(lab.leftovers().iter().any(|p| p.starts_with("h2:") && p.ends_with("subsegment-tcp-")));
+    // Answers have come back (so there is something to report), seen from outside: on a busy
+    // machine the chain can be up and the first answer still on its way.
+    wait_for_source_bytes_received(&lab, &run, 2_000);
     run.signal(libc::SIGINT);
     let (status, stderr) = run.finish(RUN_TIMEOUT);
     assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{stderr}");
