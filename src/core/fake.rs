@@ -102,6 +102,9 @@ pub struct Wire {
     /// How long a read call that brings bytes takes (the copy): the fake clock moves on by
     /// this during the call, so a stamp taken before the call shows.
     pub read_takes_ns: u64,
+    /// The kernel stamps each read's bytes as having arrived this long before the call
+    /// (REALTIME); `None`: no kernel stamp.
+    pub kernel_stamp_ago_ns: Option<u64>,
     /// Read calls made, and writes refused for want of room.
     pub reads: usize,
     pub refused_writes: usize,
@@ -124,6 +127,7 @@ impl Remote {
             reset: false,
             connect,
             read_takes_ns: 0,
+            kernel_stamp_ago_ns: None,
             reads: 0,
             refused_writes: 0,
         })))
@@ -188,8 +192,10 @@ impl Socket for FakeSocket {
         for (slot, byte) in into.iter_mut().zip(wire.inbox.drain(..count)) {
             *slot = byte;
         }
+        let kernel_ns =
+            wire.kernel_stamp_ago_ns.map(|ago_ns| self.clock.peek() + REALTIME_OFFSET_NS - ago_ns);
         self.clock.advance(wire.read_takes_ns);
-        Ok((count, None))
+        Ok((count, kernel_ns))
     }
 
     fn send(&mut self, from: &[u8]) -> io::Result<usize> {

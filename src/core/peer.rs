@@ -263,3 +263,112 @@ impl<S: Socket> Peer<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fake::{FakeClock, FakeSocket, Remote, wake};
+    use crate::wire::ReceiveClock;
+
+    fn peer(clock: &FakeClock) -> (Peer<FakeSocket>, Remote) {
+        let (socket, remote) = FakeSocket::accepted(clock, "127.0.0.1:9000".parse().unwrap());
+        (Peer::new(socket, "127.0.0.1:50000".parse().unwrap(), "test"), remote)
+    }
+
+    #[test]
+    fn test_a_kernel_receive_stamp_becomes_the_wait_in_the_receive_queue() {
+        let clock = FakeClock::at(10_000);
+        let (mut peer, remote) = peer(&clock);
+        let mut inbound = Inbound::with_capacity(1 << 16).unwrap();
+        // The bytes waited 700 ns in the receive queue; the read itself takes 50.
+        remote.wire().kernel_stamp_ago_ns = Some(700);
+        remote.wire().read_takes_ns = 50;
+        remote.arrive(b"abc");
+        wake(&mut peer);
+        assert!(peer.fill(&clock, &mut inbound).unwrap());
+        let stamp = inbound.stamp_of_head(3);
+        assert_eq!(stamp.read_ns, 10_050, "the clock right after the read");
+        assert_eq!((stamp.receive, stamp.receive_wait_ns), (ReceiveClock::Kernel, 750));
+        // Without a kernel stamp, the read is the arrival.
+        clock.set(20_000);
+        remote.wire().kernel_stamp_ago_ns = None;
+        remote.arrive(b"d");
+        wake(&mut peer);
+        peer.fill(&clock, &mut inbound).unwrap();
+        assert_eq!(inbound.stamp_of_head(4).receive, ReceiveClock::AfterRead);
+    }
+
+    #[test]
+    fn test_a_kernel_stamp_from_before_the_queue_was_last_seen_empty_is_rejected() {
+        let clock = FakeClock::at(10_000);
+        let (mut peer, remote) = peer(&clock);
+        let mut inbound = Inbound::with_capacity(1 << 16).unwrap();
+        remote.wire().kernel_stamp_ago_ns = Some(0);
+        remote.wire().read_takes_ns = 0;
+        remote.arrive(b"abc");
+        wake(&mut peer);
+        peer.fill(&clock, &mut inbound).unwrap();
+        // Stamped at the call, read at the call: a zero wait, believable.
+        assert_eq!(inbound.stamp_of_head(3).receive, ReceiveClock::Kernel);
+        inbound.consume(3);
+        // The first read left the queue empty at 10,000; bytes stamped 5,000 ns before the
+        // next read, also at 10,000, would have been there then: impossible (a stepped clock).
+        remote.wire().kernel_stamp_ago_ns = Some(5_000);
+        remote.arrive(b"e");
+        wake(&mut peer);
+        peer.fill(&clock, &mut inbound).unwrap();
+        let stamp = inbound.stamp_of_head(1);
+        assert_eq!((stamp.receive, stamp.receive_wait_ns), (ReceiveClock::KernelRejected, 0));
+        assert_eq!(peer.receive_times.rejected, 1);
+    }
+
+    #[test]
+    fn test_fill_at_most_stops_at_its_budget_and_the_socket_stays_readable() {
+        let clock = FakeClock::at(1_000);
+        let (mut peer, remote) = peer(&clock);
+        let mut inbound = Inbound::with_capacity(1 << 20).unwrap();
+        remote.arrive(&[7; 200_000]);
+        wake(&mut peer);
+        peer.fill_at_most(&clock, &mut inbound, 100_000).unwrap();
+        assert_eq!(inbound.len(), 100_000);
+        assert!(peer.readable, "the rest is for the next turn, without a new edge");
+        peer.fill(&clock, &mut inbound).unwrap();
+        assert_eq!(inbound.len(), 200_000);
+        assert!(!peer.readable, "a short read emptied the socket");
+    }
+
+    #[test]
+    fn test_a_hang_up_behind_the_bytes_is_read_to_the_end() {
+        let clock = FakeClock::at(1_000);
+        let (mut peer, remote) = peer(&clock);
+        let mut inbound = Inbound::with_capacity(1 << 16).unwrap();
+        remote.arrive(b"last words");
+        remote.close();
+        wake(&mut peer);
+        peer.fill(&clock, &mut inbound).unwrap();
+        assert_eq!(inbound.data(), b"last words");
+        assert!(peer.read_closed, "the EOF behind a short read is seen without another edge");
+    }
+
+    #[test]
+    fn test_a_refused_write_hands_nothing_over_and_waits_for_the_next_edge() {
+        let clock = FakeClock::at(1_000);
+        let (mut peer, remote) = peer(&clock);
+        let mut outbound = Outbound::with_capacity(1 << 16).unwrap();
+        outbound.push(b"hello");
+        remote.set_room(0);
+        wake(&mut peer);
+        assert!(!peer.flush(&clock, &mut outbound).unwrap());
+        assert_eq!((outbound.len(), peer.writable), (5, false));
+        assert_eq!(remote.wire().refused_writes, 1, "one call, not a spin");
+        remote.set_room(3);
+        wake(&mut peer);
+        assert!(peer.flush(&clock, &mut outbound).unwrap());
+        assert_eq!((remote.take_sent(), peer.writable), (b"hel".to_vec(), false));
+        remote.set_room(usize::MAX);
+        wake(&mut peer);
+        peer.flush(&clock, &mut outbound).unwrap();
+        assert_eq!(remote.take_sent(), b"lo");
+        assert!(outbound.is_empty());
+    }
+}

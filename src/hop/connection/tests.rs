@@ -543,3 +543,100 @@ fn test_an_egress_takes_bytes_before_a_frame_reached_the_server_as_the_servers_o
     assert_eq!(flags, [DATA_FROM_SERVER, 0], "the server's own bytes, then the answer");
     assert_eq!(up[1].record_count(), 3);
 }
+
+#[test]
+fn test_an_echoing_end_turns_a_frame_with_its_read_and_its_hand_over() {
+    let mut rig = Rig::new(Role::Echo);
+    rig.client.wire().read_takes_ns = 30;
+    rig.client.arrive(&source_path());
+    rig.client.arrive(&from_source(0, b"ping"));
+    rig.client.set_room(0);
+    rig.turn_at(900);
+    assert!(rig.net.connects.borrow().is_empty(), "the echoing end opens nothing");
+    rig.clock.set(3_000);
+    rig.client.set_room(usize::MAX);
+    rig.settled();
+    let stream = rig.client.take_sent();
+    let found = frames(&stream);
+    let path = PathEntry::parse_all(found[0].1.payload()).unwrap();
+    assert_eq!(path.iter().map(|entry| entry.role).collect::<Vec<_>>(), [Role::Source, Role::Echo]);
+    let (offset, turned) = &found[1];
+    assert_eq!((turned.record_count(), turned.payload()), (2, &b"ping"[..]));
+    let ours = turned.record(1);
+    assert_eq!((ours.hop, ours.direction), (1, Direction::Turn));
+    assert_eq!((ours.read_ns, ours.write_ns), (1_030, 3_000));
+    assert_eq!(handed_over_at(&rig.client, *offset), 3_000);
+}
+
+#[test]
+fn test_a_next_hop_lost_mid_stream_is_a_fault_lost_going_up() {
+    let mut rig = Rig::new(Role::Relay);
+    rig.client.arrive(&source_path());
+    rig.client.arrive(&from_source(0, b"x"));
+    rig.connect_next_hop();
+    rig.settled();
+    rig.next_hop().wire().read_error = Some(std::io::ErrorKind::ConnectionReset);
+    rig.settled();
+    let fault = the_fault(&rig.client.take_sent());
+    assert_eq!((fault.hop, fault.code), (1, FaultCode::Lost));
+    assert!(fault.message.contains("lost the connection after 1 frames"), "{}", fault.message);
+}
+
+#[test]
+fn test_frames_unanswered_past_the_timeout_are_a_fault_no_answer() {
+    let mut rig = Rig::new(Role::Relay);
+    rig.client.arrive(&source_path());
+    rig.client.arrive(&from_source(0, b"x"));
+    rig.connect_next_hop();
+    rig.settled();
+    let later_ns = rig.clock.peek() + rig.config.timeout.as_nanos() as u64;
+    rig.clock.set(later_ns);
+    assert!(matches!(rig.connection.expire(&rig.config, &rig.net, later_ns), Expiry::Faulted));
+    rig.settled();
+    let fault = the_fault(&rig.client.take_sent());
+    assert_eq!(fault.code, FaultCode::NoAnswer);
+    assert!(fault.message.contains("with 1 frames outstanding"), "{}", fault.message);
+}
+
+#[test]
+fn test_an_upstream_peer_that_stops_reading_is_closed_naming_it() {
+    // The answers have nowhere to go: nothing is failed in-band, the connection is closed.
+    let mut rig = Rig::new(Role::Echo);
+    rig.client.arrive(&source_path());
+    rig.client.set_room(0);
+    rig.settled();
+    let later_ns = rig.clock.peek() + rig.config.timeout.as_nanos() as u64;
+    match rig.connection.expire(&rig.config, &rig.net, later_ns) {
+        Expiry::Close(reason) => {
+            let text = reason.to_string();
+            assert!(text.contains("waiting for 127.0.0.1:50000 to read"), "{text}");
+        }
+        _ => panic!("a stuck reader is closed"),
+    }
+}
+
+#[test]
+fn test_bad_input_from_upstream_ends_the_connection() {
+    let mut rig = Rig::new(Role::Relay);
+    rig.client.arrive(b"GET / HTTP/1.1\r\n\r\n");
+    match rig.settle() {
+        Turn::Finished(Some(reason)) => {
+            assert!(reason.to_string().contains("bad input from upstream"), "{reason}");
+        }
+        _ => panic!("a peer that does not speak the protocol is closed"),
+    }
+    assert!(rig.net.connects.borrow().is_empty(), "a stray client opens nothing downstream");
+}
+
+#[test]
+fn test_an_ingress_whose_chain_breaks_resets_its_client() {
+    let mut rig = Rig::new(Role::Ingress);
+    rig.next_hop().wire().connect = ConnectState::Failed(std::io::ErrorKind::ConnectionRefused);
+    match rig.settle() {
+        Turn::Finished(Some(reason)) => {
+            assert!(reason.to_string().contains("cannot connect"), "{reason}");
+        }
+        _ => panic!("the client's connection ends"),
+    }
+    assert!(rig.client.wire().reset, "the client hears a reset, as from a broken server");
+}
