@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use super::{Connection, HopConfig};
-use crate::core::{Inbound, Outbound, ReadStamp, Socket};
+use crate::core::{Clock, Inbound, Outbound, ReadStamp, Socket};
 use crate::source::{Ending, Run};
 use crate::stats::{self, Chain, Sequencing};
 use crate::wire::{
@@ -183,13 +183,14 @@ impl IngressState {
         true
     }
 
-    /// The path came back: find (or open) its statistics.
+    /// The path came back at `now_ns`: find (or open) its statistics.
     pub(in crate::hop) fn path_discovered(
         &mut self,
         path: Vec<PathEntry>,
         totals: &mut IngressTotals,
+        now_ns: u64,
     ) {
-        self.path = match totals.slot_of(path) {
+        self.path = match totals.slot_of(path, now_ns) {
             Some(index) => PathSlot::Kept(index),
             None => PathSlot::Uncounted,
         };
@@ -398,7 +399,7 @@ impl IngressTotals {
         taken
     }
 
-    fn slot_of(&mut self, path: Vec<PathEntry>) -> Option<usize> {
+    fn slot_of(&mut self, path: Vec<PathEntry>, now_ns: u64) -> Option<usize> {
         if let Some(index) =
             self.paths.iter().position(|kept| stats::same_path(&kept.run.path, &path))
         {
@@ -409,7 +410,7 @@ impl IngressTotals {
         }
         let mut run = Run::ended(Ending::Complete, true);
         run.chain = Chain::new(path.clone());
-        run.first_send_ns = Some(crate::clock::now_ns());
+        run.first_send_ns = Some(now_ns);
         run.path = path.clone();
         let interval = PathInterval {
             chain: if self.intervals { Chain::new(path.clone()) } else { None },
@@ -504,6 +505,7 @@ impl<S: Socket> Connection<S> {
     pub(in crate::hop) fn take_answers(
         &mut self,
         totals: &mut IngressTotals,
+        clock: &impl Clock,
     ) -> Result<bool, String> {
         let ingress = self.ingress.as_mut().expect("an ingress connection");
         let mut progress = false;
@@ -527,7 +529,7 @@ impl<S: Socket> Connection<S> {
                     let path =
                         PathEntry::parse_all(frame.payload()).map_err(Self::bad_downstream)?;
                     self.unanswered_path = None;
-                    ingress.path_discovered(path, totals);
+                    ingress.path_discovered(path, totals, clock.now_ns());
                 }
                 Kind::Fault => {
                     let fault = Fault::parse(frame.payload()).map_err(Self::bad_downstream)?;

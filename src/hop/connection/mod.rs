@@ -681,7 +681,7 @@ impl<S: Socket> Connection<S> {
             return Ok(false);
         }
         if context.role == Role::Ingress {
-            return self.take_answers(context.totals);
+            return self.take_answers(context.totals, clock);
         }
         if context.role == Role::StrippingRelay {
             return Ok(self.frame_plain_answers(clock));

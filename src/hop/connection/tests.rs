@@ -640,3 +640,35 @@ fn test_an_ingress_whose_chain_breaks_resets_its_client() {
     }
     assert!(rig.client.wire().reset, "the client hears a reset, as from a broken server");
 }
+
+#[test]
+fn test_an_ingress_takes_the_path_and_a_receipt_at_the_time_given() {
+    let mut rig = Rig::new(Role::Ingress);
+    rig.connect_next_hop();
+    rig.client.arrive(b"SET k v\r\n");
+    rig.settled();
+    let stream = rig.next_hop().take_sent();
+    let found = frames(&stream);
+    let sent = &found[1].1;
+    // The path back as the egress answers it, then the frame's receipt (its turn record).
+    let mut entries = found[0].1.payload().to_vec();
+    PathEntry::new(Role::StrippingRelay, "E", None, None).emit(&mut entries);
+    PathEntry::new(Role::PlainServer, "redis", None, None).emit(&mut entries);
+    let receipt = data(
+        sent.sequence(),
+        0,
+        &[sent.record(0), Stamp::new(1, Direction::Turn, 5_000, 5_100)],
+        b"",
+    );
+    rig.clock.set(7_000);
+    rig.next_hop().arrive(&wire::control_frame(Kind::Path, &entries));
+    rig.next_hop().arrive(&receipt);
+    rig.settled();
+    assert_eq!(rig.totals.paths.len(), 1, "one distinct path");
+    let run = &rig.totals.paths[0].run;
+    assert_eq!(run.first_send_ns, Some(7_000), "the path's statistics start at the time given");
+    assert_eq!(run.last_answer_ns, Some(7_000), "the receipt's read");
+    let ingress = rig.connection.ingress.as_ref().unwrap();
+    assert_eq!((ingress.receipts, ingress.client_bytes), (1, 9));
+    assert!(rig.client.take_sent().is_empty(), "a receipt is not the client's");
+}
