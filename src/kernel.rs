@@ -204,6 +204,7 @@ pub struct End {
     pub last: TcpInfo,
     /// The counters at the last reading of each earlier connection, summed: a continuous run
     /// that reconnected after an outage reads new sockets, whose counters start again at zero.
+    /// (The transmit stamps' totals, `tx`, are the last connection's alone.)
     pub earlier: TcpInfo,
     pub samples: u64,
     pub notsent_bytes: Gauge,
@@ -227,22 +228,8 @@ const COUNTERS: [fn(&mut TcpInfo) -> &mut Option<u64>; 7] = [
 ];
 
 impl End {
-    pub fn add(&mut self, mut info: TcpInfo, tx: Option<TxTotals>) {
+    pub fn add(&mut self, info: TcpInfo, tx: Option<TxTotals>) {
         self.tx = tx.or(self.tx);
-        let mut last = self.last;
-        let restarted = self.samples > 0
-            && COUNTERS.iter().any(|counter| match (*counter(&mut info), *counter(&mut last)) {
-                (Some(now), Some(before)) => now < before,
-                _ => false,
-            });
-        if restarted {
-            for counter in COUNTERS {
-                let (before, earlier) = (*counter(&mut last), counter(&mut self.earlier));
-                if let Some(before) = before {
-                    *earlier = Some(earlier.unwrap_or(0) + before);
-                }
-            }
-        }
         self.last = info;
         self.samples += 1;
         self.notsent_bytes.add(info.notsent_bytes);
@@ -251,6 +238,19 @@ impl End {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+    }
+
+    /// The connection behind this end was replaced: its counters so far are kept in `earlier`,
+    /// and the next connection's count from zero. Told by the source, which makes the new
+    /// connections, rather than guessed from a counter going down (a short connection's
+    /// counters can stay below its successor's; a counter can wrap).
+    fn restarted(&mut self) {
+        for counter in COUNTERS {
+            if let Some(count) = counter(&mut self.last).replace(0) {
+                let earlier = counter(&mut self.earlier);
+                *earlier = Some(earlier.unwrap_or(0) + count);
+            }
+        }
     }
 
     /// A counter over the run. Every connection a run reads starts with it (a source's
@@ -286,6 +286,15 @@ impl Links {
         }
         let (near_end, far_end) = &mut self.ends[link];
         if near { near_end.add(info, tx) } else { far_end.add(info, tx) }
+    }
+
+    /// Every link's connections were replaced (the source reconnected after an outage, on an
+    /// unchanged path): the counters so far are kept, and the new connections count on top.
+    pub fn connections_restarted(&mut self) {
+        for (near, far) in &mut self.ends {
+            near.restarted();
+            far.restarted();
+        }
     }
 
     pub fn link(&self, hop: usize) -> Option<&(End, End)> {
@@ -360,21 +369,24 @@ mod tests {
 
     #[test]
     fn test_a_reconnected_end_adds_its_connections_counters() {
-        let reading = |busy_ms: u64, retrans: Option<u64>| TcpInfo {
+        let reading = |busy_ms: u64, retrans: u64| TcpInfo {
             busy_ns: Some(busy_ms * 1_000_000),
-            total_retrans: retrans,
+            total_retrans: Some(retrans),
             ..TcpInfo::default()
         };
-        let mut end = End::default();
-        end.add(reading(30, Some(2)), None);
-        end.add(reading(80, Some(3)), None);
-        // An outage: the run's next connection starts again from zero.
-        end.add(reading(5, Some(0)), None);
-        end.add(reading(20, Some(1)), None);
-        assert_eq!(end.delta(|info| info.busy_ns), Some(100_000_000));
-        assert_eq!(end.delta(|info| info.total_retrans), Some(4));
-        // Equal readings are the same connection, and a field missing is no restart.
-        end.add(reading(20, None), None);
-        assert_eq!(end.delta(|info| info.busy_ns), Some(100_000_000));
+        let mut links = Links::default();
+        links.add(1, Side::Downstream, reading(30, 2), None);
+        links.add(1, Side::Downstream, reading(80, 3), None);
+        links.connections_restarted();
+        // The next connection's first reading is already above the last one's: no guess from
+        // the counters could tell, the source's word does.
+        links.add(1, Side::Downstream, reading(90, 1), None);
+        let near = &links.link(1).unwrap().0;
+        assert_eq!(near.delta(|info| info.busy_ns), Some(170_000_000));
+        assert_eq!(near.delta(|info| info.total_retrans), Some(4));
+        // Restarted with no reading since: the earlier counts, not twice.
+        links.connections_restarted();
+        let near = &links.link(1).unwrap().0;
+        assert_eq!(near.delta(|info| info.busy_ns), Some(170_000_000));
     }
 }

@@ -743,6 +743,8 @@ impl Source<'_> {
         match registered {
             Ok(upstream) => {
                 self.upstream = upstream;
+                // Every link's sockets will be new, their kernel counters from zero.
+                self.run.kernel.connections_restarted();
                 announce(&mut self.send, &self.config, &self.upstream);
                 self.link = Link::Connecting;
                 self.last_progress_ns = now_ns;

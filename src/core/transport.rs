@@ -142,12 +142,12 @@ pub struct Registered<'a> {
 impl Clock for Registered<'_> {
     #[inline]
     fn now_ns(&self) -> u64 {
-        clock::now_ns()
+        SystemClock.now_ns()
     }
 
     #[inline]
     fn realtime_ns(&self) -> u64 {
-        clock::realtime_ns()
+        SystemClock.realtime_ns()
     }
 }
 

@@ -6,6 +6,7 @@
 use super::verdict::{self, DelayKind, Verdict};
 use super::{KernelLink, Subsegment, Unit, VerdictReport, few_frames_warning, plural};
 use crate::stats::{Chain, Part};
+use crate::wire::Role;
 
 /// Share of the end-to-end mean that must be queueing for a bottleneck link to be looked for.
 pub(super) const BOTTLENECK_QUEUE_SHARE: f64 = 0.5;
@@ -220,8 +221,8 @@ pub(super) fn slow_reader_behind(
     hop_labels: &[String],
     unit: Unit,
 ) -> Option<VerdictReport> {
-    // A floor named under spread queues gives way when the slow reader's frames waited longer
-    // in its receive queue than every frame paid at the floor.
+    // A floor (named when no median stood out) gives way when the slow reader's frames waited
+    // longer in its receive queue than every frame paid at the floor.
     let (frames, floor_ns) = match verdict {
         Verdict::Named { kind: DelayKind::Floor { min_ns, .. }, frames, .. } => {
             (*frames, Some(*min_ns))
@@ -250,7 +251,12 @@ pub(super) fn slow_reader_behind(
         // writes that direction's frames on (an echoing end writes back on the same link).
         let (down_row, down_output) = match row_of(Part::ResidenceDown(hop + 1)) {
             Some(index) => (Some(index), kernel_of(hop + 1).and_then(|next| next.near)),
-            None => (row_of(Part::Turn(hop + 1)), kernel.far),
+            // The end turns frames: an echoing end writes them back up the same link; a `-r`
+            // relay writes them to its server, whose socket the kernel evidence does not cover.
+            None => match chain.path.get(hop + 1).map(|entry| entry.role) {
+                Some(Role::Echo) => (row_of(Part::Turn(hop + 1)), kernel.far),
+                _ => (row_of(Part::Turn(hop + 1)), None),
+            },
         };
         let (up_row, up_output) = match hop {
             0 => (None, None),
@@ -338,8 +344,8 @@ pub(super) fn slow_reader_behind(
     let link = &rows[worst.link];
     let name = |hop: usize| hop_labels.get(hop).map_or("a hop", String::as_str);
     let who = match worst.receiver_row {
-        Some(index) => format!("{} ({})", name(slowest), rows[index].label),
-        None => format!("the source, {}, reading its answers", name(slowest)),
+        Some(index) => rows[index].label.clone(),
+        None => format!("the source, {}, reading its answers,", name(slowest)),
     };
     let unsent =
         worst.unsent_max.map(|bytes| format!(", up to {bytes} B unsent")).unwrap_or_default();
@@ -374,7 +380,9 @@ pub(super) fn slow_reader_behind(
         subsegment: worst.receiver_row.map(|index| rows[index].id.clone()),
         kind: "slow_reader",
         doubt: None,
-        share: worst.receiver_row.map_or(link.share, |index| rows[index].share),
+        // What the slow reader costs, as the text says: its residence's p50 and the held
+        // link's, over the end-to-end p50.
+        share: cost_ns as f64 / chain.end_to_end.p50_ns().max(1) as f64,
         queueing_share: verdict::queueing_share(chain),
         frames,
         text,
@@ -502,10 +510,13 @@ mod tests {
 
     #[test]
     fn test_a_hop_that_reads_slowly_is_named_for_the_queue_behind_its_window() {
-        let (subsegment, kind, text) = verdict(SLOW_B);
+        let verdict_report = report(SLOW_B).verdict.unwrap();
+        let (subsegment, kind, text) =
+            (verdict_report.subsegment, verdict_report.kind, verdict_report.text);
         assert_eq!((subsegment.as_deref(), kind), (Some("1.down"), "slow_reader"), "{text}");
+        assert!((verdict_report.share - 0.995).abs() < 0.001, "{}", verdict_report.share);
         for says in [
-            "B (B ↓ (relay)) drains slowest: it read more slowly than A sent",
+            "B ↓ (relay) drains slowest: it read more slowly than A sent",
             "its receive queue (p50 500.2 µs, longer than A ⇄ B's fastest frame took, 5.0 µs)",
             "A held back by that window for 180 of its 200 ms busy sending, up to 1000000 B unsent",
             "which count in A ⇄ B, though the link is not what is slow",
