@@ -24,7 +24,7 @@ pub mod stamping;
 pub mod transmit;
 
 pub use peer::Peer;
-pub use stamping::{Inbound, Outbound, ReadStamp};
+pub use stamping::{Inbound, Outbound, ReadStamp, ResidenceSink, SharedResidence};
 
 /// Reads are capped so that a connection carrying small frames touches little of its buffer.
 pub const READ_CHUNK: usize = 64 * 1024;

@@ -22,7 +22,7 @@ mod relay;
 use super::{HopConfig, ROUND_BYTES, Side, next_hop_text, token_of};
 use crate::buffer::Buffer;
 use crate::core::transmit::TxMode;
-use crate::core::{Inbound, Outbound, Peer, ReadStamp};
+use crate::core::{Inbound, Outbound, Peer, ReadStamp, SharedResidence};
 use crate::net;
 use crate::wire::{
     self, Direction, Fault, FaultCode, Frame, KernelSample, Kind, MAX_FRAME_LEN, MAX_HOPS,
@@ -70,6 +70,8 @@ pub(super) struct Connection {
     unanswered_path: Option<Vec<u8>>,
     /// The fault a hop further down reported: its end of stream is expected, not a new fault.
     pub(super) passed_fault: Option<String>,
+    /// Its code (`--metrics` counts faults by code).
+    pub(super) passed_code: Option<FaultCode>,
     pub(super) frames_down: u64,
     pub(super) frames_up: u64,
     /// DATA frames of a plain server's own bytes, framed by the egress and passed up.
@@ -246,6 +248,7 @@ impl Connection {
             failure: None,
             fault_queued: false,
             passed_fault: None,
+            passed_code: None,
             unanswered_path: None,
             frames_down: 0,
             frames_up: 0,
@@ -339,8 +342,9 @@ impl Connection {
         }
         if self.origin == Origin::Ingress
             && context.role == Role::Ingress
-            && let Some(reason) =
-                self.failure.take().map(|failure| failure.message).or(self.passed_fault.take())
+            && let Some(reason) = (self.failure.as_ref().map(|failure| &failure.message))
+                .or(self.passed_fault.as_ref())
+                .cloned()
         {
             // The client hears of a broken chain as it would of a broken server.
             self.upstream.reset();
@@ -773,6 +777,12 @@ impl Connection {
             queued |= self.up.output.push(&KernelSample { hop, side, info, tx }.frame());
         }
         queued
+    }
+
+    /// `--metrics`: every frame this hop stamps reports its residence to `sink`.
+    pub(super) fn measure_residence(&mut self, sink: &SharedResidence) {
+        self.down.output.measure_residence(sink.clone());
+        self.up.output.measure_residence(sink.clone());
     }
 
     /// An ingress's chain: an error closes both sockets with a reset, which passes the

@@ -49,6 +49,7 @@ impl Connection {
                 Kind::Fault => {
                     let fault = Fault::parse(frame.payload()).map_err(Self::bad_downstream)?;
                     self.passed_fault = Some(format!("passed on: {}", fault.message));
+                    self.passed_code = Some(fault.code);
                     self.up.output.push(frame.as_bytes())
                 }
                 Kind::Kernel => {
