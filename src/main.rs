@@ -40,7 +40,7 @@ fn main() -> ExitCode {
 
 fn run_source(options: Options) -> ExitCode {
     let name = options.name.clone();
-    let options_linger = Linger::of(&options);
+    let linger_after = Linger::of(&options);
     let parameters = options.parameters();
     let outputs = options.outputs.clone();
     let continuous = parameters.continuous;
@@ -144,7 +144,7 @@ fn run_source(options: Options) -> ExitCode {
         output_failed = true;
     }
     let code = exit_code(&name, &run.ending, continuous, report.sla_breached(), output_failed);
-    linger(&options_linger);
+    linger(&linger_after);
     code
 }
 
@@ -169,7 +169,7 @@ fn linger(linger: &Linger) {
         return;
     }
     log_line!(
-        "{}: serving the final metrics for {} s more (--metrics-linger; Ctrl-C ends it)",
+        "{}: serving the final metrics for {} s more (--metrics-linger; SIGINT or SIGTERM ends it)",
         linger.name,
         linger.duration.as_secs_f64()
     );
