@@ -150,8 +150,9 @@ fn a_fault_is_counted_by_its_code_where_it_happened_and_where_it_was_passed_on()
 }
 
 /// A client → I (--ingress) → E (-r) → a plain echo server, 20 request/answer rounds: I serves
-/// its path's delay histograms (labelled by chain and path) with one sample per round, and the
-/// residence of its own record on the client's bytes; E its turn (the receipts).
+/// its path's delay histograms (labelled by chain and path) with one sample per round, and its
+/// residence both ways (its record on the client's bytes; the server's frames until their
+/// payload goes to the client); E its turn (the receipts) and up (the server's bytes framed).
 #[test]
 fn an_ingress_serves_its_paths_delay_histograms_and_the_egress_its_turn() {
     let (server, _echo) = util::plain_echo_server();
@@ -214,8 +215,15 @@ fn an_ingress_serves_its_paths_delay_histograms_and_the_egress_its_turn() {
     let body = scrape_until(metrics_addr_of(&e), PUBLISHED_WITHIN, turned);
     let (count, _) = residence(&body, "E", "egress", "turn");
     assert_eq!(count, rounds, "a receipt per request:\n{body}");
-    let (count, _) = residence(&body, "E", "egress", "up");
-    assert!(count >= 1.0, "the server's answers go up stamped by E:\n{body}");
+    let (framed, _) = residence(&body, "E", "egress", "up");
+    assert!(framed >= 1.0, "the server's answers go up stamped by E:\n{body}");
+    // Every frame of the server's E framed, I handed to the client: one residence each.
+    let up = series("hop_residence_seconds_count", "hop=\"I\",role=\"ingress\",direction=\"up\"");
+    let delivered = |body: &str| try_sample(body, &up) == Some(framed);
+    let body = scrape_until(metrics_addr_of(&i), PUBLISHED_WITHIN, delivered);
+    let (count, sum_ns) = residence(&body, "I", "ingress", "up");
+    assert_eq!(count, framed, "I's up residences, one per server frame E framed:\n{body}");
+    assert!(sum_ns > 0.0);
 }
 
 /// `--metrics-linger`: the source's report is printed, and the final figures are still served

@@ -146,6 +146,9 @@ enum StampAt {
     /// Elsewhere (a stripping relay keeps the record and sends only the payload): the time is
     /// handed out by [`Outbound::take_detached`], in order.
     Detached,
+    /// Nowhere: bytes that leave the chain plain (an ingress's to its client), whose hand-over
+    /// only ends a residence ([`Outbound::push_measured`]).
+    Nowhere,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -262,6 +265,23 @@ impl Outbound {
     pub fn push_detached_from(&mut self, bytes: &[u8], stamp: &Stamp) -> bool {
         let arrival = self.residence.as_ref().and_then(|_| arrival_of(stamp));
         self.push_detached_measured(bytes, arrival)
+    }
+
+    /// Plain bytes whose record `stamp` stays behind (an ingress writing a frame's payload to
+    /// its client): with residence measured, their hand-over's start ends it; otherwise, and
+    /// for no bytes, a plain [`Outbound::push`], costing no clock reading.
+    pub fn push_measured(&mut self, bytes: &[u8], stamp: &Stamp) -> bool {
+        let arrival = self.residence.as_ref().and_then(|_| arrival_of(stamp));
+        let (Some(arrival), false) = (arrival, bytes.is_empty()) else {
+            return self.buffer.push(bytes);
+        };
+        let start = self.end();
+        if !self.buffer.push(bytes) {
+            return false;
+        }
+        let arrival = Some(arrival);
+        self.unstarted.push_back(Unstarted { start, stamp_at: StampAt::Nowhere, arrival });
+        true
     }
 
     fn push_detached_measured(&mut self, bytes: &[u8], arrival: Option<(Direction, u64)>) -> bool {
@@ -647,6 +667,28 @@ mod tests {
         queue(&mut outbound, &frame_with(3, 1, Stamp::new(2, Direction::Up, 9_000, 0)));
         outbound.written(outbound.len(), 8_000);
         assert_eq!(residences().len(), 3);
+    }
+
+    #[test]
+    fn test_plain_bytes_measured_end_their_residence_when_handed_over() {
+        let mut outbound = Outbound::with_capacity(64).unwrap();
+        let read = Stamp { receive_wait_ns: 50, ..Stamp::new(0, Direction::Up, 1_000, 0) };
+        // Without a sink, a plain push: nothing for a write to stamp.
+        assert!(outbound.push_measured(b"before", &read));
+        assert!(!outbound.has_unstarted());
+        let sink = Rc::new(RefCell::new(Residences::default()));
+        outbound.measure_residence(sink.clone());
+        assert!(outbound.push_measured(b"", &read), "no bytes: nothing to hand over");
+        assert!(outbound.push_measured(b"answer", &read));
+        assert!(outbound.has_unstarted());
+        outbound.written(6, 1_400); // "before"
+        assert_eq!(sink.borrow().0, []);
+        outbound.written(2, 1_500); // "an"
+        assert_eq!(sink.borrow().0, [(Direction::Up, 550)], "1 500 − (1 000 − 50)");
+        assert_eq!(outbound.take_detached(), None, "not a detached frame");
+        outbound.written(4, 1_600);
+        assert!(outbound.is_empty() && !outbound.has_unstarted());
+        assert_eq!(sink.borrow().0.len(), 1);
     }
 
     #[test]

@@ -735,7 +735,8 @@ fn encode_hop(hop: &HopSnapshot, encoder: &mut DescriptorEncoder) -> fmt::Result
 
 /// The directions a hop of this role stamps, and any other that has samples: a relay's down
 /// and up, the echoing end's turn, an egress's three (down and up for a source, turn and up
-/// for an ingress), an ingress's down (its own record on the client's bytes and probes).
+/// for an ingress), an ingress's down (its own record on the client's bytes and probes) and up
+/// (a server frame's arrival to its payload's hand-over to the client).
 fn residence_series<'a>(
     role: &str,
     residence: &'a HopResidence,
@@ -743,7 +744,7 @@ fn residence_series<'a>(
     let expected: &[&str] = match role {
         "relay" => &["down", "up"],
         "echo" => &["turn"],
-        "ingress" => &["down"],
+        "ingress" => &["down", "up"],
         _ => &["down", "up", "turn"],
     };
     [("down", &residence.down), ("up", &residence.up), ("turn", &residence.turn)]

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use super::{Connection, HopConfig};
+use super::{Connection, HopConfig, unwritten};
 use crate::core::{Inbound, Outbound, ReadStamp};
 use crate::report::metrics::{BucketLayout, SourceRecorder};
 use crate::source::{Ending, Run};
@@ -177,7 +177,7 @@ impl IngressState {
             _ => None,
         };
         if frame.flags() & wire::DATA_FROM_SERVER != 0 {
-            if !client.push(frame.payload()) {
+            if !client.push_measured(frame.payload(), &unwritten(0, Direction::Up, read)) {
                 return Taken::NoRoom;
             }
             self.server_frames += 1;
