@@ -197,12 +197,14 @@ impl Gauge {
     }
 }
 
-/// One end of a link over the run: its first and last reading (counters are differences of
-/// the two) and gauges over every reading.
+/// One end of a link over the run: its last reading, the counters of the connections before
+/// it, and gauges over every reading.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct End {
-    pub first: TcpInfo,
     pub last: TcpInfo,
+    /// The counters at the last reading of each earlier connection, summed: a continuous run
+    /// that reconnected after an outage reads new sockets, whose counters start again at zero.
+    pub earlier: TcpInfo,
     pub samples: u64,
     pub notsent_bytes: Gauge,
     pub unacked: Gauge,
@@ -212,11 +214,34 @@ pub struct End {
     pub tx: Option<TxTotals>,
 }
 
+/// The counters `TCP_INFO` keeps from a connection's start; none of them ever decreases on one
+/// connection.
+const COUNTERS: [fn(&mut TcpInfo) -> &mut Option<u64>; 7] = [
+    |info| &mut info.total_retrans,
+    |info| &mut info.bytes_retrans,
+    |info| &mut info.total_rto,
+    |info| &mut info.reord_seen,
+    |info| &mut info.busy_ns,
+    |info| &mut info.rwnd_limited_ns,
+    |info| &mut info.sndbuf_limited_ns,
+];
+
 impl End {
-    pub fn add(&mut self, info: TcpInfo, tx: Option<TxTotals>) {
+    pub fn add(&mut self, mut info: TcpInfo, tx: Option<TxTotals>) {
         self.tx = tx.or(self.tx);
-        if self.samples == 0 {
-            self.first = info;
+        let mut last = self.last;
+        let restarted = self.samples > 0
+            && COUNTERS.iter().any(|counter| match (*counter(&mut info), *counter(&mut last)) {
+                (Some(now), Some(before)) => now < before,
+                _ => false,
+            });
+        if restarted {
+            for counter in COUNTERS {
+                let (before, earlier) = (*counter(&mut last), counter(&mut self.earlier));
+                if let Some(before) = before {
+                    *earlier = Some(earlier.unwrap_or(0) + before);
+                }
+            }
         }
         self.last = info;
         self.samples += 1;
@@ -228,9 +253,12 @@ impl End {
         };
     }
 
-    /// A counter's growth over the run (from the first reading: a counter is per connection).
+    /// A counter over the run. Every connection a run reads starts with it (a source's
+    /// connection and the hops' behind it are made for the run), so a counter counts from the
+    /// connection's start: taken from the first reading instead, a hop's first 100 ms timer
+    /// would lose what happened before it, which in a short bulk run is nearly everything.
     pub fn delta(&self, field: fn(&TcpInfo) -> Option<u64>) -> Option<u64> {
-        Some(field(&self.last)?.saturating_sub(field(&self.first).unwrap_or(0)))
+        Some(field(&self.last)? + field(&self.earlier).unwrap_or(0))
     }
 }
 
@@ -309,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn test_readings_go_to_the_link_they_belong_to_and_counters_are_differences() {
+    fn test_readings_go_to_the_link_they_belong_to_and_counters_count_from_the_start() {
         let mut links = Links::default();
         let reading = |retrans: u64, notsent: u64| TcpInfo {
             total_retrans: Some(retrans),
@@ -322,10 +350,31 @@ mod tests {
         links.add(2, Side::Upstream, reading(0, 0), None);
         links.add(0, Side::Upstream, reading(0, 0), None); // the source has no link above it
         let (near, far) = links.link(1).unwrap();
-        assert_eq!(near.delta(|info| info.total_retrans), Some(4));
+        // From the connection's start, not from the first reading.
+        assert_eq!(near.delta(|info| info.total_retrans), Some(14));
         assert_eq!((near.notsent_bytes.mean(), near.notsent_bytes.max), (Some(200), 300));
         assert_eq!(near.min_rtt_ns, Some(1_010));
         assert_eq!(far.samples, 1);
         assert!(links.link(0).is_none());
+    }
+
+    #[test]
+    fn test_a_reconnected_end_adds_its_connections_counters() {
+        let reading = |busy_ms: u64, retrans: Option<u64>| TcpInfo {
+            busy_ns: Some(busy_ms * 1_000_000),
+            total_retrans: retrans,
+            ..TcpInfo::default()
+        };
+        let mut end = End::default();
+        end.add(reading(30, Some(2)), None);
+        end.add(reading(80, Some(3)), None);
+        // An outage: the run's next connection starts again from zero.
+        end.add(reading(5, Some(0)), None);
+        end.add(reading(20, Some(1)), None);
+        assert_eq!(end.delta(|info| info.busy_ns), Some(100_000_000));
+        assert_eq!(end.delta(|info| info.total_retrans), Some(4));
+        // Equal readings are the same connection, and a field missing is no restart.
+        end.add(reading(20, None), None);
+        assert_eq!(end.delta(|info| info.busy_ns), Some(100_000_000));
     }
 }

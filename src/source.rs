@@ -34,7 +34,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::buffer::Buffer;
 use crate::clock;
 use crate::core::transmit::TxMode;
-use crate::core::{Inbound, Outbound, Peer};
+use crate::core::{Inbound, Outbound, Peer, Registered, Socket, SystemClock};
 use crate::kernel;
 use crate::live::LiveFeed;
 use crate::log_line;
@@ -444,10 +444,11 @@ pub fn run(mut config: SourceConfig, writer: &mut Writer) -> io::Result<Run> {
     let mut poll = Poll::new()?;
     let target = config.forward_to.0;
     let mut upstream =
-        Peer::connect(target, poll.registry(), UPSTREAM, &config.name).map_err(|error| {
-            let first_hop = first_hop(&config.forward_to);
-            io::Error::new(error.kind(), format!("cannot reach first hop {first_hop}: {error}"))
-        })?;
+        Peer::connect(target, &Registered { registry: poll.registry() }, UPSTREAM, &config.name)
+            .map_err(|error| {
+                let first_hop = first_hop(&config.forward_to);
+                io::Error::new(error.kind(), format!("cannot reach first hop {first_hop}: {error}"))
+            })?;
     upstream.quickack = config.quickack;
     if let Err(error) = upstream.enable_tx_stamps(config.kernel_stamps) {
         log_line!(
@@ -650,7 +651,7 @@ impl Source<'_> {
         if !self.config.kernel_info || self.link != Link::Connected {
             return;
         }
-        if let Some(info) = net::tcp_info(self.upstream.stream.as_raw_fd()) {
+        if let Some(info) = self.upstream.stream.tcp_info() {
             let tx = self.upstream.tx.as_ref().map(|tx| tx.totals);
             self.run.kernel.add(0, kernel::Side::Downstream, info, tx);
         }
@@ -728,13 +729,17 @@ impl Source<'_> {
     /// A continuous run's next attempt at the first hop, once its backoff has passed.
     fn reconnect(&mut self, poll: &mut Poll, now_ns: u64) {
         let target = self.config.forward_to.0;
-        let registered = Peer::connect(target, poll.registry(), UPSTREAM, &self.config.name).map(
-            |mut upstream| {
-                upstream.quickack = self.config.quickack;
-                let _ = upstream.enable_tx_stamps(self.config.kernel_stamps);
-                upstream
-            },
-        );
+        let registered = Peer::connect(
+            target,
+            &Registered { registry: poll.registry() },
+            UPSTREAM,
+            &self.config.name,
+        )
+        .map(|mut upstream| {
+            upstream.quickack = self.config.quickack;
+            let _ = upstream.enable_tx_stamps(self.config.kernel_stamps);
+            upstream
+        });
         match registered {
             Ok(upstream) => {
                 self.upstream = upstream;
@@ -1071,7 +1076,7 @@ impl Source<'_> {
         if self.link != Link::Connected {
             return Ok(false);
         }
-        let progress = match self.upstream.flush(&mut self.send) {
+        let progress = match self.upstream.flush(&SystemClock, &mut self.send) {
             Ok(progress) => progress,
             Err(error) if error.kind() == io::ErrorKind::WriteZero => {
                 return Err(self.broken("the first hop stopped reading"));
@@ -1092,7 +1097,7 @@ impl Source<'_> {
             let was_closed = self.upstream.read_closed;
             progress |= self
                 .upstream
-                .fill(&mut self.receive)
+                .fill(&SystemClock, &mut self.receive)
                 .map_err(|error| self.broken(&format!("receiving: {error}")))?;
             progress |= self.upstream.read_closed != was_closed;
         }

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -844,6 +844,81 @@ fn bulk_deploys_give_no_negative_sample_and_steady_verdicts() {
     );
     let _ = writeln!(std::io::stderr(), "bulk lab verdicts: idle {idle:?}, delayed {delayed:?}");
     lab.assert_no_leftovers("after six bulk runs");
+}
+
+/// A hop that reads slowly (here h1, stopped 45 ms in every 50 ms, as a hop starved of CPU
+/// would be) fills its receive buffer, closes its window, and the bytes wait in the sender's
+/// send queue, which the stamps count in the link before it. The verdict names h1 from the
+/// kernel's evidence (the sender held back by h1's window), never that idle link. On a busy
+/// machine the source, also short of CPU, may read its answers more slowly still, or neither
+/// stands out; but at least one of three runs names h1, and none names a link or another hop.
+#[test]
+fn a_starved_hop_is_named_the_slow_reader_not_the_link_before_it() {
+    let Some(_lock) = lab_or_skip("a_starved_hop_is_named_the_slow_reader") else {
+        return;
+    };
+    let lab = Lab::up(4);
+    let mut verdicts = Vec::new();
+    for _ in 0..3 {
+        let run = Running::spawn(lab.deploy_command(&["--bytes", "10000000"], &lab.hops(), &[]));
+        let done = Arc::new(AtomicBool::new(false));
+        let starver = {
+            let (done, namespace) = (Arc::clone(&done), lab.namespace(1));
+            thread::spawn(move || starve_hop(&namespace, &done))
+        };
+        let (status, stderr) = run.finish(RUN_TIMEOUT);
+        done.store(true, Ordering::Relaxed);
+        let stops = starver.join().expect("the starver");
+        assert!(status.success(), "deploy-chain --bytes failed ({status}):\n{stderr}");
+        assert!(stops >= 3, "h1 was stopped only {stops} times:\n{stderr}");
+        let report = lab.report(&stderr);
+        let verdict = &report.json["verdict"];
+        let id = verdict["subsegment"].as_str().map(str::to_string);
+        let kind = verdict["kind"].as_str().unwrap_or_default().to_string();
+        assert!(
+            id.as_deref().is_none_or(|id| id.starts_with("1.")),
+            "a starved h1 must not make the verdict name {id:?} ({kind}): {}",
+            verdict["text"]
+        );
+        verdicts.push((id, kind, verdict["text"].as_str().unwrap_or_default().to_string()));
+    }
+    let _ = writeln!(std::io::stderr(), "starved h1 verdicts: {verdicts:?}");
+    assert!(
+        verdicts.iter().any(|(id, kind, _)| id.is_some() && kind == "slow_reader"),
+        "no run named h1 the slow reader: {verdicts:#?}"
+    );
+    lab.assert_no_leftovers("after the starved runs");
+}
+
+/// Stops the hop in `namespace` for 45 ms of every 50 ms until `done`; returns how often.
+fn starve_hop(namespace: &str, done: &AtomicBool) -> usize {
+    let mut hop = None;
+    let mut stops = 0;
+    while !done.load(Ordering::Relaxed) {
+        let Some(pid) = hop else {
+            hop = hop_pid(namespace);
+            thread::sleep(Duration::from_millis(1));
+            continue;
+        };
+        // SAFETY: kill has no memory preconditions; a pid gone since is ESRCH, harmless.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        stops += 1;
+        thread::sleep(Duration::from_millis(45));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        thread::sleep(Duration::from_millis(5));
+    }
+    stops
+}
+
+/// The pid of the hop running in `namespace`, once it runs.
+fn hop_pid(namespace: &str) -> Option<libc::pid_t> {
+    let output = Command::new("ip").args(["netns", "pids", namespace]).output().ok()?;
+    String::from_utf8_lossy(&output.stdout).split_whitespace().find_map(|pid| {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        // The kernel keeps 15 bytes of a command's name.
+        (comm.trim() == "subsegment-tcp-").then(|| pid.parse().ok()).flatten()
+    })
 }
 
 /// Ctrl-C on the deployer: the source reports what came back, and every hop is stopped.

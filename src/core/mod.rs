@@ -17,14 +17,20 @@
 //! a frame ends and which read completed it ([`Inbound::next_frame`]). The stamping state ([`stamping`]) has no sockets and takes the time as an argument, so
 //! its rules are unit-tested with hand-made timestamps; [`peer`] is the thin I/O around it.
 //! [`transmit`] matches the kernel's transmit timestamps (`--kernel-stamps`) to the writes they
-//! belong to, also without sockets.
+//! belong to, also without sockets. [`transport`] is what the core asks of the world (a
+//! socket, a connector, a clock) as traits, so `Peer` and the hop's connection run on fake
+//! sockets and fake time in unit tests (`fake`, test builds only).
 
+#[cfg(test)]
+pub mod fake;
 pub mod peer;
 pub mod stamping;
 pub mod transmit;
+pub mod transport;
 
 pub use peer::Peer;
 pub use stamping::{Inbound, Outbound, ReadStamp, ResidenceSink, SharedResidence};
+pub use transport::{Clock, Connector, Registered, Socket, SystemClock};
 
 /// Reads are capped so that a connection carrying small frames touches little of its buffer.
 pub const READ_CHUNK: usize = 64 * 1024;

@@ -2,26 +2,29 @@
 //! sozu, an event sets a flag and only `WouldBlock`, or a short read or write, clears it), the
 //! read loop that stamps every read call, the write loop that stamps every frame's hand-over,
 //! and the half-close.
+//!
+//! It is generic over its [`Socket`] (mio's `TcpStream` in the binary, a fake in unit tests)
+//! and reads time from the [`Clock`] it is handed, at exactly the points the stamping rule
+//! names: right after each read call, right before each write call.
 
-use std::io::{self, Write};
-use std::net::{Shutdown, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use mio::net::TcpStream;
 
 use super::stamping::{Inbound, KernelStamps, Outbound, ReadStamp, ReceiveTimes};
 use super::transmit::{TxEvent, TxMode, TxStamps};
+use super::transport::{Clock, Connector, Socket};
 use super::{READ_CHUNK, WRITE_CHUNK};
-use crate::clock;
 use crate::log_line;
 use crate::net::{self, Io};
 
 /// The kernel's refusal of receive timestamps is said once per process, not per connection.
 static REFUSAL_TOLD: AtomicBool = AtomicBool::new(false);
 
-pub struct Peer {
-    pub stream: TcpStream,
+pub struct Peer<S: Socket = TcpStream> {
+    pub stream: S,
     pub addr: SocketAddr,
     pub readable: bool,
     pub writable: bool,
@@ -36,11 +39,11 @@ pub struct Peer {
     pub quickack: bool,
 }
 
-impl Peer {
+impl<S: Socket> Peer<S> {
     /// Wraps a connected (or connecting) socket and asks the kernel for receive timestamps;
     /// `who` names this process in the one line said if the kernel refuses them.
-    pub fn new(stream: TcpStream, addr: SocketAddr, who: &str) -> Peer {
-        let kernel = match net::enable_receive_timestamps(stream.as_raw_fd()) {
+    pub fn new(mut stream: S, addr: SocketAddr, who: &str) -> Peer<S> {
+        let kernel = match stream.enable_receive_timestamps() {
             Ok(()) => KernelStamps::On,
             Err(error) => {
                 if !REFUSAL_TOLD.swap(true, Ordering::Relaxed) {
@@ -70,19 +73,13 @@ impl Peer {
     /// Starts a non-blocking connect to `target`, registered for read and write readiness under
     /// `token`: the first writable readiness says how it ended ([`Peer::connected`]). The
     /// source's first hop and a hop's next hop are connected here alike.
-    pub fn connect(
+    pub fn connect<C: Connector<Socket = S>>(
         target: SocketAddr,
-        registry: &mio::Registry,
+        connector: &C,
         token: mio::Token,
         who: &str,
-    ) -> io::Result<Peer> {
-        let mut peer = Peer::new(net::connect(target)?, target, who);
-        registry.register(
-            &mut peer.stream,
-            token,
-            mio::Interest::READABLE | mio::Interest::WRITABLE,
-        )?;
-        Ok(peer)
+    ) -> io::Result<Peer<S>> {
+        Ok(Peer::new(connector.connect(target, token)?, target, who))
     }
 
     /// After a writable readiness of a connecting socket: `Ok(true)` once connected,
@@ -91,33 +88,38 @@ impl Peer {
         if !self.writable {
             return Ok(false);
         }
-        let connected = net::connect_result(&self.stream)?;
+        let connected = self.stream.connect_result()?;
         self.writable &= connected;
         Ok(connected)
     }
 
     /// Reads into `into` until the socket would block or the buffer is full, stamping each read
     /// right after it returns.
-    pub fn fill(&mut self, into: &mut Inbound) -> io::Result<bool> {
-        self.fill_at_most(into, usize::MAX)
+    pub fn fill(&mut self, clock: &impl Clock, into: &mut Inbound) -> io::Result<bool> {
+        self.fill_at_most(clock, into, usize::MAX)
     }
 
     /// As [`Peer::fill`], stopping once `budget` bytes have been read: the socket stays
     /// readable, and the caller comes back for the rest (a hop's turn, see `hop`).
-    pub fn fill_at_most(&mut self, into: &mut Inbound, budget: usize) -> io::Result<bool> {
+    pub fn fill_at_most(
+        &mut self,
+        clock: &impl Clock,
+        into: &mut Inbound,
+        budget: usize,
+    ) -> io::Result<bool> {
         let mut progress = false;
         let mut left = budget;
-        let fd = self.stream.as_raw_fd();
         while self.readable && !self.read_closed {
             let want = into.room().min(READ_CHUNK).min(left);
             if want == 0 {
                 break;
             }
             let tail = into.tail(want).expect("room checked");
-            let started_ns = clock::now_ns();
+            let started_ns = clock.now_ns();
             let mut kernel_ns = None;
+            let stream = &mut self.stream;
             let outcome = net::classify(|| {
-                net::receive(fd, &mut tail[..want]).map(|(count, stamp_ns)| {
+                stream.receive(&mut tail[..want]).map(|(count, stamp_ns)| {
                     kernel_ns = stamp_ns;
                     count
                 })
@@ -126,8 +128,8 @@ impl Peer {
                 Io::Done(count) => {
                     // REALTIME first: a RAW reading taken later can only move the arrival
                     // later, never before the bytes.
-                    let realtime_ns = clock::realtime_ns();
-                    let read_ns = clock::now_ns();
+                    let realtime_ns = clock.realtime_ns();
+                    let read_ns = clock.now_ns();
                     // A short read emptied the socket; the next arrival is a new edge, so
                     // the read that would only say WouldBlock is skipped. Not once the peer's
                     // FIN has been signalled: it may sit behind these bytes, and no further
@@ -150,7 +152,7 @@ impl Peer {
                     // After the stamp, so the call never delays it. A refusal changes nothing
                     // but the ACK's timing: not worth a word per read.
                     if self.quickack {
-                        let _ = net::quick_ack(fd);
+                        let _ = self.stream.quick_ack();
                     }
                     self.readable = !emptied || self.hung_up;
                 }
@@ -170,26 +172,31 @@ impl Peer {
     /// starts carry the clock read right before it. With `--kernel-stamps sample`, the write a
     /// sample is due on asks for its transmit stamps itself (a `sendmsg` with a control
     /// message instead of the plain `send`: no extra call).
-    pub fn flush(&mut self, from: &mut Outbound) -> io::Result<bool> {
-        self.flush_at_most(from, usize::MAX)
+    pub fn flush(&mut self, clock: &impl Clock, from: &mut Outbound) -> io::Result<bool> {
+        self.flush_at_most(clock, from, usize::MAX)
     }
 
     /// As [`Peer::flush`], stopping once `budget` bytes have been written (a hop's turn).
-    pub fn flush_at_most(&mut self, from: &mut Outbound, budget: usize) -> io::Result<bool> {
+    pub fn flush_at_most(
+        &mut self,
+        clock: &impl Clock,
+        from: &mut Outbound,
+        budget: usize,
+    ) -> io::Result<bool> {
         let mut progress = false;
         let mut left = budget;
-        let fd = self.stream.as_raw_fd();
         while self.writable && !from.is_empty() && left > 0 {
-            let write_ns = if from.has_unstarted() { clock::now_ns() } else { 0 };
+            let write_ns = if from.has_unstarted() { clock.now_ns() } else { 0 };
             // The transmit stamps' base: CLOCK_REALTIME (theirs) right before the hand-over.
-            let handed_realtime_ns = if self.tx.is_some() { clock::realtime_ns() } else { 0 };
+            let handed_realtime_ns = if self.tx.is_some() { clock.realtime_ns() } else { 0 };
             let ask = self.tx.as_ref().is_some_and(|tx| tx.sample_due(handed_realtime_ns));
             let chunk = from.prepare_write(write_ns, WRITE_CHUNK.min(left));
             let chunk_len = chunk.len();
+            let stream = &mut self.stream;
             let outcome = if ask {
-                net::classify(|| net::send_asking_tx_stamps(fd, chunk))
+                net::classify(|| stream.send_asking_tx_stamps(chunk))
             } else {
-                net::classify(|| self.stream.write(chunk))
+                net::classify(|| stream.send(chunk))
             };
             match outcome {
                 Io::Done(count) => {
@@ -214,7 +221,7 @@ impl Peer {
     /// error when the kernel refuses (before Linux 6.2).
     pub fn enable_tx_stamps(&mut self, mode: TxMode) -> io::Result<()> {
         if self.tx.is_none() && mode != TxMode::Off {
-            net::enable_transmit_timestamps(self.stream.as_raw_fd(), mode == TxMode::All)?;
+            self.stream.enable_transmit_timestamps(mode == TxMode::All)?;
             self.tx = Some(TxStamps::new(mode));
         }
         Ok(())
@@ -224,7 +231,7 @@ impl Peer {
     /// whether there were any; an error event with none is a real socket error.
     pub fn read_tx_stamps(&mut self) -> bool {
         let Some(tx) = self.tx.as_mut() else { return false };
-        let read = net::read_error_queue(self.stream.as_raw_fd(), |acked, key, realtime_ns| {
+        let read = self.stream.read_error_queue(|acked, key, realtime_ns| {
             let event = if acked { TxEvent::Acked } else { TxEvent::Sent };
             tx.stamped(event, key, realtime_ns);
         });
@@ -245,15 +252,123 @@ impl Peer {
     /// Makes the socket's close a reset (SO_LINGER 0), as a broken server's would be: for a
     /// peer that must hear that the connection failed, not that it ended.
     pub fn reset(&mut self) {
-        // Best effort: the close that follows happens either way.
-        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(std::time::Duration::ZERO));
+        self.stream.reset_on_close();
     }
 
     pub fn shut_write(&mut self) {
         if !self.write_shut {
             self.write_shut = true;
             // The peer may already be gone; the read side reports that.
-            let _ = self.stream.shutdown(Shutdown::Write);
+            let _ = self.stream.shutdown_write();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fake::{FakeClock, FakeSocket, Remote, wake};
+    use crate::wire::ReceiveClock;
+
+    fn peer(clock: &FakeClock) -> (Peer<FakeSocket>, Remote) {
+        let (socket, remote) = FakeSocket::accepted(clock, "127.0.0.1:9000".parse().unwrap());
+        (Peer::new(socket, "127.0.0.1:50000".parse().unwrap(), "test"), remote)
+    }
+
+    #[test]
+    fn test_a_kernel_receive_stamp_becomes_the_wait_in_the_receive_queue() {
+        let clock = FakeClock::at(10_000);
+        let (mut peer, remote) = peer(&clock);
+        let mut inbound = Inbound::with_capacity(1 << 16).unwrap();
+        // The bytes waited 700 ns in the receive queue; the read itself takes 50.
+        remote.wire().kernel_stamp_ago_ns = Some(700);
+        remote.wire().read_takes_ns = 50;
+        remote.arrive(b"abc");
+        wake(&mut peer);
+        assert!(peer.fill(&clock, &mut inbound).unwrap());
+        let stamp = inbound.stamp_of_head(3);
+        assert_eq!(stamp.read_ns, 10_050, "the clock right after the read");
+        assert_eq!((stamp.receive, stamp.receive_wait_ns), (ReceiveClock::Kernel, 750));
+        // Without a kernel stamp, the read is the arrival.
+        clock.set(20_000);
+        remote.wire().kernel_stamp_ago_ns = None;
+        remote.arrive(b"d");
+        wake(&mut peer);
+        peer.fill(&clock, &mut inbound).unwrap();
+        assert_eq!(inbound.stamp_of_head(4).receive, ReceiveClock::AfterRead);
+    }
+
+    #[test]
+    fn test_a_kernel_stamp_from_before_the_queue_was_last_seen_empty_is_rejected() {
+        let clock = FakeClock::at(10_000);
+        let (mut peer, remote) = peer(&clock);
+        let mut inbound = Inbound::with_capacity(1 << 16).unwrap();
+        remote.wire().kernel_stamp_ago_ns = Some(0);
+        remote.wire().read_takes_ns = 0;
+        remote.arrive(b"abc");
+        wake(&mut peer);
+        peer.fill(&clock, &mut inbound).unwrap();
+        // Stamped at the call, read at the call: a zero wait, believable.
+        assert_eq!(inbound.stamp_of_head(3).receive, ReceiveClock::Kernel);
+        inbound.consume(3);
+        // The first read left the queue empty at 10,000; bytes stamped 5,000 ns before the
+        // next read, also at 10,000, would have been there then: impossible (a stepped clock).
+        remote.wire().kernel_stamp_ago_ns = Some(5_000);
+        remote.arrive(b"e");
+        wake(&mut peer);
+        peer.fill(&clock, &mut inbound).unwrap();
+        let stamp = inbound.stamp_of_head(1);
+        assert_eq!((stamp.receive, stamp.receive_wait_ns), (ReceiveClock::KernelRejected, 0));
+        assert_eq!(peer.receive_times.rejected, 1);
+    }
+
+    #[test]
+    fn test_fill_at_most_stops_at_its_budget_and_the_socket_stays_readable() {
+        let clock = FakeClock::at(1_000);
+        let (mut peer, remote) = peer(&clock);
+        let mut inbound = Inbound::with_capacity(1 << 20).unwrap();
+        remote.arrive(&[7; 200_000]);
+        wake(&mut peer);
+        peer.fill_at_most(&clock, &mut inbound, 100_000).unwrap();
+        assert_eq!(inbound.len(), 100_000);
+        assert!(peer.readable, "the rest is for the next turn, without a new edge");
+        peer.fill(&clock, &mut inbound).unwrap();
+        assert_eq!(inbound.len(), 200_000);
+        assert!(!peer.readable, "a short read emptied the socket");
+    }
+
+    #[test]
+    fn test_a_hang_up_behind_the_bytes_is_read_to_the_end() {
+        let clock = FakeClock::at(1_000);
+        let (mut peer, remote) = peer(&clock);
+        let mut inbound = Inbound::with_capacity(1 << 16).unwrap();
+        remote.arrive(b"last words");
+        remote.close();
+        wake(&mut peer);
+        peer.fill(&clock, &mut inbound).unwrap();
+        assert_eq!(inbound.data(), b"last words");
+        assert!(peer.read_closed, "the EOF behind a short read is seen without another edge");
+    }
+
+    #[test]
+    fn test_a_refused_write_hands_nothing_over_and_waits_for_the_next_edge() {
+        let clock = FakeClock::at(1_000);
+        let (mut peer, remote) = peer(&clock);
+        let mut outbound = Outbound::with_capacity(1 << 16).unwrap();
+        outbound.push(b"hello");
+        remote.set_room(0);
+        wake(&mut peer);
+        assert!(!peer.flush(&clock, &mut outbound).unwrap());
+        assert_eq!((outbound.len(), peer.writable), (5, false));
+        assert_eq!(remote.wire().refused_writes, 1, "one call, not a spin");
+        remote.set_room(3);
+        wake(&mut peer);
+        assert!(peer.flush(&clock, &mut outbound).unwrap());
+        assert_eq!((remote.take_sent(), peer.writable), (b"hel".to_vec(), false));
+        remote.set_room(usize::MAX);
+        wake(&mut peer);
+        peer.flush(&clock, &mut outbound).unwrap();
+        assert_eq!(remote.take_sent(), b"lo");
+        assert!(outbound.is_empty());
     }
 }

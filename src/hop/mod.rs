@@ -37,7 +37,7 @@ mod connection;
 pub use connection::ingress;
 
 use crate::clock;
-use crate::core::Peer;
+use crate::core::{Peer, Registered};
 use crate::log_line;
 use crate::net::{self, Cidr};
 use crate::output::Destination;
@@ -47,9 +47,9 @@ use crate::report::metrics::{
 };
 use crate::scrape::Publisher;
 use crate::tuning;
-use crate::wire::{FaultCode, Role, Tag};
-use connection::{CloseReason, Connection, Context, Round};
-use ingress::{IngressConfig, IngressTotals};
+use crate::wire::{Role, Tag};
+use connection::{CloseReason, Connection, Context, Expiry, Turn};
+use ingress::{IngressConfig, IngressTotals, ProbeSchedule};
 
 const LISTENER: Token = Token(0);
 /// The loop's fairness rule (issue 15: a probe through a busy relay must not wait behind bulk
@@ -65,12 +65,12 @@ const LISTENER: Token = Token(0);
 /// each per wake-up, served in slot order. Bulk streams' turns follow back to back, one poll (a
 /// system call with nothing to wait for) per 64 KiB turn; they lose about a tenth of their
 /// throughput for it (the README's *Under load* has the figures).
-const TURN_BYTES: u64 = 64 * 1024;
+pub(super) const TURN_BYTES: u64 = 64 * 1024;
 /// See [`TURN_BYTES`].
 pub(super) const ROUND_BYTES: usize = 64 * 1024;
 /// A turn whose rounds make progress without moving bytes (frames turned, faults queued)
 /// ends after this many.
-const ROUNDS_PER_TURN: usize = 16;
+pub(super) const ROUNDS_PER_TURN: usize = 16;
 /// How often connections are checked for the no-progress timeout.
 const SWEEP_INTERVAL_NS: u64 = 100_000_000;
 
@@ -182,8 +182,8 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
         metrics,
         totals,
         intervals,
-        next_probe_ns: probe_interval_ns.map(|interval_ns| clock::now_ns() + interval_ns),
-        probe_interval_ns,
+        probes: probe_interval_ns
+            .map(|interval_ns| ProbeSchedule::starting(clock::now_ns(), interval_ns)),
     };
     let mut events = Events::with_capacity(1024);
     let mut touched = Vec::new();
@@ -196,7 +196,7 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
             None
         };
         // An ingress wakes up for its probes while it has connections.
-        let timeout = match hop.next_probe_ns {
+        let timeout = match hop.probes.as_ref().map(ProbeSchedule::next_ns) {
             Some(due_ns) if hop.open_count > 0 => {
                 let until = Duration::from_nanos(due_ns.saturating_sub(clock::now_ns()));
                 Some(timeout.map_or(until, |timeout| timeout.min(until)))
@@ -318,8 +318,7 @@ struct Hop {
     /// An ingress's `--report-interval`.
     intervals: Option<ReportIntervals>,
     /// An ingress's probes: every connection gets one per interval, all at the same tick.
-    probe_interval_ns: Option<u64>,
-    next_probe_ns: Option<u64>,
+    probes: Option<ProbeSchedule>,
 }
 
 /// An ingress's report intervals: every path's statistics since the last one.
@@ -456,16 +455,12 @@ impl Hop {
     }
 
     fn probe_if_due(&mut self, registry: &mio::Registry) {
-        let (Some(due_ns), Some(interval_ns)) = (self.next_probe_ns, self.probe_interval_ns) else {
-            return;
-        };
+        // Only an ingress with probes reads the clock here.
+        let Some(probes) = self.probes.as_mut() else { return };
         let now_ns = clock::now_ns();
-        if now_ns < due_ns {
+        if !probes.due(now_ns) {
             return;
         }
-        // From the due time, not from now: a late wake-up does not shift every later probe.
-        let missed = (now_ns - due_ns) / interval_ns;
-        self.next_probe_ns = Some(due_ns + (missed + 1) * interval_ns);
         for slot in 0..self.connections.len() {
             if let Some(connection) = self.connections[slot].as_mut()
                 && connection.queue_probe(now_ns)
@@ -559,7 +554,7 @@ impl Hop {
             connection.measure_residence(&sink);
         }
         if self.role == Role::Ingress {
-            connection.start_ingress(registry, &self.config);
+            connection.start_ingress(&Registered { registry }, &self.config);
         }
         self.open_count += 1;
         touched.push(slot);
@@ -596,30 +591,16 @@ impl Hop {
         let Some(Some(connection)) = self.connections.get_mut(slot) else {
             return;
         };
-        let moved_before = connection.bytes_moved();
         let mut context =
             Context { config: &self.config, role: self.role, totals: &mut self.totals };
-        let mut rounds = 0;
-        let outcome = loop {
-            match connection.round(&mut context, registry, now_ns) {
-                Ok(Round::Progress)
-                    if rounds + 1 == ROUNDS_PER_TURN
-                        || connection.bytes_moved() - moved_before >= TURN_BYTES =>
-                {
-                    self.queue_busy(slot);
-                    return;
-                }
-                Ok(Round::Progress) => rounds += 1,
-                Ok(Round::Idle) => return,
-                Ok(Round::Finished) => break None,
-                Err(reason) => break Some(reason),
-            }
-        };
-        self.close(registry, slot, outcome);
+        match connection.turn(&mut context, &Registered { registry }, now_ns) {
+            Turn::Done => {}
+            Turn::MoreToDo => self.queue_busy(slot),
+            Turn::Finished(closing) => self.close(registry, slot, closing),
+        }
     }
 
     fn sweep(&mut self, registry: &mio::Registry, now_ns: u64) {
-        let timeout_ns = self.config.timeout.as_nanos() as u64;
         for slot in 0..self.connections.len() {
             let Some(connection) = self.connections[slot].as_mut() else {
                 continue;
@@ -630,30 +611,10 @@ impl Hop {
             let Some(connection) = self.connections[slot].as_mut() else {
                 continue;
             };
-            if !connection.outstanding()
-                || now_ns.saturating_sub(connection.last_progress_ns) < timeout_ns
-            {
-                continue;
-            }
-            let seconds = self.config.timeout.as_secs_f64();
-            if connection.downstream.is_open()
-                && connection.failure.is_none()
-                && connection.waits_for_downstream()
-            {
-                let (code, what) = if connection.downstream.is_connecting() {
-                    (FaultCode::ConnectTimeout, format!("timed out after {seconds} s connecting"))
-                } else {
-                    let outstanding = connection.frames_down.saturating_sub(connection.frames_up);
-                    let what =
-                        format!("no answer for {seconds} s with {outstanding} frames outstanding");
-                    (FaultCode::NoAnswer, what)
-                };
-                connection.fail_downstream(registry, &self.config, code, what);
-                connection.last_progress_ns = now_ns;
-                self.pump(registry, slot, now_ns);
-            } else {
-                let detail = connection.stall_detail();
-                self.close(registry, slot, Some(CloseReason::NoProgress { seconds, detail }));
+            match connection.expire(&self.config, &Registered { registry }, now_ns) {
+                Expiry::Running => {}
+                Expiry::Faulted => self.pump(registry, slot, now_ns),
+                Expiry::Close(reason) => self.close(registry, slot, Some(reason)),
             }
         }
     }

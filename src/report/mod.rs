@@ -10,6 +10,7 @@
 //! digits (a p99 of 1 234 567 ns is exact to ±1 000 ns); `sum_ns`, `min_ns` and `max_ns` are
 //! exact, and `mean_ns` is the exact mean rounded to the nanosecond.
 
+mod evidence;
 pub mod interval;
 pub mod json;
 pub mod metrics;
@@ -845,17 +846,20 @@ fn verdict_report(
     run_ns: u64,
 ) -> Option<VerdictReport> {
     let verdict = Verdict::of(chain)?;
-    if let Some(bottleneck) = bottleneck_behind(&verdict, chain, rows, unit, run_ns) {
+    if let Some(bottleneck) = evidence::bottleneck_behind(&verdict, chain, rows, unit, run_ns) {
         return Some(bottleneck);
+    }
+    if let Some(slow_reader) = evidence::slow_reader_behind(&verdict, chain, rows, labels, unit) {
+        return Some(slow_reader);
     }
     let part_labels: Vec<String> = rows.iter().map(|row| row.label.clone()).collect();
     let mut text = verdict.describe(chain, &part_labels, labels, unit, loaded, symbols);
     if let Verdict::Named { worst, .. } = &verdict
         && let Some(kernel) = &rows[*worst].kernel
     {
-        text.push_str(&kernel_evidence(kernel, unit, rows[*worst].stats.min_ns));
+        text.push_str(&evidence::kernel_evidence(kernel, unit, rows[*worst].stats.min_ns));
     }
-    text.push_str(&retransmitting_link(
+    text.push_str(&evidence::retransmitting_link(
         rows,
         unit,
         match &verdict {
@@ -896,84 +900,6 @@ fn verdict_report(
     Some(report)
 }
 
-/// Share of the end-to-end mean that must be queueing for a bottleneck link to be looked for.
-const BOTTLENECK_QUEUE_SHARE: f64 = 0.5;
-/// The shortest run judged for a bottleneck link by the kernel's time counters.
-const BOTTLENECK_MIN_RUN_NS: u64 = 100_000_000;
-
-/// The stamps alone see where frames wait: a hop holding most of the delay *waiting for room
-/// to write* says only that what drains slowest is further on. The kernel can say what: when
-/// that hop's socket towards the next link had bytes it could not send (its send buffer
-/// backed up) and was not held back by the peer's receive window (a slow reader further on),
-/// the link itself drains slowest (its rate, its congestion window): it is the bottleneck, and
-/// the hop's wait is the queue in front of it.
-fn bottleneck_behind(
-    verdict: &Verdict,
-    chain: &Chain,
-    rows: &[Subsegment],
-    unit: Unit,
-    run_ns: u64,
-) -> Option<VerdictReport> {
-    let frames = match verdict {
-        Verdict::Named { kind, frames, .. } if kind.is_queueing() => *frames,
-        Verdict::NoneStandsOut { frames, .. } => *frames,
-        _ => return None,
-    };
-    if verdict::queueing_share(chain) < BOTTLENECK_QUEUE_SHARE {
-        return None;
-    }
-    // Links whose sending end (going down: the near end) had bytes it could not send and was
-    // limited by the network itself (the kernel's busy time less the time limited by the
-    // receiver's window or its own send buffer) for most of the run: each drains slower than
-    // it is fed. The kernel counts those times in jiffies (4 ms at HZ=250), so only runs of
-    // [`BOTTLENECK_MIN_RUN_NS`] or more are judged.
-    if run_ns < BOTTLENECK_MIN_RUN_NS {
-        return None;
-    }
-    let backed_up = |row: &Subsegment| -> Option<u64> {
-        let end = row.kernel.as_ref()?.near?;
-        let unsent = end.notsent_bytes_max.filter(|&bytes| bytes > 0)?;
-        let limited = end.rwnd_limited_ns? + end.sndbuf_limited_ns?;
-        let network_limited = end.busy_ns?.saturating_sub(limited);
-        (network_limited * 2 >= run_ns).then_some(unsent)
-    };
-    let candidates: Vec<(usize, u64)> = rows
-        .iter()
-        .enumerate()
-        .filter(|(_, row)| matches!(row.part, Part::Link(_)))
-        .filter_map(|(index, row)| Some((index, backed_up(row)?)))
-        .collect();
-    let [(link_row, unsent)] = candidates[..] else { return None };
-    let Part::Link(link_hop) = rows[link_row].part else { return None };
-    // The queue in front of it: the hops before it, waiting for room to write.
-    let hop_row = rows.iter().position(|row| row.part == Part::ResidenceDown(link_hop))?;
-    let share = rows[hop_row].share;
-    let end = rows[link_row].kernel.as_ref()?.near?;
-    let hop = &rows[hop_row];
-    let rate = end
-        .delivery_rate_bytes_per_second
-        .map(|rate| format!(", the link delivering {:.0} Mbit/s", rate as f64 * 8.0 / 1e6))
-        .unwrap_or_default();
-    let text = format!(
-        "{} is the bottleneck: frames queue in front of it in {} ({} p50 {}, {:.0}% of the end-to-end p50, waiting for room to write), and the kernel saw up to {unsent} B unsent in that hop's send buffer{rate}",
-        rows[link_row].label,
-        hop.hop.as_deref().unwrap_or("the hop"),
-        hop.label,
-        unit.show_with_name(hop.stats.p50_ns),
-        share * 100.0,
-    );
-    Some(VerdictReport {
-        subsegment: Some(rows[link_row].id.clone()),
-        kind: "bottleneck_link",
-        doubt: None,
-        share: rows[link_row].share,
-        queueing_share: verdict::queueing_share(chain),
-        frames,
-        text,
-        warning: few_frames_warning(frames),
-    })
-}
-
 /// The warning of a verdict that rests on fewer than [`verdict::MIN_FRAMES`] frames.
 fn few_frames_warning(frames: u64) -> Option<String> {
     (frames < verdict::MIN_FRAMES).then(|| {
@@ -983,89 +909,6 @@ fn few_frames_warning(frames: u64) -> Option<String> {
             verdict::MIN_FRAMES
         )
     })
-}
-
-/// Retransmissions rarely move a median, so a lossy link may not stand out by it: when one link
-/// retransmitted far more than every other (at least [`RETRANS_STANDS_OUT`] segments and 4×
-/// the next), the verdict says so, with the p99 the losses carry. Not for the link the verdict
-/// already named (its own evidence says it).
-fn retransmitting_link(rows: &[Subsegment], unit: Unit, named: Option<usize>) -> String {
-    let retrans = |row: &Subsegment| row.kernel.as_ref().and_then(|kernel| kernel.retrans);
-    let mut links: Vec<(usize, u64)> =
-        rows.iter().enumerate().filter_map(|(index, row)| Some((index, retrans(row)?))).collect();
-    links.sort_by_key(|&(_, count)| std::cmp::Reverse(count));
-    let Some(&(index, count)) = links.first() else { return String::new() };
-    let next = links.get(1).map_or(0, |&(_, count)| count);
-    if count < RETRANS_STANDS_OUT || count < 4 * next || Some(index) == named {
-        return String::new();
-    }
-    let row = &rows[index];
-    format!(
-        "; the kernel saw {} retransmit {count} {} (the other links at most {next}): losses there, which its p99 of {} carries",
-        row.label,
-        plural(count, "segment"),
-        unit.show_with_name(row.stats.p99_ns)
-    )
-}
-
-/// A link whose fastest frame took this many times its kernel's fastest round trip is held up
-/// past the socket's TCP peer.
-const TERMINATED_RATIO: u64 = 10;
-
-/// Retransmitted segments a link must reach for the verdict to point at it by them.
-const RETRANS_STANDS_OUT: u64 = 3;
-
-/// What the kernel saw of a named link, in words for the verdict: the wire's share and any
-/// retransmissions, unsent bytes or windows that held the sender back.
-/// `link_min_ns` is the link's fastest frame by the stamps: when the kernel's own fastest
-/// round trip is a small part of it, the socket's TCP peer is not the next hop but something
-/// between them that holds the bytes (a proxy, a load balancer, a delay element).
-fn kernel_evidence(kernel: &KernelLink, unit: Unit, link_min_ns: u64) -> String {
-    let mut seen = Vec::new();
-    if let Some(min_rtt_ns) = kernel.min_rtt_ns {
-        seen.push(format!(
-            "a min RTT of {} (the wire and the peer's kernel)",
-            unit.show_with_name(min_rtt_ns)
-        ));
-        if min_rtt_ns.saturating_mul(TERMINATED_RATIO) < link_min_ns {
-            seen.push(format!(
-                "so the TCP connection ends short of the next hop: the {} every frame paid are held by something between them (a proxy, a load balancer, a user-space element), not by the wire",
-                unit.show_with_name(link_min_ns)
-            ));
-        }
-    }
-    if let Some(retrans) = kernel.retrans.filter(|&retrans| retrans > 0) {
-        seen.push(format!("{retrans} retransmitted {}", plural(retrans, "segment")));
-    }
-    if let (Some(queue_ns), Some(rate)) = (
-        kernel.split.and_then(|split| split.sender_queue_ns),
-        kernel.near.and_then(|end| end.delivery_rate_bytes_per_second),
-    ) {
-        seen.push(format!(
-            "about {} queued in the near end's send buffer (the link delivered {:.0} Mbit/s)",
-            unit.show_with_name(queue_ns),
-            rate as f64 * 8.0 / 1e6
-        ));
-    }
-    for (end, which) in [(&kernel.near, "near"), (&kernel.far, "far")] {
-        let Some(end) = end else { continue };
-        if let Some(bytes) = end.notsent_bytes_max.filter(|&bytes| bytes > 0) {
-            seen.push(format!("up to {bytes} B waiting unsent at the {which} end"));
-        }
-        if let Some(ns) = end.rwnd_limited_ns.filter(|&ns| ns >= 1_000_000) {
-            seen.push(format!(
-                "the {which} end held back by the peer's receive window for {:.1} ms",
-                ns as f64 / 1e6
-            ));
-        }
-        if let Some(ns) = end.sndbuf_limited_ns.filter(|&ns| ns >= 1_000_000) {
-            seen.push(format!(
-                "the {which} end held back by its send buffer for {:.1} ms",
-                ns as f64 / 1e6
-            ));
-        }
-    }
-    if seen.is_empty() { String::new() } else { format!("; the kernel saw {}", seen.join(", ")) }
 }
 
 fn kind_name(kind: &DelayKind) -> &'static str {
@@ -1177,8 +1020,8 @@ pub(crate) mod tests {
         };
         // B's downstream socket (the near end of B ⇄ Z): 14 retransmissions during the run,
         // 5 150 B unsent on average at 51.5 MB/s: 100 µs in its send buffer.
-        run.kernel.add(1, kernel::Side::Downstream, reading(100, 0), None);
-        run.kernel.add(1, kernel::Side::Downstream, reading(114, 10_300), None);
+        run.kernel.add(1, kernel::Side::Downstream, reading(6, 0), None);
+        run.kernel.add(1, kernel::Side::Downstream, reading(14, 10_300), None);
         run.kernel.add(2, kernel::Side::Upstream, reading(0, 0), None);
         let report = report_of(&run, Presentation::default(), &[]);
         let link = report.subsegment("1-2").unwrap().kernel.as_ref().unwrap();

@@ -2,6 +2,7 @@
 //! answers plain payload, and echoes verbatim a peer that does not speak the protocol at all.
 
 use super::Connection;
+use crate::core::Socket;
 use crate::wire;
 
 /// What an echoing end with `--remove-perf-headers` found its peer speaking.
@@ -12,7 +13,7 @@ pub(super) enum Speech {
     Plain,
 }
 
-impl Connection {
+impl<S: Socket> Connection<S> {
     pub(super) fn decide_speech(&mut self) {
         if self.speech != Speech::Undecided {
             return;

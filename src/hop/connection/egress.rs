@@ -8,8 +8,7 @@ use std::collections::VecDeque;
 
 use super::{Connection, unwritten};
 use crate::buffer::Buffer;
-use crate::clock;
-use crate::core::{Outbound, ReadStamp};
+use crate::core::{Clock, Outbound, ReadStamp, Socket};
 use crate::wire::{
     self, Direction, Frame, HEADER_LEN, Header, Kind, MAX_HEADERS_LEN, RECORD_LEN, Stamp,
 };
@@ -51,10 +50,10 @@ impl PendingAnswers {
     }
 }
 
-impl Connection {
+impl<S: Socket> Connection<S> {
     /// At a stripping relay: match the plain server's answer bytes, in order, to the frames
     /// sent to it, and frame them again so the hops upstream go on measuring.
-    pub(super) fn frame_plain_answers(&mut self) -> bool {
+    pub(super) fn frame_plain_answers(&mut self, clock: &impl Clock) -> bool {
         let mut progress = false;
         let hop = self.hop.unwrap_or(0);
         self.pending.collect_sent(&mut self.down.output);
@@ -79,7 +78,7 @@ impl Connection {
                     }
                     // An empty answer is owed no bytes: it is complete the moment it is due.
                     let read = if payload_len == 0 {
-                        ReadStamp { read_ns: clock::now_ns(), ..ReadStamp::default() }
+                        ReadStamp { read_ns: clock.now_ns(), ..ReadStamp::default() }
                     } else {
                         self.up.input.stamp_of_head(payload_len)
                     };

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use super::{Connection, HopConfig, unwritten};
-use crate::core::{Inbound, Outbound, ReadStamp};
+use crate::core::{Clock, Inbound, Outbound, ReadStamp, Socket};
 use crate::report::metrics::{BucketLayout, SourceRecorder};
 use crate::source::{Ending, Run};
 use crate::stats::{self, Chain, Sequencing};
@@ -37,6 +37,38 @@ pub struct IngressConfig {
     /// `--jsonl` (the connections' records and the paths' summaries) and the interval lines,
     /// written off the loop.
     pub output: Option<crate::output::Writer>,
+}
+
+/// When an ingress puts its next probe on every connection: each `interval_ns` from the
+/// start, by the time given (the loop's clock, a test's fake one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSchedule {
+    interval_ns: u64,
+    next_ns: u64,
+}
+
+impl ProbeSchedule {
+    pub fn starting(now_ns: u64, interval_ns: u64) -> ProbeSchedule {
+        debug_assert!(interval_ns > 0, "no probes is no schedule, not a zero interval");
+        ProbeSchedule { interval_ns, next_ns: now_ns + interval_ns }
+    }
+
+    /// When the next probe is due: what the loop's sleep is bounded by.
+    pub fn next_ns(&self) -> u64 {
+        self.next_ns
+    }
+
+    /// Whether a probe is due at `now_ns`; if so, the next is scheduled from the due time,
+    /// not from now, so a late wake-up does not shift every later probe (and probes missed
+    /// by a long stall are not sent in a burst: one now, the next on the grid).
+    pub fn due(&mut self, now_ns: u64) -> bool {
+        if now_ns < self.next_ns {
+            return false;
+        }
+        let missed = (now_ns - self.next_ns) / self.interval_ns;
+        self.next_ns += (missed + 1) * self.interval_ns;
+        true
+    }
 }
 
 /// One client connection's framing and accounting.
@@ -152,13 +184,14 @@ impl IngressState {
         true
     }
 
-    /// The path came back: find (or open) its statistics.
+    /// The path came back at `now_ns`: find (or open) its statistics.
     pub(in crate::hop) fn path_discovered(
         &mut self,
         path: Vec<PathEntry>,
         totals: &mut IngressTotals,
+        now_ns: u64,
     ) {
-        self.path = match totals.slot_of(path) {
+        self.path = match totals.slot_of(path, now_ns) {
             Some(index) => PathSlot::Kept(index),
             None => PathSlot::Uncounted,
         };
@@ -383,7 +416,7 @@ impl IngressTotals {
         taken
     }
 
-    fn slot_of(&mut self, path: Vec<PathEntry>) -> Option<usize> {
+    fn slot_of(&mut self, path: Vec<PathEntry>, now_ns: u64) -> Option<usize> {
         if let Some(index) =
             self.paths.iter().position(|kept| stats::same_path(&kept.run.path, &path))
         {
@@ -394,7 +427,7 @@ impl IngressTotals {
         }
         let mut run = Run::ended(Ending::Complete, true);
         run.chain = Chain::new(path.clone());
-        run.first_send_ns = Some(crate::clock::now_ns());
+        run.first_send_ns = Some(now_ns);
         run.path = path.clone();
         let interval = PathInterval {
             chain: if self.intervals { Chain::new(path.clone()) } else { None },
@@ -491,12 +524,13 @@ pub fn render_server_data(path: &[PathEntry], data: &ServerData) -> String {
     text
 }
 
-impl Connection {
+impl<S: Socket> Connection<S> {
     /// At an ingress: what comes back up is receipts (measured), the server's bytes (to the
     /// client, plain), the path, faults and kernel readings.
     pub(in crate::hop) fn take_answers(
         &mut self,
         totals: &mut IngressTotals,
+        clock: &impl Clock,
     ) -> Result<bool, String> {
         let ingress = self.ingress.as_mut().expect("an ingress connection");
         let mut progress = false;
@@ -520,7 +554,7 @@ impl Connection {
                     let path =
                         PathEntry::parse_all(frame.payload()).map_err(Self::bad_downstream)?;
                     self.unanswered_path = None;
-                    ingress.path_discovered(path, totals);
+                    ingress.path_discovered(path, totals, clock.now_ns());
                 }
                 Kind::Fault => {
                     let fault = Fault::parse(frame.payload()).map_err(Self::bad_downstream)?;

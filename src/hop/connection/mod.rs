@@ -8,22 +8,31 @@
 //! and match answers for a source, receipts for an ingress, the server's own bytes framed) and
 //! [`ingress`] (in front of a client: frame its bytes, probe, take receipts). Frames going down
 //! are dispatched by role here, in one exhaustive match on the frame kind.
+//!
+//! A connection owns no system calls of its own: its sockets are `Peer<S>` over any
+//! [`Socket`], it opens the next hop through a [`Connector`], and it reads time from the
+//! connector's [`Clock`] where the stamping rule says (beside each read and write call) or
+//! takes it as `now_ns` (the wake-up's, for timers and timeouts). The hop's loop hands it mio
+//! sockets and the poll's registry; `tests` (test builds) hands it fakes and drives every
+//! transition with fake time.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+
+use mio::net::TcpStream;
 
 mod echo;
 mod egress;
 pub mod ingress;
 mod relay;
+#[cfg(test)]
+mod tests;
 
-use super::{HopConfig, ROUND_BYTES, Side, next_hop_text, token_of};
+use super::{HopConfig, ROUND_BYTES, ROUNDS_PER_TURN, Side, TURN_BYTES, next_hop_text, token_of};
 use crate::buffer::Buffer;
 use crate::core::transmit::TxMode;
-use crate::core::{Inbound, Outbound, Peer, ReadStamp, SharedResidence};
-use crate::net;
+use crate::core::{Clock, Connector, Inbound, Outbound, Peer, ReadStamp, SharedResidence, Socket};
 use crate::wire::{
     self, Direction, Fault, FaultCode, Frame, KernelSample, Kind, MAX_FRAME_LEN, MAX_HOPS,
     PathEntry, RECORD_LEN, Role, Stamp, WireError,
@@ -52,11 +61,11 @@ impl Pipe {
     }
 }
 
-pub(super) struct Connection {
+pub(super) struct Connection<S: Socket = TcpStream> {
     slot: usize,
-    pub(super) upstream: Peer,
+    pub(super) upstream: Peer<S>,
     /// The next hop; `None` at the echoing end, and once it has failed.
-    pub(super) downstream: NextHop,
+    pub(super) downstream: NextHop<S>,
     down: Pipe,
     up: Pipe,
     /// This hop's index in the chain, learnt from the path announcement.
@@ -129,39 +138,39 @@ impl std::fmt::Display for CloseReason {
 
 /// The next hop's socket through its life; the transitions are `start_connect`,
 /// `finish_connect` and `fail_downstream`.
-pub(super) enum NextHop {
+pub(super) enum NextHop<S: Socket> {
     /// None opened: no path has come by yet, the echoing end has none, or it failed (the
     /// connection's `failure` then says why).
     Closed,
     /// The connect is under way; the socket's first writable readiness says how it ended.
-    Connecting(Peer),
-    Connected(Peer),
+    Connecting(Peer<S>),
+    Connected(Peer<S>),
 }
 
-impl NextHop {
+impl<S: Socket> NextHop<S> {
     /// The socket, connecting or connected: what poll events are for.
-    pub(super) fn peer_mut(&mut self) -> Option<&mut Peer> {
+    pub(super) fn peer_mut(&mut self) -> Option<&mut Peer<S>> {
         match self {
             NextHop::Closed => None,
             NextHop::Connecting(peer) | NextHop::Connected(peer) => Some(peer),
         }
     }
 
-    fn peer(&self) -> Option<&Peer> {
+    fn peer(&self) -> Option<&Peer<S>> {
         match self {
             NextHop::Closed => None,
             NextHop::Connecting(peer) | NextHop::Connected(peer) => Some(peer),
         }
     }
 
-    fn connected_mut(&mut self) -> Option<&mut Peer> {
+    fn connected_mut(&mut self) -> Option<&mut Peer<S>> {
         match self {
             NextHop::Connected(peer) => Some(peer),
             _ => None,
         }
     }
 
-    fn connected(&self) -> Option<&Peer> {
+    fn connected(&self) -> Option<&Peer<S>> {
         match self {
             NextHop::Connected(peer) => Some(peer),
             _ => None,
@@ -216,20 +225,38 @@ pub(super) struct Context<'a> {
     pub(super) totals: &'a mut IngressTotals,
 }
 
+/// What the no-progress timeout made of a connection ([`Connection::expire`]).
+pub(super) enum Expiry {
+    Running,
+    /// The next hop was failed and its FAULT queued: the connection runs to send it.
+    Faulted,
+    Close(CloseReason),
+}
+
+/// How a connection's turn ended ([`Connection::turn`]).
+pub(super) enum Turn {
+    /// Nothing more to do until the next readiness.
+    Done,
+    /// The turn's budget ran out with work left: the connection joins the busy queue.
+    MoreToDo,
+    /// The connection is over: cleanly (`None`) or why not.
+    Finished(Option<CloseReason>),
+}
+
 pub(super) enum Round {
     Progress,
     Idle,
     Finished,
 }
 
-impl Connection {
+impl<S: Socket> Connection<S> {
     /// Fails when the connection's buffers cannot be mapped.
     pub(super) fn new(
         slot: usize,
-        upstream: Peer,
+        upstream: Peer<S>,
         role: Role,
         now_ns: u64,
-    ) -> io::Result<Connection> {
+    ) -> io::Result<Connection<S>> {
         let echo = role == Role::Echo;
         let stripping = role == Role::StrippingRelay;
         Ok(Connection {
@@ -267,11 +294,11 @@ impl Connection {
 
     /// At an ingress, right after the client's accept: the next hop is connected at once (the
     /// client will not announce a path) and the announcement queued.
-    pub(super) fn start_ingress(&mut self, registry: &mio::Registry, config: &HopConfig) {
+    pub(super) fn start_ingress(&mut self, net: &impl Connector<Socket = S>, config: &HopConfig) {
         let Some((target, _)) = &config.forward_to else { return };
         self.hop = Some(0);
-        self.start_connect(registry, *target, config);
-        let local = self.downstream.peer().and_then(|peer| peer.stream.local_addr().ok());
+        self.start_connect(net, *target, config);
+        let local = self.downstream.peer().and_then(|peer| peer.stream.local_addr());
         self.down.output.push(&IngressState::announcement(config, local, self.upstream.addr));
     }
 
@@ -287,11 +314,37 @@ impl Connection {
         queued
     }
 
-    /// One round of connect, read, process and write in both directions.
-    pub(super) fn round(
+    /// One turn (see [`super::TURN_BYTES`]): rounds until there is nothing to do, or the turn
+    /// has moved `TURN_BYTES` (or made `ROUNDS_PER_TURN` rounds of progress) with work left.
+    pub(super) fn turn(
         &mut self,
         context: &mut Context,
-        registry: &mio::Registry,
+        net: &impl Connector<Socket = S>,
+        now_ns: u64,
+    ) -> Turn {
+        let moved_before = self.bytes_moved();
+        let mut rounds = 0;
+        loop {
+            match self.round(context, net, now_ns) {
+                Ok(Round::Progress)
+                    if rounds + 1 == ROUNDS_PER_TURN
+                        || self.bytes_moved() - moved_before >= TURN_BYTES =>
+                {
+                    return Turn::MoreToDo;
+                }
+                Ok(Round::Progress) => rounds += 1,
+                Ok(Round::Idle) => return Turn::Done,
+                Ok(Round::Finished) => return Turn::Finished(None),
+                Err(reason) => return Turn::Finished(Some(reason)),
+            }
+        }
+    }
+
+    /// One round of connect, read, process and write in both directions.
+    fn round(
+        &mut self,
+        context: &mut Context,
+        net: &impl Connector<Socket = S>,
         now_ns: u64,
     ) -> Result<Round, CloseReason> {
         // `advanced`: frames moved, bytes written, a connect finished; what the no-progress
@@ -300,22 +353,22 @@ impl Connection {
         let mut advanced = false;
         let mut read_any = false;
         if self.downstream.is_connecting() {
-            advanced |= self.finish_connect(registry, context.config);
+            advanced |= self.finish_connect(net, context.config);
         }
 
         // Down: upstream socket -> down.input -> frames -> down.output (or up.output).
         if !self.down.stalled {
             read_any |= self
                 .upstream
-                .fill_at_most(&mut self.down.input, ROUND_BYTES)
+                .fill_at_most(net, &mut self.down.input, ROUND_BYTES)
                 .map_err(CloseReason::UpstreamRead)?;
         }
-        advanced |= self.process_down(context, registry).map_err(CloseReason::BadUpstream)?;
+        advanced |= self.process_down(context, net).map_err(CloseReason::BadUpstream)?;
         if let Some(downstream) = self.downstream.connected_mut() {
-            match downstream.flush_at_most(&mut self.down.output, ROUND_BYTES) {
+            match downstream.flush_at_most(net, &mut self.down.output, ROUND_BYTES) {
                 Ok(wrote) => advanced |= wrote,
                 Err(error) => {
-                    self.lose_downstream(registry, context.config, error)?;
+                    self.lose_downstream(net, context.config, error)?;
                     advanced = true;
                 }
             }
@@ -323,19 +376,19 @@ impl Connection {
 
         // Up: downstream socket -> up.input -> frames -> up.output -> upstream socket.
         if let (Some(downstream), false) = (self.downstream.connected_mut(), self.up.stalled) {
-            match downstream.fill_at_most(&mut self.up.input, ROUND_BYTES) {
+            match downstream.fill_at_most(net, &mut self.up.input, ROUND_BYTES) {
                 Ok(got) => read_any |= got,
                 Err(error) => {
-                    self.lose_downstream(registry, context.config, error)?;
+                    self.lose_downstream(net, context.config, error)?;
                     advanced = true;
                 }
             }
         }
-        match self.process_up(context) {
+        match self.process_up(context, net) {
             Ok(moved) => advanced |= moved,
             // The next hop does not speak the protocol: the source must hear which one.
             Err(what) => {
-                self.fail_downstream(registry, context.config, FaultCode::BadInput, what);
+                self.fail_downstream(net, context.config, FaultCode::BadInput, what);
                 self.up.input.clear();
                 advanced = true;
             }
@@ -353,30 +406,35 @@ impl Connection {
         advanced |= self.queue_fault(context.config);
         advanced |= self
             .upstream
-            .flush_at_most(&mut self.up.output, ROUND_BYTES)
+            .flush_at_most(net, &mut self.up.output, ROUND_BYTES)
             .map_err(CloseReason::UpstreamWrite)?;
 
         if advanced {
             self.last_progress_ns = now_ns;
         }
         let more_to_send =
-            self.pass_on_end_of_stream(context, registry).map_err(CloseReason::BadUpstream)?;
+            self.pass_on_end_of_stream(context, net).map_err(CloseReason::BadUpstream)?;
         if self.upstream.write_shut && self.upstream.read_closed && self.up.output.is_empty() {
             return Ok(Round::Finished);
         }
         Ok(if advanced || read_any || more_to_send { Round::Progress } else { Round::Idle })
     }
 
-    fn start_connect(&mut self, registry: &mio::Registry, target: SocketAddr, config: &HopConfig) {
+    fn start_connect(
+        &mut self,
+        net: &impl Connector<Socket = S>,
+        target: SocketAddr,
+        config: &HopConfig,
+    ) {
         let token = token_of(self.slot, Side::Downstream);
-        match Peer::connect(target, registry, token, &config.name) {
+        match Peer::connect(target, net, token, &config.name) {
             Ok(mut downstream) => {
                 enable_tx_stamps(&mut downstream, self.tx_mode, &config.name);
                 downstream.quickack = self.quickack;
                 self.downstream = NextHop::Connecting(downstream);
             }
             Err(error) => self.fail_downstream(
-                registry,
+                net,
                 config,
                 FaultCode::Unreachable,
                 format!("cannot connect: {error}"),
@@ -384,7 +442,7 @@ impl Connection {
         }
     }
 
-    fn finish_connect(&mut self, registry: &mio::Registry, config: &HopConfig) -> bool {
+    fn finish_connect(&mut self, net: &impl Connector<Socket = S>, config: &HopConfig) -> bool {
         let NextHop::Connecting(downstream) = &mut self.downstream else {
             return false;
         };
@@ -399,7 +457,7 @@ impl Connection {
             Ok(false) => false,
             Err(error) => {
                 self.fail_downstream(
-                    registry,
+                    net,
                     config,
                     FaultCode::Unreachable,
                     format!("cannot connect: {error}"),
@@ -412,13 +470,13 @@ impl Connection {
     /// The next hop is gone: drop it and tell the hops upstream, in-band.
     pub(super) fn fail_downstream(
         &mut self,
-        registry: &mio::Registry,
+        net: &impl Connector<Socket = S>,
         config: &HopConfig,
         code: FaultCode,
         what: String,
     ) {
         if let Some(downstream) = self.downstream.peer_mut() {
-            let _ = registry.deregister(&mut downstream.stream);
+            net.forget(&mut downstream.stream);
         }
         self.downstream = NextHop::Closed;
         let message = format!("next hop {}: {what}", next_hop_text(config));
@@ -451,7 +509,7 @@ impl Connection {
     fn process_down(
         &mut self,
         context: &Context,
-        registry: &mio::Registry,
+        net: &impl Connector<Socket = S>,
     ) -> Result<bool, String> {
         if let Some(ingress) = self.ingress.as_mut() {
             let sent_before = ingress.sent();
@@ -516,7 +574,7 @@ impl Connection {
                     if let Some((target, _)) = &context.config.forward_to
                         && self.failure.is_none()
                     {
-                        self.start_connect(registry, *target, context.config);
+                        self.start_connect(net, *target, context.config);
                     }
                     let announcement = self.extend_path(context, &announced);
                     if context.role == Role::Relay && self.failure.is_none() {
@@ -603,7 +661,7 @@ impl Connection {
     /// server's, or at a failed relay the unreachable next hop's).
     fn extend_path(&self, context: &Context, announcement: &[u8]) -> Vec<u8> {
         let mut extended = announcement.to_vec();
-        let local = self.upstream.stream.local_addr().ok();
+        let local = self.upstream.stream.local_addr();
         PathEntry::new(context.role, &context.config.name, local, Some(self.upstream.addr))
             .with_tags(context.config.tags.clone())
             .emit(&mut extended);
@@ -612,7 +670,7 @@ impl Connection {
         } else if let (Role::StrippingRelay, Some((target, text))) =
             (context.role, &context.config.forward_to)
         {
-            let seen_from = self.downstream.peer().and_then(|peer| peer.stream.local_addr().ok());
+            let seen_from = self.downstream.peer().and_then(|peer| peer.stream.local_addr());
             PathEntry::new(Role::PlainServer, text, Some(*target), seen_from).emit(&mut extended);
         }
         extended
@@ -622,15 +680,15 @@ impl Connection {
         format!("sent bad input: {error}")
     }
 
-    fn process_up(&mut self, context: &mut Context) -> Result<bool, String> {
+    fn process_up(&mut self, context: &mut Context, clock: &impl Clock) -> Result<bool, String> {
         if !self.downstream.is_open() && self.up.input.is_empty() {
             return Ok(false);
         }
         if context.role == Role::Ingress {
-            return self.take_answers(context.totals);
+            return self.take_answers(context.totals, clock);
         }
         if context.role == Role::StrippingRelay {
-            return Ok(self.frame_plain_answers());
+            return Ok(self.frame_plain_answers(clock));
         }
         self.pass_answers_up()
     }
@@ -641,7 +699,7 @@ impl Connection {
     fn pass_on_end_of_stream(
         &mut self,
         context: &Context,
-        registry: &mio::Registry,
+        net: &impl Connector<Socket = S>,
     ) -> Result<bool, String> {
         if self.upstream.read_closed && !self.down.input.is_empty() && !self.down.stalled {
             let speech_plain = self.speech == Speech::Plain;
@@ -670,7 +728,7 @@ impl Connection {
                         if self.failure.is_none() && self.passed_fault.is_none() {
                             let what = "closed in the middle of a frame".to_string();
                             let code = FaultCode::ClosedEarly;
-                            self.fail_downstream(registry, context.config, code, what);
+                            self.fail_downstream(net, context.config, code, what);
                             return Ok(true);
                         }
                     } else if !self.upstream.write_shut && self.queue_last_kernel_samples() {
@@ -713,7 +771,7 @@ impl Connection {
                     match what {
                         Some(what) if self.failure.is_none() && self.passed_fault.is_none() => {
                             let code = FaultCode::ClosedEarly;
-                            self.fail_downstream(registry, context.config, code, what);
+                            self.fail_downstream(net, context.config, code, what);
                             return Ok(true);
                         }
                         _ if self.queue_last_kernel_samples() => return Ok(true),
@@ -772,7 +830,7 @@ impl Connection {
         let mut queued = false;
         for (side, peer) in sockets {
             let Some(peer) = peer else { continue };
-            let Some(info) = net::tcp_info(peer.stream.as_raw_fd()) else { continue };
+            let Some(info) = peer.stream.tcp_info() else { continue };
             let tx = peer.tx.as_ref().map(|tx| tx.totals);
             queued |= self.up.output.push(&KernelSample { hop, side, info, tx }.frame());
         }
@@ -793,7 +851,7 @@ impl Connection {
 
     /// Bytes read from and written to both sockets since the connection opened: what a turn
     /// is counted in.
-    pub(super) fn bytes_moved(&self) -> u64 {
+    fn bytes_moved(&self) -> u64 {
         self.down.input.total_received()
             + self.up.input.total_received()
             + self.down.output.total_written()
@@ -812,7 +870,39 @@ impl Connection {
             || self.upstream.write_shut
     }
 
-    pub(super) fn waits_for_downstream(&self) -> bool {
+    /// On the hop's sweep: what the no-progress timeout (`config.timeout`, against `now_ns`)
+    /// makes of this connection. A next hop that keeps it waiting (still connecting, or frames
+    /// unanswered) is failed in-band, a FAULT frame going up; anything else stuck is closed.
+    pub(super) fn expire(
+        &mut self,
+        config: &HopConfig,
+        net: &impl Connector<Socket = S>,
+        now_ns: u64,
+    ) -> Expiry {
+        let timeout_ns = config.timeout.as_nanos() as u64;
+        if !self.outstanding() || now_ns.saturating_sub(self.last_progress_ns) < timeout_ns {
+            return Expiry::Running;
+        }
+        let seconds = config.timeout.as_secs_f64();
+        if self.downstream.is_open() && self.failure.is_none() && self.waits_for_downstream() {
+            let (code, what) = if self.downstream.is_connecting() {
+                (FaultCode::ConnectTimeout, format!("timed out after {seconds} s connecting"))
+            } else {
+                let outstanding = self.frames_down.saturating_sub(self.frames_up);
+                let what =
+                    format!("no answer for {seconds} s with {outstanding} frames outstanding");
+                (FaultCode::NoAnswer, what)
+            };
+            self.fail_downstream(net, config, code, what);
+            self.last_progress_ns = now_ns;
+            Expiry::Faulted
+        } else {
+            let detail = self.stall_detail();
+            Expiry::Close(CloseReason::NoProgress { seconds, detail })
+        }
+    }
+
+    fn waits_for_downstream(&self) -> bool {
         self.downstream.is_connecting()
             || self.frames_down > self.frames_up
             || !self.down.output.is_empty()
@@ -842,7 +932,7 @@ impl Connection {
     /// naming that peer; otherwise the hops upstream are told in-band.
     fn lose_downstream(
         &mut self,
-        registry: &mio::Registry,
+        net: &impl Connector<Socket = S>,
         config: &HopConfig,
         error: io::Error,
     ) -> Result<(), CloseReason> {
@@ -855,14 +945,14 @@ impl Connection {
             )));
         }
         let what = format!("lost the connection after {} frames: {error}", self.frames_down);
-        self.fail_downstream(registry, config, FaultCode::Lost, what);
+        self.fail_downstream(net, config, FaultCode::Lost, what);
         Ok(())
     }
 }
 
 /// Asks for a socket's transmit stamps (none when `mode` is off); a kernel that refuses is
 /// said once per process, and the readings then carry none.
-fn enable_tx_stamps(peer: &mut Peer, mode: TxMode, who: &str) {
+fn enable_tx_stamps<S: Socket>(peer: &mut Peer<S>, mode: TxMode, who: &str) {
     static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if let Err(error) = peer.enable_tx_stamps(mode)
         && !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed)

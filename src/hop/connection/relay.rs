@@ -3,9 +3,10 @@
 //! Going down, a relay restamps every frame (the shared path in the connection's module).
 
 use super::{Connection, restamp_into, unwritten};
+use crate::core::Socket;
 use crate::wire::{self, Direction, Fault, KernelSample, Kind, MAX_RECORDS};
 
-impl Connection {
+impl<S: Socket> Connection<S> {
     /// Answers, the server's own frames, the path, faults and kernel readings coming up from
     /// the next hop: checked, restamped (DATA) and passed on.
     pub(super) fn pass_answers_up(&mut self) -> Result<bool, String> {
