@@ -2,8 +2,8 @@
 # Watching a chain with Prometheus, on loopback: source A -> relay B -> (tcp-delay) -> echoing
 # end Z, the link B <-> Z slowed; a continuous source with --metrics, a Prometheus server of its
 # own (config and data in a temporary directory, scraping the source and B every second), then,
-# after a wait, the PromQL query for link 1-2's median and p99 and Prometheus's answer. Cleans
-# up (every process it started, the directory) on exit.
+# after a wait, the PromQL query for link 1-2's median and p99 (and relay B's own residence p99)
+# and Prometheus's answers. Cleans up (every process it started, the directory) on exit.
 #
 # usage: scripts/monitor-demo.sh [--delay-ms MS] [--wait SECONDS] [--port PORT]
 #        (PORT: Prometheus's web port, default 9090; needs /usr/bin/prometheus)
@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
     --delay-ms) delay_ms=$2; shift 2 ;;
     --wait) wait_s=$2; shift 2 ;;
     --port) port=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "monitor-demo.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -119,3 +119,9 @@ query='sum by (direction) (rate(subsegment_tcp_speeds_hop_frames_total{hop="B"}[
 echo
 echo "PromQL: $query"
 echo "answer: $(ask "$query") frames/s"
+# The relay's own view: its residence p99 each way, from B's /metrics alone.
+bucket='subsegment_tcp_speeds_hop_residence_seconds_bucket{hop="B"}'
+query="histogram_quantile(0.99, sum by (direction, le) (rate(${bucket}[10s])))"
+echo
+echo "PromQL: $query"
+echo "answer: $(ask "$query") s (B's residence p99, arrival -> hand-over on)"

@@ -26,7 +26,8 @@ pub const USAGE: &str =
        [--jsonl PATH] [--plot PATH.svg] [--report-interval D] [--samples PATH] [--sla SPEC]
        [--units U] [--ascii] [--kernel-info on|off] [--kernel-stamps all|sample|off]
        [--quickack] [--allow CIDR] [--max-conns N] [--busy-poll] [--cpu N] [--realtime] [--mlock]
-       [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME] [--metrics-buckets B]]
+       [--tag KEY=VALUE] [--metrics ADDR [--metrics-chain NAME] [--metrics-buckets B]
+       [--metrics-linger D]]
        [--no-live] [--ingress [--probe-interval D]]";
 
 pub const HELP: &str = "\
@@ -64,15 +65,22 @@ options:
                                 characters, may be empty
       --metrics ADDR            serve GET /metrics (Prometheus, OpenMetrics text) on host:port,
                                 e.g. 127.0.0.1:9464, from a thread of its own: delay histograms
-                                and frame counters at the source, connections, frames and bytes
-                                at a relay or the echoing end (see the README's Prometheus
-                                section); --allow restricts who may scrape
-      --metrics-chain NAME      source: the `chain` label of its metrics (default: --name)
+                                and frame counters at the source; connections, frames and bytes,
+                                residence histograms and faults by code at a hop, and each
+                                path's delay histograms at an ingress (see the README's
+                                Prometheus section); --allow restricts who may scrape
+      --metrics-chain NAME      source, ingress: the `chain` label of its delay metrics
+                                (default: --name)
       --metrics-buckets FIRST,FACTOR,COUNT
-                                source: the delay histograms' buckets, COUNT upper bounds
-                                FIRST × FACTOR^k, then +Inf (default 5us,2,22: from 5 µs to
-                                10.49 s); FIRST 100ns to 10s, FACTOR above 1 and at most 10,
-                                COUNT 1 to 64, the last bound at most 1 h
+                                the histograms' buckets (delays at the source and an ingress,
+                                residence at a hop), COUNT upper bounds FIRST × FACTOR^k, then
+                                +Inf (default 5us,2,22: from 5 µs to 10.49 s); FIRST 100ns to
+                                10s, FACTOR above 1 and at most 10, COUNT 1 to 64, the last
+                                bound at most 1 h
+      --metrics-linger D        once the run is over (the source's report printed, a hop
+                                drained), keep serving the final figures for D before exiting
+                                (default 0; at most 3600s), so that a scrape sees them; a signal
+                                ends it early
 
 relays and the echoing end:
       --allow CIDR              accept only peers in this block (repeatable; e.g. 10.0.0.0/8);
@@ -188,10 +196,12 @@ pub struct Options {
     pub quickack: bool,
     /// Where to serve `GET /metrics` (`--metrics`), any mode.
     pub metrics: Option<SocketAddr>,
-    /// The source's `chain` label (`--metrics-chain`, else `--name`).
+    /// The source's or an ingress's `chain` label (`--metrics-chain`, else `--name`).
     pub metrics_chain: Option<String>,
-    /// The source's delay histogram buckets (`--metrics-buckets`).
+    /// The histograms' buckets (`--metrics-buckets`): delays, and a hop's residence.
     pub metrics_buckets: BucketLayout,
+    /// `--metrics-linger`: how long the final figures stay served once the run is over.
+    pub metrics_linger: Duration,
     /// The source may show the live view on a terminal (no `--no-live`).
     pub live: bool,
     /// An ingress's probes per client connection (`--probe-interval`; `None`: off).
@@ -215,6 +225,9 @@ pub enum Command {
     Help,
     Version,
 }
+
+/// The longest `--metrics-linger`.
+pub const MAX_METRICS_LINGER: Duration = Duration::from_secs(3600);
 
 /// An ingress probes each client connection this often unless told otherwise.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(10);
@@ -251,6 +264,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     let mut metrics = None;
     let mut metrics_chain = None;
     let mut metrics_buckets = None;
+    let mut metrics_linger = None;
 
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next()? {
@@ -382,6 +396,13 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
                     .map_err(|error| format!("--metrics-buckets: {error}"))?;
                 metrics_buckets = Some(layout);
             }
+            Long("metrics-linger") => {
+                let value = duration_of(&mut parser, "--metrics-linger")?;
+                if value > MAX_METRICS_LINGER {
+                    return Err("--metrics-linger is at most 3600s".into());
+                }
+                metrics_linger = Some(value);
+            }
             Long("no-live") => live = false,
             Long("busy-poll") => tuning.busy_poll = true,
             Long("cpu") => tuning.cpu = Some(number(&mut parser, "--cpu")?),
@@ -486,12 +507,15 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
     if mode != Mode::Source && !live {
         return Err("--no-live is for the source".into());
     }
-    if metrics_chain.is_some() && (mode != Mode::Source || metrics.is_none()) {
-        return Err("--metrics-chain is for the source's --metrics".into());
+    let delays = matches!(mode, Mode::Source | Mode::Ingress);
+    if metrics_chain.is_some() && (!delays || metrics.is_none()) {
+        return Err("--metrics-chain is for the --metrics of the source or an ingress".into());
     }
-    if metrics_buckets.is_some() && (mode != Mode::Source || metrics.is_none()) {
-        // A hop counts no delays: it has no histograms to lay out.
-        return Err("--metrics-buckets is for the source's --metrics".into());
+    if metrics_buckets.is_some() && metrics.is_none() {
+        return Err("--metrics-buckets needs --metrics".into());
+    }
+    if metrics_linger.is_some() && metrics.is_none() {
+        return Err("--metrics-linger needs --metrics".into());
     }
     Ok(Command::Run(Box::new(Options {
         mode,
@@ -521,6 +545,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, l
         metrics,
         metrics_chain,
         metrics_buckets: metrics_buckets.unwrap_or_default(),
+        metrics_linger: metrics_linger.unwrap_or_default(),
         live,
         probe_interval: match (mode, probe_interval) {
             (Mode::Ingress, None) => Some(DEFAULT_PROBE_INTERVAL),
@@ -713,7 +738,7 @@ mod tests {
     }
 
     #[test]
-    fn test_metrics_buckets_are_the_sources_and_checked() {
+    fn test_metrics_buckets_need_metrics_and_are_checked() {
         let source = ["-f", "127.0.0.1:9", "-c", "0", "--metrics", "127.0.0.1:9464"];
         let default = parse(&source).unwrap().metrics_buckets;
         assert_eq!(default.bounds_ns()[..3], [5_000, 10_000, 20_000]);
@@ -733,9 +758,38 @@ mod tests {
         let unit = parse(&[&source[..], &["--metrics-buckets", "5qs,2,3"]].concat()).unwrap_err();
         assert!(unit.contains("--metrics-buckets: unknown unit 'qs'"), "{unit}");
         let alone = parse(&["-f", "127.0.0.1:9", "--metrics-buckets", "5us,2,22"]).unwrap_err();
-        assert!(alone.contains("--metrics-buckets is for the source's --metrics"), "{alone}");
-        let hop = ["-l", ":9", "--metrics", ":9465", "--metrics-buckets", "5us,2,22"];
-        assert!(parse(&hop).unwrap_err().contains("is for the source's --metrics"));
+        assert!(alone.contains("--metrics-buckets needs --metrics"), "{alone}");
+        // A hop's residence histograms take them too.
+        let hop = ["-l", ":9", "--metrics", ":9465", "--metrics-buckets", "500ns,2,24"];
+        assert_eq!(parse(&hop).unwrap().metrics_buckets.bounds_ns()[..2], [500, 1_000]);
+        let hop = ["-l", ":9", "--metrics-buckets", "500ns,2,24"];
+        assert!(parse(&hop).unwrap_err().contains("--metrics-buckets needs --metrics"));
+    }
+
+    #[test]
+    fn test_metrics_linger_needs_metrics_and_is_bounded() {
+        let source = ["-f", "127.0.0.1:9", "-c", "0", "--metrics", "127.0.0.1:9464"];
+        assert_eq!(parse(&source).unwrap().metrics_linger, Duration::ZERO);
+        let linger = parse(&[&source[..], &["--metrics-linger", "2.5s"]].concat()).unwrap();
+        assert_eq!(linger.metrics_linger, Duration::from_millis(2500));
+        let ingress = [
+            "-l",
+            ":9",
+            "-f",
+            "127.0.0.1:9",
+            "--ingress",
+            "--metrics",
+            ":0",
+            "--metrics-linger",
+            "1",
+        ];
+        assert_eq!(parse(&ingress).unwrap().metrics_linger, Duration::from_secs(1));
+        let long = parse(&[&source[..], &["--metrics-linger", "3601"]].concat()).unwrap_err();
+        assert!(long.contains("--metrics-linger is at most 3600s"), "{long}");
+        let alone = parse(&["-f", "127.0.0.1:9", "--metrics-linger", "1s"]).unwrap_err();
+        assert!(alone.contains("--metrics-linger needs --metrics"), "{alone}");
+        let bad = parse(&[&source[..], &["--metrics-linger", "soon"]].concat()).unwrap_err();
+        assert!(bad.contains("--metrics-linger: 'soon' is not a duration"), "{bad}");
     }
 
     #[test]

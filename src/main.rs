@@ -9,7 +9,7 @@ use subsegment_tcp_speeds::output::{Destination, Writer};
 use subsegment_tcp_speeds::report::{self, Context, Report, Times};
 use subsegment_tcp_speeds::scrape::{self, Publisher};
 use subsegment_tcp_speeds::source::{self, Ending, Run};
-use subsegment_tcp_speeds::{clock, hop, live, log_line, net};
+use subsegment_tcp_speeds::{clock, hop, live, log_line, net, tuning};
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
 
 fn run_source(options: Options) -> ExitCode {
     let name = options.name.clone();
+    let linger_after = Linger::of(&options);
     let parameters = options.parameters();
     let outputs = options.outputs.clone();
     let continuous = parameters.continuous;
@@ -142,7 +143,43 @@ fn run_source(options: Options) -> ExitCode {
         log_line!("{name}: error: writing {path}: {error}");
         output_failed = true;
     }
-    exit_code(&name, &run.ending, continuous, report.sla_breached(), output_failed)
+    let code = exit_code(&name, &run.ending, continuous, report.sla_breached(), output_failed);
+    linger(&linger_after);
+    code
+}
+
+/// What `--metrics-linger` needs once the options are gone: who, and for how long.
+struct Linger {
+    name: String,
+    duration: std::time::Duration,
+}
+
+impl Linger {
+    fn of(options: &Options) -> Linger {
+        let duration =
+            if options.metrics.is_some() { options.metrics_linger } else { Default::default() };
+        Linger { name: options.name.clone(), duration }
+    }
+}
+
+/// `--metrics-linger`: the run is over and its final snapshot published; the metrics thread
+/// goes on serving it while this waits, for the time given or until a SIGINT or SIGTERM.
+fn linger(linger: &Linger) {
+    if linger.duration.is_zero() {
+        return;
+    }
+    log_line!(
+        "{}: serving the final metrics for {} s more (--metrics-linger; SIGINT or SIGTERM ends it)",
+        linger.name,
+        linger.duration.as_secs_f64()
+    );
+    tuning::catch_stop_signals();
+    let signals = tuning::stop_signals();
+    let until = std::time::Instant::now() + linger.duration;
+    while std::time::Instant::now() < until && tuning::stop_signals() == signals {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        std::thread::sleep(std::time::Duration::from_millis(20).min(left));
+    }
 }
 
 fn write_document(path: &str, document: &str) -> std::io::Result<()> {
@@ -233,10 +270,12 @@ fn run_hop(options: Options) -> ExitCode {
         allow: options.allow.clone(),
         max_conns: options.max_conns,
         metrics,
+        metrics_buckets: options.metrics_buckets.clone(),
+        metrics_chain: options.metrics_chain.clone(),
         ingress,
     };
     let started_unix_ns = clock::realtime_ns();
-    match hop::run(config) {
+    let code = match hop::run(config) {
         Ok(totals) if options.mode == Mode::Ingress => {
             let times = Times { started_unix_ns, ended_unix_ns: clock::realtime_ns() };
             report_ingress(&options, &parameters, times, totals)
@@ -244,9 +283,11 @@ fn run_hop(options: Options) -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             log_line!("{name}: error: {error}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
-    }
+    };
+    linger(&Linger::of(&options));
+    code
 }
 
 /// An ingress's reports when it exits: one per distinct path its client connections took,

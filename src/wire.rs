@@ -402,18 +402,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
     }
 
     pub fn record(&self, index: usize) -> Stamp {
-        let bytes = self.record_bytes(index);
-        Stamp {
-            hop: bytes[field::record::HOP],
-            direction: Direction::from_byte(bytes[field::record::DIRECTION])
-                .unwrap_or(Direction::Down),
-            read_ns: read_u64(&bytes[field::record::READ_NS]),
-            write_ns: read_u64(&bytes[field::record::WRITE_NS]),
-            receive: ReceiveClock::from_byte(bytes[field::record::RECEIVE_CLOCK])
-                .unwrap_or_default(),
-            receive_wait_ns: read_u64(&bytes[field::record::RECEIVE_WAIT_NS]),
-            held_back: bytes[field::record::FLAGS] & RECORD_HELD_BACK != 0,
-        }
+        parse_record(self.record_bytes(index))
     }
 
     pub fn records(&self) -> impl Iterator<Item = Stamp> + '_ {
@@ -486,6 +475,24 @@ impl Stamp {
 pub fn write_stamp_offset(index: usize) -> usize {
     HEADER_LEN + index * RECORD_LEN + field::record::WRITE_NS.start
 }
+
+/// One stamp record (its [`RECORD_LEN`] bytes), as [`Frame::record`] reads it: an unknown
+/// direction or receive clock reads as the default, never a panic.
+pub fn parse_record(bytes: &[u8]) -> Stamp {
+    Stamp {
+        hop: bytes[field::record::HOP],
+        direction: Direction::from_byte(bytes[field::record::DIRECTION]).unwrap_or(Direction::Down),
+        read_ns: read_u64(&bytes[field::record::READ_NS]),
+        write_ns: read_u64(&bytes[field::record::WRITE_NS]),
+        receive: ReceiveClock::from_byte(bytes[field::record::RECEIVE_CLOCK]).unwrap_or_default(),
+        receive_wait_ns: read_u64(&bytes[field::record::RECEIVE_WAIT_NS]),
+        held_back: bytes[field::record::FLAGS] & RECORD_HELD_BACK != 0,
+    }
+}
+
+/// Where a record's write stamp lies in it: the record starts this many bytes before the
+/// offset [`write_stamp_offset`] gives.
+pub const WRITE_STAMP_IN_RECORD: usize = field::record::WRITE_NS.start;
 
 /// Overwrites the 8-byte write stamp at the start of `field`.
 pub fn patch_write_stamp(field: &mut [u8], write_ns: u64) {

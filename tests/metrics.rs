@@ -1,6 +1,6 @@
 //! `--metrics`: a real Prometheus server scrapes a continuous source and a relay on a loopback
 //! chain with a slowed link, and its PromQL answer for the link's median is the round trip the
-//! delay element adds; and a scraper that connects and says nothing neither stops the probes
+//! delay element adds (and it has the relay's residence p99); and a scraper that connects and says nothing neither stops the probes
 //! nor holds the endpoint past its timeout.
 
 mod util;
@@ -11,44 +11,12 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use util::scrape::{MARKER, get, metrics_addr_of, parse_metrics_word, sample};
 use util::{MAIN_BIN, Proc, say_skipped, spawn_listening, spawn_until};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
-const MARKER: &str = "serving metrics at http://";
 /// The link between B (hop 1) and Z (hop 2) gets this much each way.
 const ONE_WAY_MS: u32 = 4;
-
-/// The address in a process's `serving metrics at http://ADDR/metrics` line.
-#[track_caller]
-fn metrics_addr_of(proc: &Proc) -> SocketAddr {
-    let stderr = proc.stderr();
-    let word = stderr
-        .lines()
-        .find_map(|line| line.split_once(MARKER).map(|(_, rest)| rest.to_string()))
-        .unwrap_or_else(|| panic!("no `{MARKER}` line in:\n{stderr}"));
-    parse_metrics_word(&word)
-}
-
-#[track_caller]
-fn parse_metrics_word(word: &str) -> SocketAddr {
-    let addr = word.split_whitespace().next().unwrap_or("");
-    addr.strip_suffix("/metrics")
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("cannot parse the metrics address in {word:?}"))
-}
-
-/// A plain HTTP/1.0 GET (no chunked answers): the status and the body.
-fn get(addr: SocketAddr, target: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {target} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    Ok((status, body.to_string()))
-}
 
 fn percent_encode(text: &str) -> String {
     text.bytes()
@@ -174,17 +142,21 @@ fn prometheus_sees_the_slowed_links_round_trip_in_the_source_histogram() {
     let name = "subsegment_tcp_speeds_subsegment_delay_seconds_bucket";
     let promql = format!("histogram_quantile(0.5, rate({name}{{subsegment=\"1-2\"}}[10s]))");
     let relayed = "sum(subsegment_tcp_speeds_hop_frames_total{hop=\"B\",direction=\"down\"})";
+    // The relay's own residence going down, as the README's alerting example asks for it.
+    let residence = "histogram_quantile(0.99, rate(\
+        subsegment_tcp_speeds_hop_residence_seconds_bucket{hop=\"B\",direction=\"down\"}[10s]))";
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (median_s, frames) = loop {
-        let answers = (query(web, &promql), query(web, relayed));
-        if let (Some(median_s), Some(frames)) = answers
+    let (median_s, frames, residence_p99_s) = loop {
+        let answers = (query(web, &promql), query(web, relayed), query(web, residence));
+        if let (Some(median_s), Some(frames), Some(residence_p99_s)) = answers
             && frames > 0.0
         {
-            break (median_s, frames);
+            break (median_s, frames, residence_p99_s);
         }
         assert!(
             Instant::now() < deadline,
-            "Prometheus had no answer to {promql} within 30 s; its log:\n{}\nsource:\n{}",
+            "Prometheus had not answered all of {promql}, {relayed} and {residence} within 30 s \
+             ({answers:?}); its log:\n{}\nsource:\n{}",
             prometheus.stderr(),
             source.stderr()
         );
@@ -202,8 +174,10 @@ fn prometheus_sees_the_slowed_links_round_trip_in_the_source_histogram() {
     let width_s = upper_s / 2.0;
     eprintln!(
         "{test}: Prometheus answered {promql} = {median_s} s; the source's own p50 {own_p50_s} s \
-         (round trip injected {round_trip_s} s); the relay passed {frames} frames down"
+         (round trip injected {round_trip_s} s); the relay passed {frames} frames down, its \
+         residence p99 {residence_p99_s} s"
     );
+    assert!(residence_p99_s > 0.0, "B's residence p99 by Prometheus: {residence_p99_s} s");
     assert!(own_p50_s >= round_trip_s, "the source's p50 {own_p50_s} s is below the injection");
     assert!(
         (median_s - own_p50_s).abs() <= width_s,
@@ -277,16 +251,6 @@ fn a_silent_scraper_neither_stops_the_probes_nor_holds_the_endpoint() {
     malformed.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(intervals() > before + during, "the interval records still come");
-}
-
-/// The value of the sample line that starts with `name{labels} `.
-#[track_caller]
-fn sample(body: &str, name_and_labels: &str) -> f64 {
-    let prefix = format!("{name_and_labels} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {name_and_labels} in:\n{body}"))
 }
 
 /// When the run ends, its last figures reach `/metrics`: every answer (not only those up to the

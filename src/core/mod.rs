@@ -29,7 +29,7 @@ pub mod transmit;
 pub mod transport;
 
 pub use peer::Peer;
-pub use stamping::{Inbound, Outbound, ReadStamp};
+pub use stamping::{Inbound, Outbound, ReadStamp, ResidenceSink, SharedResidence};
 pub use transport::{Clock, Connector, Registered, Socket, SystemClock};
 
 /// Reads are capped so that a connection carrying small frames touches little of its buffer.

@@ -3,12 +3,19 @@
 //! write's stamp ([`Outbound`]), and whether a kernel receive timestamp is believable
 //! ([`ReceiveTimes`]). Times come in as arguments, so every rule is tested here with
 //! hand-made timestamps.
+//!
+//! Where a frame's write stamp becomes final (its hand-over starts) is also where this
+//! process's residence for it is known: an [`Outbound`] asked to measure it reports arrival →
+//! write stamp to a [`ResidenceSink`] then, which is how a hop's `--metrics` gets its residence
+//! histograms without any role having to report them.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
+use std::rc::Rc;
 
 use crate::buffer::Buffer;
-use crate::wire::{self, Frame, ReceiveClock, WireError};
+use crate::wire::{self, Direction, Frame, RECORD_LEN, ReceiveClock, Stamp, WireError};
 
 /// Reads remembered per buffer before consecutive ones are merged (see [`Inbound::received`]).
 const MAX_READ_MARKS: usize = 64;
@@ -139,6 +146,9 @@ enum StampAt {
     /// Elsewhere (a stripping relay keeps the record and sends only the payload): the time is
     /// handed out by [`Outbound::take_detached`], in order.
     Detached,
+    /// Nowhere: bytes that leave the chain plain (an ingress's to its client), whose hand-over
+    /// only ends a residence ([`Outbound::push_measured`]).
+    Nowhere,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,7 +156,20 @@ struct Unstarted {
     /// Stream position of the frame's first byte.
     start: u64,
     stamp_at: StampAt,
+    /// With residence measured: the direction of the frame's record and its arrival here.
+    arrival: Option<(Direction, u64)>,
 }
+
+/// Where an [`Outbound`] that measures residence reports it: for each frame that carries
+/// this process's record, arrival (the record's read less its receive-queue wait) to the
+/// write stamp its hand-over started with, in ns, once that hand-over has started. The hop's
+/// `--metrics` keeps integer bucket counts behind it, in the loop's own state.
+pub trait ResidenceSink {
+    fn residence(&mut self, direction: Direction, residence_ns: u64);
+}
+
+/// One sink shared by every connection of a single-threaded loop.
+pub type SharedResidence = Rc<RefCell<dyn ResidenceSink>>;
 
 /// Both stamped buffers read like the [`Buffer`] they wrap (`data`, `len`, `is_empty`,
 /// `room`); only their own methods change it, so no byte moves without its stamps.
@@ -173,6 +196,8 @@ pub struct Outbound {
     unstarted: VecDeque<Unstarted>,
     /// Write stamps of detached frames whose hand-over has started, oldest first.
     detached_started: VecDeque<u64>,
+    /// Set by [`Outbound::measure_residence`]; `None` costs nothing per frame.
+    residence: Option<SharedResidence>,
 }
 
 impl Outbound {
@@ -182,7 +207,15 @@ impl Outbound {
             consumed: 0,
             unstarted: VecDeque::new(),
             detached_started: VecDeque::new(),
+            residence: None,
         })
+    }
+
+    /// From now on, every frame committed with its write stamp inline (its record is then
+    /// read back from the buffer) or pushed with [`Outbound::push_detached_from`] reports its
+    /// residence to `sink` when its hand-over starts.
+    pub fn measure_residence(&mut self, sink: SharedResidence) {
+        self.residence = Some(sink);
     }
 
     pub fn tail(&mut self, wanted: usize) -> Option<&mut [u8]> {
@@ -203,11 +236,18 @@ impl Outbound {
     pub fn commit_frame(&mut self, len: usize, write_stamp_offset: usize) {
         debug_assert!(write_stamp_offset + 8 <= len, "the write stamp lies inside the frame");
         let start = self.end();
+        let frame_at = self.buffer.len();
+        self.buffer.commit(len);
+        // The record this process just wrote, read back: its arrival, for the residence.
+        let arrival = self.residence.as_ref().and_then(|_| {
+            let record_at = frame_at + write_stamp_offset - wire::WRITE_STAMP_IN_RECORD;
+            arrival_of(&wire::parse_record(&self.buffer.data()[record_at..][..RECORD_LEN]))
+        });
         self.unstarted.push_back(Unstarted {
             start,
             stamp_at: StampAt::Inline(start + write_stamp_offset as u64),
+            arrival,
         });
-        self.buffer.commit(len);
     }
 
     /// Commits bytes emitted into the tail that carry no stamp of ours.
@@ -217,11 +257,39 @@ impl Outbound {
 
     /// Pushes bytes whose write stamp is kept elsewhere (see [`Outbound::take_detached`]).
     pub fn push_detached(&mut self, bytes: &[u8]) -> bool {
+        self.push_detached_measured(bytes, None)
+    }
+
+    /// As [`Outbound::push_detached`], for bytes whose record (kept elsewhere) is `stamp`: with
+    /// residence measured, it is reported when their hand-over starts.
+    pub fn push_detached_from(&mut self, bytes: &[u8], stamp: &Stamp) -> bool {
+        let arrival = self.residence.as_ref().and_then(|_| arrival_of(stamp));
+        self.push_detached_measured(bytes, arrival)
+    }
+
+    /// Plain bytes whose record `stamp` stays behind (an ingress writing a frame's payload to
+    /// its client): with residence measured, their hand-over's start ends it; otherwise, and
+    /// for no bytes, a plain [`Outbound::push`], costing no clock reading.
+    pub fn push_measured(&mut self, bytes: &[u8], stamp: &Stamp) -> bool {
+        let arrival = self.residence.as_ref().and_then(|_| arrival_of(stamp));
+        let (Some(arrival), false) = (arrival, bytes.is_empty()) else {
+            return self.buffer.push(bytes);
+        };
         let start = self.end();
         if !self.buffer.push(bytes) {
             return false;
         }
-        self.unstarted.push_back(Unstarted { start, stamp_at: StampAt::Detached });
+        let arrival = Some(arrival);
+        self.unstarted.push_back(Unstarted { start, stamp_at: StampAt::Nowhere, arrival });
+        true
+    }
+
+    fn push_detached_measured(&mut self, bytes: &[u8], arrival: Option<(Direction, u64)>) -> bool {
+        let start = self.end();
+        if !self.buffer.push(bytes) {
+            return false;
+        }
+        self.unstarted.push_back(Unstarted { start, stamp_at: StampAt::Detached, arrival });
         true
     }
 
@@ -264,6 +332,13 @@ impl Outbound {
             if frame.stamp_at == StampAt::Detached {
                 self.detached_started.push_back(write_ns);
             }
+            if let (Some((direction, arrival_ns)), Some(sink)) = (frame.arrival, &self.residence) {
+                // A write stamp before the arrival would break the stamping rule: left out,
+                // as the source's statistics leave out a negative sample.
+                if let Some(residence_ns) = write_ns.checked_sub(arrival_ns) {
+                    sink.borrow_mut().residence(direction, residence_ns);
+                }
+            }
             self.unstarted.pop_front();
         }
     }
@@ -280,6 +355,12 @@ impl Outbound {
         self.unstarted.clear();
         self.detached_started.clear();
     }
+}
+
+/// A record's direction and the arrival it says (its read less the receive-queue wait);
+/// `None` for a wait longer than the clock's past.
+fn arrival_of(stamp: &Stamp) -> Option<(Direction, u64)> {
+    Some((stamp.direction, stamp.arrival_ns()?))
 }
 
 /// Whether this socket's kernel receive timestamps are in use.
@@ -375,9 +456,12 @@ mod tests {
     }
 
     fn frame(sequence: u64, payload_len: usize) -> Vec<u8> {
+        frame_with(sequence, payload_len, Stamp::new(0, Direction::Down, 1, 0))
+    }
+
+    fn frame_with(sequence: u64, payload_len: usize, stamp: Stamp) -> Vec<u8> {
         let header = Header { flags: 0, kind: Kind::Data, record_count: 1, sequence, payload_len };
         let mut out = vec![0; header.total_len()];
-        let stamp = Stamp::new(0, Direction::Down, 1, 0);
         emit_frame(&mut out, &header, &[], &[stamp], &vec![0xa5; payload_len]);
         out
     }
@@ -532,6 +616,79 @@ mod tests {
         assert_eq!(outbound.take_detached(), None);
         outbound.written(5, 20); // "st--s": "second" starts
         assert_eq!(outbound.take_detached(), Some(20));
+    }
+
+    #[derive(Default)]
+    struct Residences(Vec<(Direction, u64)>);
+
+    impl ResidenceSink for Residences {
+        fn residence(&mut self, direction: Direction, residence_ns: u64) {
+            self.0.push((direction, residence_ns));
+        }
+    }
+
+    #[test]
+    fn test_residence_is_arrival_to_the_write_that_starts_each_frame() {
+        let sink = Rc::new(RefCell::new(Residences::default()));
+        let mut outbound = Outbound::with_capacity(1 << 16).unwrap();
+        // Not measured before it is asked for.
+        let early = frame(0, 4);
+        queue(&mut outbound, &early);
+        outbound.measure_residence(sink.clone());
+        // a: read at 1 000 after 300 ns in the receive queue; b: read at 1 500, going up.
+        let down = Stamp { receive_wait_ns: 300, ..Stamp::new(2, Direction::Down, 1_000, 0) };
+        let a = frame_with(1, 20, down);
+        let b = frame_with(2, 20, Stamp::new(2, Direction::Up, 1_500, 0));
+        queue(&mut outbound, &a);
+        assert!(outbound.push(b"unstamped"));
+        queue(&mut outbound, &b);
+        // A detached payload whose record (kept elsewhere) says it was read at 1 800.
+        let kept = Stamp::new(2, Direction::Down, 1_800, 0);
+        assert!(outbound.push_detached_from(b"payload", &kept));
+        let residences = || sink.borrow().0.clone();
+        // Each write call starts what its first byte and those after it reach.
+        for (count, write_ns) in [
+            (early.len(), 2_000),     // the early frame only
+            (a.len() + 5, 2_500),     // a, and part of the unstamped bytes
+            (4 + 1, 3_000),           // their rest, and b's first byte
+            (b.len() - 1 + 7, 4_000), // b's rest, and the payload
+        ] {
+            outbound.prepare_write(write_ns, count);
+            outbound.written(count, write_ns);
+        }
+        assert_eq!(
+            residences(),
+            [(Direction::Down, 1_800), (Direction::Up, 1_500), (Direction::Down, 2_200)],
+            "a: 2 500 − (1 000 − 300); b: 3 000 − 1 500; the payload: 4 000 − 1 800"
+        );
+        assert_eq!(outbound.take_detached(), Some(4_000));
+        assert!(outbound.is_empty() && !outbound.has_unstarted());
+        // A write stamp before the arrival (a broken rule) is left out, not wrapped around.
+        queue(&mut outbound, &frame_with(3, 1, Stamp::new(2, Direction::Up, 9_000, 0)));
+        outbound.written(outbound.len(), 8_000);
+        assert_eq!(residences().len(), 3);
+    }
+
+    #[test]
+    fn test_plain_bytes_measured_end_their_residence_when_handed_over() {
+        let mut outbound = Outbound::with_capacity(64).unwrap();
+        let read = Stamp { receive_wait_ns: 50, ..Stamp::new(0, Direction::Up, 1_000, 0) };
+        // Without a sink, a plain push: nothing for a write to stamp.
+        assert!(outbound.push_measured(b"before", &read));
+        assert!(!outbound.has_unstarted());
+        let sink = Rc::new(RefCell::new(Residences::default()));
+        outbound.measure_residence(sink.clone());
+        assert!(outbound.push_measured(b"", &read), "no bytes: nothing to hand over");
+        assert!(outbound.push_measured(b"answer", &read));
+        assert!(outbound.has_unstarted());
+        outbound.written(6, 1_400); // "before"
+        assert_eq!(sink.borrow().0, []);
+        outbound.written(2, 1_500); // "an"
+        assert_eq!(sink.borrow().0, [(Direction::Up, 550)], "1 500 − (1 000 − 50)");
+        assert_eq!(outbound.take_detached(), None, "not a detached frame");
+        outbound.written(4, 1_600);
+        assert!(outbound.is_empty() && !outbound.has_unstarted());
+        assert_eq!(sink.borrow().0.len(), 1);
     }
 
     #[test]

@@ -11,18 +11,23 @@
 //! input buffer, and the socket it came from is not read until it has moved on, so the
 //! kernel's window closes towards the sender.
 //!
-//! With `--metrics`, the loop keeps totals (connections, frames and bytes each way, faults) and
-//! hands a snapshot to the [`crate::scrape`] thread at most four times a second, only when
-//! something changed; it never serves a scrape itself.
+//! With `--metrics`, the loop keeps totals (connections, frames and bytes each way, faults by
+//! code, close reasons), the residence of every frame it stamps (an integer bucket increment
+//! in its own state, fed by the connection core when a frame's hand-over starts) and, at an
+//! ingress, each path's delay histograms; it hands a snapshot to the [`crate::scrape`] thread
+//! at most four times a second, only when something changed, and a last one when it exits. It
+//! never serves a scrape itself.
 //!
 //! The clock read right after the poll returns serves the timers only. Frames are stamped by
 //! the connection core ([`crate::core`]): each read call and each write call takes its own
 //! clock reading, so a stamp never precedes the bytes it stamps.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
@@ -37,7 +42,9 @@ use crate::log_line;
 use crate::net::{self, Cidr};
 use crate::output::Destination;
 use crate::report::Unit;
-use crate::report::metrics::{HopSnapshot, Snapshot};
+use crate::report::metrics::{
+    BucketLayout, CLOSE_REASONS, FaultOrigin, HopResidence, HopSnapshot, PathDelays, Snapshot,
+};
 use crate::scrape::Publisher;
 use crate::tuning;
 use crate::wire::{Role, Tag};
@@ -82,6 +89,10 @@ pub struct HopConfig {
     pub max_conns: Option<usize>,
     /// `--metrics`: the server's end of the snapshot handover.
     pub metrics: Option<Publisher>,
+    /// `--metrics-buckets`: the residence histograms' bounds (and an ingress's delays').
+    pub metrics_buckets: BucketLayout,
+    /// `--metrics-chain`: an ingress's `chain` label (default: its name).
+    pub metrics_chain: Option<String>,
     /// `--ingress`: in front of an unmodified client.
     pub ingress: Option<IngressConfig>,
 }
@@ -120,6 +131,7 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
     tuning::catch_stop_signals();
     let metrics = config.metrics.take().map(|publisher| HopMetrics {
         publisher,
+        residence: Rc::new(RefCell::new(HopResidence::new(&config.metrics_buckets))),
         totals: HopSnapshot {
             hop: config.name.clone(),
             role: match role {
@@ -128,6 +140,7 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
                 Role::Ingress => "ingress",
                 _ => "echo",
             },
+            chain: config.metrics_chain.clone().unwrap_or_else(|| config.name.clone()),
             ..HopSnapshot::default()
         },
         changed: true,
@@ -151,6 +164,7 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
         IngressTotals::default()
     };
     totals.output = config.ingress.as_mut().and_then(|ingress| ingress.output.take());
+    totals.metrics_buckets = metrics.as_ref().map(|_| config.metrics_buckets.clone());
     let mut hop = Hop {
         config,
         role,
@@ -252,10 +266,12 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
         if let Some(deadline_ns) = hop.drain_deadline_ns {
             if hop.open_count == 0 {
                 log_line!("{}: drained; exiting", hop.config.name);
+                hop.publish_final_metrics();
                 return Ok(hop.totals);
             }
             if now_ns >= deadline_ns || tuning::stop_signals() > 1 {
                 hop.close_all(poll.registry());
+                hop.publish_final_metrics();
                 return Ok(hop.totals);
             }
         }
@@ -316,6 +332,8 @@ struct ReportIntervals {
 /// `--metrics`: totals since the start, closed connections' counts folded in when they close.
 struct HopMetrics {
     publisher: Publisher,
+    /// Every connection's stamped frames report here (see [`crate::core::ResidenceSink`]).
+    residence: Rc<RefCell<HopResidence>>,
     totals: HopSnapshot,
     /// Something happened since the last snapshot.
     changed: bool,
@@ -331,12 +349,34 @@ impl Hop {
         }
     }
 
-    /// The totals with the open connections' counts so far.
     fn publish_metrics_if_due(&mut self, now_ns: u64) {
-        let Some(metrics) = self.metrics.as_mut() else { return };
+        let Some(metrics) = self.metrics.as_ref() else { return };
         if !metrics.changed || !metrics.publisher.due(now_ns) {
             return;
         }
+        let snapshot = self.metrics_snapshot();
+        let Some(metrics) = self.metrics.as_mut() else { return };
+        metrics.publisher.publish(now_ns, Snapshot::Hop(Box::new(snapshot)));
+        // A publish the server's lock turned away is retried at the next wake-up.
+        metrics.changed = metrics.publisher.due(now_ns);
+    }
+
+    /// When the loop ends: the last figures, served until the process exits (`--metrics-linger`
+    /// keeps it up for a scraper to see them).
+    fn publish_final_metrics(&mut self) {
+        if self.metrics.is_none() {
+            return;
+        }
+        let snapshot = self.metrics_snapshot();
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.publisher.publish_final(Snapshot::Hop(Box::new(snapshot)));
+        }
+    }
+
+    /// The totals with the open connections' counts so far, the residence histograms, and an
+    /// ingress's paths' delays.
+    fn metrics_snapshot(&self) -> HopSnapshot {
+        let metrics = self.metrics.as_ref().expect("asked for with --metrics");
         let mut snapshot = metrics.totals.clone();
         snapshot.active = self.open_count as u64;
         for connection in self.connections.iter().flatten() {
@@ -345,9 +385,18 @@ impl Hop {
             snapshot.bytes_down += connection.bytes_down;
             snapshot.bytes_up += connection.bytes_up;
         }
-        metrics.publisher.publish(now_ns, Snapshot::Hop(snapshot));
-        // A publish the server's lock turned away is retried at the next wake-up.
-        metrics.changed = metrics.publisher.due(now_ns);
+        snapshot.residence = Some(metrics.residence.borrow().clone());
+        snapshot.paths = self
+            .totals
+            .paths
+            .iter()
+            .enumerate()
+            .filter_map(|(index, kept)| {
+                let (subsegments, end_to_end) = kept.metrics.as_ref()?.delays();
+                Some(PathDelays { path: index + 1, subsegments, end_to_end })
+            })
+            .collect();
+        snapshot
     }
 
     fn accept_all(&mut self, registry: &mio::Registry, touched: &mut Vec<usize>) {
@@ -500,6 +549,10 @@ impl Hop {
             }
         };
         let connection = self.connections[slot].insert(connection);
+        if let Some(metrics) = self.metrics.as_ref() {
+            let sink: crate::core::SharedResidence = metrics.residence.clone();
+            connection.measure_residence(&sink);
+        }
         if self.role == Role::Ingress {
             connection.start_ingress(&Registered { registry }, &self.config);
         }
@@ -595,10 +648,15 @@ impl Hop {
             totals.frames_up += connection.frames_up;
             totals.bytes_down += connection.bytes_down;
             totals.bytes_up += connection.bytes_up;
-            if reason.is_some() || connection.failure.is_some() {
-                totals.faults_this_hop += 1;
-            } else if connection.passed_fault.is_some() {
-                totals.faults_passed_on += 1;
+            if let Some(failure) = &connection.failure {
+                totals.faults.add(FaultOrigin::ThisHop, failure.code);
+            } else if let Some(code) = connection.passed_code {
+                totals.faults.add(FaultOrigin::PassedOn, code);
+            }
+            if let Some(label) = reason.as_ref().and_then(close_reason_label)
+                && let Some(index) = CLOSE_REASONS.iter().position(|known| *known == label)
+            {
+                totals.closed[index] += 1;
             }
             metrics.changed = true;
         }
@@ -642,6 +700,20 @@ pub(super) fn next_hop_text(config: &HopConfig) -> String {
         None => "-".to_string(),
     }
 }
+/// `hop_connections_closed_total`'s `reason`; `None` for a chain broken by a fault, which is
+/// counted by its code.
+fn close_reason_label(reason: &CloseReason) -> Option<&'static str> {
+    Some(match reason {
+        CloseReason::UpstreamRead(_) => "upstream_read",
+        CloseReason::UpstreamWrite(_) => "upstream_write",
+        CloseReason::BadUpstream(_) => "bad_upstream",
+        CloseReason::NextHopGaveUp(_) => "next_hop_gave_up",
+        CloseReason::NoProgress { .. } => "no_progress",
+        CloseReason::ChainBroke(_) => return None,
+        CloseReason::Stopped => "stopped",
+    })
+}
+
 fn is_out_of_descriptors(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }

@@ -23,9 +23,11 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::sla::{SlaResult, SlaSpec};
+use crate::core::ResidenceSink;
 use crate::kernel;
 use crate::source::Run;
 use crate::stats::{Chain, Part, hop_labels};
+use crate::wire::{Direction, FaultCode};
 
 /// Every metric's name starts with this (and `_`).
 pub const PREFIX: &str = "subsegment_tcp_speeds";
@@ -162,6 +164,10 @@ impl Buckets {
     /// A negative sample (a bug, counted elsewhere) is left out, as the histograms do.
     pub fn add(&mut self, sample_ns: i64) {
         let Ok(sample_ns) = u64::try_from(sample_ns) else { return };
+        self.add_ns(sample_ns);
+    }
+
+    pub fn add_ns(&mut self, sample_ns: u64) {
         self.counts[self.layout.bucket_of(sample_ns)] += 1;
         self.count += 1;
         self.sum_ns += u128::from(sample_ns);
@@ -174,7 +180,7 @@ impl Buckets {
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
+pub type Labels = Vec<(&'static str, String)>;
 type KernelField = fn(&KernelEnd) -> Option<u64>;
 
 /// What the source publishes.
@@ -215,8 +221,8 @@ pub struct KernelEnd {
     pub retransmits: Option<u64>,
 }
 
-/// What a relay or the echoing end publishes: totals since it started.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a relay, the echoing end, an egress or an ingress publishes: totals since it started.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HopSnapshot {
     pub hop: String,
     /// `relay`, `egress` or `echo`.
@@ -230,10 +236,116 @@ pub struct HopSnapshot {
     pub frames_up: u64,
     pub bytes_down: u64,
     pub bytes_up: u64,
-    /// Connections closed with this hop's own fault (its next hop failed, or bad input), and
-    /// with a fault reported further down and passed on.
-    pub faults_this_hop: u64,
-    pub faults_passed_on: u64,
+    /// Connections closed with a fault, by where it came from and its code.
+    pub faults: FaultCounts,
+    /// Connections this hop closed before their orderly end, indexed as [`CLOSE_REASONS`].
+    pub closed: [u64; CLOSE_REASONS.len()],
+    /// Arrival → write stamp of every frame carrying this hop's record, per direction.
+    pub residence: Option<HopResidence>,
+    /// At an ingress: the `chain` label of its paths' delay histograms (`--metrics-chain`,
+    /// else its name).
+    pub chain: String,
+    /// At an ingress: each distinct path's delay histograms, as a source keeps them.
+    pub paths: Vec<PathDelays>,
+}
+
+/// `origin` of a fault: this hop's own (its next hop failed, bad input from it, the hop
+/// limit), or one reported further down and passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOrigin {
+    ThisHop,
+    PassedOn,
+}
+
+impl FaultOrigin {
+    fn name(self) -> &'static str {
+        match self {
+            FaultOrigin::ThisHop => "this_hop",
+            FaultOrigin::PassedOn => "passed_on",
+        }
+    }
+}
+
+/// Connections closed on a fault, per origin and [`FaultCode`] (every pair is served, zero
+/// or not, so `increase()` sees the first one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    this_hop: [u64; FaultCode::ALL.len()],
+    passed_on: [u64; FaultCode::ALL.len()],
+}
+
+impl FaultCounts {
+    pub fn add(&mut self, origin: FaultOrigin, code: FaultCode) {
+        self.count_mut(origin)[code as usize - 1] += 1;
+    }
+
+    pub fn get(&self, origin: FaultOrigin, code: FaultCode) -> u64 {
+        match origin {
+            FaultOrigin::ThisHop => self.this_hop[code as usize - 1],
+            FaultOrigin::PassedOn => self.passed_on[code as usize - 1],
+        }
+    }
+
+    fn count_mut(&mut self, origin: FaultOrigin) -> &mut [u64; FaultCode::ALL.len()] {
+        match origin {
+            FaultOrigin::ThisHop => &mut self.this_hop,
+            FaultOrigin::PassedOn => &mut self.passed_on,
+        }
+    }
+}
+
+/// `reason` of `hop_connections_closed_total`: why a hop closed a connection before its
+/// orderly end (the upstream peer's read or write failed, it broke the protocol, the next hop
+/// gave up while it did not read, no progress, the drain ran out). A chain broken by a fault
+/// is counted by its code in `hop_faults_total` instead.
+pub const CLOSE_REASONS: [&str; 6] = [
+    "upstream_read",
+    "upstream_write",
+    "bad_upstream",
+    "next_hop_gave_up",
+    "no_progress",
+    "stopped",
+];
+
+/// A hop's residence, per direction of its records: kept in the loop (an integer bucket
+/// increment per frame, fed by the connection core's [`ResidenceSink`]) and copied into each
+/// snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HopResidence {
+    pub down: Buckets,
+    pub up: Buckets,
+    /// At the echoing end, and an egress's receipts for an ingress: read going down, written
+    /// going up.
+    pub turn: Buckets,
+}
+
+impl HopResidence {
+    pub fn new(layout: &BucketLayout) -> HopResidence {
+        HopResidence {
+            down: Buckets::new(layout),
+            up: Buckets::new(layout),
+            turn: Buckets::new(layout),
+        }
+    }
+}
+
+impl ResidenceSink for HopResidence {
+    fn residence(&mut self, direction: Direction, residence_ns: u64) {
+        match direction {
+            Direction::Down => self.down.add_ns(residence_ns),
+            Direction::Up => self.up.add_ns(residence_ns),
+            Direction::Turn => self.turn.add_ns(residence_ns),
+        }
+    }
+}
+
+/// One of an ingress's distinct paths: its number (1-based, as its reports count them) and
+/// its delay histograms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathDelays {
+    pub path: usize,
+    pub subsegments: Vec<(Labels, Buckets)>,
+    pub end_to_end: Option<Buckets>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -242,7 +354,7 @@ pub enum Snapshot {
     #[default]
     Empty,
     Source(Box<SourceSnapshot>),
-    Hop(HopSnapshot),
+    Hop(Box<HopSnapshot>),
 }
 
 /// The source's accumulator in the loop: bucket counts per subsegment (since the path was last
@@ -323,6 +435,13 @@ impl SourceRecorder {
         }
     }
 
+    /// Each subsegment's labels (without `chain`) and counts, and end to end's; `None` before
+    /// a path is known.
+    pub fn delays(&self) -> (Vec<(Labels, Buckets)>, Option<Buckets>) {
+        let subsegments = self.labels.iter().cloned().zip(self.parts.iter().cloned()).collect();
+        (subsegments, (!self.labels.is_empty()).then(|| self.end_to_end.clone()))
+    }
+
     pub fn snapshot(&self, run: &Run) -> SourceSnapshot {
         let sequencing = &run.sequencing;
         let mut kernel = Vec::new();
@@ -339,10 +458,11 @@ impl SourceRecorder {
                 }
             }
         }
+        let (subsegments, end_to_end) = self.delays();
         SourceSnapshot {
             chain: self.chain.clone(),
-            subsegments: self.labels.iter().cloned().zip(self.parts.iter().cloned()).collect(),
-            end_to_end: (!self.labels.is_empty()).then(|| self.end_to_end.clone()),
+            subsegments,
+            end_to_end,
             frames: FrameCounts {
                 sent: sequencing.sent,
                 answered: sequencing.answered,
@@ -402,9 +522,14 @@ fn histogram(encoder: &mut MetricEncoder, labels: &Labels, buckets: &Buckets) ->
     )
 }
 
-fn encode_source(source: &SourceSnapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
-    let chain: Labels = vec![("chain", source.chain.clone())];
-    if !source.subsegments.is_empty() {
+/// The delay histograms of a source, or of an ingress's paths: each family once, with every
+/// series under it (`labels` complete, `chain` included).
+fn encode_delays(
+    encoder: &mut DescriptorEncoder,
+    subsegments: &[(Labels, &Buckets)],
+    end_to_end: &[(Labels, &Buckets)],
+) -> fmt::Result {
+    if !subsegments.is_empty() {
         let mut family = encoder.encode_descriptor(
             "subsegment_delay",
             "Delay of one subsegment (a link's round trip without the next hop's holding time, \
@@ -412,19 +537,35 @@ fn encode_source(source: &SourceSnapshot, encoder: &mut DescriptorEncoder) -> fm
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        for (labels, buckets) in &source.subsegments {
-            histogram(&mut family, &with(&chain, labels), buckets)?;
+        for (labels, buckets) in subsegments {
+            histogram(&mut family, labels, buckets)?;
         }
     }
-    if let Some(buckets) = &source.end_to_end {
+    if !end_to_end.is_empty() {
         let mut family = encoder.encode_descriptor(
             "end_to_end_delay",
-            "Round trip from the source to the echoing end and back, per answered frame",
+            "Round trip from the source (or an ingress) to the echoing end (or the egress) and \
+             back, per answered frame",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        histogram(&mut family, &chain, buckets)?;
+        for (labels, buckets) in end_to_end {
+            histogram(&mut family, labels, buckets)?;
+        }
     }
+    Ok(())
+}
+
+fn encode_source(source: &SourceSnapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let chain: Labels = vec![("chain", source.chain.clone())];
+    let subsegments: Vec<(Labels, &Buckets)> = source
+        .subsegments
+        .iter()
+        .map(|(labels, buckets)| (with(&chain, labels), buckets))
+        .collect();
+    let end_to_end: Vec<(Labels, &Buckets)> =
+        source.end_to_end.iter().map(|buckets| (chain.clone(), buckets)).collect();
+    encode_delays(encoder, &subsegments, &end_to_end)?;
     let frames = source.frames;
     for (name, help, value) in [
         ("frames_sent", "Frames sent", frames.sent),
@@ -543,14 +684,73 @@ fn encode_hop(hop: &HopSnapshot, encoder: &mut DescriptorEncoder) -> fmt::Result
     counter(&mut family, &labelled("direction", "up"), hop.bytes_up)?;
     let mut family = encoder.encode_descriptor(
         "hop_faults",
-        "Connections closed on a fault: this hop's own (its next hop failed, bad input) or one \
-         passed on from further down",
+        "Connections closed on a fault, by its code: this hop's own (its next hop failed or sent \
+         bad input, the hop limit) or one reported further down and passed on",
         None,
         MetricType::Counter,
     )?;
-    counter(&mut family, &labelled("origin", "this_hop"), hop.faults_this_hop)?;
-    counter(&mut family, &labelled("origin", "passed_on"), hop.faults_passed_on)?;
-    Ok(())
+    for origin in [FaultOrigin::ThisHop, FaultOrigin::PassedOn] {
+        for code in FaultCode::ALL {
+            let labels =
+                with(&labels, &[("origin", origin.name().into()), ("code", code.name().into())]);
+            counter(&mut family, &labels, hop.faults.get(origin, code))?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "hop_connections_closed",
+        "Connections this hop closed before their orderly end, by reason (a broken chain is \
+         counted in hop_faults by its code)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, count) in CLOSE_REASONS.iter().zip(hop.closed) {
+        counter(&mut family, &labelled("reason", reason), count)?;
+    }
+    if let Some(residence) = &hop.residence {
+        let mut family = encoder.encode_descriptor(
+            "hop_residence",
+            "Time a frame spent in this hop: its arrival (the kernel's receive timestamp, or the \
+             read) to the write stamp of its hand-over on, per direction of the hop's record",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (direction, buckets) in residence_series(hop.role, residence) {
+            histogram(&mut family, &labelled("direction", direction), buckets)?;
+        }
+    }
+    let chain: Labels = vec![("chain", hop.chain.clone())];
+    let mut subsegments = Vec::new();
+    let mut end_to_end = Vec::new();
+    for path in &hop.paths {
+        let path_labels = with(&chain, &[("path", path.path.to_string())]);
+        for (labels, buckets) in &path.subsegments {
+            subsegments.push((with(&path_labels, labels), buckets));
+        }
+        if let Some(buckets) = &path.end_to_end {
+            end_to_end.push((path_labels, buckets));
+        }
+    }
+    encode_delays(encoder, &subsegments, &end_to_end)
+}
+
+/// The directions a hop of this role stamps, and any other that has samples: a relay's down
+/// and up, the echoing end's turn, an egress's three (down and up for a source, turn and up
+/// for an ingress), an ingress's down (its own record on the client's bytes and probes) and up
+/// (a server frame's arrival to its payload's hand-over to the client).
+fn residence_series<'a>(
+    role: &str,
+    residence: &'a HopResidence,
+) -> Vec<(&'static str, &'a Buckets)> {
+    let expected: &[&str] = match role {
+        "relay" => &["down", "up"],
+        "echo" => &["turn"],
+        "ingress" => &["down", "up"],
+        _ => &["down", "up", "turn"],
+    };
+    [("down", &residence.down), ("up", &residence.up), ("turn", &residence.turn)]
+        .into_iter()
+        .filter(|(direction, buckets)| expected.contains(direction) || buckets.count > 0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -705,7 +905,14 @@ mod tests {
 
     #[test]
     fn a_hop_snapshot_has_bounded_labels() {
-        let hop = HopSnapshot {
+        let layout = BucketLayout::parse("1us,10,3", duration).unwrap();
+        let mut residence = HopResidence::new(&layout);
+        for (direction, ns) in
+            [(Direction::Down, 500), (Direction::Down, 20_000), (Direction::Up, 2_000)]
+        {
+            residence.residence(direction, ns);
+        }
+        let mut hop = HopSnapshot {
             hop: "B".to_string(),
             role: "relay",
             accepted: 3,
@@ -713,19 +920,40 @@ mod tests {
             active: 2,
             frames_down: 100,
             bytes_down: 51_200,
+            residence: Some(residence),
+            closed: [0, 0, 0, 0, 2, 0],
             ..HopSnapshot::default()
         };
-        let text = encode(&Snapshot::Hop(hop));
+        hop.faults.add(FaultOrigin::ThisHop, FaultCode::Unreachable);
+        hop.faults.add(FaultOrigin::PassedOn, FaultCode::NoAnswer);
+        hop.faults.add(FaultOrigin::PassedOn, FaultCode::NoAnswer);
+        let text = encode(&Snapshot::Hop(Box::new(hop)));
         for line in [
             "subsegment_tcp_speeds_hop_connections_accepted_total{hop=\"B\",role=\"relay\"} 3",
             "subsegment_tcp_speeds_hop_connections_refused_total{hop=\"B\",role=\"relay\",reason=\"not_allowed\"} 1",
             "subsegment_tcp_speeds_hop_connections_active{hop=\"B\",role=\"relay\"} 2.0",
             "subsegment_tcp_speeds_hop_frames_total{hop=\"B\",role=\"relay\",direction=\"down\"} 100",
             "subsegment_tcp_speeds_hop_bytes_total{hop=\"B\",role=\"relay\",direction=\"down\"} 51200",
-            "subsegment_tcp_speeds_hop_faults_total{hop=\"B\",role=\"relay\",origin=\"passed_on\"} 0",
+            "subsegment_tcp_speeds_hop_faults_total{hop=\"B\",role=\"relay\",origin=\"this_hop\",code=\"unreachable\"} 1",
+            "subsegment_tcp_speeds_hop_faults_total{hop=\"B\",role=\"relay\",origin=\"this_hop\",code=\"no_answer\"} 0",
+            "subsegment_tcp_speeds_hop_faults_total{hop=\"B\",role=\"relay\",origin=\"passed_on\",code=\"no_answer\"} 2",
+            "subsegment_tcp_speeds_hop_faults_total{hop=\"B\",role=\"relay\",origin=\"passed_on\",code=\"too_many_hops\"} 0",
+            "subsegment_tcp_speeds_hop_connections_closed_total{hop=\"B\",role=\"relay\",reason=\"no_progress\"} 2",
+            "# TYPE subsegment_tcp_speeds_hop_residence_seconds histogram",
+            "subsegment_tcp_speeds_hop_residence_seconds_bucket{le=\"0.000001\",hop=\"B\",role=\"relay\",direction=\"down\"} 1",
+            "subsegment_tcp_speeds_hop_residence_seconds_bucket{le=\"0.00001\",hop=\"B\",role=\"relay\",direction=\"down\"} 1",
+            "subsegment_tcp_speeds_hop_residence_seconds_bucket{le=\"0.0001\",hop=\"B\",role=\"relay\",direction=\"down\"} 2",
+            "subsegment_tcp_speeds_hop_residence_seconds_count{hop=\"B\",role=\"relay\",direction=\"down\"} 2",
+            "subsegment_tcp_speeds_hop_residence_seconds_sum{hop=\"B\",role=\"relay\",direction=\"down\"} 0.0000205",
+            "subsegment_tcp_speeds_hop_residence_seconds_count{hop=\"B\",role=\"relay\",direction=\"up\"} 1",
         ] {
             assert!(text.lines().any(|got| got == line), "no line {line} in:\n{text}");
         }
+        // Fourteen fault series (7 codes × 2 origins), and no turn at a relay that has none.
+        assert_eq!(text.lines().filter(|line| line.contains("hop_faults_total{")).count(), 14);
+        assert!(!text.contains("direction=\"turn\""), "{text}");
+        // No delay histograms at a hop that is not an ingress.
+        assert!(!text.contains("subsegment_delay"), "{text}");
         assert_eq!(encode(&Snapshot::Empty), "# EOF\n");
     }
 }

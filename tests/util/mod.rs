@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod frames;
+pub mod scrape;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -211,7 +211,7 @@ pub(super) fn strip_into<T: AsRef<[u8]>>(
     // An empty payload has nothing to hand over: sent as it is read.
     let sent_ns = (payload_len == 0).then_some(stamp.read_ns);
     pending.frames.push_back(PendingFrame { headers_len: written, payload_len, sent_ns });
-    payload_len == 0 || output.push_detached(frame.payload())
+    payload_len == 0 || output.push_detached_from(frame.payload(), &stamp)
 }
 
 #[cfg(test)]

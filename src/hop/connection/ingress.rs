@@ -12,8 +12,9 @@
 
 use std::time::Duration;
 
-use super::{Connection, HopConfig};
+use super::{Connection, HopConfig, unwritten};
 use crate::core::{Clock, Inbound, Outbound, ReadStamp, Socket};
+use crate::report::metrics::{BucketLayout, SourceRecorder};
 use crate::source::{Ending, Run};
 use crate::stats::{self, Chain, Sequencing};
 use crate::wire::{
@@ -209,7 +210,7 @@ impl IngressState {
             _ => None,
         };
         if frame.flags() & wire::DATA_FROM_SERVER != 0 {
-            if !client.push(frame.payload()) {
+            if !client.push_measured(frame.payload(), &unwritten(0, Direction::Up, read)) {
                 return Taken::NoRoom;
             }
             self.server_frames += 1;
@@ -223,11 +224,11 @@ impl IngressState {
         self.receipts += 1;
         self.sequencing.answered_one(frame.sequence());
         if let Some(kept) = kept {
-            for chain in
-                [kept.run.chain.as_mut(), kept.interval.chain.as_mut()].into_iter().flatten()
-            {
+            let end_to_end = kept.run.chain.as_mut().and_then(|chain| chain.record(frame, read));
+            if let Some(chain) = kept.interval.chain.as_mut() {
                 chain.record(frame, read);
             }
+            kept.record_metrics(end_to_end);
             kept.run.last_answer_ns = Some(read.read_ns);
             kept.interval.answered += 1;
             kept.interval.sent += self.sequencing.sent - self.sent_counted;
@@ -318,6 +319,8 @@ pub struct IngressTotals {
     intervals: bool,
     /// Where the records go (`--jsonl`, interval lines), written off the loop.
     pub output: Option<crate::output::Writer>,
+    /// `--metrics`: each path keeps bucket counts of its delays, in this layout.
+    pub metrics_buckets: Option<BucketLayout>,
 }
 
 /// One distinct path's measurement: a [`Run`] the report renders like a source's.
@@ -327,6 +330,20 @@ pub struct PathTotals {
     pub server_data: ServerData,
     /// The current `--report-interval`'s own statistics.
     pub interval: PathInterval,
+    /// `--metrics`: the path's delays as bucket counts, recorded as a source records them.
+    pub metrics: Option<SourceRecorder>,
+}
+
+impl PathTotals {
+    /// After the run's chain recorded a receipt (`end_to_end_ns` when its stamps were
+    /// complete): its samples into the bucket counts.
+    fn record_metrics(&mut self, end_to_end_ns: Option<i64>) {
+        if let (Some(recorder), Some(chain), Some(end_to_end_ns)) =
+            (self.metrics.as_mut(), self.run.chain.as_ref(), end_to_end_ns)
+        {
+            recorder.record(chain.last_samples(), end_to_end_ns);
+        }
+    }
 }
 
 /// A path's statistics since the last report interval.
@@ -416,11 +433,19 @@ impl IngressTotals {
             chain: if self.intervals { Chain::new(path.clone()) } else { None },
             ..PathInterval::default()
         };
+        let metrics = self.metrics_buckets.as_ref().map(|layout| {
+            let mut recorder = SourceRecorder::new(String::new(), &[], layout.clone());
+            if let Some(chain) = run.chain.as_ref() {
+                recorder.start(chain);
+            }
+            recorder
+        });
         self.paths.push(PathTotals {
             run,
             connections: 0,
             server_data: ServerData::new(&path),
             interval,
+            metrics,
         });
         Some(self.paths.len() - 1)
     }
@@ -534,6 +559,7 @@ impl<S: Socket> Connection<S> {
                 Kind::Fault => {
                     let fault = Fault::parse(frame.payload()).map_err(Self::bad_downstream)?;
                     self.passed_fault = Some(format!("passed on: {}", fault.message));
+                    self.passed_code = Some(fault.code);
                 }
                 // Not asked for by an ingress (its announcement has no flags).
                 Kind::Kernel => {}

@@ -32,7 +32,7 @@ mod tests;
 use super::{HopConfig, ROUND_BYTES, ROUNDS_PER_TURN, Side, TURN_BYTES, next_hop_text, token_of};
 use crate::buffer::Buffer;
 use crate::core::transmit::TxMode;
-use crate::core::{Clock, Connector, Inbound, Outbound, Peer, ReadStamp, Socket};
+use crate::core::{Clock, Connector, Inbound, Outbound, Peer, ReadStamp, SharedResidence, Socket};
 use crate::wire::{
     self, Direction, Fault, FaultCode, Frame, KernelSample, Kind, MAX_FRAME_LEN, MAX_HOPS,
     PathEntry, RECORD_LEN, Role, Stamp, WireError,
@@ -79,6 +79,8 @@ pub(super) struct Connection<S: Socket = TcpStream> {
     unanswered_path: Option<Vec<u8>>,
     /// The fault a hop further down reported: its end of stream is expected, not a new fault.
     pub(super) passed_fault: Option<String>,
+    /// Its code (`--metrics` counts faults by code).
+    pub(super) passed_code: Option<FaultCode>,
     pub(super) frames_down: u64,
     pub(super) frames_up: u64,
     /// DATA frames of a plain server's own bytes, framed by the egress and passed up.
@@ -273,6 +275,7 @@ impl<S: Socket> Connection<S> {
             failure: None,
             fault_queued: false,
             passed_fault: None,
+            passed_code: None,
             unanswered_path: None,
             frames_down: 0,
             frames_up: 0,
@@ -392,8 +395,9 @@ impl<S: Socket> Connection<S> {
         }
         if self.origin == Origin::Ingress
             && context.role == Role::Ingress
-            && let Some(reason) =
-                self.failure.take().map(|failure| failure.message).or(self.passed_fault.take())
+            && let Some(reason) = (self.failure.as_ref().map(|failure| &failure.message))
+                .or(self.passed_fault.as_ref())
+                .cloned()
         {
             // The client hears of a broken chain as it would of a broken server.
             self.upstream.reset();
@@ -831,6 +835,12 @@ impl<S: Socket> Connection<S> {
             queued |= self.up.output.push(&KernelSample { hop, side, info, tx }.frame());
         }
         queued
+    }
+
+    /// `--metrics`: every frame this hop stamps reports its residence to `sink`.
+    pub(super) fn measure_residence(&mut self, sink: &SharedResidence) {
+        self.down.output.measure_residence(sink.clone());
+        self.up.output.measure_residence(sink.clone());
     }
 
     /// An ingress's chain: an error closes both sockets with a reset, which passes the

@@ -50,6 +50,7 @@ impl<S: Socket> Connection<S> {
                 Kind::Fault => {
                     let fault = Fault::parse(frame.payload()).map_err(Self::bad_downstream)?;
                     self.passed_fault = Some(format!("passed on: {}", fault.message));
+                    self.passed_code = Some(fault.code);
                     self.up.output.push(frame.as_bytes())
                 }
                 Kind::Kernel => {

@@ -38,6 +38,8 @@ fn config(role: Role) -> HopConfig {
         allow: Vec::new(),
         max_conns: None,
         metrics: None,
+        metrics_buckets: Default::default(),
+        metrics_chain: None,
         ingress: (role == Role::Ingress).then(|| IngressConfig {
             probe_interval: Some(Duration::from_millis(10)),
             report_interval: None,
@@ -671,4 +673,60 @@ fn test_an_ingress_takes_the_path_and_a_receipt_at_the_time_given() {
     let ingress = rig.connection.ingress.as_ref().unwrap();
     assert_eq!((ingress.receipts, ingress.client_bytes), (1, 9));
     assert!(rig.client.take_sent().is_empty(), "a receipt is not the client's");
+}
+
+#[test]
+fn test_residence_is_reported_at_each_hand_over_and_a_passed_faults_code_kept() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use crate::core::SharedResidence;
+    use crate::report::metrics::{BucketLayout, HopResidence};
+
+    let mut rig = Rig::new(Role::Relay);
+    let residence = Rc::new(RefCell::new(HopResidence::new(&BucketLayout::default())));
+    let sink: SharedResidence = residence.clone();
+    rig.connection.measure_residence(&sink);
+    // Down: read at 1,050 (the read takes 50 ns), handed over at 5,000.
+    rig.client.wire().read_takes_ns = 50;
+    rig.client.arrive(&source_path());
+    rig.client.arrive(&from_source(0, b"hello"));
+    rig.turn_at(900);
+    assert_eq!(residence.borrow().down.count, 0, "not handed over while connecting");
+    rig.clock.set(5_000);
+    rig.connect_next_hop();
+    rig.turn_at(4_900);
+    assert_eq!((residence.borrow().down.count, residence.borrow().down.sum_ns), (1, 3_950));
+    // Up: the answer is read at 8,000 and handed over at 9,500, after a refused write.
+    let next_hop = rig.next_hop();
+    next_hop.take_sent();
+    let answer = data(
+        0,
+        0,
+        &[
+            Stamp::new(0, Direction::Down, 10, 20),
+            Stamp::new(1, Direction::Down, 30, 40),
+            Stamp::new(2, Direction::Turn, 50, 60),
+        ],
+        b"hello",
+    );
+    next_hop.arrive(&source_path());
+    next_hop.arrive(&answer);
+    rig.client.set_room(0);
+    rig.clock.set(8_000);
+    rig.turn_at(7_900);
+    assert_eq!(residence.borrow().up.count, 0, "the refused write starts no hand-over");
+    rig.clock.set(9_500);
+    rig.client.set_room(usize::MAX);
+    rig.turn_at(9_400);
+    assert_eq!((residence.borrow().up.count, residence.borrow().up.sum_ns), (1, 1_500));
+    // A FAULT from further down: passed on, its code kept for the hop's fault counts.
+    let fault = Fault { hop: 2, code: FaultCode::NoAnswer, message: "Z: gave up".to_string() };
+    next_hop.arrive(&wire::fault_frame(&fault));
+    rig.settle();
+    assert_eq!(rig.connection.passed_code, Some(FaultCode::NoAnswer));
+    assert_eq!(the_fault(&rig.client.take_sent()).code, FaultCode::NoAnswer);
+    assert!(rig.connection.failure.is_none(), "not this hop's own fault");
+    // Control frames (PATH, FAULT) carry no record of ours: no residence for them.
+    assert_eq!((residence.borrow().down.count, residence.borrow().up.count), (1, 1));
 }
