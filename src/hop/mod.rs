@@ -64,7 +64,12 @@ const LISTENER: Token = Token(0);
 /// every bulk stream's turn: before, a connection took up to 16 rounds of up to a megabyte
 /// each per wake-up, served in slot order. Bulk streams' turns follow back to back, one poll (a
 /// system call with nothing to wait for) per 64 KiB turn; they lose about a tenth of their
-/// throughput for it (the README's *Under load* has the figures).
+/// throughput for it (the README's *Under load* has the figures). 256 KiB turns (and rounds)
+/// were measured against 64 KiB in `scripts/bench-loaded.sh --reps 7 --probes 2000`: on one
+/// CPU they gave the bulk streams 0.72–0.90 of the best anchor's throughput instead of
+/// 0.69–0.73, but the probe waited longer behind each turn: split across the CPUs its p99 went
+/// from 0.35× to 0.95× of the better anchor's with one stream and from 1.11× to 1.75× with
+/// eight. The probe is what this rule is for, so the turn stays at 64 KiB.
 pub(super) const TURN_BYTES: u64 = 64 * 1024;
 /// See [`TURN_BYTES`].
 pub(super) const ROUND_BYTES: usize = 64 * 1024;

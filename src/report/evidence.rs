@@ -368,8 +368,14 @@ pub(super) fn slow_reader_behind(
         ),
     };
     let text = format!(
-        "{who} drains slowest: it read more slowly than {sender} sent. Its frames waited in its receive queue (p50 {queue}, longer than {link_label}'s fastest frame took, {min}) and its receive window closed: the kernel saw {sender} held back by that window for {limited:.0} of its {busy:.0} ms busy sending{unsent}, so bytes waited in {sender}'s send queue too, which count in {link_label}, though the link is not what is slow. {together}. A hop reads slowly when it is short of CPU, descheduled or busy",
+        "{who} drains slowest: it read more slowly than {sender} sent. Its {frames} waited in its receive queue (p50 {queue}, longer than {link_label}'s fastest frame took, {min}) and its receive window closed: the kernel saw {sender} held back by that window for {limited:.0} of its {busy:.0} ms busy sending{unsent}, so bytes waited in {sender}'s send queue too, which count in {link_label}, though the link is not what is slow. {together}. {why}",
         sender = name(worst.sender),
+        frames = if worst.receiver_row.is_some() { "frames" } else { "answers" },
+        why = if worst.receiver_row.is_some() {
+            "A hop reads slowly when it is short of CPU, descheduled or busy"
+        } else {
+            "In bulk mode the source writes as well as reads, and one short of CPU (a debug build, other work on its CPU) is the slowest element of its own chain; the subsegments' figures then show where its backlog waits"
+        },
         queue = unit.show_with_name(worst.receive_queue_p50_ns),
         link_label = link.label,
         min = unit.show_with_name(link.stats.min_ns),
