@@ -979,11 +979,7 @@ mod tests {
     }
 
     fn path() -> Vec<PathEntry> {
-        vec![
-            PathEntry::new(Role::Source, "A", None, None),
-            PathEntry::new(Role::Relay, "B", None, None),
-            PathEntry::new(Role::Echo, "Z", None, None),
-        ]
+        crate::report::tests::a_b_z_path()
     }
 
     #[test]

@@ -405,9 +405,7 @@ mod tests {
     use crate::report::{Presentation, Report};
     use crate::source::{Ending, Run};
     use crate::stats::Sequencing;
-    use crate::wire::{
-        Direction, Frame, Header, Kind, PathEntry, ReceiveClock, Role, Stamp, emit_frame,
-    };
+    use crate::wire::{Direction, Frame, Header, Kind, ReceiveClock, Stamp, emit_frame};
 
     /// How a bulk run through A → B → Z went: A ⇄ B queues from `link_floor_ns` up by
     /// `link_step_ns` a frame, and each frame waits `b_wait_ns` in B's receive queue.
@@ -441,11 +439,7 @@ mod tests {
     };
 
     fn report(bulk: Bulk) -> Report {
-        let path = vec![
-            PathEntry::new(Role::Source, "A", None, None),
-            PathEntry::new(Role::Relay, "B", None, None),
-            PathEntry::new(Role::Echo, "Z", None, None),
-        ];
+        let path = crate::report::tests::a_b_z_path();
         let mut chain = Chain::new(path.clone()).unwrap();
         let mut sequencing = Sequencing::default();
         // B's clock is its own: the frame arrives at B_ORIGIN on it.

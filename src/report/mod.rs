@@ -960,13 +960,18 @@ pub(crate) mod tests {
     use crate::stats::Sequencing;
     use crate::wire::{Direction, Frame, Header, Kind, Stamp, emit_frame};
 
-    /// A → B → Z with `frames` identical frames: A ⇄ B takes `a_b_ns`, B ⇄ Z `b_z_ns`.
-    pub(crate) fn run_with_links(a_b_ns: u64, b_z_ns: u64, frames: u64) -> Run {
-        let path = vec![
+    /// The path the unit tests measure: source A, relay B, echoing end Z.
+    pub(crate) fn a_b_z_path() -> Vec<PathEntry> {
+        vec![
             PathEntry::new(Role::Source, "A", None, None),
             PathEntry::new(Role::Relay, "B", None, None),
             PathEntry::new(Role::Echo, "Z", None, None),
-        ];
+        ]
+    }
+
+    /// A → B → Z with `frames` identical frames: A ⇄ B takes `a_b_ns`, B ⇄ Z `b_z_ns`.
+    pub(crate) fn run_with_links(a_b_ns: u64, b_z_ns: u64, frames: u64) -> Run {
+        let path = a_b_z_path();
         let mut chain = Chain::new(path.clone()).unwrap();
         let mut sequencing = Sequencing::default();
         for sequence in 0..frames {

@@ -370,7 +370,7 @@ pub fn queueing_share(chain: &Chain) -> f64 {
 mod tests {
     use super::*;
     use crate::core::ReadStamp;
-    use crate::wire::{Direction, Frame, Header, Kind, PathEntry, Role, Stamp, emit_frame};
+    use crate::wire::{Direction, Frame, Header, Kind, Stamp, emit_frame};
 
     /// A → B → Z; each frame's A ⇄ B and B ⇄ Z round trips, and how long B held it down.
     fn chain_of(frames: &[(u64, u64, u64)]) -> Chain {
@@ -380,11 +380,7 @@ mod tests {
     /// As [`chain_of`], with part of B's hold (down) spent in its receive queue, maybe held
     /// back, as `queue(frame index)` says.
     fn chain_with(frames: &[(u64, u64, u64)], queue: impl Fn(usize) -> (u64, bool)) -> Chain {
-        let path = vec![
-            PathEntry::new(Role::Source, "A", None, None),
-            PathEntry::new(Role::Relay, "B", None, None),
-            PathEntry::new(Role::Echo, "Z", None, None),
-        ];
+        let path = crate::report::tests::a_b_z_path();
         let mut chain = Chain::new(path).unwrap();
         for (sequence, &(a_b_ns, b_z_ns, b_holds_ns)) in frames.iter().enumerate() {
             let (wait_ns, held_back) = queue(sequence);
