@@ -211,9 +211,10 @@ struct HeldSender {
 ///
 /// The receiver whose senders were held back longest is named, when that is at least
 /// [`verdict::STANDS_OUT_RATIO`] times the next receiver's, and what it costs (the held
-/// link's p50 and its own residence's) that many times every other part's p50. It replaces a verdict of queueing
-/// or of none standing out, and a floor named under spread queues when its frames waited
-/// longer in its receive queue (p50) than every frame paid at that floor.
+/// link's p50 and its own residence's) that many times every other part's p50. It replaces a
+/// verdict of queueing or of none standing out, and a floor (named when no median stood out)
+/// when its frames waited longer in its receive queue (p50) than every frame paid at that
+/// floor.
 pub(super) fn slow_reader_behind(
     verdict: &Verdict,
     chain: &Chain,
