@@ -14,12 +14,17 @@
 # idle connections (path announced, then silent) plus the probe, against ours without them,
 # with the hop's resident memory. Raw figures in target/bench/loaded/.
 #
+# --variant NAME=PATH (repeatable) adds another build of ours as a hop of its own, alternated
+# with the others in every repetition: how an alternative rule is measured side by side. The
+# probe, the bulk streams and the echoing end stay the --bin build.
+#
 # usage: scripts/bench-loaded.sh [--quick] [--reps R] [--streams "1 8 32"] [--placements "split one"]
-#                                [--probes N] [--idle N] [--bin PATH]
+#                                [--probes N] [--idle N] [--bin PATH] [--variant NAME=PATH]...
 set -Eeuo pipefail
 trap 'echo "bench-loaded.sh: line $LINENO: \"$BASH_COMMAND\" failed (status $?)" >&2' ERR
 
 reps=7 streams="1 8 32" placements="split one" probes=3000 idle=10000 given_bin='' outdir=target/bench/loaded
+variants=()
 command_line="scripts/bench-loaded.sh${*:+ $*}"
 while (($#)); do
     case $1 in
@@ -30,7 +35,12 @@ while (($#)); do
         --probes) probes=${2:?}; shift ;;
         --idle) idle=${2:?}; shift ;;
         --bin) given_bin=${2:?}; shift ;;
-        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --variant)
+            [[ ${2:?} =~ ^[a-z][a-z0-9_-]{0,7}=.+ ]] || { echo "bench-loaded.sh: --variant wants NAME=PATH (NAME: up to 8 of a-z, 0-9, _ and -), not '$2'" >&2; exit 2; }
+            case ${2%%=*} in ours | nginx | haproxy | floor) echo "bench-loaded.sh: --variant name '${2%%=*}' is taken" >&2; exit 2 ;; esac
+            [[ -x ${2#*=} ]] || { echo "bench-loaded.sh: --variant ${2%%=*}: '${2#*=}' is not an executable" >&2; exit 2; }
+            variants+=("$2"); shift ;;
+        -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-loaded.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -79,7 +89,7 @@ trap cleanup EXIT
 hop() {
     local kind=$1 cpu=$2 next=$3
     hop_port=$(free_port)
-    case $kind in
+    case $kind in # ours, an anchor, the floor or a --variant
         ours) start "$tmp/hop.log" taskset -c "$cpu" "$bin" -l "127.0.0.1:$hop_port" -f "127.0.0.1:$next" -n B ;;
         floor) start "$tmp/hop.log" taskset -c "$cpu" "$floor" "$hop_port" "$next" ;;
         haproxy)
@@ -90,6 +100,7 @@ hop() {
             sed -e "s/@LISTEN_PORT@/$hop_port/" -e "s/@NEXT_PORT@/$next/" -e "s|@PIDFILE@|$tmp/nginx/nginx.pid|" \
                 scripts/bench/nginx.conf.in >"$tmp/nginx/nginx.conf"
             start "$tmp/hop.log" taskset -c "$cpu" nginx -e stderr -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" ;;
+        *) start "$tmp/hop.log" taskset -c "$cpu" "${variant_bin[$kind]}" -l "127.0.0.1:$hop_port" -f "127.0.0.1:$next" -n B ;;
     esac
     hop_pid=${pids[-1]}
     wait_port "$hop_port"
@@ -110,7 +121,13 @@ echo_port=$(free_port)
 start "$tmp/echo.log" taskset -c 0 "$bin" -l "127.0.0.1:$echo_port" -n Z --max-conns 100000
 wait_port "$echo_port"
 base=${#pids[@]}
-hops=(ours nginx haproxy floor)
+declare -A variant_bin=()
+hops=(ours)
+for variant in "${variants[@]}"; do
+    variant_bin[${variant%%=*}]=$(realpath "${variant#*=}")
+    hops+=("${variant%%=*}")
+done
+hops+=(nginx haproxy floor)
 probe_seconds=$(python3 -c "print(round($probes / 1000 * 1.5 + 2))")
 for rep in $(seq "$reps"); do
     for placement in $placements; do
@@ -176,9 +193,9 @@ EOF
     done
 done
 
-python3 - "$outdir" "$command_line" "$reps" <<'EOF' | tee "$outdir/table.txt"
+python3 - "$outdir" "$command_line" "$reps" "${hops[@]}" <<'EOF' | tee "$outdir/table.txt"
 import statistics, sys
-outdir, command, reps = sys.argv[1], sys.argv[2], sys.argv[3]
+outdir, command, reps, hops = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 runs = [line.rstrip("\n").split("\t") for line in open(f"{outdir}/runs.tsv")]
 med = lambda values: statistics.median(values) if values else float("nan")
 print(f"# {command}; medians of {reps} alternated repetitions; probe: 64 B, --window 1, --interval 1ms;")
@@ -198,7 +215,7 @@ for placement, n in keys:
         anchors = {rep: best_of([v[i] for k in ("nginx", "haproxy") for v in by.get(k, []) if v[0] == rep])
                    for rep, *_ in by.get(kind, [])}
         return med([v[i] / anchors[v[0]] for v in by.get(kind, []) if anchors.get(v[0])])
-    for kind in ("ours", "nginx", "haproxy", "floor"):
+    for kind in hops:
         if kind not in by:
             continue
         print(f"{placement:<6}{n:>3} {kind:<8}{stat(kind,1)/1e3:>9.1f}{stat(kind,2)/1e3:>10.1f}{stat(kind,3)/1e3:>10.1f}"

@@ -569,6 +569,24 @@ pub fn emit_restamped<T: AsRef<[u8]>>(out: &mut [u8], frame: &Frame<T>, stamp: S
     emit_frame(out, &header, &frame.headers()[HEADER_LEN..], &[stamp], frame.payload())
 }
 
+/// As [`emit_restamped`], without the payload: the frame's new headers (its header, its
+/// records and `stamp`), for a hop that hands the payload to the kernel from where it was read
+/// ([`crate::core::Peer::send_through`]). Returns their length (`frame.headers_len() +
+/// RECORD_LEN`, at most [`MAX_HEADERS_LEN`]).
+pub fn emit_restamped_headers<T: AsRef<[u8]>>(
+    out: &mut [u8],
+    frame: &Frame<T>,
+    stamp: Stamp,
+) -> usize {
+    let header = Header { record_count: frame.record_count() + 1, ..Header::of(frame) };
+    header.emit(&mut out[..HEADER_LEN]);
+    let records = &frame.headers()[HEADER_LEN..];
+    let at = HEADER_LEN + records.len();
+    out[HEADER_LEN..at].copy_from_slice(records);
+    stamp.emit(&mut out[at..at + RECORD_LEN]);
+    at + RECORD_LEN
+}
+
 /// Builds a FAULT frame.
 pub fn fault_frame(fault: &Fault) -> Vec<u8> {
     let mut payload = Vec::with_capacity(1 + fault.message.len());
@@ -1092,6 +1110,12 @@ mod tests {
         assert_eq!(again.records().collect::<Vec<_>>(), vec![STAMP, added]);
         assert_eq!(again.payload(), b"abc");
         assert_eq!(again.sequence(), 5);
+
+        // The headers alone, then the payload from where it lies, are the same bytes.
+        let mut headers = [0u8; MAX_HEADERS_LEN];
+        let headers_len = emit_restamped_headers(&mut headers, &frame, added);
+        assert_eq!(headers_len, frame.headers_len() + RECORD_LEN);
+        assert_eq!([&headers[..headers_len], frame.payload()].concat(), out);
     }
 
     #[test]

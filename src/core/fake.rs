@@ -81,6 +81,8 @@ pub struct Handover {
     pub at_ns: u64,
     pub start: usize,
     pub len: usize,
+    /// The buffers the call gathered its bytes from (1 for a plain write).
+    pub parts: usize,
 }
 
 /// The far end of a fake socket and the kernel between: what the test controls and sees.
@@ -211,12 +213,22 @@ impl Socket for FakeSocket {
         wire.room = wire.room.saturating_sub(len);
         let start = wire.handovers.iter().map(|handover| handover.len).sum();
         wire.sent.extend_from_slice(&from[..len]);
-        wire.handovers.push(Handover { at_ns: self.clock.peek(), start, len });
+        wire.handovers.push(Handover { at_ns: self.clock.peek(), start, len, parts: 1 });
         Ok(len)
     }
 
     fn send_asking_tx_stamps(&mut self, from: &[u8]) -> io::Result<usize> {
         self.send(from)
+    }
+
+    /// One handover of the parts' bytes, as the kernel's `writev` is one write.
+    fn send_vectored(&mut self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let bytes: Vec<u8> = parts.iter().flat_map(|part| part.iter().copied()).collect();
+        let taken = self.send(&bytes)?;
+        if let Some(call) = self.remote.0.borrow_mut().handovers.last_mut() {
+            call.parts = parts.len();
+        }
+        Ok(taken)
     }
 
     fn shutdown_write(&mut self) -> io::Result<()> {

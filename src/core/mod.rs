@@ -28,7 +28,7 @@ pub mod stamping;
 pub mod transmit;
 pub mod transport;
 
-pub use peer::Peer;
+pub use peer::{Peer, THROUGH_MIN_PAYLOAD, Through};
 pub use stamping::{Inbound, Outbound, ReadStamp, ResidenceSink, SharedResidence};
 pub use transport::{Clock, Connector, Registered, Socket, SystemClock};
 

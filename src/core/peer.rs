@@ -19,6 +19,21 @@ use super::transport::{Clock, Connector, Socket};
 use super::{READ_CHUNK, WRITE_CHUNK};
 use crate::log_line;
 use crate::net::{self, Io};
+use crate::wire;
+
+/// The smallest payload [`Peer::send_through`] is used for. Below it, copying the frame into
+/// the output buffer (where it joins the frames queued with it in one write call) costs less
+/// than a write call of its own.
+pub const THROUGH_MIN_PAYLOAD: usize = 16 * 1024;
+
+/// What [`Peer::send_through`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Through {
+    /// The kernel took the first `count` bytes of the frame; its write stamp is `write_ns`.
+    Taken { count: usize, write_ns: u64 },
+    /// Nothing was taken: queue the frame.
+    NotNow,
+}
 
 /// The kernel's refusal of receive timestamps is said once per process, not per connection.
 static REFUSAL_TOLD: AtomicBool = AtomicBool::new(false);
@@ -215,6 +230,49 @@ impl<S: Socket> Peer<S> {
             }
         }
         Ok(progress)
+    }
+
+    /// Hands a frame to the kernel from where it lies, nothing queued before it: `headers`
+    /// (its new header and records, this process's record last) and `payload` (still in the
+    /// buffer it was read into) in one write call, the write stamp taken right before it and
+    /// patched `write_stamp_at` bytes into `headers`. Forwarding a large frame this way spares
+    /// copying it into the output buffer first (see [`THROUGH_MIN_PAYLOAD`]).
+    ///
+    /// `Through::NotNow` when the call was not made or took nothing (the socket is full, a
+    /// transmit stamp is due, an error that the next flush meets again): the caller queues
+    /// the frame as usual, and it is stamped by the write that starts it.
+    pub fn send_through(
+        &mut self,
+        clock: &impl Clock,
+        headers: &mut [u8],
+        write_stamp_at: usize,
+        payload: &[u8],
+    ) -> Through {
+        if !self.writable || self.write_shut {
+            return Through::NotNow;
+        }
+        let handed_realtime_ns = if self.tx.is_some() { clock.realtime_ns() } else { 0 };
+        if self.tx.as_ref().is_some_and(|tx| tx.sample_due(handed_realtime_ns)) {
+            return Through::NotNow; // the flush's write asks for the stamps
+        }
+        let write_ns = clock.now_ns();
+        wire::patch_write_stamp(&mut headers[write_stamp_at..], write_ns);
+        let parts = [io::IoSlice::new(headers), io::IoSlice::new(payload)];
+        let stream = &mut self.stream;
+        match net::classify(|| stream.send_vectored(&parts)) {
+            Io::Done(count) => {
+                self.writable = count == headers.len() + payload.len();
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.wrote(count, handed_realtime_ns, false);
+                }
+                Through::Taken { count, write_ns }
+            }
+            Io::WouldBlock => {
+                self.writable = false;
+                Through::NotNow
+            }
+            Io::Closed | Io::Failed(_) => Through::NotNow,
+        }
     }
 
     /// Asks the kernel for transmit timestamps (`Sample` or `All`) from the next write on; an

@@ -250,6 +250,32 @@ impl Outbound {
         });
     }
 
+    /// A frame whose hand-over started outside this (empty) buffer, written from where it lay
+    /// ([`crate::core::Peer::send_through`]): `taken` bytes went to the kernel with the write
+    /// stamp `write_ns`, which ends the residence of `stamp` (this process's record in it), and
+    /// `rest` (the bytes the kernel did not take, in order) is queued as already started, so
+    /// no later write restamps it. The caller has checked the room for the whole frame.
+    pub fn started_through(
+        &mut self,
+        taken: usize,
+        write_ns: u64,
+        stamp: &Stamp,
+        rest: [&[u8]; 2],
+    ) {
+        debug_assert!(self.is_empty(), "a frame written through has nothing queued before it");
+        self.consumed += taken as u64;
+        for part in rest {
+            let queued = self.buffer.push(part);
+            debug_assert!(queued, "room for the whole frame was checked");
+        }
+        if let (Some((direction, arrival_ns)), Some(sink)) =
+            (self.residence.as_ref().and_then(|_| arrival_of(stamp)), &self.residence)
+            && let Some(residence_ns) = write_ns.checked_sub(arrival_ns)
+        {
+            sink.borrow_mut().residence(direction, residence_ns);
+        }
+    }
+
     /// Commits bytes emitted into the tail that carry no stamp of ours.
     pub fn commit_unstamped(&mut self, len: usize) {
         self.buffer.commit(len);

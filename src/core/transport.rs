@@ -53,6 +53,9 @@ pub trait Socket {
     fn send(&mut self, from: &[u8]) -> io::Result<usize>;
     /// As [`Socket::send`], asking for this write's transmit stamps (`--kernel-stamps sample`).
     fn send_asking_tx_stamps(&mut self, from: &[u8]) -> io::Result<usize>;
+    /// One write of `parts` in order (a frame's new headers and its payload from where it was
+    /// read): how many bytes the kernel took.
+    fn send_vectored(&mut self, parts: &[io::IoSlice<'_>]) -> io::Result<usize>;
     fn shutdown_write(&mut self) -> io::Result<()>;
     /// Makes the close a reset (SO_LINGER 0).
     fn reset_on_close(&mut self);
@@ -82,6 +85,11 @@ impl Socket for TcpStream {
 
     fn send_asking_tx_stamps(&mut self, from: &[u8]) -> io::Result<usize> {
         net::send_asking_tx_stamps(self.as_raw_fd(), from)
+    }
+
+    #[inline]
+    fn send_vectored(&mut self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.write_vectored(parts)
     }
 
     fn shutdown_write(&mut self) -> io::Result<()> {

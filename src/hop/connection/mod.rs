@@ -32,10 +32,13 @@ mod tests;
 use super::{HopConfig, ROUND_BYTES, ROUNDS_PER_TURN, Side, TURN_BYTES, next_hop_text, token_of};
 use crate::buffer::Buffer;
 use crate::core::transmit::TxMode;
-use crate::core::{Clock, Connector, Inbound, Outbound, Peer, ReadStamp, SharedResidence, Socket};
+use crate::core::{
+    Clock, Connector, Inbound, Outbound, Peer, ReadStamp, SharedResidence, Socket,
+    THROUGH_MIN_PAYLOAD, Through,
+};
 use crate::wire::{
-    self, Direction, Fault, FaultCode, Frame, KernelSample, Kind, MAX_FRAME_LEN, MAX_HOPS,
-    PathEntry, RECORD_LEN, Role, Stamp, WireError,
+    self, Direction, Fault, FaultCode, Frame, KernelSample, Kind, MAX_FRAME_LEN, MAX_HEADERS_LEN,
+    MAX_HOPS, PathEntry, RECORD_LEN, Role, Stamp, WireError,
 };
 use echo::Speech;
 use egress::{PENDING_HEADERS_LEN, PendingAnswers, deliver_with_receipt, strip_into};
@@ -608,7 +611,8 @@ impl<S: Socket> Connection<S> {
                         match (context.role, context.config.remove_perf_headers) {
                             (Role::Echo, false) => {
                                 let stamp = unwritten(hop, Direction::Turn, read);
-                                restamp_into(&mut self.up.output, &frame, stamp)
+                                let upstream = Some(&mut self.upstream);
+                                forward_restamped(upstream, net, &mut self.up.output, &frame, stamp)
                             }
                             (Role::Echo, true) => self.up.output.push(frame.payload()),
                             (Role::StrippingRelay, _) if self.origin == Origin::Ingress => {
@@ -622,7 +626,9 @@ impl<S: Socket> Connection<S> {
                             }
                             _ => {
                                 let stamp = unwritten(hop, Direction::Down, read);
-                                restamp_into(&mut self.down.output, &frame, stamp)
+                                let downstream = self.downstream.connected_mut();
+                                let output = &mut self.down.output;
+                                forward_restamped(downstream, net, output, &frame, stamp)
                             }
                         }
                     }
@@ -690,7 +696,7 @@ impl<S: Socket> Connection<S> {
         if context.role == Role::StrippingRelay {
             return Ok(self.frame_plain_answers(clock));
         }
-        self.pass_answers_up()
+        self.pass_answers_up(clock)
     }
 
     /// Half-close, end to end: each side's EOF is passed on once everything before it has been.
@@ -984,6 +990,39 @@ fn unwritten(hop: u8, direction: Direction, read: ReadStamp) -> Stamp {
         held_back: read.held_back,
         ..Stamp::new(hop, direction, read.read_ns, 0)
     }
+}
+
+/// Passes `frame` on with `stamp` added, to `peer` (when connected) through `output`: a large
+/// frame with nothing queued before it goes to the kernel from where it was read, its payload
+/// never copied ([`Peer::send_through`]; what the kernel does not take is queued); any other is
+/// copied into `output` and written by the next flush. False when `output` has no room for it.
+fn forward_restamped<S: Socket, T: AsRef<[u8]>>(
+    peer: Option<&mut Peer<S>>,
+    clock: &impl Clock,
+    output: &mut Outbound,
+    frame: &Frame<T>,
+    stamp: Stamp,
+) -> bool {
+    if let Some(peer) = peer
+        && frame.payload_len() >= THROUGH_MIN_PAYLOAD
+        && output.is_empty()
+    {
+        let mut headers = [0u8; MAX_HEADERS_LEN];
+        let headers_len = wire::emit_restamped_headers(&mut headers, frame, stamp);
+        let headers = &mut headers[..headers_len];
+        let stamp_at = wire::write_stamp_offset(frame.record_count());
+        if let Through::Taken { count, write_ns } =
+            peer.send_through(clock, headers, stamp_at, frame.payload())
+        {
+            let rest = match count.checked_sub(headers_len) {
+                None => [&headers[count..], frame.payload()],
+                Some(payload_taken) => [&[][..], &frame.payload()[payload_taken..]],
+            };
+            output.started_through(count, write_ns, &stamp, rest);
+            return true;
+        }
+    }
+    restamp_into(output, frame, stamp)
 }
 
 fn restamp_into<T: AsRef<[u8]>>(output: &mut Outbound, frame: &Frame<T>, stamp: Stamp) -> bool {

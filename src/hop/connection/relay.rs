@@ -2,14 +2,14 @@
 //! from the next hop is checked and passed on, each DATA frame with this hop's `up` record.
 //! Going down, a relay restamps every frame (the shared path in the connection's module).
 
-use super::{Connection, restamp_into, unwritten};
-use crate::core::Socket;
+use super::{Connection, forward_restamped, unwritten};
+use crate::core::{Clock, Socket};
 use crate::wire::{self, Direction, Fault, KernelSample, Kind, MAX_RECORDS};
 
 impl<S: Socket> Connection<S> {
     /// Answers, the server's own frames, the path, faults and kernel readings coming up from
     /// the next hop: checked, restamped (DATA) and passed on.
-    pub(super) fn pass_answers_up(&mut self) -> Result<bool, String> {
+    pub(super) fn pass_answers_up(&mut self, clock: &impl Clock) -> Result<bool, String> {
         let mut progress = false;
         self.up.stalled = false;
         while let Some((frame, read)) = self.up.input.next_frame().map_err(Self::bad_downstream)? {
@@ -26,7 +26,11 @@ impl<S: Socket> Connection<S> {
                             MAX_RECORDS - 1
                         ));
                     }
-                    restamp_into(&mut self.up.output, &frame, unwritten(hop, Direction::Up, read))
+                    {
+                        let stamp = unwritten(hop, Direction::Up, read);
+                        let upstream = Some(&mut self.upstream);
+                        forward_restamped(upstream, clock, &mut self.up.output, &frame, stamp)
+                    }
                 }
                 Kind::Data => {
                     let hop = self.hop.unwrap_or(0);
@@ -41,7 +45,11 @@ impl<S: Socket> Connection<S> {
                             MAX_RECORDS - 1
                         ));
                     }
-                    restamp_into(&mut self.up.output, &frame, unwritten(hop, Direction::Up, read))
+                    {
+                        let stamp = unwritten(hop, Direction::Up, read);
+                        let upstream = Some(&mut self.upstream);
+                        forward_restamped(upstream, clock, &mut self.up.output, &frame, stamp)
+                    }
                 }
                 Kind::Path => {
                     self.unanswered_path = None;

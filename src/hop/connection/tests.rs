@@ -275,6 +275,106 @@ fn test_a_short_write_stamps_the_frame_it_started_and_restamps_the_one_it_did_no
     }
 }
 
+/// A large frame with nothing queued before it is handed to the kernel from the buffer it was
+/// read into: one write call gathering its new headers and its payload, stamped right before
+/// that call. What the kernel does not take is queued as started, so the next write does not
+/// restamp it; a refused call leaves the frame to the ordinary queue and the write that starts
+/// it. A small frame is copied, to share a write with the frames queued beside it.
+#[test]
+fn test_a_large_frame_is_written_from_where_it_was_read_with_that_writes_stamp() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use crate::core::{SharedResidence, THROUGH_MIN_PAYLOAD};
+    use crate::report::metrics::{BucketLayout, HopResidence};
+
+    let large: Vec<u8> = (0..2 * THROUGH_MIN_PAYLOAD).map(|i| (i % 251) as u8).collect();
+    let small = vec![0xa5; THROUGH_MIN_PAYLOAD - 1];
+    // (payload, room the kernel has for the first write, gathered?, stamped by the first write?)
+    let cases = [
+        (&large, usize::MAX, true, true),
+        (&large, 40, true, true), // inside the headers, before our record's write stamp
+        (&large, 20_000, true, true), // inside the payload
+        (&large, 0, false, false), // refused: queued, stamped by the write that starts it
+        (&small, usize::MAX, false, true),
+    ];
+    for (payload, room, gathered, first_write_stamps) in cases {
+        let what = format!("{} B payload, room {room}", payload.len());
+        let mut rig = Rig::new(Role::Relay);
+        let residence = Rc::new(RefCell::new(HopResidence::new(&BucketLayout::default())));
+        let sink: SharedResidence = residence.clone();
+        rig.connection.measure_residence(&sink);
+        rig.client.arrive(&source_path());
+        rig.connect_next_hop();
+        rig.settled();
+        rig.next_hop().set_room(room);
+        rig.client.wire().read_takes_ns = 50;
+        rig.clock.set(2_000);
+        rig.client.arrive(&from_source(1, payload));
+        rig.turn_at(1_900);
+        rig.clock.set(6_000);
+        rig.next_hop().set_room(usize::MAX);
+        rig.turn_at(5_900);
+
+        let stream = rig.next_hop().wire().sent.clone();
+        let (offset, frame) = the_data_frames(&stream).remove(0);
+        assert_eq!(frame.payload(), &payload[..], "{what}: the payload intact");
+        let ours = frame.record(1);
+        assert_eq!(ours.read_ns, 2_050, "{what}");
+        let expected_write_ns = if first_write_stamps { 2_050 } else { 6_000 };
+        assert_eq!(ours.write_ns, expected_write_ns, "{what}: the write that started it");
+        assert_eq!(handed_over_at(&rig.next_hop(), offset), ours.write_ns, "{what}");
+        let next_hop = rig.next_hop();
+        let parts = next_hop
+            .wire()
+            .handovers
+            .iter()
+            .find(|call| call.start == offset)
+            .map(|call| call.parts);
+        assert_eq!(parts, Some(if gathered { 2 } else { 1 }), "{what}: how it was written");
+        assert_eq!(
+            (residence.borrow().down.count, residence.borrow().down.sum_ns),
+            (1, u128::from(ours.write_ns - ours.read_ns)),
+            "{what}: its residence, arrival (the read: no kernel stamp here) to hand-over"
+        );
+    }
+}
+
+/// The same way up: a large answer goes to the source from where it was read.
+#[test]
+fn test_a_large_answer_is_written_up_from_where_it_was_read() {
+    let mut rig = Rig::new(Role::Relay);
+    rig.client.arrive(&source_path());
+    rig.client.arrive(&from_source(0, b"x"));
+    rig.connect_next_hop();
+    rig.settled();
+    let payload = vec![0x3c; 1 << 15];
+    let answer = data(
+        0,
+        0,
+        &[
+            Stamp::new(0, Direction::Down, 10, 20),
+            Stamp::new(1, Direction::Down, 30, 40),
+            Stamp::new(2, Direction::Turn, 50, 60),
+        ],
+        &payload,
+    );
+    rig.next_hop().arrive(&source_path());
+    rig.settled();
+    let sent_before = rig.client.wire().sent.len();
+    rig.clock.set(8_000);
+    rig.next_hop().arrive(&answer);
+    rig.turn_at(7_900);
+    let stream = rig.client.wire().sent.clone();
+    let (offset, frame) = the_data_frames(&stream).remove(0);
+    assert!(offset >= sent_before);
+    assert_eq!((frame.record_count(), frame.payload()), (4, &payload[..]));
+    assert_eq!((frame.record(3).read_ns, frame.record(3).write_ns), (8_000, 8_000));
+    let wire = rig.client.wire();
+    let call = wire.handovers.iter().find(|call| call.start == offset).expect("a call at it");
+    assert_eq!((call.parts, call.len), (2, frame.total_len()), "one gathering write");
+}
+
 #[test]
 fn test_half_close_passes_down_then_up() {
     let mut rig = Rig::new(Role::Relay);
