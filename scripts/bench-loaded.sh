@@ -10,7 +10,9 @@
 # Prints, per placement, N and hop, the medians over the repetitions of the probe's p50, p99
 # and p99.9 (its end-to-end round trip, from its --json report) and of the bulk streams' total
 # throughput; and each hop's ratios to the better anchor (nginx or HAProxy, whichever has the
-# lower figure) in the same repetitions. Then the idle-connections row: ours holding --idle
+# lower figure) in the same repetitions; for ours (and each --variant), the p99 of the probe's
+# residence in the hop each way, from its stamps: how much of the round trip the hop itself
+# holds it (the anchors stamp nothing). Then the idle-connections row: ours holding --idle
 # idle connections (path announced, then silent) plus the probe, against ours without them,
 # with the hop's resident memory. Raw figures in target/bench/loaded/.
 #
@@ -18,13 +20,19 @@
 # with the others in every repetition: how an alternative rule is measured side by side. The
 # probe, the bulk streams and the echoing end stay the --bin build.
 #
+# --realtime runs the instrument, the probe's source and the echoing end, at SCHED_FIFO
+# (--realtime; needs CAP_SYS_NICE), the hops and the bulk sources at normal priority. Without
+# it, the probe's round trip on a CPU shared with N busy sources is mostly the echo end waiting
+# for that CPU (its receive queue p99 is most of the probe's), whichever hop is measured.
+#
 # usage: scripts/bench-loaded.sh [--quick] [--reps R] [--streams "1 8 32"] [--placements "split one"]
 #                                [--probes N] [--idle N] [--bin PATH] [--variant NAME=PATH]...
+#                                [--realtime]
 set -Eeuo pipefail
 trap 'echo "bench-loaded.sh: line $LINENO: \"$BASH_COMMAND\" failed (status $?)" >&2' ERR
 
 reps=7 streams="1 8 32" placements="split one" probes=3000 idle=10000 given_bin='' outdir=target/bench/loaded
-variants=()
+variants=() instrument=()
 command_line="scripts/bench-loaded.sh${*:+ $*}"
 while (($#)); do
     case $1 in
@@ -34,13 +42,14 @@ while (($#)); do
         --placements) placements=${2:?}; shift ;;
         --probes) probes=${2:?}; shift ;;
         --idle) idle=${2:?}; shift ;;
+        --realtime) instrument=(--realtime) ;;
         --bin) given_bin=${2:?}; shift ;;
         --variant)
             [[ ${2:?} =~ ^[a-z][a-z0-9_-]{0,7}=.+ ]] || { echo "bench-loaded.sh: --variant wants NAME=PATH (NAME: up to 8 of a-z, 0-9, _ and -), not '$2'" >&2; exit 2; }
             case ${2%%=*} in ours | nginx | haproxy | floor) echo "bench-loaded.sh: --variant name '${2%%=*}' is taken" >&2; exit 2 ;; esac
             [[ -x ${2#*=} ]] || { echo "bench-loaded.sh: --variant ${2%%=*}: '${2#*=}' is not an executable" >&2; exit 2; }
             variants+=("$2"); shift ;;
-        -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-loaded.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -108,7 +117,7 @@ hop() {
 # probe CPU PORT JSON: the probe run; its report goes to JSON.
 probe() {
     taskset -c "$1" "$bin" -f "127.0.0.1:$2" -n A --count "$probes" --size 64 --window 1 \
-        --interval 1ms --kernel-info off --json "$3" 2>"$tmp/probe.log" ||
+        --interval 1ms --kernel-info off ${instrument[@]+"${instrument[@]}"} --json "$3" 2>"$tmp/probe.log" ||
         { cat "$tmp/probe.log" >&2; exit 1; }
 }
 # bulk CPU PORT SECONDS INDEX: one bulk stream for SECONDS, its report in $tmp/bulk-INDEX.json.
@@ -118,7 +127,7 @@ bulk() {
 }
 
 echo_port=$(free_port)
-start "$tmp/echo.log" taskset -c 0 "$bin" -l "127.0.0.1:$echo_port" -n Z --max-conns 100000
+start "$tmp/echo.log" taskset -c 0 "$bin" -l "127.0.0.1:$echo_port" -n Z --max-conns 100000 ${instrument[@]+"${instrument[@]}"}
 wait_port "$echo_port"
 base=${#pids[@]}
 declare -A variant_bin=()
@@ -143,12 +152,17 @@ for rep in $(seq "$reps"); do
                 python3 - "$tmp" "$n" "$placement" "$kind" "$rep" >>"$outdir/runs.tsv" <<'EOF'
 import json, sys
 tmp, n, placement, kind, rep = sys.argv[1:]
-probe = json.load(open(f"{tmp}/probe.json"))["end_to_end"]
+report = json.load(open(f"{tmp}/probe.json"))
+probe = report["end_to_end"]
+# Our hop's own part of the probe's round trip (its residence down and up, from its stamps);
+# an anchor stamps nothing, so it has none.
+residence = {s["direction"]: s.get("p99_ns") for s in report["subsegments"] if s["kind"] == "relay"}
 rate = 0.0
 for i in range(1, int(n) + 1):
     report = json.load(open(f"{tmp}/bulk-{i}.json"))
     rate += (report.get("throughput") or {}).get("bytes_per_second") or 0.0
-print(f"{placement}\t{n}\t{kind}\t{rep}\t{probe['p50_ns']}\t{probe['p99_ns']}\t{probe['p999_ns']}\t{rate}")
+print(f"{placement}\t{n}\t{kind}\t{rep}\t{probe['p50_ns']}\t{probe['p99_ns']}\t{probe['p999_ns']}\t{rate}"
+      f"\t{residence.get('down') or ''}\t{residence.get('up') or ''}")
 EOF
                 stop_from "$base"
                 echo "bench-loaded.sh: rep $rep $placement N=$n $kind done" >&2
@@ -201,15 +215,16 @@ med = lambda values: statistics.median(values) if values else float("nan")
 print(f"# {command}; medians of {reps} alternated repetitions; probe: 64 B, --window 1, --interval 1ms;")
 print("# bulk: N sources of 64 KiB blocks, -w 64; split: hop on CPU 1, the rest on CPU 0; one: all on CPU 0")
 print(f"{'place':<6}{'N':>3} {'hop':<8}{'p50 µs':>9}{'p99 µs':>10}{'p99.9 µs':>10}{'bulk MB/s':>11}"
-      f"{'p99/best':>10}{'p99.9/best':>12}{'bulk/best':>11}")
+      f"{'p99/best':>10}{'p99.9/best':>12}{'bulk/best':>11}{'hop p99 down/up µs':>20}")
 keys = sorted({(r[0], int(r[1])) for r in runs}, key=lambda k: (k[0] != "split", k[1]))
 for placement, n in keys:
     rows = [r for r in runs if r[0] == placement and int(r[1]) == n]
     by = {}
     for r in rows:
-        by.setdefault(r[2], []).append((int(r[3]), int(r[4]), int(r[5]), int(r[6]), float(r[7])))
+        hop_p99 = [int(x) if x else None for x in (r[8:10] if len(r) >= 10 else ("", ""))]
+        by.setdefault(r[2], []).append((int(r[3]), int(r[4]), int(r[5]), int(r[6]), float(r[7]), *hop_p99))
     def stat(kind, i):
-        return med([v[i] for v in by.get(kind, [])])
+        return med([v[i] for v in by.get(kind, []) if v[i] is not None])
     def ratio(kind, i, best_of):
         # per repetition: kind's figure over the better anchor's in the same repetition
         anchors = {rep: best_of([v[i] for k in ("nginx", "haproxy") for v in by.get(k, []) if v[0] == rep])
@@ -219,7 +234,8 @@ for placement, n in keys:
         if kind not in by:
             continue
         print(f"{placement:<6}{n:>3} {kind:<8}{stat(kind,1)/1e3:>9.1f}{stat(kind,2)/1e3:>10.1f}{stat(kind,3)/1e3:>10.1f}"
-              f"{stat(kind,4)/1e6:>11.1f}{ratio(kind,2,min):>10.2f}{ratio(kind,3,min):>12.2f}{ratio(kind,4,max):>11.2f}")
+              f"{stat(kind,4)/1e6:>11.1f}{ratio(kind,2,min):>10.2f}{ratio(kind,3,min):>12.2f}{ratio(kind,4,max):>11.2f}"
+              + (f"{stat(kind,5)/1e3:>12.1f} / {stat(kind,6)/1e3:<6.1f}" if by[kind][0][5] is not None else ""))
 idle = [line.rstrip("\n").split("\t") for line in open(f"{outdir}/idle.tsv")]
 print()
 print(f"{'ours, idle connections held':<40}{'p50 µs':>9}{'p99 µs':>10}{'p99.9 µs':>10}{'RSS MiB':>9}")

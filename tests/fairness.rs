@@ -16,9 +16,11 @@ use util::{MAIN_BIN, spawn_listening};
 
 const BULK_PAYLOAD: usize = 16 * 1024;
 const PROBES: u64 = 60;
-/// One turn reads at most 64 KiB from the bulk connection's upstream socket: 4 frames of 16 KiB
-/// (and their headers) at most start within it, plus the one straddling its start.
-const FRAMES_PER_TURN: usize = 64 * 1024 / BULK_PAYLOAD + 1;
+/// One turn reads less than 192 KiB from the bulk connection's upstream socket: its rounds
+/// before the last moved less than `hop::TURN_BYTES` (64 KiB) and the last reads at most
+/// `hop::READ_ROUND_BYTES` (128 KiB). 12 frames of 16 KiB (and their headers) at most start
+/// within it, plus the one straddling its start. (Hundreds did before the rule.)
+const FRAMES_PER_TURN: usize = (64 + 128) * 1024 / BULK_PAYLOAD + 1;
 
 /// B's down record of an answered frame.
 fn b_down(answer: &Answer) -> Stamp {

@@ -54,25 +54,30 @@ use ingress::{IngressConfig, IngressTotals, ProbeSchedule};
 const LISTENER: Token = Token(0);
 /// The loop's fairness rule (issue 15: a probe through a busy relay must not wait behind bulk
 /// streams). A connection's *turn* is rounds of read, process and write until it has nothing to
-/// do or has moved `TURN_BYTES` (each round reads and writes at most `ROUND_BYTES` on each
-/// socket, so a backlog waiting for a slow peer is budgeted too);
-/// one left with work joins the back of the *busy* queue. Each wake-up serves, in the order the
-/// poll reported them, the connections that became ready and are not queued (a probe, a
-/// request: little to do), and then only the busy queue's first turn, before polling again
-/// without sleeping. So a frame that becomes readable waits for the turn in progress (a
-/// bounded 64 KiB of copying, tens of µs) and the other newly ready connections, never behind
-/// every bulk stream's turn: before, a connection took up to 16 rounds of up to a megabyte
-/// each per wake-up, served in slot order. Bulk streams' turns follow back to back, one poll (a
-/// system call with nothing to wait for) per 64 KiB turn; they lose about a tenth of their
-/// throughput for it (the README's *Under load* has the figures). 256 KiB turns (and rounds)
-/// were measured against 64 KiB in `scripts/bench-loaded.sh --reps 7 --probes 2000`: on one
-/// CPU they gave the bulk streams 0.72–0.90 of the best anchor's throughput instead of
-/// 0.69–0.73, but the probe waited longer behind each turn: split across the CPUs its p99 went
-/// from 0.35× to 0.95× of the better anchor's with one stream and from 1.11× to 1.75× with
-/// eight. The probe is what this rule is for, so the turn stays at 64 KiB.
+/// do or has moved `TURN_BYTES`; each round reads at most `READ_ROUND_BYTES` and writes at most
+/// `WRITE_ROUND_BYTES` of queued bytes on each socket, so a backlog waiting for a slow peer is
+/// budgeted too, and the frames its reads completed go to the kernel at once from where they
+/// were read (`Peer::send_through`). One left with work joins the back of the *busy* queue.
+/// Each wake-up serves, in the order the poll reported them, the connections that became ready
+/// and are not queued (a probe, a request: little to do), and then only the busy queue's first
+/// turn, before polling again without sleeping. So a frame that becomes readable waits for the
+/// turn in progress and the other newly ready connections, never behind every bulk stream's
+/// turn: before, a connection took up to 16 rounds of up to a megabyte each per wake-up, served
+/// in slot order.
+///
+/// The sizes were measured side by side with `scripts/bench-loaded.sh --realtime --variant`
+/// (the README's *Under load* has the tables). Reads of 128 KiB a round make a bulk stream's
+/// turn forward about two 64 KiB frames instead of one (a 64 KiB block and its headers is just
+/// over 64 KiB, so 64 KiB reads completed one frame a turn): on one CPU the bulk streams then
+/// got 0.96–1.10 of the best anchor's throughput instead of 0.84–1.01, while the probe's p99
+/// split across the CPUs stayed at 0.47–0.78 of the better anchor's (0.42–0.51 with 64 KiB
+/// reads). Turns of 256 KiB (reads, writes and budget) bought no more bulk and doubled the
+/// probe's wait in the hop (its p99 residence 250–640 µs against 60–280 µs).
 pub(super) const TURN_BYTES: u64 = 64 * 1024;
 /// See [`TURN_BYTES`].
-pub(super) const ROUND_BYTES: usize = 64 * 1024;
+pub(super) const READ_ROUND_BYTES: usize = 128 * 1024;
+/// See [`TURN_BYTES`].
+pub(super) const WRITE_ROUND_BYTES: usize = 64 * 1024;
 /// A turn whose rounds make progress without moving bytes (frames turned, faults queued)
 /// ends after this many.
 pub(super) const ROUNDS_PER_TURN: usize = 16;

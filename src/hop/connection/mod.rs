@@ -29,7 +29,10 @@ mod relay;
 #[cfg(test)]
 mod tests;
 
-use super::{HopConfig, ROUND_BYTES, ROUNDS_PER_TURN, Side, TURN_BYTES, next_hop_text, token_of};
+use super::{
+    HopConfig, READ_ROUND_BYTES, ROUNDS_PER_TURN, Side, TURN_BYTES, WRITE_ROUND_BYTES,
+    next_hop_text, token_of,
+};
 use crate::buffer::Buffer;
 use crate::core::transmit::TxMode;
 use crate::core::{
@@ -363,12 +366,12 @@ impl<S: Socket> Connection<S> {
         if !self.down.stalled {
             read_any |= self
                 .upstream
-                .fill_at_most(net, &mut self.down.input, ROUND_BYTES)
+                .fill_at_most(net, &mut self.down.input, READ_ROUND_BYTES)
                 .map_err(CloseReason::UpstreamRead)?;
         }
         advanced |= self.process_down(context, net).map_err(CloseReason::BadUpstream)?;
         if let Some(downstream) = self.downstream.connected_mut() {
-            match downstream.flush_at_most(net, &mut self.down.output, ROUND_BYTES) {
+            match downstream.flush_at_most(net, &mut self.down.output, WRITE_ROUND_BYTES) {
                 Ok(wrote) => advanced |= wrote,
                 Err(error) => {
                     self.lose_downstream(net, context.config, error)?;
@@ -379,7 +382,7 @@ impl<S: Socket> Connection<S> {
 
         // Up: downstream socket -> up.input -> frames -> up.output -> upstream socket.
         if let (Some(downstream), false) = (self.downstream.connected_mut(), self.up.stalled) {
-            match downstream.fill_at_most(net, &mut self.up.input, ROUND_BYTES) {
+            match downstream.fill_at_most(net, &mut self.up.input, READ_ROUND_BYTES) {
                 Ok(got) => read_any |= got,
                 Err(error) => {
                     self.lose_downstream(net, context.config, error)?;
@@ -409,7 +412,7 @@ impl<S: Socket> Connection<S> {
         advanced |= self.queue_fault(context.config);
         advanced |= self
             .upstream
-            .flush_at_most(net, &mut self.up.output, ROUND_BYTES)
+            .flush_at_most(net, &mut self.up.output, WRITE_ROUND_BYTES)
             .map_err(CloseReason::UpstreamWrite)?;
 
         if advanced {
@@ -1006,6 +1009,7 @@ fn forward_restamped<S: Socket, T: AsRef<[u8]>>(
     if let Some(peer) = peer
         && frame.payload_len() >= THROUGH_MIN_PAYLOAD
         && output.is_empty()
+        && output.room() >= frame.total_len() + RECORD_LEN
     {
         let mut headers = [0u8; MAX_HEADERS_LEN];
         let headers_len = wire::emit_restamped_headers(&mut headers, frame, stamp);

@@ -14,7 +14,7 @@ use super::{Connection, Context, Expiry, Turn};
 use crate::core::Peer;
 use crate::core::fake::{ConnectState, FakeClock, FakeConnector, FakeSocket, Remote, wake};
 use crate::hop::ingress::{IngressConfig, IngressTotals, ProbeSchedule};
-use crate::hop::{HopConfig, ROUND_BYTES, TURN_BYTES};
+use crate::hop::{HopConfig, READ_ROUND_BYTES, TURN_BYTES};
 use crate::wire::{
     self, DATA_FROM_SERVER, Direction, Fault, FaultCode, Frame, Header, Kind, PathEntry, Role,
     Stamp,
@@ -523,13 +523,13 @@ fn test_a_turn_stops_after_its_byte_budget() {
     let waiting = rig.client.wire().inbox.len();
     assert!(matches!(rig.turn_at(rig.clock.peek()), Turn::MoreToDo), "budget used, work left");
     let read = waiting - rig.client.wire().inbox.len();
-    assert!(read as u64 >= TURN_BYTES.min(ROUND_BYTES as u64), "it read {read}");
-    assert!(read <= ROUND_BYTES, "one round reads at most ROUND_BYTES: it read {read}");
+    assert!(read as u64 >= TURN_BYTES.min(READ_ROUND_BYTES as u64), "it read {read}");
+    assert!(read <= READ_ROUND_BYTES, "one round reads at most READ_ROUND_BYTES: it read {read}");
     let mut turns = 1;
     while matches!(rig.turn_at(rig.clock.peek()), Turn::MoreToDo) {
         turns += 1;
     }
-    assert!(turns >= 400_000 / TURN_BYTES as usize, "{turns} turns for 400 kB");
+    assert!(turns >= 400_000 / READ_ROUND_BYTES, "{turns} turns for 400 kB");
     assert_eq!(the_data_frames(&rig.next_hop().take_sent()).len(), 4);
 }
 
