@@ -114,10 +114,13 @@ hop() {
     hop_pid=${pids[-1]}
     wait_port "$hop_port"
 }
-# probe CPU PORT JSON: the probe run; its report goes to JSON.
+# probe CPU PORT JSON [KERNEL EVIDENCE OPTIONS]: the probe run (kernel evidence off unless
+# given); its report goes to JSON.
 probe() {
+    local evidence=("${@:4}")
+    ((${#evidence[@]})) || evidence=(--kernel-info off)
     taskset -c "$1" "$bin" -f "127.0.0.1:$2" -n A --count "$probes" --size 64 --window 1 \
-        --interval 1ms --kernel-info off ${instrument[@]+"${instrument[@]}"} --json "$3" 2>"$tmp/probe.log" ||
+        --interval 1ms "${evidence[@]}" ${instrument[@]+"${instrument[@]}"} --json "$3" 2>"$tmp/probe.log" ||
         { cat "$tmp/probe.log" >&2; exit 1; }
 }
 # bulk CPU PORT SECONDS INDEX: one bulk stream for SECONDS, its report in $tmp/bulk-INDEX.json.
@@ -172,7 +175,8 @@ EOF
 done
 
 # Idle connections: ours with --idle silent connections (each announced its path, as a
-# monitoring fleet's would), the probe through it, against the same hop without them.
+# monitoring fleet's would, asking for the kernel's evidence: TCP_INFO and sampled transmit
+# stamps), the probe through it (asking for the same), against the same hop without them.
 for rep in $(seq "$reps"); do
     for held in 0 "$idle"; do
         hop ours 1 "$echo_port"
@@ -182,7 +186,8 @@ import socket, struct, sys, time
 port, count, announced = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 name = b"idle"
 entry = bytes([1, len(name)]) + name + bytes([0, 0, 0])
-path = b"SSTS" + bytes([4, 2, 0, 0]) + struct.pack(">QI", 0, len(entry)) + entry
+kernel_evidence = 1 | 2 | 4  # wire::PATH_ASKS_KERNEL_INFO | PATH_ASKS_TX_STAMPS | PATH_SAMPLES_TX_STAMPS
+path = b"SSTS" + bytes([4, 2, 0, kernel_evidence]) + struct.pack(">QI", 0, len(entry)) + entry
 held = []
 for index in range(count):
     s = socket.create_connection(("127.0.0.1", port))
@@ -195,7 +200,7 @@ time.sleep(3600)
             for _ in $(seq 600); do grep -q '^held' "$tmp/idle.log" && break; sleep 0.1; done
             grep -q '^held' "$tmp/idle.log" || { cat "$tmp/idle.log" >&2; exit 1; }
         fi
-        probe 0 "$hop_port" "$tmp/probe.json"
+        probe 0 "$hop_port" "$tmp/probe.json" --kernel-info on --kernel-stamps sample
         rss=$(awk '/^VmRSS/ {print $2}' "/proc/$hop_pid/status")
         python3 - "$tmp" "$held" "$rep" "$rss" "$((held > 0 ? announced : 0))" >>"$outdir/idle.tsv" <<'EOF'
 import json, sys
@@ -208,9 +213,10 @@ EOF
 done
 
 python3 - "$outdir" "$command_line" "$reps" "${hops[@]}" <<'EOF' | tee "$outdir/table.txt"
-import statistics, sys
+import os, statistics, sys
 outdir, command, reps, hops = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-runs = [line.rstrip("\n").split("\t") for line in open(f"{outdir}/runs.tsv")]
+# --placements ' ' measures only the idle-connections rows.
+runs = [line.rstrip("\n").split("\t") for line in open(f"{outdir}/runs.tsv")] if os.path.exists(f"{outdir}/runs.tsv") else []
 med = lambda values: statistics.median(values) if values else float("nan")
 print(f"# {command}; medians of {reps} alternated repetitions; probe: 64 B, --window 1, --interval 1ms;")
 print("# bulk: N sources of 64 KiB blocks, -w 64; split: hop on CPU 1, the rest on CPU 0; one: all on CPU 0")
@@ -238,10 +244,10 @@ for placement, n in keys:
               + (f"{stat(kind,5)/1e3:>12.1f} / {stat(kind,6)/1e3:<6.1f}" if by[kind][0][5] is not None else ""))
 idle = [line.rstrip("\n").split("\t") for line in open(f"{outdir}/idle.tsv")]
 print()
-print(f"{'ours, idle connections held':<40}{'p50 µs':>9}{'p99 µs':>10}{'p99.9 µs':>10}{'RSS MiB':>9}")
+print(f"{'ours, idle connections held (kernel evidence on)':<48}{'p50 µs':>9}{'p99 µs':>10}{'p99.9 µs':>10}{'RSS MiB':>9}")
 for held in sorted({int(r[0]) for r in idle}):
     rows = [r for r in idle if int(r[0]) == held]
     label = f"{held} ({rows[0][6]} past path discovery)"
-    print(f"{label:<40}{med([int(r[2]) for r in rows])/1e3:>9.1f}{med([int(r[3]) for r in rows])/1e3:>10.1f}"
+    print(f"{label:<48}{med([int(r[2]) for r in rows])/1e3:>9.1f}{med([int(r[3]) for r in rows])/1e3:>10.1f}"
           f"{med([int(r[4]) for r in rows])/1e3:>10.1f}{med([int(r[5]) for r in rows])/1024:>9.1f}")
 EOF

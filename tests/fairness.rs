@@ -108,6 +108,9 @@ fn fairness_on(cpus: &[&str; 2]) {
         })
         .collect();
     let worst = behind.iter().copied().max().unwrap();
+    eprintln!(
+        "fairness: bulk frames B handed on while a probe waited in it, per probe: {behind:?}"
+    );
     assert!(
         worst <= FRAMES_PER_TURN,
         "a probe waited in B while B handed on {worst} bulk frames (one turn is at most \

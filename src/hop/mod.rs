@@ -81,8 +81,23 @@ pub(super) const WRITE_ROUND_BYTES: usize = 64 * 1024;
 /// A turn whose rounds make progress without moving bytes (frames turned, faults queued)
 /// ends after this many.
 pub(super) const ROUNDS_PER_TURN: usize = 16;
-/// How often connections are checked for the no-progress timeout.
+/// How often connections are checked for the no-progress timeout (and sample the kernel's
+/// readings, when their source asked).
 const SWEEP_INTERVAL_NS: u64 = 100_000_000;
+/// Connections one pass of the sweep looks at. A sweep is spread over passes with a poll for
+/// ready sockets between them, so a frame that arrives during one waits for a pass, not for
+/// the whole sweep: at 10,000 idle connections, a sweep in one go put the probe's p99 at 482 µs
+/// against 205 µs without them (`scripts/bench-loaded.sh --realtime`, its idle rows).
+const SWEEP_SLOTS_PER_PASS: usize = 256;
+
+/// Where the periodic check of every connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    /// The last sweep started at this time.
+    Waiting { started_ns: u64 },
+    /// A sweep that started at `started_ns` goes on with the connection in `next_slot`.
+    Passing { started_ns: u64, next_slot: usize },
+}
 
 pub struct HopConfig {
     pub name: String,
@@ -187,7 +202,7 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
         queued: Vec::new(),
         served_in: Vec::new(),
         generation: 0,
-        last_sweep_ns: clock::now_ns(),
+        sweep: Sweep::Waiting { started_ns: clock::now_ns() },
         drain_deadline_ns: None,
         metrics,
         totals,
@@ -198,7 +213,8 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
     let mut events = Events::with_capacity(1024);
     let mut touched = Vec::new();
     loop {
-        let timeout = if hop.config.busy_poll || !hop.busy.is_empty() {
+        let sweeping = matches!(hop.sweep, Sweep::Passing { .. });
+        let timeout = if hop.config.busy_poll || !hop.busy.is_empty() || sweeping {
             Some(Duration::ZERO)
         } else if hop.open_count > 0 {
             Some(Duration::from_nanos(SWEEP_INTERVAL_NS))
@@ -266,10 +282,7 @@ pub fn run(mut config: HopConfig) -> io::Result<IngressTotals> {
             metrics.changed |= !touched.is_empty();
         }
         hop.publish_metrics_if_due(now_ns);
-        if now_ns.saturating_sub(hop.last_sweep_ns) >= SWEEP_INTERVAL_NS {
-            hop.last_sweep_ns = now_ns;
-            hop.sweep(poll.registry(), now_ns);
-        }
+        hop.sweep_pass(poll.registry(), now_ns);
         if tuning::stop_requested() && hop.drain_deadline_ns.is_none() {
             hop.start_draining(poll.registry(), now_ns);
         }
@@ -321,7 +334,7 @@ struct Hop {
     /// Per slot, the wake-up whose newly ready list it is in (`generation`): one turn each.
     served_in: Vec<u64>,
     generation: u64,
-    last_sweep_ns: u64,
+    sweep: Sweep,
     metrics: Option<HopMetrics>,
     /// An ingress's measurement, per distinct path.
     totals: IngressTotals,
@@ -610,8 +623,33 @@ impl Hop {
         }
     }
 
-    fn sweep(&mut self, registry: &mio::Registry, now_ns: u64) {
-        for slot in 0..self.connections.len() {
+    /// One pass of the sweep, when one is due or under way (see [`SWEEP_SLOTS_PER_PASS`]).
+    fn sweep_pass(&mut self, registry: &mio::Registry, now_ns: u64) {
+        let (started_ns, first) = match self.sweep {
+            Sweep::Waiting { started_ns }
+                if now_ns.saturating_sub(started_ns) >= SWEEP_INTERVAL_NS =>
+            {
+                (now_ns, 0)
+            }
+            Sweep::Waiting { .. } => return,
+            Sweep::Passing { started_ns, next_slot } => (started_ns, next_slot),
+        };
+        let end = (first + SWEEP_SLOTS_PER_PASS).min(self.connections.len());
+        self.sweep_slots(registry, now_ns, first..end);
+        self.sweep = if end < self.connections.len() {
+            Sweep::Passing { started_ns, next_slot: end }
+        } else {
+            Sweep::Waiting { started_ns }
+        };
+    }
+
+    fn sweep_slots(
+        &mut self,
+        registry: &mio::Registry,
+        now_ns: u64,
+        slots: std::ops::Range<usize>,
+    ) {
+        for slot in slots {
             let Some(connection) = self.connections[slot].as_mut() else {
                 continue;
             };
