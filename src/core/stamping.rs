@@ -268,8 +268,15 @@ impl Outbound {
             let queued = self.buffer.push(part);
             debug_assert!(queued, "room for the whole frame was checked");
         }
-        if let (Some((direction, arrival_ns)), Some(sink)) =
-            (self.residence.as_ref().and_then(|_| arrival_of(stamp)), &self.residence)
+        let arrival = self.residence.as_ref().and_then(|_| arrival_of(stamp));
+        self.report_residence(arrival, write_ns);
+    }
+
+    /// A frame that arrived at `arrival` started its hand-over at `write_ns`: its residence, to
+    /// the sink when there is one. A write stamp before the arrival would break the stamping
+    /// rule: left out, as the source's statistics leave out a negative sample.
+    fn report_residence(&self, arrival: Option<(Direction, u64)>, write_ns: u64) {
+        if let (Some((direction, arrival_ns)), Some(sink)) = (arrival, &self.residence)
             && let Some(residence_ns) = write_ns.checked_sub(arrival_ns)
         {
             sink.borrow_mut().residence(direction, residence_ns);
@@ -358,13 +365,7 @@ impl Outbound {
             if frame.stamp_at == StampAt::Detached {
                 self.detached_started.push_back(write_ns);
             }
-            if let (Some((direction, arrival_ns)), Some(sink)) = (frame.arrival, &self.residence) {
-                // A write stamp before the arrival would break the stamping rule: left out,
-                // as the source's statistics leave out a negative sample.
-                if let Some(residence_ns) = write_ns.checked_sub(arrival_ns) {
-                    sink.borrow_mut().residence(direction, residence_ns);
-                }
-            }
+            self.report_residence(frame.arrival, write_ns);
             self.unstarted.pop_front();
         }
     }

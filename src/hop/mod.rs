@@ -72,7 +72,7 @@ const LISTENER: Token = Token(0);
 /// got 0.96–1.10 of the best anchor's throughput instead of 0.84–1.01, while the probe's p99
 /// split across the CPUs stayed at 0.47–0.78 of the better anchor's (0.42–0.51 with 64 KiB
 /// reads). Turns of 256 KiB (reads, writes and budget) bought no more bulk and doubled the
-/// probe's wait in the hop (its p99 residence 250–640 µs against 60–280 µs).
+/// probe's wait in the hop (its p99 residence split 210–640 µs against 60–280 µs).
 pub(super) const TURN_BYTES: u64 = 64 * 1024;
 /// See [`TURN_BYTES`].
 pub(super) const READ_ROUND_BYTES: usize = 128 * 1024;

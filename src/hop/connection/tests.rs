@@ -151,6 +151,17 @@ fn from_source(sequence: u64, payload: &[u8]) -> Vec<u8> {
     data(sequence, 0, &[Stamp::new(0, Direction::Down, 10, 20)], payload)
 }
 
+/// An answer coming up to the hop under test (hop 1) from the echo end (hop 2): the source's,
+/// this relay's down and the echo's turn records.
+fn answer_to_hop_1(payload: &[u8]) -> Vec<u8> {
+    let records = [
+        Stamp::new(0, Direction::Down, 10, 20),
+        Stamp::new(1, Direction::Down, 30, 40),
+        Stamp::new(2, Direction::Turn, 50, 60),
+    ];
+    data(0, 0, &records, payload)
+}
+
 /// Every whole frame in `stream`, with its offset in it.
 #[track_caller]
 fn frames(stream: &[u8]) -> Vec<(usize, Frame<Vec<u8>>)> {
@@ -216,17 +227,7 @@ fn test_a_relay_stamps_an_answer_up_with_its_read_and_its_hand_over() {
     rig.settled();
     let next_hop = rig.next_hop();
     next_hop.take_sent();
-    // The answer: the source's, this relay's down and the echo's turn records.
-    let answer = data(
-        0,
-        0,
-        &[
-            Stamp::new(0, Direction::Down, 10, 20),
-            Stamp::new(1, Direction::Down, 30, 40),
-            Stamp::new(2, Direction::Turn, 50, 60),
-        ],
-        b"hello",
-    );
+    let answer = answer_to_hop_1(b"hello");
     // The path's answer first, as the echoing end sends it.
     next_hop.arrive(&source_path());
     next_hop.arrive(&answer);
@@ -349,16 +350,7 @@ fn test_a_large_answer_is_written_up_from_where_it_was_read() {
     rig.connect_next_hop();
     rig.settled();
     let payload = vec![0x3c; 1 << 15];
-    let answer = data(
-        0,
-        0,
-        &[
-            Stamp::new(0, Direction::Down, 10, 20),
-            Stamp::new(1, Direction::Down, 30, 40),
-            Stamp::new(2, Direction::Turn, 50, 60),
-        ],
-        &payload,
-    );
+    let answer = answer_to_hop_1(&payload);
     rig.next_hop().arrive(&source_path());
     rig.settled();
     let sent_before = rig.client.wire().sent.len();
@@ -386,16 +378,7 @@ fn test_half_close_passes_down_then_up() {
     let next_hop = rig.next_hop();
     assert!(next_hop.wire().write_shut, "the source's end went down after its frames");
     assert!(!rig.client.wire().write_shut, "the way up is still open");
-    let answer = data(
-        0,
-        0,
-        &[
-            Stamp::new(0, Direction::Down, 10, 20),
-            Stamp::new(1, Direction::Down, 30, 40),
-            Stamp::new(2, Direction::Turn, 50, 60),
-        ],
-        b"x",
-    );
+    let answer = answer_to_hop_1(b"x");
     next_hop.arrive(&source_path());
     next_hop.arrive(&answer);
     next_hop.close();
@@ -800,16 +783,7 @@ fn test_residence_is_reported_at_each_hand_over_and_a_passed_faults_code_kept() 
     // Up: the answer is read at 8,000 and handed over at 9,500, after a refused write.
     let next_hop = rig.next_hop();
     next_hop.take_sent();
-    let answer = data(
-        0,
-        0,
-        &[
-            Stamp::new(0, Direction::Down, 10, 20),
-            Stamp::new(1, Direction::Down, 30, 40),
-            Stamp::new(2, Direction::Turn, 50, 60),
-        ],
-        b"hello",
-    );
+    let answer = answer_to_hop_1(b"hello");
     next_hop.arrive(&source_path());
     next_hop.arrive(&answer);
     rig.client.set_room(0);
